@@ -1,0 +1,469 @@
+#!/usr/bin/env python
+"""Harness overhead: cnfbench's training iteration against a minimal hand-written torchdiffeq loop.
+
+For every solver asked for, one cell (8gaussians, concatsquash 3x64 tanh,
+exact trace, Adam) is built with cnfbench's own machinery (``RunConfig`` +
+``resolve_cells`` + the registry) and trained with ``cnfbench.training.train``;
+its per-iteration wall-clock is read from ``TrainingRecord.iteration_seconds``
+(the harness's own clock). The baseline is a FFJORD-style loop written here
+from scratch with ``torchdiffeq.odeint`` only: the same field architecture
+with the same initial weights, the same minibatches, the same solver method
+and options, the exact trace as a loop of ``autograd.grad`` with
+``create_graph=True`` and Adam with the same learning rate.
+
+Both sides restart every block from the same initial weights, a fresh Adam
+and the same batch order, so every block does the same work on both sides
+(the losses agree iteration by iteration; the first one is checked). Blocks
+alternate in ABBA order (harness, baseline, baseline, harness, ...) to cancel
+drift on a noisy machine, the first (warm-up) iteration of every block is
+dropped, and the overhead is the median over block pairs of
+``median(harness iteration) / median(baseline iteration) - 1``.
+
+    python benchmarks/bench_harness_overhead.py [--iterations N] [--repeats R] [--batch-size B]
+        [--solver SPEC ...] [--check PCT]
+
+Exit status: 0 normally; 1 when ``--check PCT`` is given and a solver's
+median overhead exceeds PCT percent; 3 when the two loops do not compute the
+same loss (the comparison is then invalid); 2 for a bad command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torchdiffeq
+from torch import Tensor, nn
+
+from cnfbench.config import RunConfig, resolve_cells
+from cnfbench.contracts import split_generator
+from cnfbench.params import ParamError
+from cnfbench.registry import load_registry
+from cnfbench.training import TrainingRecord, seeded_field, train
+
+DATASET = "8gaussians"
+FIELD = "concatsquash[hidden=3x64,activation=tanh]"
+TRACE = "exact"
+DEFAULT_SOLVERS = ("euler[steps=10]", "dopri5")
+LOSS_TOLERANCE = 1e-5  # first-iteration losses must agree to this (absolute, per nat above 1)
+EXIT_CHECK_FAILED = 1
+EXIT_INVALID = 3
+
+
+# --------------------------------------------------------------------------------------------------
+# The hand-written baseline: torch + torchdiffeq only, no cnfbench in here.
+# --------------------------------------------------------------------------------------------------
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU,
+                                                   "swish": nn.SiLU}
+
+
+class SquashLinear(nn.Module):
+    """FFJORD's ConcatSquashLinear: ``(W x + b) * sigmoid(a t + c) + d t``.
+
+    The tensor ops are the ones cnfbench's ``concatsquash`` plugin runs (one ``reshape`` + ``to`` of ``t`` per
+    layer), so that a difference in time is the harness's and not the field's.
+    """
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim_in, dim_out)
+        self.hyper_gate = nn.Linear(1, dim_out)
+        self.hyper_bias = nn.Linear(1, dim_out, bias=False)
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        t_column = t.reshape(1, 1).to(x.dtype)
+        return self.linear(x) * torch.sigmoid(self.hyper_gate(t_column)) + self.hyper_bias(t_column)
+
+
+class SquashMLP(nn.Module):
+    """A stack of :class:`SquashLinear` with an activation between layers (parameter names as cnfbench's)."""
+
+    def __init__(self, dim: int, hidden: tuple[int, ...], activation: str) -> None:
+        super().__init__()
+        widths = [dim, *hidden, dim]
+        self.layers = nn.ModuleList(SquashLinear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        self.activation = ACTIVATIONS[activation]()
+
+    def forward(self, t: Tensor, z: Tensor) -> Tensor:
+        h = z
+        last = len(self.layers) - 1
+        for index, layer in enumerate(self.layers):
+            h = layer(t, h)
+            if index < last:
+                h = self.activation(h)
+        return h
+
+
+class ExactCNF(nn.Module):
+    """``(z, a) -> (v(t, z), -div v(t, z))`` with the exact divergence (one VJP per dimension)."""
+
+    def __init__(self, velocity: nn.Module) -> None:
+        super().__init__()
+        self.velocity = velocity
+
+    def forward(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        z = state[0]
+        dz = self.velocity(t, z)
+        div = torch.zeros(z.shape[0], dtype=dz.dtype, device=dz.device)
+        for i in range(z.shape[1]):
+            div = div + torch.autograd.grad(dz[:, i].sum(), z, create_graph=True)[0][:, i]
+        return dz, -div
+
+
+class CountingCNF(ExactCNF):
+    """:class:`ExactCNF` that counts its evaluations; used only in the untimed validation run."""
+
+    nfe = 0
+
+    def forward(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        self.nfe += 1
+        return super().forward(t, state)
+
+
+@dataclass(frozen=True)
+class OdeSettings:
+    """How the baseline calls ``torchdiffeq.odeint``."""
+
+    method: str
+    rtol: float
+    atol: float
+    steps: int | None  # fixed grid: equal steps over [1, 0]; None for adaptive methods
+
+    def options(self) -> dict:
+        if self.steps is None:
+            # As cnfbench's adaptive solvers do: make the last step land on t=0 instead of interpolating past it.
+            return {"step_t": [0.0]}
+        steps = self.steps
+
+        def grid(_func: object, _y0: Tensor, t: Tensor) -> Tensor:
+            return torch.linspace(float(t[0]), float(t[-1]), steps + 1, dtype=t.dtype, device=t.device)
+
+        return {"grid_constructor": grid}
+
+
+@dataclass
+class LoopRecord:
+    losses: list[float] = field(default_factory=list)
+    iteration_seconds: list[float] = field(default_factory=list)
+    nfe_forward: list[int] = field(default_factory=list)
+
+
+def baseline_loop(velocity: nn.Module, data: Tensor, batch_seed: int, batch_size: int, iterations: int, lr: float,
+                  ode: OdeSettings, record: LoopRecord, count_nfe: bool = False) -> None:
+    """Minimal FFJORD-style maximum-likelihood training, timed per iteration."""
+    device = data.device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    cnf = CountingCNF(velocity) if count_nfe else ExactCNF(velocity)
+    optimizer = torch.optim.Adam(velocity.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(batch_seed)
+    n, dim = data.shape
+    size = min(batch_size, n)
+    times = torch.tensor([1.0, 0.0], dtype=data.dtype, device=device)
+    options = ode.options()
+    log_2pi = dim * math.log(2 * math.pi)
+    order, position = None, n
+    velocity.train()
+    for _ in range(iterations):
+        sync()
+        began = time.perf_counter()
+        if position + size > n:  # new epoch: reshuffle, drop the short last batch
+            order, position = torch.randperm(n, generator=generator).to(device), 0
+        x = data.index_select(0, order[position:position + size]).requires_grad_(True)
+        position += size
+        optimizer.zero_grad(set_to_none=True)
+        if count_nfe:
+            cnf.nfe = 0
+        a1 = torch.zeros(size, dtype=data.dtype, device=device)
+        z_traj, a_traj = torchdiffeq.odeint(cnf, (x, a1), times, rtol=ode.rtol, atol=ode.atol, method=ode.method,
+                                            options=options)
+        z0, a0 = z_traj[-1], a_traj[-1]
+        loss = -(-0.5 * (z0.pow(2).sum(dim=1) + log_2pi) - a0).mean()
+        forward_nfe = cnf.nfe if count_nfe else 0
+        loss.backward()
+        optimizer.step()
+        sync()
+        ended = time.perf_counter()
+        record.losses.append(loss.item())
+        record.iteration_seconds.append(ended - began)
+        record.nfe_forward.append(forward_nfe)
+
+
+# --------------------------------------------------------------------------------------------------
+# The cnfbench side: one cell built and trained with cnfbench's own machinery.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    spec: str
+    cell: object
+    field_module: nn.Module
+    solver: object
+    trace: object
+    train_data: Tensor
+    initial_state: dict[str, Tensor]
+    baseline_field: nn.Module
+    batch_seed: int
+    ode: OdeSettings
+
+
+def build(spec: str, registry, batch_size: int, lr: float, device: str) -> Setup:
+    config = RunConfig(dataset=(DATASET,), field=(FIELD,), solver=(spec,), trace=(TRACE,), iterations=1,
+                       batch_size=batch_size, lr=lr, device=device)
+    cells = resolve_cells(config, registry)
+    if len(cells) != 1:
+        raise ParamError(f"solver {spec!r} expands to {len(cells)} cells; give one solver per --solver value")
+    cell = cells[0]
+    solver_entry = registry.get("solver", cell.solver.name)
+    solver_params = cell.solver.kwargs
+    if not hasattr(solver_entry.cls, "method"):
+        raise ParamError(f"solver {spec!r} is not a torchdiffeq solver; the baseline only calls torchdiffeq.odeint")
+    if solver_params.get("adjoint", False):
+        raise ParamError(f"solver {spec!r}: adjoint=true is not supported by this benchmark's baseline")
+    if not solver_entry.cls.adaptive and (getattr(solver_entry.cls, "multistep", False)
+                                          or solver_entry.cls.nfe_per_step is None):
+        raise ParamError(f"solver {spec!r}: multistep methods are not supported by this benchmark's baseline")
+    if solver_entry.cls.adaptive:
+        ode = OdeSettings(solver_entry.cls.method, float(solver_params["rtol"]), float(solver_params["atol"]), None)
+    else:  # rtol/atol only matter for implicit Adams; cnfbench passes these
+        ode = OdeSettings(solver_entry.cls.method, 1e-3, 1e-4, int(solver_params["steps"]))
+
+    torch_device = torch.device(cell.device)
+    dataset = registry.build("dataset", cell.dataset)
+    train_data = dataset.splits(cell.seed).train.to(torch_device)
+    field_module = seeded_field(lambda: registry.build("field", cell.field, dataset.dim), cell.seed, torch_device)
+    initial_state = {key: value.detach().clone() for key, value in field_module.state_dict().items()}
+    field_params = cell.field.kwargs
+    baseline_field = SquashMLP(dataset.dim, tuple(field_params["hidden"]), field_params["activation"])
+    baseline_field.load_state_dict(initial_state, strict=True)
+    baseline_field.to(torch_device)
+    return Setup(
+        spec=spec, cell=cell, field_module=field_module,
+        solver=registry.build("solver", cell.solver), trace=registry.build("trace", cell.trace),
+        train_data=train_data, initial_state=initial_state, baseline_field=baseline_field,
+        batch_seed=split_generator(cell.seed, "train/batches").initial_seed(), ode=ode,
+    )
+
+
+@dataclass
+class Block:
+    median_s: float
+    wall_s: float
+    iteration_seconds: list[float]
+    losses: list[float]
+    nfe_forward: list[int]
+
+
+def run_harness(setup: Setup, iterations: int) -> Block:
+    cell = dataclasses.replace(setup.cell, budget=dataclasses.replace(setup.cell.budget, iterations=iterations))
+    setup.field_module.load_state_dict(setup.initial_state)
+    record = TrainingRecord()
+    gc.collect()
+    began = time.perf_counter()
+    train(cell, setup.field_module, setup.solver, setup.trace, setup.train_data, record)
+    wall = time.perf_counter() - began
+    return Block(record.median_iteration_seconds(), wall, list(record.iteration_seconds), list(record.losses),
+                 list(record.nfe_forward))
+
+
+def run_baseline(setup: Setup, iterations: int, count_nfe: bool = False) -> Block:
+    setup.baseline_field.load_state_dict(setup.initial_state)
+    record = LoopRecord()
+    budget = setup.cell.budget
+    gc.collect()
+    began = time.perf_counter()
+    baseline_loop(setup.baseline_field, setup.train_data, setup.batch_seed, budget.batch_size, iterations, budget.lr,
+                  setup.ode, record, count_nfe)
+    wall = time.perf_counter() - began
+    times = record.iteration_seconds[1:] if len(record.iteration_seconds) > 1 else record.iteration_seconds
+    return Block(statistics.median(times), wall, record.iteration_seconds, record.losses, record.nfe_forward)
+
+
+# --------------------------------------------------------------------------------------------------
+# Measurement and report.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    spec: str
+    iterations: int
+    nfe_forward: float
+    harness_ms: float
+    baseline_ms: float
+    harness_wall_ms: float
+    baseline_wall_ms: float
+    ratios: list[float]
+    max_loss_gap: float
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ratios)
+
+    @property
+    def overhead_pct(self) -> float:
+        return 100.0 * (self.ratio - 1.0)
+
+
+def validate(setup: Setup, iterations: int) -> tuple[bool, Block, Block]:
+    """Untimed check that both loops compute the same losses (and, here, the same forward NFE)."""
+    harness = run_harness(setup, iterations)
+    baseline = run_baseline(setup, iterations, count_nfe=True)
+    h, b = harness.losses[0], baseline.losses[0]
+    gap = abs(h - b)
+    ok = gap <= LOSS_TOLERANCE * max(1.0, abs(h))
+    print(f"  check: first-iteration loss  harness {h:.8f} nats  baseline {b:.8f} nats  |diff| {gap:.2e}"
+          f"  -> {'agree' if ok else 'DISAGREE'}")
+    print(f"  check: forward NFE per iteration  harness {harness.nfe_forward}  baseline {baseline.nfe_forward}")
+    if harness.nfe_forward != baseline.nfe_forward:
+        print("  note: forward NFE differ between the two loops")
+    return ok, harness, baseline
+
+
+def choose_iterations(requested: int | None, probe: Block, block_seconds: float) -> int:
+    if requested is not None:
+        return requested
+    per_iteration = probe.median_s
+    return max(10, min(400, round(block_seconds / max(per_iteration, 1e-6))))
+
+
+def measure(setup: Setup, iterations: int, repeats: int) -> Result:
+    harness_blocks: list[Block] = []
+    baseline_blocks: list[Block] = []
+    for pair in range(repeats):
+        order = ("harness", "baseline") if pair % 2 == 0 else ("baseline", "harness")  # ABBA
+        for side in order:
+            if side == "harness":
+                harness_blocks.append(run_harness(setup, iterations))
+            else:
+                baseline_blocks.append(run_baseline(setup, iterations))
+        h, b = harness_blocks[-1], baseline_blocks[-1]
+        print(f"  pair {pair + 1}/{repeats} ({order[0]} first): harness {1e3 * h.median_s:8.3f} ms/iter  "
+              f"baseline {1e3 * b.median_s:8.3f} ms/iter  ratio {h.median_s / b.median_s:.4f}", flush=True)
+    pooled_h = [s for block in harness_blocks for s in block.iteration_seconds[1:]]
+    pooled_b = [s for block in baseline_blocks for s in block.iteration_seconds[1:]]
+    gap = max(abs(x - y) for h, b in zip(harness_blocks, baseline_blocks, strict=True)
+              for x, y in zip(h.losses, b.losses, strict=True))
+    nfe = statistics.fmean(n for block in harness_blocks for n in block.nfe_forward)
+    return Result(
+        spec=setup.spec, iterations=iterations, nfe_forward=nfe,
+        harness_ms=1e3 * statistics.median(pooled_h), baseline_ms=1e3 * statistics.median(pooled_b),
+        harness_wall_ms=1e3 * statistics.median(block.wall_s / iterations for block in harness_blocks),
+        baseline_wall_ms=1e3 * statistics.median(block.wall_s / iterations for block in baseline_blocks),
+        ratios=[h.median_s / b.median_s for h, b in zip(harness_blocks, baseline_blocks, strict=True)],
+        max_loss_gap=gap,
+    )
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_line(device: str) -> str:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    where = f"CPU {cpu_model()} ({cores} cores usable)"
+    if device.startswith("cuda"):
+        where += f", GPU {torch.cuda.get_device_name(torch.device(device))}"
+    load = f", load average {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
+    return (f"machine: {where}, torch {torch.__version__} ({torch.get_num_threads()} intra-op threads), "
+            f"torchdiffeq {torchdiffeq.__version__}, Python {platform.python_version()}, device {device}{load}")
+
+
+def table(results: list[Result]) -> str:
+    headers = ["solver", "iters/block", "NFE fwd/iter", "harness ms/iter", "baseline ms/iter",
+               "ratio (median)", "ratio min..max", "overhead %", "harness wall ms/iter", "baseline wall ms/iter"]
+    rows = [[r.spec, str(r.iterations), f"{r.nfe_forward:.1f}", f"{r.harness_ms:.3f}", f"{r.baseline_ms:.3f}",
+             f"{r.ratio:.4f}", f"{min(r.ratios):.4f}..{max(r.ratios):.4f}", f"{r.overhead_pct:+.2f}",
+             f"{r.harness_wall_ms:.3f}", f"{r.baseline_wall_ms:.3f}"] for r in results]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    for row in rows:
+        cells = (c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=None, metavar="N",
+                        help="iterations per block (default: chosen per solver so a block takes ~--block-seconds)")
+    parser.add_argument("--block-seconds", type=float, default=2.5, metavar="S",
+                        help="target block length when --iterations is not given (default 2.5)")
+    parser.add_argument("--repeats", type=int, default=8, metavar="R",
+                        help="block pairs (harness + baseline) per solver (default 8)")
+    parser.add_argument("--batch-size", type=int, default=512, metavar="B", help="minibatch size (default 512)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
+    parser.add_argument("--solver", nargs="+", default=list(DEFAULT_SOLVERS), metavar="SPEC",
+                        help="cnfbench solver selectors (default: euler[steps=10] dopri5)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    parser.add_argument("--threads", type=int, default=1, metavar="T",
+                        help="torch intra-op threads (default 1: stable on a shared machine; 0 = torch's default)")
+    parser.add_argument("--check", type=float, default=None, metavar="PCT",
+                        help="exit 1 if a solver's median overhead exceeds PCT percent")
+    args = parser.parse_args(argv)
+    if args.iterations is not None and args.iterations < 2:
+        parser.error("--iterations must be >= 2 (the first iteration of each block is dropped)")
+    if args.repeats < 1 or args.batch_size < 1 or args.threads < 0:
+        parser.error("--repeats and --batch-size must be >= 1, --threads >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    registry = load_registry()
+    try:
+        setups = [build(spec, registry, args.batch_size, args.lr, args.device) for spec in args.solver]
+    except ParamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    machine = machine_line(str(setups[0].train_data.device))
+    print(machine)
+    print(f"config: {DATASET} | {FIELD} | {TRACE} trace | batch {args.batch_size} | Adam lr {args.lr} | "
+          f"{args.repeats} block pairs per solver, ABBA order, first iteration of each block dropped")
+    results = []
+    for setup in setups:
+        print(f"\n{setup.cell.describe()}")
+        ok, probe, _ = validate(setup, 3)
+        if not ok:
+            print(f"error: the harness and the baseline compute different losses for {setup.spec!r}; "
+                  "the timing comparison would be invalid", file=sys.stderr)
+            return EXIT_INVALID
+        iterations = choose_iterations(args.iterations, probe, args.block_seconds)
+        result = measure(setup, iterations, args.repeats)
+        print(f"  max |loss harness - loss baseline| over all timed iterations: {result.max_loss_gap:.2e} nats")
+        results.append(result)
+    print()
+    print(machine)
+    print("times: median per-iteration wall-clock, first iteration of each block dropped; harness = "
+          "TrainingRecord.iteration_seconds of cnfbench.training.train; wall = whole block / iterations")
+    print(table(results))
+    failed = [r for r in results if args.check is not None and r.overhead_pct > args.check]
+    for r in failed:
+        print(f"check failed: {r.spec} overhead {r.overhead_pct:+.2f}% > {args.check}%", file=sys.stderr)
+    return EXIT_CHECK_FAILED if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,10 @@
+"""cnfbench: benchmark continuous normalizing flows across fields, solvers and trace estimators."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("cnfbench")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__"]

@@ -1,0 +1,192 @@
+"""The contracts every component family implements.
+
+A component is a class with a unique ``name``, a ``description`` and a tuple
+of declared :class:`~cnfbench.params.Param`. Four families exist:
+
+* :class:`VectorField` — ``Field(dim, **params)``, an ``nn.Module`` with
+  ``forward(t, z) -> dz/dt`` (``t`` a 0-dim tensor, ``z`` of shape ``[B, D]``).
+* :class:`Solver` — ``Solver(**params)``; integrates a dynamics module over a
+  tuple of tensors from ``t0`` to ``t1`` and returns the final state.
+* :class:`TraceEstimator` — ``Trace(**params)``; draws its noise once per
+  solve in :meth:`TraceEstimator.begin_solve`, then returns ``(dz, div)``.
+* :class:`Dataset` — ``Dataset(**params)``; dimension, seeded splits and
+  optionally its exact log-density.
+
+The harness never looks at a concrete component: it only uses these methods.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from cnfbench.params import Param
+
+FieldFunction = Callable[[Tensor, Tensor], Tensor]
+"""``f(t, z) -> dz/dt``: what a trace estimator differentiates."""
+
+
+class Component:
+    """Mixin carrying the metadata shared by every component family."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    params: ClassVar[tuple[Param, ...]] = ()
+
+
+class VectorField(nn.Module, Component):
+    """A learnable velocity field ``v(t, z)`` on ``R^dim``."""
+
+    def __init__(self, dim: int, **params: Any) -> None:
+        super().__init__()
+        self.dim = dim
+        self.config = dict(params)
+
+    @abstractmethod
+    def forward(self, t: Tensor, z: Tensor) -> Tensor:
+        """Return ``dz/dt`` of shape ``[B, dim]`` for ``t`` 0-dim and ``z`` ``[B, dim]``."""
+
+
+Dynamics = nn.Module
+"""A module whose ``forward(t, state)`` maps a tuple of tensors to their derivatives."""
+
+
+class Solver(Component, ABC):
+    """An ODE solver used to integrate the CNF dynamics.
+
+    ``adaptive`` says whether the step size is chosen by error control.
+    ``nfe_per_step`` is the number of dynamics evaluations one step costs for
+    a fixed-grid Runge-Kutta method (``None`` when it varies).
+    """
+
+    adaptive: ClassVar[bool] = False
+    nfe_per_step: ClassVar[int | None] = None
+
+    def __init__(self, **params: Any) -> None:
+        self.config = dict(params)
+
+    @abstractmethod
+    def integrate(
+        self, dynamics: Dynamics, state: tuple[Tensor, ...], t0: float, t1: float
+    ) -> tuple[Tensor, ...]:
+        """Integrate ``dynamics`` from ``t0`` to ``t1`` (either direction); return the final state.
+
+        The result must stay differentiable with respect to ``state`` and the
+        parameters of ``dynamics`` (through backpropagation or an adjoint).
+        """
+
+    def expected_nfe(self) -> int | None:
+        """Evaluations one solve must cost when that is known in advance, else ``None``."""
+        return None
+
+
+class TraceEstimator(Component, ABC):
+    """Computes the field and (an estimate of) its divergence together."""
+
+    stochastic: ClassVar[bool] = False
+
+    def __init__(self, **params: Any) -> None:
+        self.config = dict(params)
+
+    def begin_solve(self, z: Tensor, generator: torch.Generator | None) -> None:  # noqa: B027
+        """Draw the noise for one whole solve (shape like ``z``); deterministic estimators ignore it."""
+
+    @abstractmethod
+    def __call__(
+        self, field: FieldFunction, t: Tensor, z: Tensor, create_graph: bool
+    ) -> tuple[Tensor, Tensor]:
+        """Return ``(dz, div)``: ``dz = field(t, z)`` of shape ``[B, D]`` and ``div`` of shape ``[B]``.
+
+        ``z`` requires grad; ``create_graph`` says whether the result will be
+        differentiated again (training) or not (evaluation).
+        """
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Train, validation and test samples, each ``[N, D]`` float32."""
+
+    train: Tensor
+    val: Tensor
+    test: Tensor
+
+
+def split_generator(seed: int, stream: str) -> torch.Generator:
+    """A CPU generator for one named random stream of a seeded cell."""
+    digest = hashlib.sha256(f"{seed}:{stream}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+class Dataset(Component, ABC):
+    """A data distribution on ``R^dim`` with seeded, fixed splits."""
+
+    def __init__(self, **params: Any) -> None:
+        self.config = dict(params)
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """Dimension of one sample."""
+
+    @abstractmethod
+    def splits(self, seed: int) -> Splits:
+        """Return the train/validation/test samples drawn for ``seed``."""
+
+    @property
+    def has_density(self) -> bool:
+        """Whether :meth:`log_prob` returns the exact log-density."""
+        return False
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Exact log-density in nats of ``x`` ``[N, D]``, shape ``[N]``; only when ``has_density``."""
+        raise NotImplementedError(f"dataset {self.name!r} does not know its density")
+
+
+class SampledDataset(Dataset):
+    """A dataset defined by a sampler; splits are fresh seeded draws of fixed sizes.
+
+    Subclasses implement :meth:`sample` using only ``generator`` for randomness
+    and declare the ``n_train``, ``n_val`` and ``n_test`` parameters (see
+    :data:`SPLIT_PARAMS`).
+    """
+
+    @abstractmethod
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        """Draw ``n`` samples ``[n, dim]`` float32 using only ``generator``."""
+
+    def splits(self, seed: int) -> Splits:
+        sizes = {split: int(self.config[f"n_{split}"]) for split in ("train", "val", "test")}
+        drawn = {split: self.sample(n, split_generator(seed, f"data/{split}")) for split, n in sizes.items()}
+        return Splits(**{split: tensor.to(torch.float32).contiguous() for split, tensor in drawn.items()})
+
+
+SPLIT_PARAMS: tuple[Param, ...] = (
+    Param("n_train", "int", 20000, "training samples", minimum=1),
+    Param("n_val", "int", 2000, "validation samples", minimum=1),
+    Param("n_test", "int", 2000, "test samples (the NLL is averaged over these)", minimum=1),
+)
+"""The split-size parameters shared by sampled datasets."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """One component family: its contract class and the hook that supplies it."""
+
+    key: str
+    hook: str
+    base: type
+    plural: str
+
+
+FAMILIES: dict[str, Family] = {
+    "dataset": Family("dataset", "cnfbench_datasets", Dataset, "datasets"),
+    "field": Family("field", "cnfbench_fields", VectorField, "fields"),
+    "solver": Family("solver", "cnfbench_solvers", Solver, "solvers"),
+    "trace": Family("trace", "cnfbench_traces", TraceEstimator, "traces"),
+}

@@ -1,0 +1,125 @@
+"""CNF dynamics on the state ``(z, a)`` and the log-likelihood they define, with harness-side NFE counting.
+
+The dynamics are ``dz/dt = v(t, z)`` and ``da/dt = -div v(t, z)``. Solving
+from ``t=1`` (``z = x``, ``a = 0``) back to ``t=0`` gives ``z0`` and
+``a(0) = ∫_0^1 div v dt``, so ``log p(x) = log N(z0; 0, I) - a(0)``.
+
+Every evaluation of the dynamics ticks an :class:`NFECounter`, which keeps
+forward, backward (adjoint) and evaluation counts apart and can stop a solve
+that exceeds a budget. Solvers therefore never count anything themselves.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from cnfbench.contracts import Solver, TraceEstimator, VectorField
+
+
+class NFEBudgetExceeded(RuntimeError):
+    """One solve needed more dynamics evaluations than the cell allows."""
+
+
+class ContractViolation(RuntimeError):
+    """A component returned something its contract forbids; the message names it."""
+
+
+PHASES = ("forward", "backward", "eval", "ref")
+
+
+@dataclass
+class NFECounter:
+    """Counts dynamics evaluations per phase and per solve.
+
+    ``phase`` is set by the harness: ``forward`` during a training solve,
+    ``backward`` during its backward pass (non-zero only with an adjoint),
+    ``eval``/``ref`` during evaluation with the training/reference solver.
+    """
+
+    max_per_solve: int | None = None
+    phase: str = "forward"
+    totals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PHASES, 0))
+    current: int = 0
+
+    def start(self, phase: str) -> None:
+        """Begin counting a new solve (or backward pass) in ``phase``."""
+        if phase not in PHASES:
+            raise ValueError(f"unknown NFE phase {phase!r}")
+        self.phase = phase
+        self.current = 0
+
+    def tick(self) -> None:
+        self.current += 1
+        self.totals[self.phase] += 1
+        if self.max_per_solve is not None and self.current > self.max_per_solve:
+            raise NFEBudgetExceeded(
+                f"{self.phase} solve exceeded the NFE budget of {self.max_per_solve} evaluations"
+            )
+
+
+class CNFDynamics(nn.Module):
+    """The augmented dynamics ``(z, a) -> (v, -div v)`` for one field and trace estimator."""
+
+    def __init__(
+        self, field: VectorField, trace: TraceEstimator, counter: NFECounter, differentiable: bool,
+        field_label: str = "field", trace_label: str = "trace",
+    ) -> None:
+        super().__init__()
+        self.field = field
+        self.trace = trace
+        self.counter = counter
+        self.differentiable = differentiable
+        self.field_label = field_label
+        self.trace_label = trace_label
+        self._checked = False
+
+    def forward(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        self.counter.tick()
+        z = state[0]
+        with torch.enable_grad():
+            if not z.requires_grad:
+                z = z.detach().requires_grad_(True)
+            # The first evaluation goes through a checking wrapper, so a bad field is named before a trace trips on it.
+            dz, div = self.trace(self.field if self._checked else self._checked_field, t, z, self.differentiable)
+        if not self._checked:
+            self._check_divergence(z, div)
+            self._checked = True
+        if not self.differentiable:
+            dz, div = dz.detach(), div.detach()
+        return dz, -div
+
+    def _checked_field(self, t: Tensor, z: Tensor) -> Tensor:
+        dz = self.field(t, z)
+        if not isinstance(dz, Tensor) or dz.shape != z.shape or dz.dtype != z.dtype or dz.device != z.device:
+            got = f"{tuple(dz.shape)} {dz.dtype} on {dz.device}" if isinstance(dz, Tensor) else type(dz).__name__
+            raise ContractViolation(
+                f"field {self.field_label} returned dz/dt {got}; expected {tuple(z.shape)} {z.dtype} on {z.device}"
+            )
+        return dz
+
+    def _check_divergence(self, z: Tensor, div: Tensor) -> None:
+        if not isinstance(div, Tensor) or div.shape != z.shape[:1] or div.dtype != z.dtype:
+            got = f"{tuple(div.shape)} {div.dtype}" if isinstance(div, Tensor) else type(div).__name__
+            raise ContractViolation(
+                f"trace {self.trace_label} returned a divergence of {got}; expected ({z.shape[0]},) {z.dtype}"
+            )
+
+
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    """``log N(z; 0, I)`` per row, in nats."""
+    return -0.5 * (z.pow(2).sum(dim=1) + z.shape[1] * math.log(2 * math.pi))
+
+
+def log_likelihood(
+    dynamics: CNFDynamics, solver: Solver, x: Tensor, phase: str, generator: torch.Generator | None
+) -> Tensor:
+    """``log p(x)`` in nats per row under the CNF, solving from t=1 back to t=0."""
+    dynamics.counter.start(phase)
+    dynamics.trace.begin_solve(x, generator)
+    a1 = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    z0, a0 = solver.integrate(dynamics, (x, a1), 1.0, 0.0)
+    return standard_normal_log_prob(z0) - a0

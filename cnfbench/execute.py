@@ -1,0 +1,223 @@
+"""Run one cell end to end — build, train, evaluate — and turn the outcome into a result row.
+
+A cell never raises: divergence, a blown NFE budget, a contract violation or
+any exception in a plugin become a status and a one-line reason in the row,
+with whatever was measured before the failure.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from cnfbench.cells import Cell
+from cnfbench.dynamics import ContractViolation, NFEBudgetExceeded
+from cnfbench.evaluation import EvaluationPass, evaluate_log_prob
+from cnfbench.measure import PeakMemory, now
+from cnfbench.registry import Registry
+from cnfbench.training import Diverged, IterationCallback, TrainingRecord, seeded_field, train
+from cnfbench.validity import integrate_mass, mass_grid, validity
+
+STATUSES = ("done", "diverged", "budget", "timeout", "error", "interrupted", "skipped")
+
+
+@dataclass
+class CellOutcome:
+    """The result row of one cell and its training curve rows."""
+
+    row: dict[str, Any]
+    curves: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _plugin_frame(exc: BaseException, registry: Registry, cell: Cell) -> str | None:
+    """Name the component whose module raised ``exc``, if one did."""
+    modules = {}
+    for family, spec in (("dataset", cell.dataset), ("field", cell.field), ("solver", cell.solver),
+                         ("trace", cell.trace)):
+        entry = registry.get(family, spec.name)
+        modules[entry.cls.__module__] = f"{family} {spec.name!r} (plugin {entry.plugin!r})"
+    for frame, _ in reversed(list(traceback.walk_tb(exc.__traceback__))):
+        module = frame.f_globals.get("__name__", "")
+        if module in modules:
+            return modules[module]
+    return None
+
+
+def classify_failure(exc: BaseException, registry: Registry, cell: Cell) -> tuple[str, str]:
+    """Map an exception raised while running ``cell`` to ``(status, reason)``."""
+    message = _one_line(str(exc))
+    if isinstance(exc, Diverged):
+        return "diverged", message
+    if isinstance(exc, NFEBudgetExceeded):
+        return "budget", message
+    if isinstance(exc, AssertionError) and "underflow in dt" in message:
+        return "diverged", f"step size underflow ({message})"
+    if isinstance(exc, AssertionError) and "max_num_steps exceeded" in message:
+        return "budget", f"solver step cap reached ({message})"
+    if isinstance(exc, ContractViolation):
+        return "error", f"contract violation: {message}"
+    if isinstance(exc, torch.OutOfMemoryError):
+        return "error", f"out of memory: {message}"
+    culprit = _plugin_frame(exc, registry, cell)
+    where = f" in {culprit}" if culprit else ""
+    return "error", _one_line(f"{type(exc).__name__}{where}: {message}")
+
+
+def identity_columns(cell: Cell) -> dict[str, Any]:
+    return {
+        "cell_id": cell.cell_id,
+        "dataset": cell.dataset.name,
+        "field": cell.field.name,
+        "solver": cell.solver.name,
+        "trace": cell.trace.name,
+        "seed": cell.seed,
+        "dataset_spec": cell.dataset.label(),
+        "field_spec": cell.field.label(),
+        "solver_spec": cell.solver.label(),
+        "trace_spec": cell.trace.label(),
+        "iterations": cell.budget.iterations,
+        "batch_size": cell.budget.batch_size,
+        "lr": cell.budget.lr,
+        "max_nfe": cell.budget.max_nfe,
+        "eval_trace_spec": cell.evaluation.trace.label(),
+        "ref_solver_spec": cell.evaluation.ref_solver.label(),
+        "ref_dtype": cell.evaluation.ref_dtype,
+        "device": cell.device,
+    }
+
+
+def _nfe_stats(values: list[int]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return float(statistics.fmean(values)), float(max(values))
+
+
+def _mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
+    n = values.numel()
+    return float(values.mean()), float(values.std() / math.sqrt(n)) if n > 1 else math.nan
+
+
+def _density_columns(dataset: Any, test: torch.Tensor, passes: dict[str, EvaluationPass]) -> dict[str, Any]:
+    """True entropy on the test split, and the NLLs' paired gaps to it, when the dataset knows its density.
+
+    Computing the entropy on the very samples the NLLs average over makes
+    ``nll - entropy`` and ``excess_nll = nll_ref - entropy`` paired estimates
+    of a KL divergence, with far smaller standard errors than either alone.
+    """
+    names = ("entropy", "entropy_stderr", "excess_nll", "excess_nll_stderr", "nll_minus_entropy_stderr")
+    columns: dict[str, Any] = dict.fromkeys(names, math.nan)
+    if not dataset.has_density:
+        return columns
+    true_log_prob = dataset.log_prob(test.to("cpu")).to(torch.float64)
+    columns["entropy"], columns["entropy_stderr"] = _mean_and_stderr(-true_log_prob)
+    if "ref" in passes:
+        columns["excess_nll"], columns["excess_nll_stderr"] = _mean_and_stderr(true_log_prob - passes["ref"].log_prob)
+    if "eval" in passes:
+        columns["nll_minus_entropy_stderr"] = _mean_and_stderr(true_log_prob - passes["eval"].log_prob)[1]
+    return columns
+
+
+def run_cell(cell: Cell, registry: Registry, on_iteration: IterationCallback | None = None,
+             on_phase: Callable[[str], None] | None = None) -> CellOutcome:
+    """Train and evaluate ``cell``; always return a row with a status."""
+    device = torch.device(cell.device)
+    row: dict[str, Any] = identity_columns(cell)
+    row.update(status="error", reason="", n_params=math.nan, nfe_expected_per_solve=math.nan,
+               mass=math.nan, mass_ref=math.nan, mass_time_s=math.nan, mass_ref_time_s=math.nan)
+    record = TrainingRecord()
+    memory = PeakMemory(device)
+    memory.reset()
+    evaluation: dict[str, EvaluationPass] = {}
+    dataset = None
+    test = None
+    started = now(device)
+    try:
+        dataset = registry.build("dataset", cell.dataset)
+        splits = dataset.splits(cell.seed)
+        train_data, test = splits.train.to(device), splits.test.to(device)
+        field_module = seeded_field(lambda: registry.build("field", cell.field, dataset.dim), cell.seed, device)
+        row["n_params"] = sum(p.numel() for p in field_module.parameters() if p.requires_grad)
+        solver = registry.build("solver", cell.solver)
+        expected = solver.expected_nfe()
+        row["nfe_expected_per_solve"] = math.nan if expected is None else expected
+        trace = registry.build("trace", cell.trace)
+        if on_phase:
+            on_phase("train")
+        train(cell, field_module, solver, trace, train_data, record, on_iteration)
+        eval_trace = registry.build("trace", cell.evaluation.trace)
+        labels = (repr(cell.field.name), repr(cell.evaluation.trace.name))
+        if on_phase:
+            on_phase("eval")
+        evaluation["eval"] = evaluate_log_prob(field_module, solver, eval_trace, test, cell.evaluation.batch_size,
+                                               "eval", max_nfe=cell.budget.max_nfe, labels=labels)
+        if on_phase:
+            on_phase("ref")
+        ref_solver = registry.build("solver", cell.evaluation.ref_solver)
+        evaluation["ref"] = evaluate_log_prob(field_module, ref_solver, eval_trace, test, cell.evaluation.batch_size,
+                                              "ref", dtype=getattr(torch, cell.evaluation.ref_dtype), labels=labels)
+        if dataset.dim == 2 and cell.evaluation.mass_grid > 0:
+            if on_phase:
+                on_phase("mass")
+            grid, cell_area = mass_grid(test, cell.evaluation.mass_grid)
+            for key, mass_solver, dtype in (("mass", solver, None),
+                                            ("mass_ref", ref_solver, getattr(torch, cell.evaluation.ref_dtype))):
+                grid_pass = evaluate_log_prob(field_module, mass_solver, eval_trace, grid, cell.evaluation.batch_size,
+                                              "ref", dtype=dtype, max_nfe=cell.budget.max_nfe, labels=labels)
+                row[key] = integrate_mass(grid_pass.log_prob, cell_area)
+                row[f"{key}_time_s"] = grid_pass.seconds
+        row["status"] = "done"
+    except KeyboardInterrupt:
+        row.update(status="interrupted", reason="interrupted by the user (Ctrl-C)")
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failing cell must never kill the sweep
+        row["status"], row["reason"] = classify_failure(exc, registry, cell)
+    finally:
+        row.update(_measured_columns(record, evaluation, memory, now(device) - started))
+        if dataset is not None and test is not None and row["status"] == "done":
+            try:
+                row.update(_density_columns(dataset, test, evaluation))
+            except Exception as exc:  # noqa: BLE001
+                row["status"], row["reason"] = classify_failure(exc, registry, cell)
+        row["valid"], row["validity_reason"] = validity(row) if row["status"] == "done" else (False, "")
+    curves = [{"cell_id": cell.cell_id, **point} for point in record.curves()]
+    return CellOutcome(row, curves)
+
+
+def _measured_columns(record: TrainingRecord, evaluation: dict[str, EvaluationPass], memory: PeakMemory,
+                      wall: float) -> dict[str, Any]:
+    forward_mean, forward_max = _nfe_stats(record.nfe_forward)
+    backward_mean, backward_max = _nfe_stats(record.nfe_backward)
+    own, ref = evaluation.get("eval"), evaluation.get("ref")
+    return {
+        "iterations_done": record.iterations,
+        "final_train_loss": record.losses[-1] if record.losses else math.nan,
+        "nll": own.nll if own else math.nan,
+        "nll_stderr": own.nll_stderr if own else math.nan,
+        "nll_ref": ref.nll if ref else math.nan,
+        "nll_ref_stderr": ref.nll_stderr if ref else math.nan,
+        "nfe_forward_mean": forward_mean,
+        "nfe_forward_max": forward_max,
+        "nfe_backward_mean": backward_mean,
+        "nfe_backward_max": backward_max,
+        "nfe_eval": own.nfe if own else math.nan,
+        "nfe_eval_max_chunk": own.nfe_max_chunk if own else math.nan,
+        "nfe_ref": ref.nfe if ref else math.nan,
+        "train_time_s": record.total_seconds,
+        "iter_time_median_s": record.median_iteration_seconds(),
+        "eval_time_s": own.seconds if own else math.nan,
+        "ref_time_s": ref.seconds if ref else math.nan,
+        "cell_time_s": wall,
+        "peak_memory_mib": memory.peak_mib(),
+        "memory_kind": memory.kind,
+    }

@@ -1,0 +1,53 @@
+"""Pluggy hook specifications: the only way components enter cnfbench.
+
+Each hook returns the component classes a plugin provides for one family.
+Built-in plugins (``cnfbench_plugins``), installed packages (entry-point group
+``cnfbench``) and ``--plugin`` modules all implement these same hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pluggy
+
+from cnfbench.contracts import Dataset, Solver, TraceEstimator, VectorField
+
+PROJECT_NAME = "cnfbench"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def cnfbench_datasets() -> Sequence[type[Dataset]]:
+    """Return dataset classes (subclasses of :class:`cnfbench.contracts.Dataset`).
+
+    Each class has a unique ``name`` and declares its ``params``; it is built
+    as ``Dataset(**params)``.
+    """
+
+
+@hookspec
+def cnfbench_fields() -> Sequence[type[VectorField]]:
+    """Return vector-field classes (subclasses of :class:`cnfbench.contracts.VectorField`).
+
+    Each class is built as ``Field(dim, **params)`` and maps ``(t, z)`` to ``dz/dt``.
+    """
+
+
+@hookspec
+def cnfbench_solvers() -> Sequence[type[Solver]]:
+    """Return ODE solver classes (subclasses of :class:`cnfbench.contracts.Solver`).
+
+    Each class is built as ``Solver(**params)`` and integrates a dynamics
+    module over a tuple of tensors.
+    """
+
+
+@hookspec
+def cnfbench_traces() -> Sequence[type[TraceEstimator]]:
+    """Return trace-estimator classes (subclasses of :class:`cnfbench.contracts.TraceEstimator`).
+
+    Each class is built as ``Trace(**params)`` and returns ``(dz, div)``.
+    """

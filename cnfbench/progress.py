@@ -1,0 +1,76 @@
+"""Progress reporting: a live bar on a terminal, plain log lines otherwise (CI, files, pipes)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from cnfbench.cells import Cell
+
+
+class Progress:
+    """Shows which cell is running and how far its training has got."""
+
+    def __init__(self, total_cells: int, stream: TextIO | None = None, interactive: bool | None = None,
+                 quiet: bool = False) -> None:
+        self.stream = stream or sys.stderr
+        self.interactive = self.stream.isatty() if interactive is None else interactive
+        self.quiet = quiet
+        self.total_cells = total_cells
+        self.index = 0
+        self.iterations = 0
+        self.label = ""
+        self._last_draw = 0.0
+        self._last_logged_tenth = -1
+
+    def _write(self, text: str) -> None:
+        if not self.quiet:
+            self.stream.write(text)
+            self.stream.flush()
+
+    def start_cell(self, index: int, cell: Cell) -> None:
+        self.index, self.iterations = index, cell.budget.iterations
+        self.label = f"{cell.dataset.name} {cell.field.name} {cell.solver.label()} {cell.trace.name} seed={cell.seed}"
+        self._last_logged_tenth = -1
+        if not self.interactive:
+            self._write(f"[cell {index}/{self.total_cells}] start {self.label}\n")
+
+    def iteration(self, done: int, loss: float) -> None:
+        if self.interactive:
+            now = time.monotonic()
+            if now - self._last_draw < 0.1 and done != self.iterations:
+                return
+            self._last_draw = now
+            width = 24
+            filled = int(width * done / max(self.iterations, 1))
+            bar = "#" * filled + "-" * (width - filled)
+            self._write(f"\r[cell {self.index}/{self.total_cells}] [{bar}] iter {done}/{self.iterations} "
+                        f"loss {loss:.3f} nats  {self.label[:60]}\033[K")
+            return
+        tenth = (10 * done) // max(self.iterations, 1)
+        if tenth > self._last_logged_tenth:
+            self._last_logged_tenth = tenth
+            self._write(f"[cell {self.index}/{self.total_cells}] iter {done}/{self.iterations} "
+                        f"train loss {loss:.3f} nats\n")
+
+    def phase(self, name: str) -> None:
+        what = {"eval": "test NLL with the training solver", "ref": "test NLL with the reference solve",
+                "mass": "the density's mass on a 2D grid"}.get(name)
+        if what:
+            if self.interactive:
+                self._write(f"\r[cell {self.index}/{self.total_cells}] evaluating {what}…\033[K")
+            else:
+                self._write(f"[cell {self.index}/{self.total_cells}] evaluating {what}\n")
+
+    def end_cell(self, row: dict[str, Any]) -> None:
+        status = row.get("status", "?")
+        detail = f"nll={row.get('nll', float('nan')):.3f} nll_ref={row.get('nll_ref', float('nan')):.3f} nats"
+        if status != "done":
+            detail = str(row.get("reason", ""))[:120]
+        prefix = "\r" if self.interactive else ""
+        self._write(f"{prefix}[cell {self.index}/{self.total_cells}] {status}: {self.label} — {detail}"
+                    f"{chr(27) + '[K' if self.interactive else ''}\n")
+
+    def message(self, text: str) -> None:
+        self._write(f"{text}\n")

@@ -1,0 +1,117 @@
+"""The component registry: what every plugin provides, by family and name.
+
+It asks each registered plugin's hooks for its component classes, rejects
+duplicates, resolves user selections (``euler[steps=10]``) into fully
+parameterised specs and builds component instances from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from cnfbench.contracts import FAMILIES, Component
+from cnfbench.params import ParamError, Selection, format_value, resolve_params
+from cnfbench.plugin_manager import PluginInfo, create_plugin_manager
+
+
+@dataclass(frozen=True)
+class ComponentEntry:
+    """One registered component class and the plugin that provides it."""
+
+    family: str
+    name: str
+    cls: type[Component]
+    plugin: str
+
+
+@dataclass(frozen=True)
+class ResolvedComponent:
+    """A component name with every declared parameter filled and typed."""
+
+    name: str
+    params: tuple[tuple[str, Any], ...]
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    def label(self) -> str:
+        """``name[k=v,...]`` with every parameter, in declaration order."""
+        if not self.params:
+            return self.name
+        return f"{self.name}[{','.join(f'{k}={format_value(v)}' for k, v in self.params)}]"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "params": {k: list(v) if isinstance(v, tuple) else v for k, v in self.params}}
+
+
+class RegistryError(Exception):
+    """A plugin broke the registration rules (bad class, duplicate name)."""
+
+
+class Registry:
+    """All components known to a plugin manager, per family."""
+
+    def __init__(self, pm: pluggy.PluginManager, plugins: Sequence[PluginInfo] = ()) -> None:
+        self.pm = pm
+        self.plugins = list(plugins)
+        self._components: dict[str, dict[str, ComponentEntry]] = {key: {} for key in FAMILIES}
+        for family in FAMILIES.values():
+            hook = getattr(pm.hook, family.hook)
+            for impl in hook.get_hookimpls():  # registration order
+                plugin_name = pm.get_name(impl.plugin) or repr(impl.plugin)
+                for cls in impl.function() or ():
+                    self._add(family.key, cls, plugin_name)
+
+    def _add(self, family: str, cls: Any, plugin_name: str) -> None:
+        base = FAMILIES[family].base
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise RegistryError(
+                f"plugin {plugin_name!r} returned {cls!r} from {FAMILIES[family].hook}, "
+                f"which is not a subclass of {base.__module__}.{base.__qualname__}"
+            )
+        name = getattr(cls, "name", "")
+        if not isinstance(name, str) or not name or any(ch in name for ch in "[],= "):
+            raise RegistryError(
+                f"plugin {plugin_name!r}: {family} class {cls.__qualname__} needs a plain string `name`"
+            )
+        existing = self._components[family].get(name)
+        if existing is not None and existing.cls is not cls:
+            raise RegistryError(
+                f"{family} {name!r} is provided twice: by plugin {existing.plugin!r} and by plugin {plugin_name!r}"
+            )
+        self._components[family][name] = ComponentEntry(family, name, cls, plugin_name)
+
+    def names(self, family: str) -> list[str]:
+        return sorted(self._components[family])
+
+    def entries(self, family: str) -> list[ComponentEntry]:
+        return [self._components[family][name] for name in self.names(family)]
+
+    def get(self, family: str, name: str) -> ComponentEntry:
+        entry = self._components[family].get(name)
+        if entry is None:
+            known = ", ".join(self.names(family)) or "none"
+            raise ParamError(f"unknown {family} {name!r}; known {FAMILIES[family].plural}: {known}")
+        return entry
+
+    def resolve(self, family: str, selection: Selection) -> ResolvedComponent:
+        """Validate ``selection`` against the declared parameters; raise :class:`ParamError`."""
+        entry = self.get(family, selection.name)
+        values = resolve_params(f"{family} {selection.name!r}", entry.cls.params, selection.raw_params)
+        return ResolvedComponent(selection.name, tuple(values.items()))
+
+    def build(self, family: str, resolved: ResolvedComponent, *args: Any) -> Any:
+        """Instantiate a resolved component (``args`` are positional, e.g. a field's ``dim``)."""
+        entry = self.get(family, resolved.name)
+        return entry.cls(*args, **resolved.kwargs)
+
+
+def load_registry(extra_plugins: Sequence[str] = (), autoload: bool | None = None) -> Registry:
+    """Create the plugin manager, load every plugin and collect their components."""
+    pm, infos = create_plugin_manager(extra_plugins, autoload)
+    return Registry(pm, infos)
