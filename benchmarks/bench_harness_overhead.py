@@ -13,14 +13,26 @@ and options, the exact trace as a loop of ``autograd.grad`` with
 
 Both sides restart every block from the same initial weights, a fresh Adam
 and the same batch order, so every block does the same work on both sides
-(the losses agree iteration by iteration; the first one is checked). Blocks
-alternate in ABBA order (harness, baseline, baseline, harness, ...) to cancel
-drift on a noisy machine, the first (warm-up) iteration of every block is
-dropped, and the overhead is the median over block pairs of
-``median(harness iteration) / median(baseline iteration) - 1``.
+(the losses agree iteration by iteration; the first one is checked before
+timing, and the largest gap over all timed iterations is printed). A block
+pair is one ``train`` call of N iterations and N baseline iterations:
+
+* ``--interleave iteration`` (default): the baseline's iteration k runs from
+  ``train``'s per-iteration callback, right after the harness's iteration k
+  (H1 B1 H2 B2 ...). The callback runs after the harness has read its clock,
+  so it is not in the harness's times. Noise on a shared machine changes on
+  the scale of a second; pairing neighbouring iterations cancels it.
+* ``--interleave block``: whole blocks alternate in ABBA order (harness,
+  baseline, baseline, harness, ...); this also gives the whole-block
+  wall-clock and CPU time, i.e. ``train``'s per-call setup and its
+  per-iteration bookkeeping outside the timed span.
+
+The first (warm-up) iteration of every block is dropped, and the overhead is
+the median over block pairs of ``median(harness iteration) / median(baseline
+iteration) - 1``.
 
     python benchmarks/bench_harness_overhead.py [--iterations N] [--repeats R] [--batch-size B]
-        [--solver SPEC ...] [--check PCT]
+        [--solver SPEC ...] [--interleave {iteration,block}] [--threads T] [--check PCT]
 
 Exit status: 0 normally; 1 when ``--check PCT`` is given and a solver's
 median overhead exceeds PCT percent; 3 when the two loops do not compute the
@@ -38,7 +50,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -159,9 +171,9 @@ class LoopRecord:
     nfe_forward: list[int] = field(default_factory=list)
 
 
-def baseline_loop(velocity: nn.Module, data: Tensor, batch_seed: int, batch_size: int, iterations: int, lr: float,
-                  ode: OdeSettings, record: LoopRecord, count_nfe: bool = False) -> None:
-    """Minimal FFJORD-style maximum-likelihood training, timed per iteration."""
+def baseline_training(velocity: nn.Module, data: Tensor, batch_seed: int, batch_size: int, iterations: int,
+                      lr: float, ode: OdeSettings, record: LoopRecord, count_nfe: bool = False) -> Iterator[None]:
+    """Minimal FFJORD-style maximum-likelihood training, timed per iteration; yields after every iteration."""
     device = data.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     cnf = CountingCNF(velocity) if count_nfe else ExactCNF(velocity)
@@ -197,6 +209,7 @@ def baseline_loop(velocity: nn.Module, data: Tensor, batch_seed: int, batch_size
         record.losses.append(loss.item())
         record.iteration_seconds.append(ended - began)
         record.nfe_forward.append(forward_nfe)
+        yield
 
 
 # --------------------------------------------------------------------------------------------------
@@ -258,36 +271,65 @@ def build(spec: str, registry, batch_size: int, lr: float, device: str) -> Setup
 
 @dataclass
 class Block:
-    median_s: float
-    wall_s: float
+    """One timed run of N iterations of one side."""
+
     iteration_seconds: list[float]
     losses: list[float]
     nfe_forward: list[int]
+    wall_s: float = math.nan  # the whole block (for the harness: the train() call), wall-clock
+    cpu_s: float = math.nan  # the same span in process CPU time (robust to time spent waiting for a core)
+
+    @property
+    def median_s(self) -> float:
+        """Median iteration, the first (warm-up: first epoch shuffle, Adam state, contract check) dropped."""
+        return statistics.median(self.iteration_seconds[1:] or self.iteration_seconds)
 
 
-def run_harness(setup: Setup, iterations: int) -> Block:
-    cell = dataclasses.replace(setup.cell, budget=dataclasses.replace(setup.cell.budget, iterations=iterations))
-    setup.field_module.load_state_dict(setup.initial_state)
-    record = TrainingRecord()
-    gc.collect()
-    began = time.perf_counter()
-    train(cell, setup.field_module, setup.solver, setup.trace, setup.train_data, record)
-    wall = time.perf_counter() - began
-    return Block(record.median_iteration_seconds(), wall, list(record.iteration_seconds), list(record.losses),
-                 list(record.nfe_forward))
+def harness_cell(setup: Setup, iterations: int):
+    return dataclasses.replace(setup.cell, budget=dataclasses.replace(setup.cell.budget, iterations=iterations))
 
 
-def run_baseline(setup: Setup, iterations: int, count_nfe: bool = False) -> Block:
+def start_baseline(setup: Setup, iterations: int, count_nfe: bool = False) -> tuple[LoopRecord, Iterator[None]]:
     setup.baseline_field.load_state_dict(setup.initial_state)
     record = LoopRecord()
     budget = setup.cell.budget
+    steps = baseline_training(setup.baseline_field, setup.train_data, setup.batch_seed, budget.batch_size, iterations,
+                              budget.lr, setup.ode, record, count_nfe)
+    return record, steps
+
+
+def run_harness(setup: Setup, iterations: int, on_iteration: Callable[[int, float], None] | None = None) -> Block:
+    """One ``cnfbench.training.train`` call from the initial weights; times from its ``TrainingRecord``."""
+    setup.field_module.load_state_dict(setup.initial_state)
+    record = TrainingRecord()
     gc.collect()
-    began = time.perf_counter()
-    baseline_loop(setup.baseline_field, setup.train_data, setup.batch_seed, budget.batch_size, iterations, budget.lr,
-                  setup.ode, record, count_nfe)
-    wall = time.perf_counter() - began
-    times = record.iteration_seconds[1:] if len(record.iteration_seconds) > 1 else record.iteration_seconds
-    return Block(statistics.median(times), wall, record.iteration_seconds, record.losses, record.nfe_forward)
+    cpu, began = time.process_time(), time.perf_counter()
+    train(harness_cell(setup, iterations), setup.field_module, setup.solver, setup.trace, setup.train_data, record,
+          on_iteration)
+    wall, cpu = time.perf_counter() - began, time.process_time() - cpu
+    return Block(list(record.iteration_seconds), list(record.losses), list(record.nfe_forward), wall, cpu)
+
+
+def run_baseline(setup: Setup, iterations: int, count_nfe: bool = False) -> Block:
+    record, steps = start_baseline(setup, iterations, count_nfe)
+    gc.collect()
+    cpu, began = time.process_time(), time.perf_counter()
+    for _ in steps:
+        pass
+    wall, cpu = time.perf_counter() - began, time.process_time() - cpu
+    return Block(record.iteration_seconds, record.losses, record.nfe_forward, wall, cpu)
+
+
+def run_interleaved(setup: Setup, iterations: int) -> tuple[Block, Block]:
+    """One ``train`` call whose per-iteration callback runs one baseline iteration: H1 B1 H2 B2 ...
+
+    The callback runs after the harness has read its end-of-iteration clock, so it is outside the harness's
+    iteration times; the wall-clock of the call covers both sides and is not reported.
+    """
+    record, steps = start_baseline(setup, iterations)
+    harness = run_harness(setup, iterations, on_iteration=lambda _iteration, _loss: next(steps))
+    harness.wall_s = harness.cpu_s = math.nan  # they cover both sides here
+    return harness, Block(record.iteration_seconds, record.losses, record.nfe_forward)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -305,6 +347,7 @@ class Result:
     harness_wall_ms: float
     baseline_wall_ms: float
     ratios: list[float]
+    cpu_ratios: list[float]
     max_loss_gap: float
 
     @property
@@ -315,8 +358,12 @@ class Result:
     def overhead_pct(self) -> float:
         return 100.0 * (self.ratio - 1.0)
 
+    @property
+    def cpu_overhead_pct(self) -> float:
+        return 100.0 * (statistics.median(self.cpu_ratios) - 1.0)
 
-def validate(setup: Setup, iterations: int) -> tuple[bool, Block, Block]:
+
+def validate(setup: Setup, iterations: int) -> tuple[bool, Block]:
     """Untimed check that both loops compute the same losses (and, here, the same forward NFE)."""
     harness = run_harness(setup, iterations)
     baseline = run_baseline(setup, iterations, count_nfe=True)
@@ -328,40 +375,47 @@ def validate(setup: Setup, iterations: int) -> tuple[bool, Block, Block]:
     print(f"  check: forward NFE per iteration  harness {harness.nfe_forward}  baseline {baseline.nfe_forward}")
     if harness.nfe_forward != baseline.nfe_forward:
         print("  note: forward NFE differ between the two loops")
-    return ok, harness, baseline
+    return ok, harness
 
 
 def choose_iterations(requested: int | None, probe: Block, block_seconds: float) -> int:
     if requested is not None:
         return requested
-    per_iteration = probe.median_s
-    return max(10, min(400, round(block_seconds / max(per_iteration, 1e-6))))
+    return max(6, min(400, round(block_seconds / max(probe.median_s, 1e-6))))
 
 
-def measure(setup: Setup, iterations: int, repeats: int) -> Result:
+def measure(setup: Setup, iterations: int, repeats: int, interleave: str) -> Result:
     harness_blocks: list[Block] = []
     baseline_blocks: list[Block] = []
     for pair in range(repeats):
-        order = ("harness", "baseline") if pair % 2 == 0 else ("baseline", "harness")  # ABBA
-        for side in order:
-            if side == "harness":
-                harness_blocks.append(run_harness(setup, iterations))
-            else:
-                baseline_blocks.append(run_baseline(setup, iterations))
-        h, b = harness_blocks[-1], baseline_blocks[-1]
-        print(f"  pair {pair + 1}/{repeats} ({order[0]} first): harness {1e3 * h.median_s:8.3f} ms/iter  "
+        if interleave == "iteration":
+            h, b = run_interleaved(setup, iterations)
+            harness_blocks.append(h)
+            baseline_blocks.append(b)
+            how = "interleaved"
+        else:
+            order = ("harness", "baseline") if pair % 2 == 0 else ("baseline", "harness")  # ABBA
+            for side in order:
+                if side == "harness":
+                    harness_blocks.append(run_harness(setup, iterations))
+                else:
+                    baseline_blocks.append(run_baseline(setup, iterations))
+            h, b = harness_blocks[-1], baseline_blocks[-1]
+            how = f"{order[0]} first"
+        print(f"  pair {pair + 1:2d}/{repeats} ({how}): harness {1e3 * h.median_s:8.3f} ms/iter  "
               f"baseline {1e3 * b.median_s:8.3f} ms/iter  ratio {h.median_s / b.median_s:.4f}", flush=True)
     pooled_h = [s for block in harness_blocks for s in block.iteration_seconds[1:]]
     pooled_b = [s for block in baseline_blocks for s in block.iteration_seconds[1:]]
     gap = max(abs(x - y) for h, b in zip(harness_blocks, baseline_blocks, strict=True)
               for x, y in zip(h.losses, b.losses, strict=True))
-    nfe = statistics.fmean(n for block in harness_blocks for n in block.nfe_forward)
     return Result(
-        spec=setup.spec, iterations=iterations, nfe_forward=nfe,
+        spec=setup.spec, iterations=iterations,
+        nfe_forward=statistics.fmean(n for block in harness_blocks for n in block.nfe_forward),
         harness_ms=1e3 * statistics.median(pooled_h), baseline_ms=1e3 * statistics.median(pooled_b),
         harness_wall_ms=1e3 * statistics.median(block.wall_s / iterations for block in harness_blocks),
         baseline_wall_ms=1e3 * statistics.median(block.wall_s / iterations for block in baseline_blocks),
         ratios=[h.median_s / b.median_s for h, b in zip(harness_blocks, baseline_blocks, strict=True)],
+        cpu_ratios=[h.cpu_s / b.cpu_s for h, b in zip(harness_blocks, baseline_blocks, strict=True)],
         max_loss_gap=gap,
     )
 
@@ -387,12 +441,24 @@ def machine_line(device: str) -> str:
             f"torchdiffeq {torchdiffeq.__version__}, Python {platform.python_version()}, device {device}{load}")
 
 
-def table(results: list[Result]) -> str:
+def _ms(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
+
+
+def _pct(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:+.2f}"
+
+
+def table(results: list[Result], whole_blocks: bool) -> str:
     headers = ["solver", "iters/block", "NFE fwd/iter", "harness ms/iter", "baseline ms/iter",
-               "ratio (median)", "ratio min..max", "overhead %", "harness wall ms/iter", "baseline wall ms/iter"]
+               "ratio (median)", "ratio min..max", "overhead %"]
     rows = [[r.spec, str(r.iterations), f"{r.nfe_forward:.1f}", f"{r.harness_ms:.3f}", f"{r.baseline_ms:.3f}",
-             f"{r.ratio:.4f}", f"{min(r.ratios):.4f}..{max(r.ratios):.4f}", f"{r.overhead_pct:+.2f}",
-             f"{r.harness_wall_ms:.3f}", f"{r.baseline_wall_ms:.3f}"] for r in results]
+             f"{r.ratio:.4f}", f"{min(r.ratios):.4f}..{max(r.ratios):.4f}", f"{r.overhead_pct:+.2f}"]
+            for r in results]
+    if whole_blocks:
+        headers += ["harness wall ms/iter", "baseline wall ms/iter", "block CPU-time overhead %"]
+        for row, r in zip(rows, results, strict=True):
+            row += [_ms(r.harness_wall_ms), _ms(r.baseline_wall_ms), _pct(r.cpu_overhead_pct)]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
     lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |",
              "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
@@ -407,10 +473,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=None, metavar="N",
                         help="iterations per block (default: chosen per solver so a block takes ~--block-seconds)")
-    parser.add_argument("--block-seconds", type=float, default=2.5, metavar="S",
-                        help="target block length when --iterations is not given (default 2.5)")
-    parser.add_argument("--repeats", type=int, default=8, metavar="R",
-                        help="block pairs (harness + baseline) per solver (default 8)")
+    parser.add_argument("--block-seconds", type=float, default=2.0, metavar="S",
+                        help="target time per side and block when --iterations is not given (default 2.0)")
+    parser.add_argument("--repeats", type=int, default=16, metavar="R",
+                        help="block pairs (harness + baseline) per solver (default 16)")
+    parser.add_argument("--interleave", choices=("iteration", "block"), default="iteration",
+                        help="iteration (default): one baseline iteration after every harness iteration, from "
+                             "train()'s per-iteration callback; block: alternate whole blocks in ABBA order")
     parser.add_argument("--batch-size", type=int, default=512, metavar="B", help="minibatch size (default 512)")
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
     parser.add_argument("--solver", nargs="+", default=list(DEFAULT_SOLVERS), metavar="SPEC",
@@ -438,27 +507,35 @@ def main(argv: list[str] | None = None) -> int:
     except ParamError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    gc.collect()
+    gc.freeze()  # the long-lived objects (torch, registry, data) out of the collector's way: cheap per-block collects
     machine = machine_line(str(setups[0].train_data.device))
+    order = "ABBA order" if args.interleave == "block" else "iterations interleaved H1 B1 H2 B2 ..."
     print(machine)
     print(f"config: {DATASET} | {FIELD} | {TRACE} trace | batch {args.batch_size} | Adam lr {args.lr} | "
-          f"{args.repeats} block pairs per solver, ABBA order, first iteration of each block dropped")
+          f"{args.repeats} block pairs per solver, {order}, first iteration of each block dropped")
     results = []
     for setup in setups:
         print(f"\n{setup.cell.describe()}")
-        ok, probe, _ = validate(setup, 3)
+        ok, probe = validate(setup, 3)
         if not ok:
             print(f"error: the harness and the baseline compute different losses for {setup.spec!r}; "
                   "the timing comparison would be invalid", file=sys.stderr)
             return EXIT_INVALID
         iterations = choose_iterations(args.iterations, probe, args.block_seconds)
-        result = measure(setup, iterations, args.repeats)
+        result = measure(setup, iterations, args.repeats, args.interleave)
         print(f"  max |loss harness - loss baseline| over all timed iterations: {result.max_loss_gap:.2e} nats")
         results.append(result)
     print()
     print(machine)
-    print("times: median per-iteration wall-clock, first iteration of each block dropped; harness = "
-          "TrainingRecord.iteration_seconds of cnfbench.training.train; wall = whole block / iterations")
-    print(table(results))
+    print("ms/iter: median per-iteration wall-clock over all blocks, first iteration of each block dropped "
+          "(harness: TrainingRecord.iteration_seconds of cnfbench.training.train); ratio: median over block pairs "
+          "of harness/baseline block medians; overhead % = 100 * (ratio - 1)")
+    whole_blocks = args.interleave == "block"
+    if whole_blocks:
+        print("wall ms/iter: whole block (the train() call) / iterations, warm-up included; block CPU-time "
+              "overhead %: median over pairs of the blocks' process CPU-time ratio, minus 1")
+    print(table(results, whole_blocks))
     failed = [r for r in results if args.check is not None and r.overhead_pct > args.check]
     for r in failed:
         print(f"check failed: {r.spec} overhead {r.overhead_pct:+.2f}% > {args.check}%", file=sys.stderr)

@@ -17,6 +17,7 @@ import click
 from cnfbench import __version__
 from cnfbench.config import RunConfig, load_toml, merge, resolve_cells
 from cnfbench.contracts import FAMILIES
+from cnfbench.executor import Executor, InlineExecutor, ProcessExecutor
 from cnfbench.params import ParamError
 from cnfbench.plugin_manager import PluginLoadError
 from cnfbench.progress import Progress
@@ -85,6 +86,11 @@ LIST_HELP = "comma list; items may carry parameters, e.g. {example}"
 @click.option("--eval-batch-size", type=int, help="test samples per evaluation solve [default: 4096]")
 @click.option("--mass-grid", type=int, help="points per axis of the 2D mass check, 0 = off [default: 80]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N [default: auto]")
+@click.option("--timeout", type=float, help="seconds a cell may run before it is stopped (status timeout)")
+@click.option("--isolation", type=click.Choice(["process", "inline"]),
+              help="run cells in a worker process (hard timeouts) or in this one [default: process]")
+@click.option("--retry-failed/--no-retry-failed", default=None,
+              help="on resume, rerun cells that failed before [default: retry]")
 @click.option("--out", help="output root; the run goes to OUT/NAME [default: results]")
 @click.option("--name", help="run name (a rerun with the same name resumes) [default: run-DATE-TIME]")
 @click.option("--plugin", "plugins", multiple=True, help="extra plugin: a module name or a .py file (repeatable)")
@@ -118,10 +124,17 @@ def run(config_file: Path | None, dry_run: bool, quiet: bool, plugins: tuple[str
         return 0
     progress = Progress(len(cells), quiet=quiet)
     provenance = collect(sys.argv, config.to_json() | {"name": name}, registry.plugins, cells[0].device)
-    result = execute_run(cells, registry, run_dir, provenance, progress)
+    executor: Executor = (ProcessExecutor(config.plugin, config.timeout) if config.isolation == "process"
+                          else InlineExecutor(registry))
+    try:
+        result = execute_run(cells, registry, executor, run_dir, provenance, progress, config.retry_failed)
+    finally:
+        executor.close()
     ids = {cell.cell_id for cell in cells}
     rows = result.cells[result.cells["cell_id"].isin(ids)]
     click.echo("")
+    if result.interrupted:
+        click.echo("Interrupted: the table shows the cells finished so far; rerun the same command to resume.")
     click.echo("Summary (test NLL in nats per sample; NFE = dynamics evaluations per solve, counted by the harness):")
     click.echo(render(summary_table(rows), validity_notes(rows)))
     click.echo(f"\nresults: {run_dir} ({result.ran} cell(s) run, {result.skipped} skipped as already done)")

@@ -45,6 +45,9 @@ class RunConfig:
     eval_batch_size: int = 4096
     mass_grid: int = 80
     device: str = "auto"
+    timeout: float | None = None
+    isolation: str = "process"
+    retry_failed: bool = True
     out: str = "results"
     name: str | None = None
     plugin: tuple[str, ...] = ()
@@ -73,6 +76,18 @@ def _check_value(key: str, value: Any, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
             raise ParamError(f"{source}: 'lr' must be a positive number")
         return float(value)
+    if key == "timeout":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise ParamError(f"{source}: 'timeout' must be a positive number of seconds")
+        return float(value)
+    if key == "isolation":
+        if value not in ("process", "inline"):
+            raise ParamError(f"{source}: 'isolation' must be process or inline")
+        return value
+    if key == "retry_failed":
+        if not isinstance(value, bool):
+            raise ParamError(f"{source}: 'retry_failed' must be true or false")
+        return value
     if key == "ref_dtype":
         if value not in ("float32", "float64"):
             raise ParamError(f"{source}: 'ref_dtype' must be float32 or float64")

@@ -53,8 +53,9 @@ def evaluate_log_prob(
 ) -> EvaluationPass:
     """Log-likelihood of every row of ``data`` under the CNF, chunked by ``batch_size``.
 
-    With ``dtype`` set, a copy of the field in that dtype is evaluated (the
-    trained module is left as it is).
+    With ``dtype`` set, a copy of the field in that dtype is evaluated and the
+    trained module is left as it is; otherwise the module itself is switched
+    to eval mode.
     """
     device = data.device
     model = field_module

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from cnfbench.cells import Cell
+from cnfbench.columns import COLUMN_NAMES, ordered
 from cnfbench.dynamics import ContractViolation, NFEBudgetExceeded
 from cnfbench.evaluation import EvaluationPass, evaluate_log_prob
 from cnfbench.measure import PeakMemory, now
@@ -67,11 +68,39 @@ def classify_failure(exc: BaseException, registry: Registry, cell: Cell) -> tupl
         return "budget", f"solver step cap reached ({message})"
     if isinstance(exc, ContractViolation):
         return "error", f"contract violation: {message}"
+    if isinstance(exc, PluginFailure):
+        return "error", message
     if isinstance(exc, torch.OutOfMemoryError):
         return "error", f"out of memory: {message}"
     culprit = _plugin_frame(exc, registry, cell)
     where = f" in {culprit}" if culprit else ""
     return "error", _one_line(f"{type(exc).__name__}{where}: {message}")
+
+
+class PluginFailure(RuntimeError):
+    """An observer plugin failed; the message names it."""
+
+
+def plugin_metrics(registry: Registry, cell: Cell, field_module: Any, dataset: Any, test: torch.Tensor
+                   ) -> dict[str, Any]:
+    """Extra columns from every ``cnfbench_cell_metrics`` implementation, each checked and attributed."""
+    arguments = {"cell": cell.to_json(), "field": field_module, "dataset": dataset, "test": test}
+    extra: dict[str, Any] = {}
+    for impl in registry.pm.hook.cnfbench_cell_metrics.get_hookimpls():
+        name = registry.pm.get_name(impl.plugin)
+        try:
+            with torch.no_grad():
+                result = impl.function(*[arguments[arg] for arg in impl.argnames])
+        except Exception as exc:  # noqa: BLE001 - attribute any failure to its plugin
+            raise PluginFailure(f"metrics plugin {name!r} failed: {type(exc).__name__}: {_one_line(str(exc))}") from exc
+        for key, value in dict(result or {}).items():
+            if key in COLUMN_NAMES or key in extra:
+                raise PluginFailure(f"metrics plugin {name!r} returned column {key!r}, which already exists")
+            if not isinstance(value, (int, float, str, bool)):
+                raise PluginFailure(f"metrics plugin {name!r} returned {type(value).__name__} for {key!r}; "
+                                    "use a number or a string")
+            extra[key] = value
+    return extra
 
 
 def identity_columns(cell: Cell) -> dict[str, Any]:
@@ -93,6 +122,8 @@ def identity_columns(cell: Cell) -> dict[str, Any]:
         "eval_trace_spec": cell.evaluation.trace.label(),
         "ref_solver_spec": cell.evaluation.ref_solver.label(),
         "ref_dtype": cell.evaluation.ref_dtype,
+        "eval_batch_size": cell.evaluation.batch_size,
+        "mass_grid": cell.evaluation.mass_grid,
         "device": cell.device,
     }
 
@@ -176,6 +207,8 @@ def run_cell(cell: Cell, registry: Registry, on_iteration: IterationCallback | N
                                               "ref", dtype=dtype, max_nfe=cell.budget.max_nfe, labels=labels)
                 row[key] = integrate_mass(grid_pass.log_prob, cell_area)
                 row[f"{key}_time_s"] = grid_pass.seconds
+        field_module.eval()
+        row.update(plugin_metrics(registry, cell, field_module, dataset, test))
         row["status"] = "done"
     except KeyboardInterrupt:
         row.update(status="interrupted", reason="interrupted by the user (Ctrl-C)")
@@ -191,7 +224,7 @@ def run_cell(cell: Cell, registry: Registry, on_iteration: IterationCallback | N
                 row["status"], row["reason"] = classify_failure(exc, registry, cell)
         row["valid"], row["validity_reason"] = validity(row) if row["status"] == "done" else (False, "")
     curves = [{"cell_id": cell.cell_id, **point} for point in record.curves()]
-    return CellOutcome(row, curves)
+    return CellOutcome(ordered(row), curves)
 
 
 def _measured_columns(record: TrainingRecord, evaluation: dict[str, EvaluationPass], memory: PeakMemory,

@@ -7,9 +7,11 @@ Built-in plugins (``cnfbench_plugins``), installed packages (entry-point group
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pluggy
+from torch import Tensor
 
 from cnfbench.contracts import Dataset, Solver, TraceEstimator, VectorField
 
@@ -50,4 +52,27 @@ def cnfbench_traces() -> Sequence[type[TraceEstimator]]:
     """Return trace-estimator classes (subclasses of :class:`cnfbench.contracts.TraceEstimator`).
 
     Each class is built as ``Trace(**params)`` and returns ``(dz, div)``.
+    """
+
+
+@hookspec
+def cnfbench_cell_metrics(
+    cell: Mapping[str, Any], field: VectorField, dataset: Dataset, test: Tensor
+) -> Mapping[str, float] | None:
+    """Return extra columns for the row of a cell that trained and evaluated successfully.
+
+    Called in the process that ran the cell, with the cell's spec as plain
+    JSON, the trained ``field`` (in eval mode), the ``dataset`` and its test
+    split. Column names must not clash with cnfbench's own (see
+    :mod:`cnfbench.columns`); values must be numbers or strings.
+    """
+
+
+@hookspec
+def cnfbench_cell_finished(row: Mapping[str, Any], run_dir: str) -> None:
+    """Called in the main process once a cell's row has been written to ``run_dir``.
+
+    ``row`` is the row as stored, whatever the status; use it to log to
+    MLflow, TensorBoard or a chat channel. An exception here is reported and
+    ignored: it never stops the sweep.
     """

@@ -73,4 +73,7 @@ class Progress:
                     f"{chr(27) + '[K' if self.interactive else ''}\n")
 
     def message(self, text: str) -> None:
-        self._write(f"{text}\n")
+        """A line that matters even with ``--quiet`` (resume counts, warnings)."""
+        prefix = "\r" if self.interactive else ""
+        self.stream.write(f"{prefix}{text}\n")
+        self.stream.flush()

@@ -8,6 +8,7 @@ never sees a half-written file. Nothing here uses pickle.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -28,6 +29,10 @@ _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 class ResultsError(Exception):
     """A results folder or file is missing or unreadable; the message names it."""
+
+    def __init__(self, message: str, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 def check_run_name(name: str) -> str:
@@ -76,7 +81,27 @@ class RunStore:
         write_json(self.run_dir / RUN_JSON, data)
 
     def read_cells(self) -> pd.DataFrame:
-        return _read_parquet(self.run_dir / CELLS_PARQUET)
+        """The cell rows; when the parquet file is damaged but the CSV copy is intact, the CSV's rows."""
+        try:
+            return _read_parquet(self.run_dir / CELLS_PARQUET)
+        except ResultsError:
+            csv = self.run_dir / CELLS_CSV
+            try:
+                fallback = pd.read_csv(csv) if csv.exists() else None
+            except Exception:  # noqa: BLE001 - both copies damaged: report the parquet one
+                fallback = None
+            if fallback is None or "cell_id" not in fallback:
+                raise
+            return fallback
+
+    def set_aside(self, path: Path) -> Path | None:
+        """Rename a damaged file to ``NAME.damaged-TIMESTAMP`` so that nothing is overwritten; return the new path."""
+        if not path.exists():
+            return None
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        target = path.with_name(f"{path.name}.damaged-{stamp}")
+        os.replace(path, target)
+        return target
 
     def read_curves(self) -> pd.DataFrame:
         return _read_parquet(self.run_dir / CURVES_PARQUET)
@@ -88,9 +113,9 @@ class RunStore:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            raise ResultsError(f"{path} is unreadable: {' '.join(str(exc).split())}") from None
+            raise ResultsError(f"{path} is unreadable: {' '.join(str(exc).split())}", path) from None
         if not isinstance(data, dict):
-            raise ResultsError(f"{path} does not hold a JSON object")
+            raise ResultsError(f"{path} does not hold a JSON object", path)
         return data
 
 
@@ -100,7 +125,8 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     try:
         return pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds for a damaged file
-        raise ResultsError(f"{path} is unreadable: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
+        detail = " ".join(str(exc).split())[:200]
+        raise ResultsError(f"{path} is unreadable: {type(exc).__name__}: {detail}", path) from None
 
 
 def load_results(path: str | os.PathLike[str]) -> pd.DataFrame:

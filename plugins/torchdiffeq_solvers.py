@@ -49,6 +49,8 @@ class TorchdiffeqSolver(Solver):
         reference = state[0]
         times = torch.tensor([t0, t1], dtype=reference.dtype, device=reference.device)
         options, rtol, atol = self._options(t1)
+        if "step_t" in options:  # torchdiffeq flips step_t for reverse-time solves only when it is a tensor
+            options["step_t"] = torch.as_tensor(options["step_t"], dtype=reference.dtype, device=reference.device)
         if self.config.get("adjoint", False):
             trajectory = torchdiffeq.odeint_adjoint(
                 dynamics, state, times, rtol=rtol, atol=atol, method=self.method, options=options,

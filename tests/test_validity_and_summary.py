@@ -37,8 +37,10 @@ def test_grid_covers_the_data_with_padding() -> None:
     ("row", "valid", "fragment"),
     [
         ({"nll": 2.90, "entropy": 2.83, "nll_minus_entropy_stderr": 0.01, "mass": 1.0}, True, ""),
-        ({"nll": 2.76, "entropy": 2.83, "nll_minus_entropy_stderr": 0.01, "mass": 1.0}, False, "below the true entropy"),
-        ({"nll": 2.82, "entropy": 2.83, "nll_minus_entropy_stderr": 0.01, "mass": 1.0}, True, ""),  # within 2 stderr
+        ({"nll": 2.76, "entropy": 2.83, "nll_minus_entropy_stderr": 0.01, "mass": 1.0}, False,
+         "below the true entropy"),
+        # within two paired standard errors of the entropy: not flagged
+        ({"nll": 2.82, "entropy": 2.83, "nll_minus_entropy_stderr": 0.01, "mass": 1.0}, True, ""),
         ({"nll": 2.90, "entropy": 2.83, "nll_minus_entropy_stderr": 0.01, "mass": 1.0 + 2 * MASS_TOLERANCE}, False,
          "integrates to 1.060"),
         ({"nll": 2.90, "entropy": math.nan, "mass": math.nan}, True, ""),  # nothing known: nothing to flag
@@ -99,3 +101,14 @@ def test_store_round_trip_and_no_temporary_files_left(tmp_path: Path) -> None:
 def test_run_names_that_could_escape_are_rejected(name: str) -> None:
     with pytest.raises(ValueError, match="invalid run name"):
         check_run_name(name)
+
+
+def test_every_result_column_is_documented_in_code_and_readme(cli, tmp_path: Path) -> None:
+    from cnfbench.columns import COLUMN_NAMES
+
+    assert cli("run", "--solver", "euler[steps=2]", "--name", "cols").exit_code == 0
+    columns = list(pd.read_parquet(tmp_path / "results" / "cols" / "cells.parquet").columns)
+    assert columns == list(COLUMN_NAMES)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [name for name in COLUMN_NAMES if f"`{name}`" not in readme]
+    assert not missing, f"columns missing from README's 'What the numbers mean': {missing}"

@@ -1,0 +1,162 @@
+"""Executors: where a cell runs. ``process`` isolates cells in a worker process; ``inline`` runs them here.
+
+The process executor keeps one spawned worker (torch is imported once) and
+hands it one cell at a time as plain JSON over a pipe; the worker answers
+with progress messages and finally the row and curves, also as JSON. When a
+cell outlives ``--timeout``, or the worker dies (a segfault, the OOM killer),
+the worker is killed, the cell gets status ``timeout``/``error``, and a
+fresh worker takes the next cell. The worker ignores SIGINT: Ctrl-C is the
+parent's to handle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import multiprocessing.connection
+import signal
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from cnfbench.cells import Cell
+from cnfbench.columns import ordered
+from cnfbench.execute import CellOutcome, identity_columns, run_cell
+from cnfbench.registry import Registry, load_registry
+
+ProgressHook = Callable[[str, Any], None]
+"""``hook(kind, value)``: ``("iteration", (done, loss))`` or ``("phase", name)``."""
+
+
+class Executor(Protocol):
+    """Runs one cell and returns its outcome; never raises for a failing cell."""
+
+    def run(self, cell: Cell, progress: ProgressHook) -> CellOutcome: ...
+
+    def close(self) -> None: ...
+
+
+class InlineExecutor:
+    """Runs cells in this process: no isolation, no hard timeout (for debugging and profiling)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def run(self, cell: Cell, progress: ProgressHook) -> CellOutcome:
+        return run_cell(cell, self.registry, lambda done, loss: progress("iteration", (done, loss)),
+                        lambda name: progress("phase", name))
+
+    def close(self) -> None:
+        pass
+
+
+def _send(connection: multiprocessing.connection.Connection, message: dict[str, Any]) -> None:
+    connection.send_bytes(json.dumps(message, allow_nan=True).encode())
+
+
+def _receive(connection: multiprocessing.connection.Connection) -> dict[str, Any]:
+    return json.loads(connection.recv_bytes().decode())
+
+
+def _worker_main(connection: multiprocessing.connection.Connection, plugins: list[str], autoload: bool | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    registry = load_registry(plugins, autoload)
+    _send(connection, {"kind": "ready"})
+    last_sent = 0.0
+    while True:
+        try:
+            request = _receive(connection)
+        except EOFError:
+            return
+        if request.get("kind") == "stop":
+            return
+        cell = Cell.from_json(request["cell"])
+
+        def on_iteration(done: int, loss: float, total: int = cell.budget.iterations) -> None:
+            nonlocal last_sent
+            now = time.monotonic()
+            if now - last_sent >= 0.1 or done == total:
+                last_sent = now
+                _send(connection, {"kind": "iteration", "value": [done, loss]})
+
+        def on_phase(name: str) -> None:
+            _send(connection, {"kind": "phase", "value": name})
+
+        outcome = run_cell(cell, registry, on_iteration, on_phase)
+        _send(connection, {"kind": "result", "row": outcome.row, "curves": outcome.curves})
+
+
+class ProcessExecutor:
+    """Runs each cell in a reusable spawned worker, ending it at ``timeout`` seconds per cell."""
+
+    def __init__(self, plugins: Sequence[str] = (), timeout: float | None = None, autoload: bool | None = None) -> None:
+        self.plugins = list(plugins)
+        self.timeout = timeout
+        self.autoload = autoload
+        self._context = multiprocessing.get_context("spawn")
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._connection: multiprocessing.connection.Connection | None = None
+
+    def _start(self) -> None:
+        parent, child = self._context.Pipe()
+        process = self._context.Process(target=_worker_main, args=(child, self.plugins, self.autoload),
+                                        name="cnfbench-worker", daemon=True)
+        process.start()
+        child.close()
+        self._process, self._connection = process, parent
+        if not parent.poll(300):
+            self._kill()
+            raise RuntimeError("the cnfbench worker process did not start within 300 s")
+        _receive(parent)
+
+    def _kill(self) -> None:
+        if self._process is not None and self._process.is_alive():
+            self._process.kill()
+            self._process.join(10)
+        if self._connection is not None:
+            self._connection.close()
+        self._process = self._connection = None
+
+    def _failed(self, cell: Cell, status: str, reason: str) -> CellOutcome:
+        return CellOutcome(ordered({**identity_columns(cell), "status": status, "reason": reason}))
+
+    def run(self, cell: Cell, progress: ProgressHook) -> CellOutcome:
+        if self._process is None or not self._process.is_alive():
+            self._start()
+        assert self._connection is not None and self._process is not None
+        started = time.monotonic()
+        deadline = math.inf if self.timeout is None else started + self.timeout
+        try:
+            _send(self._connection, {"kind": "run", "cell": cell.to_json()})
+            while True:
+                wait = min(1.0, max(0.0, deadline - time.monotonic()))
+                if self._connection.poll(wait):
+                    message = _receive(self._connection)
+                    if message["kind"] == "result":
+                        return CellOutcome(message["row"], message["curves"])
+                    progress(message["kind"], message["value"])
+                elif time.monotonic() >= deadline:
+                    self._kill()
+                    elapsed = time.monotonic() - started
+                    return self._failed(cell, "timeout", f"cell exceeded --timeout {self.timeout:g} s "
+                                                         f"(stopped after {elapsed:.1f} s)")
+                elif not self._process.is_alive():
+                    raise EOFError
+        except (EOFError, OSError, ConnectionError):
+            code = self._process.exitcode if self._process is not None else None
+            self._kill()
+            how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            return self._failed(cell, "error", f"the worker process running the cell died ({how})")
+        except BaseException:
+            self._kill()  # Ctrl-C: the cell in flight is abandoned; the caller records it as interrupted
+            raise
+
+    def close(self) -> None:
+        if self._connection is not None and self._process is not None and self._process.is_alive():
+            try:
+                _send(self._connection, {"kind": "stop"})
+                self._process.join(5)
+            except (OSError, ValueError):
+                pass
+        self._kill()
