@@ -111,6 +111,10 @@ def run(config_file: Path | None, dry_run: bool, quiet: bool, plugins: tuple[str
     except ParamError as exc:
         raise fail(str(exc)) from None
     registry = _load_registry(config.plugin)
+    for info in registry.plugins:
+        if info.error:
+            click.echo(f"warning: plugin {info.name} ({info.source}: {info.origin}) is broken and was skipped: "
+                       f"{info.error}", err=True)
     try:
         cells = resolve_cells(config, registry)
         name = config.name or default_run_name()
@@ -141,6 +145,14 @@ def run(config_file: Path | None, dry_run: bool, quiet: bool, plugins: tuple[str
     return INTERRUPTED if result.interrupted else 0
 
 
+def _plugin_hooks(registry: Registry) -> dict[str, list[str]]:
+    """The hooks each registered plugin implements, by plugin name."""
+    hooks: dict[str, list[str]] = {}
+    for name, plugin in registry.pm.list_name_plugin():
+        hooks[name] = sorted(caller.name for caller in registry.pm.get_hookcallers(plugin) or [])
+    return hooks
+
+
 def _component_json(registry: Registry) -> dict[str, Any]:
     families: dict[str, Any] = {}
     for key, family in FAMILIES.items():
@@ -164,15 +176,20 @@ def _component_json(registry: Registry) -> dict[str, Any]:
 def plugins(plugins: tuple[str, ...], as_json: bool) -> None:
     """List every plugin and the components it provides, with parameters and defaults."""
     registry = _load_registry(plugins)
+    hooks = _plugin_hooks(registry)
     if as_json:
-        data = {"plugins": [vars(info) for info in registry.plugins], "components": _component_json(registry)}
+        data = {"plugins": [vars(info) | {"hooks": hooks.get(info.name, [])} for info in registry.plugins],
+                "components": _component_json(registry)}
         click.echo(json.dumps(data, indent=2))
         return
     click.echo("Plugins:")
     for info in registry.plugins:
-        state = f"  BROKEN: {info.error}" if info.error else ""
         version = f" {info.version}" if info.version else ""
-        click.echo(f"  {info.name}{version} ({info.source}: {info.origin}){state}")
+        click.echo(f"  {info.name}{version} ({info.source}: {info.origin})")
+        if info.error:
+            click.echo(f"      BROKEN: {info.error}")
+        else:
+            click.echo(f"      hooks: {', '.join(hooks.get(info.name, [])) or 'none'}")
     for key, family in FAMILIES.items():
         click.echo(f"\n{family.plural.capitalize()}:")
         for entry in registry.entries(key):
@@ -183,3 +200,7 @@ def plugins(plugins: tuple[str, ...], as_json: bool) -> None:
 
 
 
+
+
+# Commands defined in their own modules register themselves on `main` when imported.
+from cnfbench import report_cli, scaffold_cli  # noqa: E402, F401

@@ -21,7 +21,7 @@ from cnfbench.columns import COLUMN_NAMES, ordered
 from cnfbench.dynamics import ContractViolation, NFEBudgetExceeded
 from cnfbench.evaluation import EvaluationPass, evaluate_log_prob
 from cnfbench.measure import PeakMemory, now
-from cnfbench.registry import Registry
+from cnfbench.registry import ComponentBuildError, Registry
 from cnfbench.training import Diverged, IterationCallback, TrainingRecord, seeded_field, train
 from cnfbench.validity import integrate_mass, mass_grid, validity
 
@@ -68,7 +68,7 @@ def classify_failure(exc: BaseException, registry: Registry, cell: Cell) -> tupl
         return "budget", f"solver step cap reached ({message})"
     if isinstance(exc, ContractViolation):
         return "error", f"contract violation: {message}"
-    if isinstance(exc, PluginFailure):
+    if isinstance(exc, (PluginFailure, ComponentBuildError)):
         return "error", message
     if isinstance(exc, torch.OutOfMemoryError):
         return "error", f"out of memory: {message}"
@@ -185,9 +185,10 @@ def run_cell(cell: Cell, registry: Registry, on_iteration: IterationCallback | N
         trace = registry.build("trace", cell.trace)
         if on_phase:
             on_phase("train")
-        train(cell, field_module, solver, trace, train_data, record, on_iteration)
+        train(cell, field_module, solver, trace, train_data, record, on_iteration,
+              (registry.describe("field", cell.field.name), registry.describe("trace", cell.trace.name)))
         eval_trace = registry.build("trace", cell.evaluation.trace)
-        labels = (repr(cell.field.name), repr(cell.evaluation.trace.name))
+        labels = (registry.describe("field", cell.field.name), registry.describe("trace", cell.evaluation.trace.name))
         if on_phase:
             on_phase("eval")
         evaluation["eval"] = evaluate_log_prob(field_module, solver, eval_trace, test, cell.evaluation.batch_size,

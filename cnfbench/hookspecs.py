@@ -76,3 +76,9 @@ def cnfbench_cell_finished(row: Mapping[str, Any], run_dir: str) -> None:
     MLflow, TensorBoard or a chat channel. An exception here is reported and
     ignored: it never stops the sweep.
     """
+
+
+HOOK_NAMES: tuple[str, ...] = tuple(
+    name for name, value in list(globals().items()) if name.startswith("cnfbench_") and callable(value)
+)
+"""Every hook a plugin may implement."""

@@ -46,8 +46,18 @@ class PluginInfo:
 
 
 def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, pluggy.PluginValidationError):
+        return _validation_message(exc)
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _validation_message(exc: pluggy.PluginValidationError) -> str:
+    text = " ".join(str(exc).split())
+    if "unknown hook" in text:
+        hooks = ", ".join(sorted(hookspecs.HOOK_NAMES))
+        return f"{text}; known hooks: {hooks}"
+    return text
 
 
 def _import_file(path: Path) -> ModuleType:
@@ -69,10 +79,18 @@ def _import_file(path: Path) -> ModuleType:
 
 
 def _register(pm: pluggy.PluginManager, module: object, name: str) -> None:
+    """Register ``module``; a hook with no spec or with wrong argument names unregisters it and raises."""
     if pm.get_plugin(name) is not None or pm.is_registered(module):
         return
     pm.register(module, name=name)
-    pm.check_pending()
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError:
+        pm.unregister(module)
+        raise
+    if not pm.get_hookcallers(module):
+        pm.unregister(module)
+        raise PluginLoadError(f"plugin {name!r} implements no cnfbench hook (did you forget @hookimpl?)")
 
 
 def load_user_plugin(pm: pluggy.PluginManager, spec: str) -> PluginInfo:

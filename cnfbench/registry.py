@@ -53,6 +53,10 @@ class RegistryError(Exception):
     """A plugin broke the registration rules (bad class, duplicate name)."""
 
 
+class ComponentBuildError(RuntimeError):
+    """A component's constructor failed; the message names the component and its plugin."""
+
+
 class Registry:
     """All components known to a plugin manager, per family."""
 
@@ -105,10 +109,26 @@ class Registry:
         values = resolve_params(f"{family} {selection.name!r}", entry.cls.params, selection.raw_params)
         return ResolvedComponent(selection.name, tuple(values.items()))
 
+    def describe(self, family: str, name: str) -> str:
+        """``'name' (plugin 'x')``: how messages name a component."""
+        return f"{name!r} (plugin {self.get(family, name).plugin!r})"
+
     def build(self, family: str, resolved: ResolvedComponent, *args: Any) -> Any:
-        """Instantiate a resolved component (``args`` are positional, e.g. a field's ``dim``)."""
+        """Instantiate a resolved component (``args`` are positional, e.g. a field's ``dim``).
+
+        Any failure inside the component's constructor (an undeclared or
+        unaccepted parameter, a bug) becomes a :class:`ComponentBuildError`
+        naming the component and its plugin.
+        """
         entry = self.get(family, resolved.name)
-        return entry.cls(*args, **resolved.kwargs)
+        try:
+            return entry.cls(*args, **resolved.kwargs)
+        except Exception as exc:  # noqa: BLE001 - attribute the failure to the plugin
+            detail = " ".join(str(exc).split())
+            raise ComponentBuildError(
+                f"{family} {self.describe(family, resolved.name)} could not be built with "
+                f"{resolved.label()}: {type(exc).__name__}: {detail}"
+            ) from exc
 
 
 def load_registry(extra_plugins: Sequence[str] = (), autoload: bool | None = None) -> Registry:

@@ -28,6 +28,11 @@ class Diverged(RuntimeError):
     """Training produced a non-finite loss or state."""
 
 
+def exploded_above(first_loss: float) -> float:
+    """The loss (nats/sample) beyond which training counts as diverged: far above where it started."""
+    return max(1e3, 100.0 * abs(first_loss))
+
+
 def seeded_field(build: Callable[[], VectorField], seed: int, device: torch.device) -> VectorField:
     """Build a field with its initialisation drawn from the cell's seed, leaving the global RNG untouched."""
     init = split_generator(seed, "field/init").initial_seed()
@@ -90,12 +95,17 @@ def train(
     train_data: Tensor,
     record: TrainingRecord,
     on_iteration: IterationCallback | None = None,
+    labels: tuple[str, str] | None = None,
 ) -> None:
-    """Train ``field_module`` in place, filling ``record``; raise :class:`Diverged` on a non-finite loss."""
+    """Train ``field_module`` in place, filling ``record``; raise :class:`Diverged` on a non-finite loss.
+
+    ``labels`` name the field and trace in contract-violation messages.
+    """
     device = train_data.device
     counter = NFECounter(max_per_solve=cell.budget.max_nfe)
+    field_label, trace_label = labels or (repr(cell.field.name), repr(cell.trace.name))
     dynamics = CNFDynamics(field_module, trace, counter, differentiable=True,
-                           field_label=repr(cell.field.name), trace_label=repr(cell.trace.name))
+                           field_label=field_label, trace_label=trace_label)
     optimizer = torch.optim.Adam(field_module.parameters(), lr=cell.budget.lr)
     batches = minibatches(train_data, cell.budget.batch_size, split_generator(cell.seed, "train/batches"))
     noise = split_generator(cell.seed, "trace/train")
@@ -110,6 +120,9 @@ def train(
             forward_nfe = counter.current
             if not torch.isfinite(loss):
                 raise Diverged(f"non-finite training loss ({loss.item()}) at iteration {iteration}")
+            if record.losses and loss.item() > exploded_above(record.losses[0]):
+                raise Diverged(f"training loss exploded to {loss.item():.4g} nats at iteration {iteration} "
+                               f"(first loss {record.losses[0]:.4g})")
             counter.start("backward")
             loss.backward()
             backward_nfe = counter.current

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import TINY, read_cells
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import TINY, read_cells
 
 FAULTS_PLUGIN = '''
 import time

@@ -1,0 +1,1 @@
+"""Commands that read finished runs: ``report``, ``compare`` and ``merge`` (being written)."""

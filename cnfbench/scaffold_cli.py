@@ -1,0 +1,1 @@
+"""The ``new-plugin`` command (being written)."""
