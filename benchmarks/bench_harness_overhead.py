@@ -1,15 +1,16 @@
 #!/usr/bin/env python
 """Harness overhead: cnfbench's training iteration against a minimal hand-written torchdiffeq loop.
 
-For every solver asked for, one cell (8gaussians, concatsquash 3x64 tanh,
-exact trace, Adam) is built with cnfbench's own machinery (``RunConfig`` +
-``resolve_cells`` + the registry) and trained with ``cnfbench.training.train``;
-its per-iteration wall-clock is read from ``TrainingRecord.iteration_seconds``
-(the harness's own clock). The baseline is a FFJORD-style loop written here
-from scratch with ``torchdiffeq.odeint`` only: the same field architecture
-with the same initial weights, the same minibatches, the same solver method
-and options, the exact trace as a loop of ``autograd.grad`` with
-``create_graph=True`` and Adam with the same learning rate.
+For every solver asked for, one cell (8gaussians, concatsquash 3x64 tanh, the
+looped exact trace ``exact_loop``, Adam) is built with cnfbench's own machinery
+(``RunConfig`` + ``resolve_cells`` + the registry) and trained with
+``cnfbench.training.train``; its per-iteration wall-clock is read from
+``TrainingRecord.iteration_seconds`` (the harness's own clock). The baseline
+is a FFJORD-style loop written here from scratch with ``torchdiffeq.odeint``
+only: the same field architecture with the same initial weights, the same
+minibatches, the same solver method and options, the exact trace as a loop of
+``autograd.grad`` with ``create_graph=True`` and Adam with the same learning
+rate.
 
 Both sides restart every block from the same initial weights, a fresh Adam
 and the same batch order, so every block does the same work on both sides
@@ -17,15 +18,17 @@ and the same batch order, so every block does the same work on both sides
 timing, and the largest gap over all timed iterations is printed). A block
 pair is one ``train`` call of N iterations and N baseline iterations:
 
-* ``--interleave iteration`` (default): the baseline's iteration k runs from
-  ``train``'s per-iteration callback, right after the harness's iteration k
-  (H1 B1 H2 B2 ...). The callback runs after the harness has read its clock,
-  so it is not in the harness's times. Noise on a shared machine changes on
-  the scale of a second; pairing neighbouring iterations cancels it.
+* ``--interleave iteration`` (default): the baseline's iterations run from
+  ``train``'s per-iteration callback, so the two sides alternate iteration by
+  iteration: H1 B1 H2 B2 ... in even blocks, B1 H1 B2 H2 ... in odd ones, so
+  that any advantage of running first in a pair cancels. The callback runs
+  after the harness has read its clock, so it is not in the harness's times.
+  Load on a shared machine changes within a second; neighbouring iterations
+  share it, whole blocks of a few seconds do not.
 * ``--interleave block``: whole blocks alternate in ABBA order (harness,
   baseline, baseline, harness, ...); this also gives the whole-block
-  wall-clock and CPU time, i.e. ``train``'s per-call setup and its
-  per-iteration bookkeeping outside the timed span.
+  wall-clock and CPU time, which include ``train``'s per-call setup and its
+  per-iteration bookkeeping after the iteration's clock read.
 
 The first (warm-up) iteration of every block is dropped, and the overhead is
 the median over block pairs of ``median(harness iteration) / median(baseline
@@ -65,7 +68,7 @@ from cnfbench.training import TrainingRecord, seeded_field, train
 
 DATASET = "8gaussians"
 FIELD = "concatsquash[hidden=3x64,activation=tanh]"
-TRACE = "exact"
+LOOP_TRACES = ("exact_loop", "exact")  # the first one registered: one autograd.grad per dimension, like the baseline
 DEFAULT_SOLVERS = ("euler[steps=10]", "dopri5")
 LOSS_TOLERANCE = 1e-5  # first-iteration losses must agree to this (absolute, per nat above 1)
 EXIT_CHECK_FAILED = 1
@@ -191,6 +194,8 @@ def baseline_training(velocity: nn.Module, data: Tensor, batch_seed: int, batch_
         began = time.perf_counter()
         if position + size > n:  # new epoch: reshuffle, drop the short last batch
             order, position = torch.randperm(n, generator=generator).to(device), 0
+        # z must require grad at the first evaluation for autograd.grad; cnfbench's dynamics detach() and
+        # requires_grad_() inside every evaluation instead (part of what is measured as harness overhead).
         x = data.index_select(0, order[position:position + size]).requires_grad_(True)
         position += size
         optimizer.zero_grad(set_to_none=True)
@@ -231,8 +236,14 @@ class Setup:
     ode: OdeSettings
 
 
-def build(spec: str, registry, batch_size: int, lr: float, device: str) -> Setup:
-    config = RunConfig(dataset=(DATASET,), field=(FIELD,), solver=(spec,), trace=(TRACE,), iterations=1,
+def default_trace(registry) -> str:
+    """cnfbench's looped exact trace: ``exact_loop`` where ``exact`` may take a fused or batched shortcut."""
+    known = registry.names("trace")
+    return next((name for name in LOOP_TRACES if name in known), LOOP_TRACES[-1])
+
+
+def build(spec: str, registry, trace: str, batch_size: int, lr: float, device: str) -> Setup:
+    config = RunConfig(dataset=(DATASET,), field=(FIELD,), solver=(spec,), trace=(trace,), iterations=1,
                        batch_size=batch_size, lr=lr, device=device)
     cells = resolve_cells(config, registry)
     if len(cells) != 1:
@@ -320,14 +331,27 @@ def run_baseline(setup: Setup, iterations: int, count_nfe: bool = False) -> Bloc
     return Block(record.iteration_seconds, record.losses, record.nfe_forward, wall, cpu)
 
 
-def run_interleaved(setup: Setup, iterations: int) -> tuple[Block, Block]:
-    """One ``train`` call whose per-iteration callback runs one baseline iteration: H1 B1 H2 B2 ...
+def run_interleaved(setup: Setup, iterations: int, baseline_first: bool) -> tuple[Block, Block]:
+    """One ``train`` call whose per-iteration callback runs one baseline iteration: H1 B1 H2 B2 ... Hn Bn.
 
-    The callback runs after the harness has read its end-of-iteration clock, so it is outside the harness's
-    iteration times; the wall-clock of the call covers both sides and is not reported.
+    With ``baseline_first`` the order is B1 H1 B2 H2 ... Bn Hn instead (B1 runs before ``train`` is called, and
+    the callback after Hk runs Bk+1). The callback runs after the harness has read its end-of-iteration clock,
+    so it is outside the harness's iteration times; the wall-clock of the call covers both sides and is not
+    reported.
     """
     record, steps = start_baseline(setup, iterations)
-    harness = run_harness(setup, iterations, on_iteration=lambda _iteration, _loss: next(steps))
+    if baseline_first:
+        next(steps)
+
+        def on_iteration(iteration: int, _loss: float) -> None:
+            if iteration < iterations:
+                next(steps)
+    else:
+
+        def on_iteration(_iteration: int, _loss: float) -> None:
+            next(steps)
+
+    harness = run_harness(setup, iterations, on_iteration=on_iteration)
     harness.wall_s = harness.cpu_s = math.nan  # they cover both sides here
     return harness, Block(record.iteration_seconds, record.losses, record.nfe_forward)
 
@@ -389,10 +413,11 @@ def measure(setup: Setup, iterations: int, repeats: int, interleave: str) -> Res
     baseline_blocks: list[Block] = []
     for pair in range(repeats):
         if interleave == "iteration":
-            h, b = run_interleaved(setup, iterations)
+            baseline_first = pair % 2 == 1  # alternate which side of each iteration pair runs first
+            h, b = run_interleaved(setup, iterations, baseline_first)
             harness_blocks.append(h)
             baseline_blocks.append(b)
-            how = "interleaved"
+            how = "B1 H1 B2 H2 ..." if baseline_first else "H1 B1 H2 B2 ..."
         else:
             order = ("harness", "baseline") if pair % 2 == 0 else ("baseline", "harness")  # ABBA
             for side in order:
@@ -408,13 +433,18 @@ def measure(setup: Setup, iterations: int, repeats: int, interleave: str) -> Res
     pooled_b = [s for block in baseline_blocks for s in block.iteration_seconds[1:]]
     gap = max(abs(x - y) for h, b in zip(harness_blocks, baseline_blocks, strict=True)
               for x, y in zip(h.losses, b.losses, strict=True))
+    ratios = [h.median_s / b.median_s for h, b in zip(harness_blocks, baseline_blocks, strict=True)]
+    if len(ratios) > 1:
+        first = "harness" if interleave == "iteration" else "harness block"
+        print(f"  median block ratio with the {first} first {statistics.median(ratios[0::2]):.4f}, "
+              f"with the baseline first {statistics.median(ratios[1::2]):.4f}")
     return Result(
         spec=setup.spec, iterations=iterations,
         nfe_forward=statistics.fmean(n for block in harness_blocks for n in block.nfe_forward),
         harness_ms=1e3 * statistics.median(pooled_h), baseline_ms=1e3 * statistics.median(pooled_b),
         harness_wall_ms=1e3 * statistics.median(block.wall_s / iterations for block in harness_blocks),
         baseline_wall_ms=1e3 * statistics.median(block.wall_s / iterations for block in baseline_blocks),
-        ratios=[h.median_s / b.median_s for h, b in zip(harness_blocks, baseline_blocks, strict=True)],
+        ratios=ratios,
         cpu_ratios=[h.cpu_s / b.cpu_s for h, b in zip(harness_blocks, baseline_blocks, strict=True)],
         max_loss_gap=gap,
     )
@@ -478,12 +508,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=16, metavar="R",
                         help="block pairs (harness + baseline) per solver (default 16)")
     parser.add_argument("--interleave", choices=("iteration", "block"), default="iteration",
-                        help="iteration (default): one baseline iteration after every harness iteration, from "
-                             "train()'s per-iteration callback; block: alternate whole blocks in ABBA order")
+                        help="iteration (default): harness and baseline iterations alternate (H1 B1 H2 B2 ..., "
+                             "B1 H1 B2 H2 ... in odd blocks) through train()'s per-iteration callback; "
+                             "block: whole blocks alternate in ABBA order")
     parser.add_argument("--batch-size", type=int, default=512, metavar="B", help="minibatch size (default 512)")
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
     parser.add_argument("--solver", nargs="+", default=list(DEFAULT_SOLVERS), metavar="SPEC",
                         help="cnfbench solver selectors (default: euler[steps=10] dopri5)")
+    parser.add_argument("--trace", default=None, metavar="NAME",
+                        help="cnfbench trace for the harness (default: exact_loop, else exact). The baseline always "
+                             "loops autograd.grad over dimensions, so another algorithm is no longer like for like")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
     parser.add_argument("--threads", type=int, default=1, metavar="T",
                         help="torch intra-op threads (default 1: stable on a shared machine; 0 = torch's default)")
@@ -503,16 +537,18 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     registry = load_registry()
     try:
-        setups = [build(spec, registry, args.batch_size, args.lr, args.device) for spec in args.solver]
+        trace = args.trace or default_trace(registry)
+        setups = [build(spec, registry, trace, args.batch_size, args.lr, args.device) for spec in args.solver]
     except ParamError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     gc.collect()
     gc.freeze()  # the long-lived objects (torch, registry, data) out of the collector's way: cheap per-block collects
     machine = machine_line(str(setups[0].train_data.device))
-    order = "ABBA order" if args.interleave == "block" else "iterations interleaved H1 B1 H2 B2 ..."
+    order = ("blocks in ABBA order" if args.interleave == "block"
+             else "iterations interleaved, H1 B1 H2 B2 ... and B1 H1 B2 H2 ... in alternate blocks")
     print(machine)
-    print(f"config: {DATASET} | {FIELD} | {TRACE} trace | batch {args.batch_size} | Adam lr {args.lr} | "
+    print(f"config: {DATASET} | {FIELD} | {trace} trace | batch {args.batch_size} | Adam lr {args.lr} | "
           f"{args.repeats} block pairs per solver, {order}, first iteration of each block dropped")
     results = []
     for setup in setups:

@@ -1,1 +1,189 @@
-"""Commands that read finished runs: ``report``, ``compare`` and ``merge`` (being written)."""
+"""Commands that read finished runs: ``report``, ``compare`` and ``merge``.
+
+Like ``run``, they report bad input (a missing or unreadable run folder, an
+unknown metric or column) as one ``Error:`` line with exit code 2; a damaged
+file that has an intact copy gives a ``warning:`` line and the copy is used.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from cnfbench.cli import fail, main
+from cnfbench.results import ResultsError, atomic_write
+
+FORMAT_HELP = "write the table as {what} to this file ('-' = standard output)"
+REGRESSION = 1
+
+
+def _load(paths: tuple[str, ...]) -> list:
+    from cnfbench.report import load_run
+
+    runs = []
+    for path in paths:
+        try:
+            run = load_run(path)
+        except ResultsError as exc:
+            raise fail(str(exc)) from None
+        for warning in run.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        runs.append(run)
+    return runs
+
+
+def _emit(path: str | None, render: Callable[[], str], what: str) -> bool:
+    """Write ``render()`` to ``path`` ('-' = stdout); True when it went to stdout."""
+    if not path:
+        return False
+    text = render()
+    if path == "-":
+        click.echo(text, nl=not text.endswith("\n"))
+        return True
+    target = Path(path)
+    try:
+        atomic_write(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    except OSError as exc:
+        raise fail(f"cannot write {what} to {target}: {exc.strerror or exc}") from None
+    click.echo(f"wrote {what}: {target}", err=True)
+    return False
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--metric", "metrics", multiple=True,
+              help="comma list of metric columns [default: nll, nll_ref, excess_nll, mass, nfe_forward_mean, "
+                   "train_time_s; with --cols: nll_ref]")
+@click.option("--rows", multiple=True, help="comma list of columns down the table, e.g. dataset [default: the "
+                                            "configuration columns that vary]")
+@click.option("--cols", multiple=True, help="comma list of columns across the table, e.g. solver,trace")
+@click.option("--stat", type=click.Choice(["mean", "median"]), default="mean", show_default=True,
+              help="mean ± std over seeds, or median [first–third quartile]")
+@click.option("--markdown", "markdown_path", metavar="FILE", help=FORMAT_HELP.format(what="Markdown"))
+@click.option("--csv", "csv_path", metavar="FILE", help=FORMAT_HELP.format(what="CSV (numbers)"))
+@click.option("--latex", "latex_path", metavar="FILE", help=FORMAT_HELP.format(what="LaTeX (booktabs)"))
+@click.option("--json", "json_path", metavar="FILE", help=FORMAT_HELP.format(what="JSON"))
+@click.option("--plots", is_flag=True, help="write PNG plots (NLL vs NFE and wall-clock, training curves, 2D "
+                                            "densities) into OUT/plots/")
+@click.option("--html", is_flag=True, help="write OUT/report.html: one self-contained page with the tables and plots")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="folder for --plots and --html [default: the run folder, when there is one run]")
+def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...], cols: tuple[str, ...],
+           stat: str, markdown_path: str | None, csv_path: str | None, latex_path: str | None,
+           json_path: str | None, plots: bool, html: bool, out_dir: Path | None) -> None:
+    """Aggregate the seeds of one or more run folders and print a table (units in every header).
+
+    \b
+    cnfbench report results/grid1
+    cnfbench report results/grid1 --rows dataset --cols solver,trace --metric nll_ref --latex table.tex
+    cnfbench report results/grid1 --html
+    """
+    from cnfbench import report as rep
+
+    loaded = _load(runs)
+    if (plots or html) and out_dir is None and len(loaded) > 1:
+        raise fail("--plots/--html with several runs need --out DIR (or merge them first with 'cnfbench merge')")
+    cells = rep.combine(loaded)
+    if cells.empty:
+        raise fail(f"no cells in {', '.join(str(run.path) for run in loaded)}")
+    metric_list = rep.split_list(metrics)
+    col_list = rep.split_list(cols)
+    if not metric_list and col_list:
+        metric_list = ["nll_ref"] if "nll_ref" in cells else []
+    try:
+        table = rep.pivot(cells, rep.split_list(rows), col_list, metric_list or None, stat)
+    except rep.ReportError as exc:
+        raise fail(str(exc)) from None
+    to_stdout = False
+    for path, render, what in ((markdown_path, rep.to_markdown, "Markdown"), (csv_path, rep.to_csv, "CSV"),
+                               (latex_path, rep.to_latex, "LaTeX"), (json_path, rep.to_json, "JSON")):
+        to_stdout |= _emit(path, lambda render=render: render(table), what)
+    if not to_stdout:
+        click.echo(rep.to_text(table))
+    if not (plots or html):
+        return
+    from cnfbench.plots import write_plots
+
+    target = out_dir or loaded[0].path
+    result = write_plots(target, cells, rep.combine_curves(loaded),
+                         dict(zip(cells["run"].drop_duplicates(), [run.path for run in loaded], strict=False)))
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    if plots:
+        click.echo(f"wrote {len(result.files)} plot(s) into {target / 'plots'}", err=True)
+    if html:
+        from cnfbench.html_report import REPORT_HTML, write_html_report
+
+        tables = [("Results", table)]
+        overview = rep.pivot(cells, stat=stat)
+        if rep.to_text(overview) != rep.to_text(table):
+            tables.append(("All default metrics", overview))
+        title = "cnfbench report: " + ", ".join(run.name for run in loaded)
+        notes = [*(w for run in loaded for w in run.warnings), *result.notes]
+        page = write_html_report(target / REPORT_HTML, title, loaded, tables, result.files, notes)
+        click.echo(f"wrote {page}", err=True)
+
+
+@main.command()
+@click.argument("base")
+@click.argument("new")
+@click.option("--metric", "metrics", multiple=True,
+              help="comma list of metrics to compare [default: nll, nll_ref, nfe_forward_mean]")
+@click.option("--factor", type=float, default=1.05, show_default=True,
+              help="a metric has changed when NEW/BASE moves past this (1.05 = 5%)")
+@click.option("--alpha", type=float, default=0.05, show_default=True,
+              help="with 2+ seeds per side, Welch's t-test must also give p < alpha")
+@click.option("--ignore-versions", is_flag=True, help="compare even when torch/torchdiffeq/cnfbench versions differ")
+@click.option("--fail-on-regression", is_flag=True, help="exit 1 when a configuration is worse or newly failing")
+@click.option("--markdown", "markdown_path", metavar="FILE", help=FORMAT_HELP.format(what="Markdown"))
+@click.option("--json", "json_path", metavar="FILE", help=FORMAT_HELP.format(what="JSON"))
+def compare(base: str, new: str, metrics: tuple[str, ...], factor: float, alpha: float, ignore_versions: bool,
+            fail_on_regression: bool, markdown_path: str | None, json_path: str | None) -> int:
+    """Compare run NEW with run BASE configuration by configuration (seeds aggregated).
+
+    Each row is better, worse, unchanged, newly failing, fixed or not comparable.
+
+    \b
+    cnfbench compare results/reference results/my-run
+    cnfbench compare results/main results/branch --metric nll_ref,train_time_s --fail-on-regression
+    """
+    from cnfbench import compare as cmp
+    from cnfbench.report import ReportError, split_list
+
+    base_run, new_run = _load((base, new))
+    try:
+        comparison = cmp.compare_runs(base_run, new_run, split_list(metrics) or None, factor, alpha, ignore_versions)
+    except ReportError as exc:
+        raise fail(str(exc)) from None
+    to_stdout = _emit(markdown_path, lambda: cmp.to_markdown(comparison), "Markdown")
+    to_stdout |= _emit(json_path, lambda: cmp.to_json(comparison), "JSON")
+    if not to_stdout:
+        click.echo(cmp.to_text(comparison))
+    if fail_on_regression and comparison.regressions:
+        click.echo(f"regression: {len(comparison.regressions)} configuration(s) worse or newly failing", err=True)
+        return REGRESSION
+    return 0
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("runs", nargs=-1, required=True)
+def merge(out: Path, runs: tuple[str, ...]) -> None:
+    """Combine run folders (from several machines) into the new run folder OUT, keeping their provenance.
+
+    A cell found in several runs is kept once: a done row wins, else the newest run's row.
+    """
+    from cnfbench.merge import merge_runs
+
+    try:
+        result = merge_runs(out, runs, sys.argv)
+    except (ResultsError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"merged {result.cells} cell(s) from {len(runs)} run(s) into {result.out}")

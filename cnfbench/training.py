@@ -118,17 +118,18 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss = -log_likelihood(dynamics, solver, x, "forward", noise).mean()
             forward_nfe = counter.current
-            if not torch.isfinite(loss):
-                raise Diverged(f"non-finite training loss ({loss.item()}) at iteration {iteration}")
-            if record.losses and loss.item() > exploded_above(record.losses[0]):
-                raise Diverged(f"training loss exploded to {loss.item():.4g} nats at iteration {iteration} "
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise Diverged(f"non-finite training loss ({loss_value}) at iteration {iteration}")
+            if record.losses and loss_value > exploded_above(record.losses[0]):
+                raise Diverged(f"training loss exploded to {loss_value:.4g} nats at iteration {iteration} "
                                f"(first loss {record.losses[0]:.4g})")
             counter.start("backward")
             loss.backward()
             backward_nfe = counter.current
             optimizer.step()
             ended = now(device)
-            record.losses.append(loss.item())
+            record.losses.append(loss_value)
             record.nfe_forward.append(forward_nfe)
             record.nfe_backward.append(backward_nfe)
             record.iteration_seconds.append(ended - began)

@@ -25,10 +25,14 @@ _TWO_PI = 2.0 * math.pi
 
 
 class ToyDataset(SampledDataset):
-    """A sampled dataset whose missing parameters are filled with their declared defaults."""
+    """A sampled dataset whose missing parameters are filled with their declared defaults (2D unless overridden)."""
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**resolve_params(f"dataset {self.name!r}", self.params, params))
+
+    @property
+    def dim(self) -> int:
+        return 2
 
 
 class KnownDensity(ToyDataset):
@@ -91,10 +95,6 @@ class Swissroll(ToyDataset):
     description = "2D swiss roll: spiral t(cos t, sin t)/5, t in [1.5pi, 4.5pi] (radius 0.94..2.83), noise std 0.2"
     params = (*SPLIT_PARAMS,)
 
-    @property
-    def dim(self) -> int:
-        return 2
-
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         t = 1.5 * math.pi * (1.0 + 2.0 * _uniform(n, generator))
         roll = t[:, None] * torch.stack([t.cos(), t.sin()], dim=1)
@@ -107,10 +107,6 @@ class Circles(ToyDataset):
     name = "circles"
     description = "2D two concentric circles of radius 3 and 1.5 (half the points each), noise std 0.24"
     params = (*SPLIT_PARAMS,)
-
-    @property
-    def dim(self) -> int:
-        return 2
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         outer = n // 2
@@ -126,10 +122,6 @@ class Rings(ToyDataset):
     description = "2D four concentric rings of radius 3, 2.25, 1.5, 0.75 (a quarter of the points each), noise std 0.08"
     params = (*SPLIT_PARAMS,)
 
-    @property
-    def dim(self) -> int:
-        return 2
-
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         quarter = n // 4
         counts = (quarter, quarter, quarter, n - 3 * quarter)
@@ -144,10 +136,6 @@ class Moons(ToyDataset):
     name = "moons"
     description = "2D two interleaved half circles of radius 2, x in [-3, 3], y in [-1.2, 1.8], noise std 0.2"
     params = (*SPLIT_PARAMS,)
-
-    @property
-    def dim(self) -> int:
-        return 2
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         outer = n // 2
@@ -174,10 +162,6 @@ class EightGaussians(KnownDensity):
         h = 1.0 / math.sqrt(2.0)
         directions = [(1, 0), (-1, 0), (0, 1), (0, -1), (h, h), (h, -h), (-h, h), (-h, -h)]
         self.centers = self._SCALE * torch.tensor(directions, dtype=torch.float64)
-
-    @property
-    def dim(self) -> int:
-        return 2
 
     @property
     def means(self) -> Tensor:
@@ -213,10 +197,6 @@ class Pinwheel(ToyDataset):
     _TANGENTIAL_STD = 0.1
     _RATE = 0.25
 
-    @property
-    def dim(self) -> int:
-        return 2
-
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         labels = torch.randperm(n, generator=generator) % self._CLASSES
         stds = torch.tensor([self._RADIAL_STD, self._TANGENTIAL_STD], dtype=torch.float64)
@@ -239,10 +219,6 @@ class TwoSpirals(ToyDataset):
     name = "2spirals"
     description = "2D two interleaved spirals (1.5 turns each), radius up to about 3.2, noise std 0.1"
     params = (*SPLIT_PARAMS,)
-
-    @property
-    def dim(self) -> int:
-        return 2
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         half = (n + 1) // 2
@@ -267,10 +243,6 @@ class Checkerboard(KnownDensity):
     params = (*SPLIT_PARAMS,)
 
     _LOG_DENSITY = -math.log(32.0)
-
-    @property
-    def dim(self) -> int:
-        return 2
 
     @staticmethod
     def _grid_uniform(n: int, generator: torch.Generator) -> Tensor:

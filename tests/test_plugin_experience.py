@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import read_cells
 
 from cnfbench.hookspecs import HOOK_NAMES
-from conftest import read_cells
 
 REPO = Path(__file__).resolve().parents[1]
 

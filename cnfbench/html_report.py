@@ -1,0 +1,120 @@
+"""One self-contained HTML page for a report: tables, plots as embedded base64 PNGs, provenance.
+
+The page loads nothing from the network (no scripts, fonts or style sheets from
+elsewhere), so it can be mailed, archived or opened offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Sequence
+from pathlib import Path
+
+from cnfbench.report import PivotTable, Run, entry_text
+from cnfbench.results import atomic_write
+
+REPORT_HTML = "report.html"
+
+_STYLE = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em; color: #222;
+       max-width: 1400px; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+caption { caption-side: top; text-align: left; font-style: italic; padding-bottom: 0.4em; }
+th, td { padding: 0.3em 0.7em; border-bottom: 1px solid #ddd; }
+th { border-bottom: 2px solid #444; text-align: left; vertical-align: bottom; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.best { font-weight: bold; background: #eef6ee; }
+figure { margin: 1em 0; } figcaption { font-size: 0.9em; color: #555; }
+img { max-width: 100%; border: 1px solid #eee; }
+.notes li, .warnings li { font-size: 0.85em; } .warnings { color: #a33; }
+dl.prov { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; font-size: 0.85em; }
+dl.prov dt { font-weight: bold; } dl.prov dd { margin: 0; font-family: monospace; word-break: break-all; }
+"""
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def table_html(table: PivotTable) -> str:
+    """A pivot table as an HTML ``<table>`` with caption, best entries in bold, then its notes."""
+    head = [*table.rows, *(table.header(k, m) for k, m in table.value_columns())]
+    lines = ["<table>", f"<caption>{_e(table.caption())}</caption>",
+             "<thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead>", "<tbody>"]
+    for row_key in table.row_keys:
+        cells = [f"<td>{_e(v)}</td>" for v in row_key]
+        for col_key, metric in table.value_columns():
+            entry = table.entries.get((row_key, col_key, metric.name))
+            klass = "num best" if entry is not None and entry.best else "num"
+            cells.append(f'<td class="{klass}">{_e(entry_text(table, entry, metric))}</td>')
+        lines.append("<tr>" + "".join(cells) + "</tr>")
+    lines += ["</tbody>", "</table>"]
+    if table.notes:
+        lines.append('<ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in table.notes) + "</ul>")
+    return "\n".join(lines)
+
+
+def image_html(title: str, png: bytes) -> str:
+    """An ``<img>`` with the PNG embedded as a ``data:`` URI, in a captioned figure."""
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure><img alt="{_e(title)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{_e(title)}</figcaption></figure>")
+
+
+def _provenance(run: Run) -> str:
+    prov = run.provenance
+    statuses = run.cells["status"].value_counts() if "status" in run.cells else {}
+    items = [("folder", str(run.path)), ("cells", ", ".join(f"{n} {s}" for s, n in statuses.items()) or "none"),
+             ("created", prov.get("created", "unknown"))]
+    command = prov.get("command")
+    if isinstance(command, list):
+        items.append(("command", " ".join(str(c) for c in command)))
+    if run.versions:
+        items.append(("versions", ", ".join(f"{k} {v}" for k, v in run.versions.items() if v)))
+    machine = prov.get("machine")
+    if isinstance(machine, dict):
+        items.append(("machine", ", ".join(f"{k} {v}" for k, v in machine.items())))
+    for key in ("git_commit", "hostname", "python"):
+        if prov.get(key):
+            items.append((key.replace("_", " "), prov[key]))
+    if isinstance(prov.get("merged_from"), list):
+        items.append(("merged from", ", ".join(str(s.get("path", "?")) for s in prov["merged_from"]
+                                               if isinstance(s, dict))))
+    body = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in items)
+    warnings = "".join(f"<li>{_e(w)}</li>" for w in run.warnings)
+    return (f"<h3>{_e(run.name)}</h3><dl class=\"prov\">{body}</dl>"
+            + (f'<ul class="warnings">{warnings}</ul>' if warnings else ""))
+
+
+def render_html(title: str, runs: Sequence[Run], tables: Sequence[tuple[str, PivotTable]],
+                images: Sequence[tuple[str, Path | bytes]], notes: Sequence[str] = ()) -> str:
+    """The whole page: tables, then plots (files or PNG bytes, embedded), then provenance and notes."""
+    parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+             f"<title>{_e(title)}</title>", f"<style>{_STYLE}</style>", "</head>", "<body>", f"<h1>{_e(title)}</h1>",
+             "<p>Test NLL in nats per sample (exact trace); <em>ref solve</em> = the tight reference solve, the "
+             "density the trained field really defines. NFE = dynamics evaluations counted by the harness. "
+             "Aggregated over seeds; only finished cells enter the numbers.</p>"]
+    for heading, table in tables:
+        parts += [f"<h2>{_e(heading)}</h2>", table_html(table)]
+    if images:
+        parts.append("<h2>Plots</h2>")
+        for caption, image in images:
+            png = image if isinstance(image, bytes) else Path(image).read_bytes()
+            parts.append(image_html(caption, png))
+    parts.append("<h2>Provenance</h2>")
+    parts += [_provenance(run) for run in runs]
+    if notes:
+        parts += ["<h2>Notes</h2>", '<ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>"]
+    parts += ["</body>", "</html>"]
+    return "\n".join(parts) + "\n"
+
+
+def write_html_report(path: str | Path, title: str, runs: Sequence[Run], tables: Sequence[tuple[str, PivotTable]],
+                      images: Sequence[tuple[str, Path | bytes]], notes: Sequence[str] = ()) -> Path:
+    """Write :func:`render_html`'s page to ``path`` atomically and return the path."""
+    target = Path(path)
+    page = render_html(title, runs, tables, images, notes)
+    atomic_write(target, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    return target

@@ -1,0 +1,249 @@
+"""cnfbench compare (every verdict, Welch's test) and cnfbench merge, on hand-built runs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from test_report import cell, frame, write_run
+
+from cnfbench.cli import main
+from cnfbench.compare import (
+    compare_runs,
+    metric_change,
+    t_two_sided_p,
+    to_json,
+    to_markdown,
+    to_text,
+    welch_t_test,
+)
+from cnfbench.merge import merge_runs
+from cnfbench.report import Run, load_run, metric_info
+
+VERSIONS = {"cnfbench": "0.1.0", "torch": "2.13.0", "torchdiffeq": "0.2.5"}
+
+
+def run(cells: pd.DataFrame, versions: dict | None = None, name: str = "r") -> Run:
+    return Run(Path(name), name, cells, pd.DataFrame(), {"versions": dict(versions or VERSIONS)})
+
+
+def two(solver: str, values: tuple[float, ...], **extra) -> list[dict]:
+    return [cell(solver, seed, nll_ref=v, **extra) for seed, v in enumerate(values)]
+
+
+# --------------------------------------------------------------------------------------------------- statistics
+
+def test_t_distribution_two_sided_p_values():
+    # reference values: scipy.stats.t.sf(|t|, df) * 2
+    assert t_two_sided_p(2.0, 10) == pytest.approx(0.07338803477074037, rel=1e-12)
+    assert t_two_sided_p(0.5, 3.5) == pytest.approx(0.6468504393225509, rel=1e-12)
+    assert t_two_sided_p(12.0, 1) == pytest.approx(0.052929352119179755, rel=1e-12)
+    assert t_two_sided_p(0.0, 5) == 1.0 and t_two_sided_p(math.inf, 5) == 0.0
+
+
+def test_welch_t_test_matches_reference_values():
+    # scipy.stats.ttest_ind([1, 2, 3, 4], [2, 4, 6, 8], equal_var=False)
+    result = welch_t_test([1, 2, 3, 4], [2, 4, 6, 8])
+    assert result.t == pytest.approx(1.7320508075688772, rel=1e-12)
+    assert result.df == pytest.approx(4.411764705882353, rel=1e-12)
+    assert result.p == pytest.approx(0.15158050484530375, rel=1e-10)
+    assert welch_t_test([1.0, 1.0], [1.0, 1.0]).p == 1.0
+    assert welch_t_test([1.0, 1.0], [2.0, 2.0]).p == 0.0
+    with pytest.raises(ValueError):
+        welch_t_test([1.0], [1.0, 2.0])
+
+
+def test_welch_agrees_with_scipy_when_installed():
+    stats = pytest.importorskip("scipy.stats")
+    samples = [([3.0, 3.1, 2.95], [3.3, 3.5]), ([10, 11, 12, 13, 9], [20, 21, 19]), ([0.1, 0.2], [0.15, 0.3, 0.1])]
+    for a, b in samples:
+        expected = stats.ttest_ind(b, a, equal_var=False)
+        result = welch_t_test(a, b)
+        assert result.t == pytest.approx(expected.statistic, rel=1e-10)
+        assert result.p == pytest.approx(expected.pvalue, rel=1e-9)
+
+
+def test_metric_change_rules():
+    nll = metric_info("nll_ref")
+    # one seed each: the factor alone decides
+    assert metric_change(nll, [3.0], [3.2], 1.05, 0.05).change == "worse"  # +6.7%
+    assert metric_change(nll, [3.0], [3.1], 1.05, 0.05).change == "unchanged"  # +3.3%
+    assert metric_change(nll, [3.0], [2.8], 1.05, 0.05).change == "better"
+    # two seeds: also significant (p = 0.129, see test_welch) -> unchanged, although +13%
+    change = metric_change(nll, [3.0, 3.1], [3.3, 3.5], 1.05, 0.05)
+    assert (change.change, change.beyond_factor) == ("unchanged", True)
+    assert change.p_value == pytest.approx(0.1290478355482834, rel=1e-10)
+    assert change.ratio == pytest.approx(3.4 / 3.05)
+    assert metric_change(nll, [3.0, 3.1], [3.3, 3.5], 1.05, 0.2).change == "worse"
+    # mass: |mass - 1| moved by more than factor - 1
+    mass = metric_info("mass")
+    assert metric_change(mass, [1.01], [0.93], 1.05, 0.05).change == "worse"  # 0.01 -> 0.07
+    assert metric_change(mass, [1.01], [0.97], 1.05, 0.05).change == "unchanged"  # 0.01 -> 0.03
+    assert metric_change(mass, [1.10], [1.00], 1.05, 0.05).change == "better"
+    assert metric_change(nll, [], [3.0], 1.05, 0.05).change == "n/a"
+
+
+# --------------------------------------------------------------------------------------------------- verdicts
+
+def verdicts(base: pd.DataFrame, new: pd.DataFrame, **options) -> dict[str, tuple[str, str]]:
+    comparison = compare_runs(run(base), run(new), metrics=["nll_ref"], **options)
+    return {r.labels["solver"]: (r.verdict, r.reason) for r in comparison.rows}
+
+
+def test_better_worse_unchanged():
+    base = frame(*two("euler4", (3.00, 3.02)), *two("euler10", (3.00, 3.02)), *two("dopri5", (3.00, 3.02)))
+    new = frame(*two("euler4", (3.50, 3.52)), *two("euler10", (2.50, 2.52)), *two("dopri5", (3.01, 3.03)))
+    result = verdicts(base, new)
+    assert result == {"euler[steps=4]": ("worse", "nll_ref worse"), "euler[steps=10]": ("better", "nll_ref better"),
+                      "dopri5": ("unchanged", "")}
+
+
+def test_matching_is_by_configuration_not_row_order_or_cell_id():
+    base = frame(*two("euler4", (3.0, 3.0)), *two("dopri5", (2.0, 2.0)))
+    new = frame(*two("dopri5", (2.0, 2.0)), *two("euler4", (3.0, 3.0)))
+    new["cell_id"] = [f"{i:016x}" for i in range(len(new))]
+    assert set(verdicts(base, new).values()) == {("unchanged", "")}
+
+
+def test_newly_failing_and_fixed():
+    base = frame(*two("euler4", (3.0, 3.0)), cell("dopri5", 0, nll_ref=2.0), cell("dopri5", 1, status="diverged"),
+                 cell("euler10", 0, status="error"))
+    new = frame(cell("euler4", 0, nll_ref=3.0), cell("euler4", 1, status="diverged"), *two("dopri5", (2.0, 2.0)),
+                cell("euler10", 0, nll_ref=3.0))
+    result = verdicts(base, new)
+    assert result["euler[steps=4]"] == ("newly failing", "seed 1 diverged: NaN loss at iteration 3")
+    assert result["dopri5"][0] == "fixed" and result["dopri5"][1].startswith("seed 1 now done")
+    assert result["euler[steps=10]"][0] == "fixed"
+
+
+def test_not_comparable_protocol_missing_and_failing_in_both():
+    base = frame(*two("euler4", (3.0, 3.0)), *two("dopri5", (2.0, 2.0)), cell("euler10", 0, status="error"))
+    new = frame(*(dict(r, ref_dtype="float32") for r in two("euler4", (3.0, 3.0))),
+                cell("euler10", 0, status="error"), *two("euler10", (1.0, 1.0), trace="hutchinson"))
+    comparison = compare_runs(run(base), run(new), metrics=["nll_ref"])
+    rows = {(r.labels["solver"], r.labels["trace"]): (r.verdict, r.reason) for r in comparison.rows}
+    assert rows[("euler[steps=4]", "exact")] == ("not comparable",
+                                                 "evaluated differently: ref_dtype float64 vs float32")
+    assert rows[("dopri5", "exact")] == ("not comparable", "only in BASE")
+    assert rows[("euler[steps=10]", "hutchinson")] == ("not comparable", "only in NEW")
+    assert rows[("euler[steps=10]", "exact")][0] == "not comparable"
+    assert rows[("euler[steps=10]", "exact")][1].startswith("no finished seed in BASE (error")
+
+
+def test_versions_differ_not_comparable_unless_ignored():
+    base = frame(*two("dopri5", (3.0, 3.0)))
+    new = frame(*two("dopri5", (4.0, 4.0)))
+    comparison = compare_runs(run(base), run(new, {**VERSIONS, "torch": "2.12.0"}), metrics=["nll_ref"])
+    assert [(r.verdict, r.reason) for r in comparison.rows] == [
+        ("not comparable", "versions differ: torch 2.13.0 vs 2.12.0")]
+    comparison = compare_runs(run(base), run(new, {**VERSIONS, "torch": "2.12.0"}), metrics=["nll_ref"],
+                              ignore_versions=True)
+    assert comparison.rows[0].verdict == "worse" and "compared anyway" in comparison.notes[0]
+
+
+def test_unknown_versions_are_noted_not_blocking():
+    base = run(frame(*two("dopri5", (3.0, 3.0))))
+    base.provenance = {}
+    comparison = compare_runs(base, run(frame(*two("dopri5", (3.0, 3.0)))), metrics=["nll_ref"])
+    assert comparison.rows[0].verdict == "unchanged" and "unknown" in comparison.notes[0]
+
+
+def test_outputs_text_markdown_json():
+    base = frame(*two("euler4", (3.0, 3.02)), *two("dopri5", (3.0, 3.02)))
+    new = frame(*two("euler4", (3.5, 3.52)), *two("dopri5", (3.0, 3.02)))
+    comparison = compare_runs(run(base), run(new), metrics=["nll_ref"])
+    text = to_text(comparison)
+    assert "3.010 → 3.510 (×1.166) worse p=" in text and "2 configurations: 1 worse, 1 unchanged" in text
+    assert "test NLL, ref solve [nats]" in text
+    assert "| **worse** |" in to_markdown(comparison)
+    data = json.loads(to_json(comparison))
+    assert data["counts"]["worse"] == 1
+    worse = next(r for r in data["rows"] if r["verdict"] == "worse")
+    assert worse["metrics"]["nll_ref"]["ratio"] == pytest.approx(3.51 / 3.01)
+
+
+def test_cli_compare_exit_codes(tmp_path):
+    base = write_run(tmp_path / "base", frame(*two("dopri5", (3.0, 3.02), nll=3.0, nfe_forward_mean=20.0)))
+    new = write_run(tmp_path / "new", frame(*two("dopri5", (3.5, 3.52), nll=3.0, nfe_forward_mean=20.0)))
+    runner = CliRunner()
+    result = runner.invoke(main, ["compare", str(base), str(new)], catch_exceptions=False)
+    assert result.exit_code == 0 and "worse" in result.output
+    result = runner.invoke(main, ["compare", str(base), str(new), "--fail-on-regression"], catch_exceptions=False)
+    assert result.exit_code == 1 and "regression: 1 configuration(s)" in result.output
+    result = runner.invoke(main, ["compare", str(base), str(base), "--fail-on-regression"], catch_exceptions=False)
+    assert result.exit_code == 0 and "1 unchanged" in result.output
+    result = runner.invoke(main, ["compare", str(base), str(new), "--factor", "1.2", "--fail-on-regression"],
+                           catch_exceptions=False)
+    assert result.exit_code == 0
+    result = runner.invoke(main, ["compare", str(base), str(new), "--metric", "nll_rf"], catch_exceptions=False)
+    assert result.exit_code == 2 and result.output.startswith("Error: unknown metric 'nll_rf'; valid metrics: ")
+    result = runner.invoke(main, ["compare", str(base), str(tmp_path / "gone")], catch_exceptions=False)
+    assert result.exit_code == 2 and result.output.strip() == f"Error: no run folder at {tmp_path / 'gone'}"
+    (new / "run.json").write_text("{ hand edited")
+    result = runner.invoke(main, ["compare", str(base), str(new)], catch_exceptions=False)
+    assert result.exit_code == 0 and "warning: " in result.output and "run.json is unreadable" in result.output
+
+
+# --------------------------------------------------------------------------------------------------- merge
+
+def curves_for(cells: pd.DataFrame, loss: float) -> pd.DataFrame:
+    return pd.DataFrame([{"cell_id": c, "iteration": i, "loss_nats": loss} for c in cells["cell_id"] for i in (1, 2)])
+
+
+def test_merge_keeps_provenance_and_resolves_duplicates(tmp_path):
+    a_cells = frame(cell("euler4", 0, nll_ref=3.0), cell("dopri5", 0, status="diverged"), cell("euler10", 0,
+                                                                                                 nll_ref=1.0))
+    b_cells = frame(cell("dopri5", 0, nll_ref=2.0), cell("dopri5", 1, nll_ref=2.1), cell("euler10", 0, nll_ref=1.5))
+    a = write_run(tmp_path / "a", a_cells, curves_for(a_cells, 5.0),
+                  {"created": "2025-01-02T00:00:00+00:00", "hostname": "alpha", "versions": VERSIONS})
+    b = write_run(tmp_path / "b", b_cells, curves_for(b_cells, 7.0),
+                  {"created": "2025-01-01T00:00:00+00:00", "hostname": "beta", "versions": VERSIONS})
+    result = merge_runs(tmp_path / "m", [a, b], ["cnfbench", "merge"])
+    merged = load_run(tmp_path / "m")
+    assert result.cells == 4 and len(merged.cells) == 4 and merged.warnings == []
+    dopri = merged.cells[(merged.cells["solver"] == "dopri5") & (merged.cells["seed"] == 0)].iloc[0]
+    assert (dopri["status"], dopri["nll_ref"]) == ("done", 2.0)  # the done row beats the diverged one
+    euler10 = merged.cells[merged.cells["solver_spec"].str.startswith("euler[steps=10,")].iloc[0]
+    assert euler10["nll_ref"] == 1.0  # both done: the newer run (a, created later) wins
+    assert merged.cells["cell_id"].is_unique
+    assert any("kept the done one" in n for n in result.notes) and any("kept the newest" in n for n in result.notes)
+    sources = merged.provenance["merged_from"]
+    assert [s["hostname"] for s in sources] == ["alpha", "beta"]
+    assert [(s["cells_in_source"], s["cells_kept"]) for s in sources] == [(3, 2), (3, 2)]
+    assert merged.provenance["versions"] == VERSIONS
+    losses = merged.curves.groupby("cell_id")["loss_nats"].first()
+    assert losses[dopri["cell_id"]] == 7.0 and losses[euler10["cell_id"]] == 5.0 and len(merged.curves) == 8
+
+
+def test_merge_refuses_existing_output_and_reports_mixed_versions(tmp_path):
+    a = write_run(tmp_path / "a", frame(cell("dopri5", 0, nll_ref=3.0)))
+    b = write_run(tmp_path / "b", frame(cell("dopri5", 1, nll_ref=3.0)),
+                  provenance={"versions": {**VERSIONS, "torch": "2.12.0"}})
+    with pytest.raises(ValueError, match="already holds a run"):
+        merge_runs(a, [b])
+    result = merge_runs(tmp_path / "m", [a, b])
+    assert load_run(tmp_path / "m").versions["torch"] == "mixed: 2.13.0, 2.12.0"
+    assert any("different package versions" in n for n in result.notes)
+    cli = CliRunner().invoke(main, ["merge", str(tmp_path / "m"), str(a)], catch_exceptions=False)
+    assert cli.exit_code == 2 and cli.output.startswith("Error: ") and "already holds a run" in cli.output
+    cli = CliRunner().invoke(main, ["merge", str(tmp_path / "m2"), str(a), str(tmp_path / "nope")],
+                             catch_exceptions=False)
+    assert cli.exit_code == 2 and cli.output.strip() == f"Error: no run folder at {tmp_path / 'nope'}"
+    cli = CliRunner().invoke(main, ["merge", str(tmp_path / "m3"), str(a), str(b)], catch_exceptions=False)
+    assert cli.exit_code == 0 and "merged 2 cell(s) from 2 run(s)" in cli.output
+
+
+def test_merge_uses_the_csv_of_a_damaged_source_and_says_so(tmp_path):
+    a = write_run(tmp_path / "a", frame(cell("dopri5", 0, nll_ref=3.0)))
+    b = write_run(tmp_path / "b", frame(cell("dopri5", 1, nll_ref=3.1)))
+    (b / "cells.parquet").write_bytes(b"truncated")
+    cli = CliRunner().invoke(main, ["merge", str(tmp_path / "m"), str(a), str(b)], catch_exceptions=False)
+    assert cli.exit_code == 0
+    assert f"warning: {b / 'cells.parquet'} is unreadable" in cli.output and "merged 2 cell(s)" in cli.output
+    merged = load_run(tmp_path / "m")
+    assert sorted(merged.cells["seed"]) == [0, 1]
+    assert merged.provenance["merged_from"][1]["warnings"][0].startswith(f"{b / 'cells.parquet'} is unreadable")

@@ -1,0 +1,494 @@
+"""The conformance kit (cnfbench.testing): every built-in passes it, and broken components are rejected by name."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from cnfbench.contracts import SPLIT_PARAMS, Dataset, SampledDataset, Solver, Splits, TraceEstimator, VectorField
+from cnfbench.hookspecs import hookimpl
+from cnfbench.params import Param, resolve_params
+from cnfbench.registry import load_registry
+from cnfbench.testing import (
+    ConformanceError,
+    check_component,
+    check_dataset,
+    check_field,
+    check_plugin,
+    check_solver,
+    check_trace,
+    conformance_tests,
+    plugin_components,
+)
+
+REGISTRY = load_registry()
+BUILTINS = [
+    pytest.param(family, entry.name, id=f"{family}-{entry.name}")
+    for family in ("field", "solver", "trace", "dataset")
+    for entry in REGISTRY.entries(family)
+    if entry.plugin.startswith("cnfbench:")  # the built-ins, whatever else is installed
+]
+# Small but real sizes: the kit sets solver steps/tolerances and dataset split sizes itself.
+BUILTIN_PARAMS: dict[tuple[str, str], dict[str, Any]] = {
+    ("field", "concatsquash"): {"hidden": (16, 16)},
+    ("field", "mlp"): {"hidden": (16, 16)},
+}
+
+
+@pytest.mark.parametrize(("family", "name"), BUILTINS)
+def test_every_builtin_component_passes_the_kit(family: str, name: str) -> None:
+    check_component(family, REGISTRY.get(family, name).cls, BUILTIN_PARAMS.get((family, name)))
+
+
+def test_every_family_has_builtins_under_test() -> None:
+    assert {case.values[0] for case in BUILTINS} == {"field", "solver", "trace", "dataset"}
+
+
+@pytest.mark.parametrize("selector", [("rk4", {"steps": 4, "adjoint": True}), ("dopri5", {"adjoint": True}),
+                                      ("fields", {"activation": "softplus"}),
+                                      ("hutchinson", {"noise": "rademacher"})], ids=lambda s: s[0])
+def test_builtins_pass_with_other_parameters(selector: tuple[str, dict[str, Any]]) -> None:
+    name, params = selector
+    if name == "fields":
+        for field in ("concatsquash", "mlp"):
+            check_field(REGISTRY.get("field", field).cls, {"hidden": (8,), **params}, dims=(3,))
+        return
+    family = "trace" if name == "hutchinson" else "solver"
+    check_component(family, REGISTRY.get(family, name).cls, params)
+
+
+def test_the_fixture_is_check_component(cnfbench_check: Callable[..., None]) -> None:
+    assert cnfbench_check is check_component
+    cnfbench_check("trace", REGISTRY.get("trace", "exact").cls)
+
+
+def test_importing_the_kit_does_not_import_torch() -> None:
+    code = "import sys, cnfbench.testing; assert 'torch' not in sys.modules, 'torch imported'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_unknown_family_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="unknown component family 'objective'"):
+        check_component("objective", object)
+
+
+# --------------------------------------------------------------------------- good components (bases of the broken ones)
+
+
+class GoodField(VectorField):
+    name = "good_field"
+    description = "a small tanh MLP on [z, t]"
+    params = (Param("hidden", "int", 8, "hidden width", minimum=1),)
+
+    def __init__(self, dim: int, hidden: int = 8) -> None:
+        super().__init__(dim, hidden=hidden)
+        self.inner = nn.Linear(dim + 1, hidden)
+        self.outer = nn.Linear(hidden, dim)
+
+    def forward(self, t: Tensor, z: Tensor) -> Tensor:
+        time = t.reshape(1, 1).to(z.dtype).expand(z.shape[0], 1)
+        return self.outer(torch.tanh(self.inner(torch.cat([z, time], dim=1))))
+
+
+class GoodHeun(Solver):
+    name = "good_heun"
+    description = "fixed-step Heun"
+    params = (Param("steps", "int", 10, "equal steps", minimum=1),)
+    nfe_per_step = 2
+
+    def integrate(self, dynamics: nn.Module, state: tuple[Tensor, ...], t0: float, t1: float) -> tuple[Tensor, ...]:
+        steps = self.steps_taken()
+        h = (t1 - t0) / steps
+        y = state
+        for i in range(steps):
+            t = torch.tensor(t0 + i * h, dtype=y[0].dtype, device=y[0].device)
+            k1 = dynamics(t, y)
+            k2 = dynamics(t + h, tuple(a + h * b for a, b in zip(y, k1, strict=True)))
+            y = tuple(a + h / 2 * (b + c) for a, b, c in zip(y, k1, k2, strict=True))
+        return y
+
+    def steps_taken(self) -> int:
+        return int(self.config["steps"])
+
+    def expected_nfe(self) -> int | None:
+        return 2 * int(self.config["steps"])
+
+
+class GoodExact(TraceEstimator):
+    name = "good_exact"
+    description = "exact divergence"
+
+    def __call__(self, field: Any, t: Tensor, z: Tensor, create_graph: bool) -> tuple[Tensor, Tensor]:
+        dz = field(t, z)
+        div = torch.zeros(z.shape[0], dtype=dz.dtype, device=dz.device)
+        if not dz.requires_grad:
+            return dz, div
+        for i in range(z.shape[1]):
+            (grad,) = torch.autograd.grad(dz[:, i].sum(), z, create_graph=create_graph, retain_graph=True,
+                                          allow_unused=True)
+            if grad is not None:
+                div = div + grad[:, i]
+        return dz, self.sign() * div
+
+    def sign(self) -> float:
+        return 1.0
+
+
+class GoodHutchinson(TraceEstimator):
+    name = "good_hutchinson"
+    description = "Hutchinson, one Rademacher probe per solve"
+    stochastic = True
+
+    def begin_solve(self, z: Tensor, generator: torch.Generator | None) -> None:
+        self.generator = generator
+        self.probe = self.draw(z)
+
+    def draw(self, z: Tensor) -> Tensor:
+        return torch.randint(0, 2, z.shape, generator=self.generator).to(z.dtype) * 2 - 1
+
+    def __call__(self, field: Any, t: Tensor, z: Tensor, create_graph: bool) -> tuple[Tensor, Tensor]:
+        dz = field(t, z)
+        probe = self.probe_for_call(z)
+        if not dz.requires_grad:
+            return dz, torch.zeros(z.shape[0], dtype=z.dtype)
+        (vjp,) = torch.autograd.grad(dz, z, grad_outputs=probe, create_graph=create_graph, allow_unused=True)
+        if vjp is None:
+            return dz, torch.zeros(z.shape[0], dtype=z.dtype)
+        return dz, (vjp * probe).sum(dim=1)
+
+    def probe_for_call(self, z: Tensor) -> Tensor:
+        return self.probe
+
+
+class GoodGaussian(SampledDataset):
+    name = "good_gaussian"
+    description = "2D standard Gaussian"
+    params = SPLIT_PARAMS
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**resolve_params("dataset 'good_gaussian'", self.params, params))
+
+    @property
+    def dim(self) -> int:
+        return 2
+
+    @property
+    def has_density(self) -> bool:
+        return True
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        return torch.randn(n, 2, generator=generator)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        return -0.5 * x.pow(2).sum(dim=1) - torch.log(torch.tensor(2 * torch.pi))
+
+
+GOOD = {"field": GoodField, "solver": GoodHeun, "trace": GoodExact, "dataset": GoodGaussian}
+
+
+def make_plugin(name: str, **hooks: list[type]) -> types.ModuleType:
+    """A plugin module whose hooks (``fields=[...]`` → ``cnfbench_fields``) return the given classes."""
+    module = types.ModuleType(name)
+    for key, classes in hooks.items():
+        setattr(module, f"cnfbench_{key}", hookimpl(lambda classes=classes: list(classes)))
+    return module
+
+
+GOOD_PLUGIN = make_plugin("good_plugin", fields=[GoodField], solvers=[GoodHeun], traces=[GoodExact, GoodHutchinson],
+                          datasets=[GoodGaussian])
+
+# The pytest helper: one test per component of the plugin.
+test_good_plugin_conformance = conformance_tests(GOOD_PLUGIN)
+
+
+def test_check_plugin_lists_what_it_checked() -> None:
+    assert check_plugin(GOOD_PLUGIN) == ["dataset 'good_gaussian'", "field 'good_field'", "solver 'good_heun'",
+                                         "trace 'good_exact'", "trace 'good_hutchinson'"]
+
+
+def test_plugin_components_of_a_builtin_module_by_name() -> None:
+    found = plugin_components("cnfbench_plugins.traces")
+    assert {family for family, _ in found} == {"trace"}
+    assert {"exact", "hutchinson"} <= {cls.name for _, cls in found}
+
+
+# --------------------------------------------------------------------------- broken components
+
+
+class WrongShapeField(GoodField):
+    name = "wrong_shape"
+
+    def forward(self, t: Tensor, z: Tensor) -> Tensor:
+        return super().forward(t, z)[:, :1].expand(z.shape[0], 3)
+
+
+class TimelessField(GoodField):
+    name = "timeless"
+
+    def forward(self, t: Tensor, z: Tensor) -> Tensor:
+        return super().forward(torch.zeros_like(t), z)
+
+
+class DeadParameterField(GoodField):
+    name = "dead_parameter"
+
+    def __init__(self, dim: int, hidden: int = 8) -> None:
+        super().__init__(dim, hidden)
+        self.unused_scale = nn.Parameter(torch.ones(dim))
+
+
+class BatchCoupledField(GoodField):
+    name = "batch_coupled"
+
+    def forward(self, t: Tensor, z: Tensor) -> Tensor:
+        out = super().forward(t, z)
+        return out - out.mean(dim=0, keepdim=True)  # like batch norm: each row depends on the others
+
+
+class OneStepHeun(GoodHeun):
+    """Takes one step whatever ``steps`` says, and does not claim a cost."""
+
+    name = "one_step"
+
+    def steps_taken(self) -> int:
+        return 1
+
+    def expected_nfe(self) -> int | None:
+        return None
+
+
+class OneStepHeunClaimingSteps(OneStepHeun):
+    """Takes one step but reports the cost of ``steps`` steps."""
+
+    name = "one_step_claiming"
+
+    def expected_nfe(self) -> int | None:
+        return 2 * int(self.config["steps"])
+
+
+class MiscountingHeun(GoodHeun):
+    """Heun costs two evaluations per step; this one claims one."""
+
+    name = "miscounting"
+
+    def expected_nfe(self) -> int | None:
+        return int(self.config["steps"])
+
+
+class DetachingHeun(GoodHeun):
+    name = "detaching"
+
+    def integrate(self, dynamics: nn.Module, state: tuple[Tensor, ...], t0: float, t1: float) -> tuple[Tensor, ...]:
+        with torch.no_grad():
+            return super().integrate(dynamics, state, t0, t1)
+
+
+class NegatedExact(GoodExact):
+    name = "negated"
+
+    def sign(self) -> float:
+        return -1.0
+
+
+class RedrawingHutchinson(GoodHutchinson):
+    """Draws a fresh probe at every call, so the ODE's right-hand side is random."""
+
+    name = "redrawing"
+
+    def probe_for_call(self, z: Tensor) -> Tensor:
+        return self.draw(z)
+
+
+class GlobalRNGHutchinson(GoodHutchinson):
+    name = "global_rng_probe"
+
+    def begin_solve(self, z: Tensor, generator: torch.Generator | None) -> None:
+        self.probe = torch.randint(0, 2, z.shape).to(z.dtype) * 2 - 1
+
+
+class BiasedHutchinson(GoodHutchinson):
+    name = "biased"
+
+    def __call__(self, field: Any, t: Tensor, z: Tensor, create_graph: bool) -> tuple[Tensor, Tensor]:
+        dz, div = super().__call__(field, t, z, create_graph)
+        return dz, 1.25 * div
+
+
+class GlobalRNGDataset(GoodGaussian):
+    name = "global_rng"
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        return torch.randn(n, 2)
+
+
+class OverlappingDataset(Dataset):
+    name = "overlapping"
+    description = "test rows reused in training"
+
+    @property
+    def dim(self) -> int:
+        return 2
+
+    def splits(self, seed: int) -> Splits:
+        x = torch.randn(300, 2, generator=torch.Generator().manual_seed(seed))
+        return Splits(train=x[:200], val=x[200:250], test=x[150:300])
+
+
+class SeedlessDataset(GoodGaussian):
+    name = "seedless"
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        return torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
+
+
+class Float64Dataset(Dataset):
+    name = "float64"
+    description = "splits in the wrong dtype"
+
+    @property
+    def dim(self) -> int:
+        return 2
+
+    def splits(self, seed: int) -> Splits:
+        gen = torch.Generator().manual_seed(seed)
+        return Splits(*(torch.randn(n, 2, generator=gen, dtype=torch.float64) for n in (20, 10, 10)))
+
+
+class InfiniteDensityDataset(GoodGaussian):
+    name = "infinite_density"
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        return super().log_prob(x).masked_fill(x[:, 0] > 1.0, -torch.inf)
+
+
+class Unnamed(GoodField):
+    name = ""
+
+
+BROKEN = [
+    pytest.param(check_field, WrongShapeField, r"forward\(t, z\) with z \(7, 1\) float32 returned \(7, 3\) "
+                                               r"torch.float32 on cpu; expected \(7, 1\)", id="field-wrong-shape"),
+    pytest.param(check_field, TimelessField, "ignores t", id="field-ignoring-t"),
+    pytest.param(check_field, DeadParameterField, "receive no gradient.*unused_scale", id="field-dead-parameter"),
+    pytest.param(check_field, BatchCoupledField, "rows must be independent", id="field-coupling-rows"),
+    pytest.param(check_field, Unnamed, "needs a class attribute `name`", id="field-without-name"),
+    pytest.param(check_solver, OneStepHeun, "does not converge as the grid is refined.*honour steps",
+                 id="solver-one-step"),
+    pytest.param(check_solver, OneStepHeunClaimingSteps, "expected_nfe\\(\\) is 20 but .* evaluated the dynamics "
+                                                         "2 times", id="solver-one-step-claiming-steps"),
+    pytest.param(check_solver, MiscountingHeun, "expected_nfe\\(\\) is 10 but .* evaluated the dynamics 20 times",
+                 id="solver-miscounting"),
+    pytest.param(check_solver, DetachingHeun, "no gradient reaches the initial state", id="solver-detaching"),
+    pytest.param(check_trace, NegatedExact, "wrong sign", id="trace-wrong-sign"),
+    pytest.param(check_trace, RedrawingHutchinson, "two calls within one solve .* gave different divergences",
+                 id="trace-redrawing-probe"),
+    pytest.param(check_trace, GlobalRNGHutchinson, "used the global RNG", id="trace-global-rng"),
+    pytest.param(check_trace, BiasedHutchinson, "biased: .* standard errors off", id="trace-biased"),
+    pytest.param(check_dataset, GlobalRNGDataset, r"used the global RNG \(torch.manual_seed/torch.rand\*\)",
+                 id="dataset-global-rng"),
+    pytest.param(check_dataset, OverlappingDataset, "train and test share 50 row", id="dataset-overlapping"),
+    pytest.param(check_dataset, SeedlessDataset, r"splits\(0\) and splits\(1\) are identical",
+                 id="dataset-ignoring-seed"),
+    pytest.param(check_dataset, Float64Dataset, r"splits\(0\).train is \(20, 2\) torch.float64 .* float32",
+                 id="dataset-float64"),
+    pytest.param(check_dataset, InfiniteDensityDataset, "log_prob is not finite", id="dataset-infinite-log-prob"),
+]
+
+
+@pytest.mark.parametrize(("check", "cls", "problem"), BROKEN)
+def test_broken_component_is_rejected_with_the_problem_named(
+    check: Callable[..., None], cls: type, problem: str
+) -> None:
+    with pytest.raises(ConformanceError, match=problem) as info:
+        check(cls)
+    message = str(info.value)
+    assert message.startswith(f"{check.__name__.removeprefix('check_')} "), message
+    assert repr(cls.name) in message or cls.__qualname__ in message, message  # the component is named
+    assert isinstance(info.value, AssertionError)
+
+
+def test_bad_params_are_reported_as_conformance_errors() -> None:
+    with pytest.raises(ConformanceError, match="field 'good_field'.*unknown parameter 'width'"):
+        check_field(GoodField, {"width": 3})
+
+
+def test_component_exceptions_are_reported_with_what_was_being_done() -> None:
+    class Crashing(GoodField):
+        name = "crashing"
+
+        def forward(self, t: Tensor, z: Tensor) -> Tensor:
+            raise RuntimeError("boom")
+
+    with pytest.raises(ConformanceError, match=r"field 'crashing' \(.*Crashing\): forward\(t, z\) .* raised "
+                                               r"RuntimeError: boom"):
+        check_field(Crashing)
+
+
+def test_check_plugin_reports_every_failing_component() -> None:
+    plugin = make_plugin("mixed", fields=[GoodField, TimelessField], traces=[NegatedExact])
+    with pytest.raises(ConformanceError) as info:
+        check_plugin(plugin)
+    message = str(info.value)
+    assert message.startswith("2 of 3 component(s) failed")
+    assert "field 'timeless'" in message and "trace 'negated'" in message and "good_field" not in message
+
+
+def test_check_plugin_params_are_per_component() -> None:
+    plugin = make_plugin("one_field", fields=[GoodField])
+    with pytest.raises(ConformanceError, match="bad value '0' for field 'good_field' parameter 'hidden'"):
+        check_plugin(plugin, {"good_field": {"hidden": 0}})
+
+
+def test_a_hook_without_hookimpl_is_named() -> None:
+    plugin = types.ModuleType("forgetful")
+    plugin.cnfbench_fields = lambda: [GoodField]  # type: ignore[attr-defined]
+    with pytest.raises(ConformanceError, match="cnfbench_fields is not decorated with @hookimpl"):
+        check_plugin(plugin)
+
+
+def test_a_misspelt_hook_is_named() -> None:
+    plugin = types.ModuleType("misspelt")
+    plugin.cnfbench_field = hookimpl(lambda: [GoodField])  # type: ignore[attr-defined]
+    with pytest.raises(ConformanceError, match="cnfbench_field"):
+        check_plugin(plugin)
+
+
+def test_a_class_of_the_wrong_family_is_named() -> None:
+    with pytest.raises(ConformanceError, match="not a subclass of cnfbench.contracts.Solver"):
+        check_plugin(make_plugin("confused", solvers=[GoodField]))
+
+
+def test_an_empty_plugin_is_rejected() -> None:
+    with pytest.raises(ConformanceError, match="implements none of cnfbench's hooks"):
+        check_plugin(types.ModuleType("empty"))
+
+
+class Linear(VectorField):
+    """The README's example field ``v(t, z) = A z``: autonomous on purpose."""
+
+    name = "linear"
+    description = "v(t, z) = A z"
+    params = (Param("init_scale", "float", 0.1, "std of A's initial entries", minimum=0.0),)
+
+    def __init__(self, dim: int, init_scale: float = 0.1) -> None:
+        super().__init__(dim, init_scale=init_scale)
+        self.A = nn.Parameter(init_scale * torch.randn(dim, dim))
+
+    def forward(self, t: Tensor, z: Tensor) -> Tensor:
+        return z @ self.A.T
+
+
+def test_an_autonomous_field_passes_with_time_dependent_false() -> None:
+    check_field(Linear, {"init_scale": 0.5}, time_dependent=False)
+    with pytest.raises(ConformanceError, match="ignores t"):
+        check_field(Linear)
+    plugin = make_plugin("readme_field", fields=[Linear])
+    assert check_plugin(plugin, options={"linear": {"time_dependent": False}}) == ["field 'linear'"]
