@@ -74,3 +74,16 @@ def evaluate_log_prob(
             most = max(most, counter.current)
     seconds = now(device) - start
     return EvaluationPass(torch.cat(chunks), counter.totals[phase], most, seconds)
+
+
+def sample_model(
+    field_module: VectorField, solver: Solver, trace: TraceEstimator, n: int, generator: torch.Generator,
+    device: torch.device, dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """``n`` samples of the model: base draws ``z0 ~ N(0, I)`` pushed from t=0 to t=1 by ``solver``."""
+    base = torch.randn(n, field_module.dim, generator=generator, dtype=dtype).to(device)
+    dynamics = CNFDynamics(field_module.eval(), trace, NFECounter(), differentiable=False)
+    trace.begin_solve(base, None)
+    with torch.no_grad():
+        samples, _ = solver.integrate(dynamics, (base, torch.zeros(n, dtype=dtype, device=device)), 0.0, 1.0)
+    return samples.detach()

@@ -18,8 +18,9 @@ import torch
 
 from cnfbench.cells import Cell
 from cnfbench.columns import COLUMN_NAMES, ordered
+from cnfbench.contracts import split_generator
 from cnfbench.dynamics import ContractViolation, NFEBudgetExceeded
-from cnfbench.evaluation import EvaluationPass, evaluate_log_prob
+from cnfbench.evaluation import EvaluationPass, evaluate_log_prob, sample_model
 from cnfbench.measure import PeakMemory, now
 from cnfbench.registry import ComponentBuildError, Registry
 from cnfbench.training import Diverged, IterationCallback, TrainingRecord, seeded_field, train
@@ -28,12 +29,21 @@ from cnfbench.validity import integrate_mass, mass_grid, validity
 STATUSES = ("done", "diverged", "budget", "timeout", "error", "interrupted", "skipped")
 
 
+DENSITY_SAMPLES = 500
+"""Model samples kept per 2D cell for the density plots."""
+
+
 @dataclass
 class CellOutcome:
-    """The result row of one cell and its training curve rows."""
+    """The result row of one cell, its training curve rows and, for 2D cells, its density picture.
+
+    ``density`` holds plain lists (so the outcome travels as JSON): ``grid_x``, ``grid_y``,
+    ``log_prob_grid`` (reference solve), ``samples`` (from the model) and ``data`` (test samples).
+    """
 
     row: dict[str, Any]
     curves: list[dict[str, Any]] = field(default_factory=list)
+    density: dict[str, Any] | None = None
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -170,6 +180,7 @@ def run_cell(cell: Cell, registry: Registry, on_iteration: IterationCallback | N
     memory = PeakMemory(device)
     memory.reset()
     evaluation: dict[str, EvaluationPass] = {}
+    density: dict[str, Any] | None = None
     dataset = None
     test = None
     started = now(device)
@@ -201,13 +212,19 @@ def run_cell(cell: Cell, registry: Registry, on_iteration: IterationCallback | N
         if dataset.dim == 2 and cell.evaluation.mass_grid > 0:
             if on_phase:
                 on_phase("mass")
-            grid, cell_area = mass_grid(test, cell.evaluation.mass_grid)
+            resolution = cell.evaluation.mass_grid
+            grid, cell_area = mass_grid(test, resolution)
             for key, mass_solver, dtype in (("mass", solver, None),
                                             ("mass_ref", ref_solver, getattr(torch, cell.evaluation.ref_dtype))):
                 grid_pass = evaluate_log_prob(field_module, mass_solver, eval_trace, grid, cell.evaluation.batch_size,
                                               "ref", dtype=dtype, max_nfe=cell.budget.max_nfe, labels=labels)
                 row[key] = integrate_mass(grid_pass.log_prob, cell_area)
                 row[f"{key}_time_s"] = grid_pass.seconds
+            samples = sample_model(field_module, solver, eval_trace, DENSITY_SAMPLES,
+                                   split_generator(cell.seed, "model/samples"), device)
+            density = {"grid_x": grid[::resolution, 0].tolist(), "grid_y": grid[:resolution, 1].tolist(),
+                       "log_prob_grid": grid_pass.log_prob.tolist(), "samples": samples.cpu().tolist(),
+                       "data": test[:DENSITY_SAMPLES].cpu().tolist()}
         field_module.eval()
         row.update(plugin_metrics(registry, cell, field_module, dataset, test))
         row["status"] = "done"
@@ -225,7 +242,7 @@ def run_cell(cell: Cell, registry: Registry, on_iteration: IterationCallback | N
                 row["status"], row["reason"] = classify_failure(exc, registry, cell)
         row["valid"], row["validity_reason"] = validity(row) if row["status"] == "done" else (False, "")
     curves = [{"cell_id": cell.cell_id, **point} for point in record.curves()]
-    return CellOutcome(ordered(row), curves)
+    return CellOutcome(ordered(row), curves, density if row["status"] == "done" else None)
 
 
 def _measured_columns(record: TrainingRecord, evaluation: dict[str, EvaluationPass], memory: PeakMemory,

@@ -84,7 +84,8 @@ def _worker_main(connection: multiprocessing.connection.Connection, plugins: lis
             _send(connection, {"kind": "phase", "value": name})
 
         outcome = run_cell(cell, registry, on_iteration, on_phase)
-        _send(connection, {"kind": "result", "row": outcome.row, "curves": outcome.curves})
+        _send(connection, {"kind": "result", "row": outcome.row, "curves": outcome.curves,
+                           "density": outcome.density})
 
 
 class ProcessExecutor:
@@ -134,7 +135,7 @@ class ProcessExecutor:
                 if self._connection.poll(wait):
                     message = _receive(self._connection)
                     if message["kind"] == "result":
-                        return CellOutcome(message["row"], message["curves"])
+                        return CellOutcome(message["row"], message["curves"], message.get("density"))
                     progress(message["kind"], message["value"])
                 elif time.monotonic() >= deadline:
                     self._kill()

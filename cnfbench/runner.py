@@ -21,6 +21,7 @@ from cnfbench.cells import Cell
 from cnfbench.columns import ordered
 from cnfbench.execute import identity_columns
 from cnfbench.executor import Executor
+from cnfbench.plots import write_density_artifacts
 from cnfbench.progress import Progress
 from cnfbench.registry import Registry
 from cnfbench.results import ResultsError, RunStore, check_run_name
@@ -140,6 +141,8 @@ def execute_run(
                 curves = curves[curves["cell_id"] != cell.cell_id]
             curves = pd.concat([curves, new_curves], ignore_index=True) if not curves.empty else new_curves
             store.write_curves(curves)
+        if outcome.density is not None:
+            write_density_artifacts(run_dir, cell.cell_id, **outcome.density)
         store.write_cells(frame)
         ran += 1
         progress.end_cell(outcome.row)

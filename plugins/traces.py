@@ -116,41 +116,49 @@ def fused_divergence(field: FieldFunction, t: Tensor, z: Tensor, create_graph: b
 class ExactTrace(TraceEstimator):
     """The exact divergence, computed the fastest way measured for the dimension and device.
 
-    Measured with ``benchmarks/bench_trace_cost.py`` and a method-by-method
-    run of the same kind (concat-squash 3x64 tanh, batch 256, float32; AMD
-    EPYC, 1 torch thread on a shared 2-core machine; medians of interleaved
-    repeats, CPU time of the thread). *Training* = forward + divergence with
-    ``create_graph=True`` + backward of the summed divergence to the
-    parameters; *evaluation* = forward + divergence without a graph.
-    Speed-ups are ``loop time / method time``:
+    Measured on a shared 2-core AMD EPYC, 1 torch thread, torch 2.13 CPU:
+    concat-squash 3x64 tanh, batch 256, float32. *Training* = forward +
+    divergence with ``create_graph=True`` + backward of the summed divergence
+    to the parameters; *evaluation* = forward + divergence without a graph.
+    Speed-ups are ``loop time / method time`` in thread CPU time, median of
+    interleaved repeats; first a run of each method on its own (fused =
+    ``forward_with_divergence``, batched = :func:`batched_divergence`):
 
-    =========================  =====  =====  =====  =====  =====  =====  =====
-    D                            1      2      3      8     16     32     64
-    =========================  =====  =====  =====  =====  =====  =====  =====
-    fused, training            0.91   0.99   1.21   1.59   1.79   1.98   2.03
-    fused, evaluation          0.91   1.12   1.07   1.52   1.85   2.04   2.19
-    batched, training          0.71   0.82   0.95   0.93   0.97   0.84   0.72
-    batched, evaluation        0.61   0.80   0.75   1.09   1.29   1.53   1.57
-    =========================  =====  =====  =====  =====  =====  =====  =====
+    =====================  =====  =====  =====  =====  =====  =====  =====
+    D                        1      2      3      8     16     32     64
+    =====================  =====  =====  =====  =====  =====  =====  =====
+    fused, training        0.91   0.99   1.21   1.59   1.79   1.98   2.03
+    fused, evaluation      0.91   1.12   1.07   1.52   1.85   2.04   2.19
+    batched, training      0.71   0.82   0.95   0.93   0.97   0.84   0.72
+    batched, evaluation    0.61   0.80   0.75   1.09   1.29   1.53   1.57
+    =====================  =====  =====  =====  =====  =====  =====  =====
 
-    Hence, in order:
+    then ``exact_loop / exact`` as ``benchmarks/bench_trace_cost.py`` measures
+    it (training; median of paired ratios, and ratio of the fastest times):
+    D=2 0.98x / 1.01x, D=8 1.47x / 1.44x, D=16 1.32x / 1.69x, D=32 1.64x /
+    1.80x, D=64 2.15x / 2.25x, D=128 2.79x / 3.02x. The spread at D=16 comes
+    from glibc's allocator: the fused pass's 1 MB temporaries make it trim
+    and re-grow the heap (about 700 page faults per evaluation); with
+    ``MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=1073741824`` in
+    the environment the same benchmark gives 1.72x / 1.79x at D=16. See
+    ``benchmarks/README.md``. Hence, in order:
 
     1. D <= :attr:`loop_max_dim` (2): the **loop** (:func:`loop_divergence`),
        cheapest when there are one or two backward passes to make.
     2. **Fused**, whenever the field offers ``forward_with_divergence`` (the
        protocol in the module docstring). The built-in fields propagate the
        Jacobian forward as batched matrix products; differentiating that
-       (reverse over forward) is about twice as fast as reverse over reverse.
-    3. **Batched** (:func:`batched_divergence`: ``torch.func.vjp`` with its
-       pullback vmapped over the basis) for any other field when it pays:
-       on CPU only without ``create_graph`` and from D =
-       :attr:`batched_min_dim` (8). With ``create_graph=True`` on CPU it was
-       slower than the loop at every D (so were ``vmap(jacrev)``,
-       ``vmap(jacfwd)``, a vmapped ``jvp`` over the basis, and
-       ``autograd.grad(is_grads_batched=True)``, the latter 2.7x the loop's
-       time at D=64). On a GPU the loop's D sequential backward passes are
-       launch-bound, so the batched method is used in both modes from D=3: a
-       reasoned choice, as no GPU was available to measure it.
+       costs fewer, larger operations than D reverse passes and their
+       double backward.
+    3. **Batched** (``torch.func.vjp`` with its pullback vmapped over the
+       basis) for any other field where it pays: on CPU only without
+       ``create_graph`` and from D = :attr:`batched_min_dim` (8). With
+       ``create_graph=True`` on CPU it was slower than the loop at every D
+       (so were ``vmap(jacrev)``, ``vmap(jacfwd)``, a vmapped ``jvp`` over the
+       basis, and ``autograd.grad(is_grads_batched=True)``, the latter 2.7x
+       the loop's time at D=64). On a GPU the loop's D sequential backward
+       passes are launch-bound, so the batched method is used in both modes
+       from D=3: a reasoned choice, as no GPU was available to measure it.
     4. Otherwise the **loop**, which is also the fallback when ``torch.func``
        cannot transform a field (a warning is issued once and this estimator
        keeps using the loop).

@@ -1,15 +1,28 @@
-"""Shared fixtures: tiny budgets so that end-to-end runs take seconds."""
+"""Shared fixtures: tiny budgets so that end-to-end runs take seconds.
+
+Tests run torch on one thread, in this process and in the worker processes
+it spawns (through ``OMP_NUM_THREADS``): on a shared 2-core machine, two
+busy processes with two threads each can make tiny ops 10-100x slower.
+"""
 
 from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner, Result
 
 from cnfbench.cli import main
+
+torch.set_num_threads(1)
 
 TINY = [
     "--dataset", "8gaussians[n_train=256,n_val=32,n_test=96]",

@@ -6,9 +6,12 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import read_cells
+
+from cnfbench.plots import read_density_artifacts
 
 NAN_FIELD_PLUGIN = '''
 import torch
@@ -170,3 +173,8 @@ def test_two_dimensional_runs_report_mass_and_validity(cli, tmp_path: Path) -> N
     assert 0.5 < row["mass_ref"] < 1.5  # a coarse 12x12 grid in the tiny test budget
     assert row["valid"] in (True, False)
     assert row["valid"] == (row["validity_reason"] == "")
+    density = read_density_artifacts(tmp_path / "results" / "mass", row["cell_id"])
+    assert density is not None and density.log_prob.shape == (12, 12)
+    assert density.samples.shape == (500, 2) and density.data.shape == (96, 2)
+    area = float((density.grid_x[1] - density.grid_x[0]) * (density.grid_y[1] - density.grid_y[0]))
+    assert float(np.exp(density.log_prob.astype("float64")).sum()) * area == pytest.approx(row["mass_ref"], rel=1e-5)
