@@ -15,8 +15,8 @@ the registry's trace family (default parameters) is timed, plus:
   ``--budgets`` (equal matrix-vector budgets for the variance comparison).
 
 Estimators are interleaved within each repeat (one repeat = every estimator
-once; the order is rotated from one repeat to the next so that no estimator
-always follows the same one), after one untimed warm-up repeat, with Python's
+once, in a fresh seeded random order, so that no estimator has a fixed
+position or predecessor), after one untimed warm-up repeat, with Python's
 garbage collector paused during each timed evaluation; the table gives the median
 wall-clock milliseconds per evaluation over ``--repeats`` repeats. The ratio
 table ``exact_loop / exact`` gives the median over repeats of the ratio of
@@ -51,6 +51,7 @@ import gc
 import math
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -187,8 +188,9 @@ def measure_cost(args: argparse.Namespace, registry: Registry, timed: list[Timed
         z = torch.randn(args.batch, dim, generator=torch.Generator().manual_seed(dim)).to(device).requires_grad_(True)
         t = torch.tensor(0.5, device=device)
         samples: dict[str, list[tuple[float, float]]] = {item.label: [] for item in timed}
+        shuffler = random.Random(dim)
         for repeat in range(args.repeats + 1):  # repeat 0 warms up
-            for item in timed[repeat % len(timed):] + timed[:repeat % len(timed)]:  # rotated: no position bias
+            for item in shuffler.sample(timed, len(timed)):  # a fresh order: no fixed position or predecessor
                 wall, cpu = one_evaluation(item, field, t, z, training, device)
                 if repeat:
                     samples[item.label].append((1e3 * wall, 1e3 * cpu))

@@ -131,6 +131,16 @@ class Variant:
     noise: str | None  # the value of its `noise` parameter, which selects the theoretical formula
 
 
+def _single_quadratic_form(params: tuple) -> bool:
+    """Whether an estimator is one probe's ``e^T J e``: the closed-form variances below apply only then.
+
+    That is assumed of an estimator with a ``noise`` parameter whose ``probes`` (if declared) default to 1;
+    estimators that combine several probes differently (Hutch++) are shown without a theory column.
+    """
+    probes = next((p for p in params if p.name == "probes"), None)
+    return probes is None or probes.default == 1
+
+
 def stochastic_variants(registry: Registry) -> list[Variant]:
     """Every stochastic trace of the registry, once per value of its ``noise`` choices when it has them."""
     variants = []
@@ -139,10 +149,11 @@ def stochastic_variants(registry: Registry) -> list[Variant]:
             continue
         noise = next((p for p in entry.cls.params if p.name == NOISE_PARAM and p.choices), None)
         values: tuple[str | None, ...] = noise.choices if noise is not None else (None,)
+        formula = _single_quadratic_form(entry.cls.params)
         for value in values:
             selector = entry.name if value is None else f"{entry.name}[{NOISE_PARAM}={value}]"
             resolved = registry.resolve("trace", parse_selection(selector))
-            variants.append(Variant(resolved.label(), registry.build("trace", resolved), value))
+            variants.append(Variant(resolved.label(), registry.build("trace", resolved), value if formula else None))
     return variants
 
 

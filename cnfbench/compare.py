@@ -7,8 +7,9 @@ field, solver and trace specs (every parameter) and the training budget
 - ``newly failing`` — a seed that finished in BASE did not finish in NEW;
 - ``fixed`` — a seed that failed in BASE finished in NEW (and none newly fails);
 - ``not comparable`` — the evaluation protocol or device differs
-  (:data:`PROTOCOL_COLUMNS`), the torch/torchdiffeq/cnfbench versions in
-  ``run.json`` differ, the configuration is in one run only, or no seed
+  (:data:`PROTOCOL_COLUMNS`), the torch/torchdiffeq/cnfbench releases in
+  ``run.json`` differ (a local build tag such as ``+cpu`` is ignored), the
+  configuration is in one run only, or no seed
   finished on either side;
 - else ``worse``, ``better`` or ``unchanged`` from the chosen metrics: a metric
   has changed when its mean moved by more than ``factor - 1`` of BASE's mean
@@ -261,8 +262,11 @@ def _version_problem(base: Run, new: Run, notes: list[str]) -> str:
         notes.append(f"versions of {run.path} unknown (no readable run.json): not checked")
     if unknown:
         return ""
+    def release(version: object) -> str:  # "2.13.0+cpu" and "2.13.0+cu121" are the same release
+        return str(version).split("+", 1)[0]
+
     differing = [f"{p} {base.versions.get(p)} vs {new.versions.get(p)}" for p in VERSION_PACKAGES
-                 if base.versions.get(p) != new.versions.get(p)]
+                 if release(base.versions.get(p)) != release(new.versions.get(p))]
     return "versions differ: " + ", ".join(differing) if differing else ""
 
 

@@ -212,12 +212,13 @@ def plot_pareto(cells: pd.DataFrame, x: str, path: Path, y: str = "nll_ref", tit
         entropy = float(pd.to_numeric(done["entropy"], errors="coerce").mean())
         axes.axhline(entropy, color="grey", linestyle="--", linewidth=1, label=f"true entropy {entropy:.3f}")
     if xs.min() > 0 and xs.max() / xs.min() > 5:
-        from matplotlib.ticker import FuncFormatter
+        from matplotlib.ticker import FuncFormatter, NullFormatter
 
         axes.set_xscale("log")
         plain = FuncFormatter(lambda value, _: f"{value:g}")
         axes.xaxis.set_major_formatter(plain)
-        axes.xaxis.set_minor_formatter(plain)
+        # label the minor ticks (2, 3, 5, ...) only when the axis spans less than about a decade
+        axes.xaxis.set_minor_formatter(plain if xs.max() / xs.min() < 12 else NullFormatter())
     axes.set_xlabel(metric_info(x).header)
     axes.set_ylabel(metric_info(y).header)
     axes.set_title(title, fontsize=10)

@@ -17,6 +17,7 @@ aggregate; failed cells are counted and named in the notes.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -31,7 +32,7 @@ import pandas as pd
 
 from cnfbench.columns import COLUMNS
 from cnfbench.results import CELLS_CSV, CELLS_PARQUET, RUN_JSON, ResultsError, RunStore, load_results
-from cnfbench.summary import SUMMARY_METRICS, compact_labels
+from cnfbench.summary import SUMMARY_METRICS, compact_labels, validity_notes
 
 
 class ReportError(ValueError):
@@ -69,6 +70,10 @@ METRIC_GOALS: dict[str, str] = {
 """What "better" means for each metric, in one place (used for bold entries and by ``compare``)."""
 
 GOAL_TEXT = {"min": "lowest", "one": "closest to 1"}
+
+FLAG_SENSITIVE = ("nll", "mass")
+"""Metrics of the training solver's density, which the ``valid`` flag declares untrustworthy: an entry with a
+flagged cell is marked ``(!)`` and never "best" (Euler's ``nll`` can even fall below the data's entropy)."""
 
 DEFAULT_METRICS = ("nll", "nll_ref", "excess_nll", "mass", "nfe_forward_mean", "train_time_s")
 """The metrics of a report when none are asked for (those present in the runs)."""
@@ -321,7 +326,8 @@ def aggregate(cells: pd.DataFrame, by: Sequence[str], metrics: Sequence[str], st
     """One row per distinct combination of ``by`` (labels as in :func:`axis_labels`), seeds aggregated.
 
     Columns: the ``by`` axes; ``cells`` (rows in the group), ``done`` (rows with status done),
-    ``failed`` (e.g. ``"1 diverged"``, empty when none); then per metric ``M``, over the done rows
+    ``failed`` (e.g. ``"1 diverged"``, empty when none), ``flagged`` (done rows with ``valid``
+    false: the training solver's density is not normalized); then per metric ``M``, over the done rows
     with a finite value, in the column's own unit: ``M_mean``, ``M_std`` (sample standard
     deviation, ``nan`` for one value) and ``M_n`` with ``stat="mean"``, or ``M_median``, ``M_q1``,
     ``M_q3`` (quartiles, linear interpolation) and ``M_n`` with ``stat="median"``. Groups keep the
@@ -341,7 +347,8 @@ def aggregate(cells: pd.DataFrame, by: Sequence[str], metrics: Sequence[str], st
         done = group[group["status"] == "done"]
         failed = group.loc[group["status"] != "done", "status"].value_counts()
         row.update(cells=len(group), done=len(done),
-                   failed=", ".join(f"{count} {status}" for status, count in failed.items()))
+                   failed=", ".join(f"{count} {status}" for status, count in failed.items()),
+                   flagged=int(_flagged(done).sum()))
         for metric in metrics:
             values = pd.to_numeric(done[metric], errors="coerce").to_numpy(dtype=float)
             values = values[np.isfinite(values)]
@@ -358,6 +365,13 @@ def aggregate(cells: pd.DataFrame, by: Sequence[str], metrics: Sequence[str], st
     return pd.DataFrame(rows)
 
 
+def _flagged(cells: pd.DataFrame) -> pd.Series:
+    """True for rows whose ``valid`` is false (also when read back from CSV as text)."""
+    if "valid" not in cells:
+        return pd.Series(False, index=cells.index)
+    return cells["valid"].map(lambda v: str(v).strip().lower() in ("false", "0", "0.0"))
+
+
 # --------------------------------------------------------------------------------------------------- pivot
 
 @dataclass(frozen=True)
@@ -371,6 +385,7 @@ class Entry:
     cells: int  # cells in the group
     failed: str  # e.g. "1 diverged"
     best: bool = False
+    flagged: bool = False  # a metric of FLAG_SENSITIVE with a cell whose density is flagged invalid
 
 
 @dataclass
@@ -404,13 +419,13 @@ class PivotTable:
             return f"{label} [{metric.unit}]" if metric.unit else label
         return f"{label}: {metric.header}"
 
-    def caption(self) -> str:
+    def caption(self, marked: str = "in bold") -> str:
         what = "; ".join(m.header for m in self.metrics)
         how = "mean ± std" if self.stat == "mean" else "median [first–third quartile]"
         n = self.common_n
         seeds = f"n = {n} seed{'s' if n != 1 else ''} per entry" if n else "n seeds per entry in parentheses"
         goals = sorted({GOAL_TEXT[m.goal] for m in self.metrics if m.goal})
-        best = f"; best per dataset in bold ({' / '.join(goals)})" if goals else ""
+        best = f"; best per dataset {marked} ({' / '.join(goals)})" if goals else ""
         return f"{what}: {how} over seeds, {seeds}{best}"
 
 
@@ -433,8 +448,10 @@ def pivot(cells: pd.DataFrame, rows: Sequence[str] = (), cols: Sequence[str] = (
     added = varying_axes(cells, rows + cols)
     if not rows and not cols:
         rows = added or ["dataset"]
-    elif added:
+    else:
         rows = rows + added
+    if not rows:
+        rows = ["dataset"] if "dataset" not in cols else []
     notes = []
     if added and (asked_rows or cols):
         verb = "varies" if len(added) == 1 else "vary"
@@ -457,10 +474,15 @@ def pivot(cells: pd.DataFrame, rows: Sequence[str] = (), cols: Sequence[str] = (
                 center, low, high = record[f"{m}_median"], record[f"{m}_q1"] * info.scale, \
                     record[f"{m}_q3"] * info.scale
             entries[(row_key, col_key, m)] = Entry(center * info.scale, low, high, int(record[f"{m}_n"]),
-                                                   int(record["cells"]), record["failed"])
+                                                   int(record["cells"]), record["failed"],
+                                                   flagged=m in FLAG_SENSITIVE and record["flagged"] > 0)
     result = PivotTable(infos, stat, rows, cols, row_keys, col_keys, entries, notes)
     _mark_best(result)
     result.notes.extend(failure_notes(cells, rows + cols))
+    if any(e.flagged for e in entries.values()):
+        result.notes.append("(!) = a cell of this entry is flagged: its training solver's density is not normalized "
+                            "(nll below the true entropy or mass off 1), so it is never marked best:")
+        result.notes.extend(dict.fromkeys(validity_notes(cells)))
     return result
 
 
@@ -473,23 +495,23 @@ def _dataset_of(table: PivotTable, row_key: tuple[str, ...], col_key: tuple[str,
 
 
 def _mark_best(table: PivotTable) -> None:
-    groups: dict[tuple[str, str], list[tuple[Any, float]]] = {}
+    """Mark the best entry per (metric, dataset) when at least two entries have a value; flagged ones never win."""
+    groups: dict[tuple[str, str], list[tuple[Any, float, bool]]] = {}
     for (row_key, col_key, name), entry in table.entries.items():
         info = next(m for m in table.metrics if m.name == name)
         if not info.goal or not entry.n or not math.isfinite(entry.center):
             continue
         rounded = round(entry.center, info.decimals)
         groups.setdefault((name, _dataset_of(table, row_key, col_key)), []).append(
-            ((row_key, col_key, name), info.badness(rounded)))
+            ((row_key, col_key, name), info.badness(rounded), not entry.flagged))
     for candidates in groups.values():
-        if len(candidates) < 2:
+        eligible = [(key, score) for key, score, ok in candidates if ok]
+        if len(candidates) < 2 or not eligible:
             continue
-        best = min(score for _, score in candidates)
-        for key, score in candidates:
+        best = min(score for _, score in eligible)
+        for key, score in eligible:
             if math.isclose(score, best, rel_tol=1e-12, abs_tol=1e-12):
-                entry = table.entries[key]
-                table.entries[key] = Entry(entry.center, entry.low, entry.high, entry.n, entry.cells, entry.failed,
-                                           best=True)
+                table.entries[key] = dataclasses.replace(table.entries[key], best=True)
 
 
 def failure_notes(cells: pd.DataFrame, by: Sequence[str] = ()) -> list[str]:
@@ -528,7 +550,7 @@ def entry_text(table: PivotTable, entry: Entry | None, metric: Metric, pm: str =
         text += f" {interval[0]}{_number(entry.low, d)}{interval[1]}{_number(entry.high, d)}{interval[2]}"
     if table.common_n is None or entry.n != entry.cells:
         text += f" (n={entry.n})"
-    return text
+    return text + (" (!)" if entry.flagged else "")
 
 
 def _grid(table: PivotTable, cell: Any) -> tuple[list[str], list[list[Any]]]:
@@ -547,8 +569,7 @@ def to_text(table: PivotTable) -> str:
         return entry_text(table, entry, metric) + (" *" if entry is not None and entry.best else "")
 
     headers, body = _grid(table, cell)
-    caption = table.caption() + (" (* = best)" if "bold" in table.caption() else "")
-    lines = [caption, text_table(headers, body, len(table.rows))]
+    lines = [table.caption(marked="marked *"), text_table(headers, body, len(table.rows))]
     return "\n".join([*lines, *(f"note: {n}" for n in table.notes)])
 
 
@@ -609,7 +630,7 @@ def to_latex(table: PivotTable, label: str = "tab:cnfbench") -> str:
         text = rf"$\mathbf{{{math_text}}}$" if entry.best else f"${math_text}$"
         if table.common_n is None or entry.n != entry.cells:
             text += f" ($n={entry.n}$)"
-        return text
+        return text + (" (!)" if entry.flagged else "")
 
     headers, body = _grid(table, cell)
     left = len(table.rows)
@@ -676,7 +697,7 @@ def to_json(table: PivotTable) -> str:
                                 names[0]: number(entry.center), names[1]: number(entry.low)}
         if names[2]:
             item[names[2]] = number(entry.high)
-        item.update(n=entry.n, cells=entry.cells, failed=entry.failed, best=entry.best)
+        item.update(n=entry.n, cells=entry.cells, failed=entry.failed, best=entry.best, flagged=entry.flagged)
         entries.append(item)
     data = {"caption": table.caption(), "stat": table.stat, "rows": table.rows, "cols": table.cols,
             "metrics": [{"name": m.name, "header": m.header, "unit": m.unit, "scale": m.scale, "goal": m.goal}

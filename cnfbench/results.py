@@ -24,6 +24,9 @@ CELLS_CSV = "cells.csv"
 CURVES_PARQUET = "curves.parquet"
 RUN_JSON = "run.json"
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -54,6 +57,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         with open(tmp, "rb+") as stream:
             os.fsync(stream.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; results are ordinary files
         os.replace(tmp, path)
     finally:
         if tmp.exists():

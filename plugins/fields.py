@@ -7,10 +7,10 @@ Both also implement the optional ``forward_with_divergence(t, z)`` protocol of
 the ``exact`` trace estimator (see ``plugins/traces.py``): one pass returns
 ``dz/dt`` (bit-identical to ``forward``) and the exact divergence, by
 propagating the transposed Jacobian ``d h / d z`` ``[B, D, width]`` forward
-through the layers as batched matrix products and keeping only the trace of
-the last one. It declines (returns ``None``) when a subclass overrides
-``forward`` or the activation's derivative is unknown, so the trace falls back
-to its generic method.
+through the layers as batched matrix products, a chunk of columns at a time,
+and keeping only the trace of the last one. It declines (returns ``None``)
+when a subclass overrides ``forward`` or the activation's derivative is
+unknown, so the trace falls back to its generic method.
 """
 
 from __future__ import annotations
@@ -51,22 +51,43 @@ def activation_derivative(activation: nn.Module, pre: Tensor, out: Tensor) -> Te
     return None
 
 
-def tangent_through_linear(tangent: Tensor | None, weight: Tensor) -> Tensor:
-    """``d pre / d z`` (transposed, ``[B or 1, D, out]``) for ``pre = h weight^T + ...`` given ``d h / d z``.
+TANGENT_ELEMENTS = 1 << 17
+"""Elements per propagated Jacobian block: the D columns are processed in chunks of at most this size.
 
-    ``tangent`` is ``None`` for ``h = z`` (the identity).
+Measured (concatsquash 3x64, batch 256, float32, 1 CPU thread, training pass): propagating all D
+columns at once makes 1-4 MB temporaries that glibc's allocator trims and re-grows on every call
+(about 1,060, 3,900 and 8,100 page faults per evaluation at D=16, 32, 64); chunks of 2^17 elements
+(8 columns here) stay in the heap and the cache (290, 0, 0 page faults) and were 1.25x, 1.73x and
+1.85x faster than one block.
+"""
+
+
+def trace_by_forward_jacobian(weights: list[Tensor], slopes: list[Tensor], batch: int) -> Tensor:
+    """``tr(W_L diag(s_{L-1}) W_{L-1} ... diag(s_1) W_1)`` per batch row, ``[batch]``.
+
+    ``weights[l]`` is ``d pre_l / d h_{l-1}`` (``[out, in]``, shared by the batch; ``h_0 = z``, the last
+    one square) and ``slopes[l]`` the activation's derivative at ``pre_l`` (``[batch, out]``, one fewer
+    than the weights). The transposed Jacobian ``d h_l / d z`` is propagated forward as batched matrix
+    products, a chunk of its D columns at a time (see :data:`TANGENT_ELEMENTS`), and only the trace
+    of the last layer's is formed.
     """
-    if tangent is None:
-        return weight.T.unsqueeze(0)
-    return torch.matmul(tangent, weight.T)
+    first, last = weights[0], weights[-1]
+    if len(weights) == 1:
+        return first.diagonal().sum().expand(batch)
+    dim = first.shape[1]
+    widest = max(weight.shape[0] for weight in weights[:-1])
+    step = max(1, TANGENT_ELEMENTS // (batch * widest))
+    total: Tensor | None = None
+    for start in range(0, dim, step):
+        columns = slice(start, min(dim, start + step))
+        tangent = first[:, columns].T.unsqueeze(0) * slopes[0].unsqueeze(1)  # [batch, chunk, width]
+        for weight, slope in zip(weights[1:-1], slopes[1:], strict=True):
+            tangent = torch.matmul(tangent, weight.T) * slope.unsqueeze(1)
+        part = tangent.reshape(batch, -1) @ last[columns].reshape(-1)
+        total = part if total is None else total + part
+    assert total is not None
+    return total
 
-
-def trace_through_linear(tangent: Tensor | None, weight: Tensor, batch: int) -> Tensor:
-    """``tr(d out / d z)`` per row for a square last layer ``out = h weight^T + ...`` given ``d h / d z``."""
-    if tangent is None:
-        return weight.diagonal().sum().expand(batch)
-    flat = tangent.reshape(tangent.shape[0], -1) @ weight.reshape(-1)
-    return flat.expand(batch)
 
 FIELD_PARAMS = (
     Param("hidden", "ints", (64, 64, 64), "hidden widths, e.g. 64-64-64 or 3x64", minimum=1),
@@ -111,19 +132,18 @@ class ConcatSquashMLP(VectorField):
         """``(forward(t, z), exact divergence [B])`` in one pass; ``None`` when this class cannot vouch for it."""
         if type(self).forward is not ConcatSquashMLP.forward:
             return None
-        h, tangent, last = z, None, len(self.layers) - 1
+        h, weights, slopes = z, [], []
         for index, layer in enumerate(self.layers):
             pre = layer(t, h)
             gate = torch.sigmoid(layer.hyper_gate(t.reshape(1, 1).to(h.dtype))).reshape(-1, 1)
-            weight = layer.linear.weight * gate  # d pre / d h = diag(gate) W
-            if index == last:
-                return pre, trace_through_linear(tangent, weight, z.shape[0])
-            h = self.activation(pre)
-            slope = activation_derivative(self.activation, pre, h)
-            if slope is None:
-                return None
-            tangent = tangent_through_linear(tangent, weight) * slope.unsqueeze(1)
-        raise AssertionError("unreachable: the last layer returns")
+            weights.append(layer.linear.weight * gate)  # d pre / d h = diag(gate) W
+            if index < len(self.layers) - 1:
+                h = self.activation(pre)
+                slope = activation_derivative(self.activation, pre, h)
+                if slope is None:
+                    return None
+                slopes.append(slope)
+        return pre, trace_by_forward_jacobian(weights, slopes, z.shape[0])
 
 
 class TimeConcatMLP(VectorField):
@@ -150,19 +170,18 @@ class TimeConcatMLP(VectorField):
         """``(forward(t, z), exact divergence [B])`` in one pass; ``None`` when this class cannot vouch for it."""
         if type(self).forward is not TimeConcatMLP.forward:
             return None
-        h, tangent, last = z, None, len(self.layers) - 1
+        h, weights, slopes = z, [], []
         t_column = t.reshape(1, 1).to(z.dtype).expand(z.shape[0], 1)
         for index, layer in enumerate(self.layers):
             pre = layer(torch.cat([h, t_column], dim=1))
-            weight = layer.weight[:, :-1]  # the time column does not depend on z
-            if index == last:
-                return pre, trace_through_linear(tangent, weight, z.shape[0])
-            h = self.activation(pre)
-            slope = activation_derivative(self.activation, pre, h)
-            if slope is None:
-                return None
-            tangent = tangent_through_linear(tangent, weight) * slope.unsqueeze(1)
-        raise AssertionError("unreachable: the last layer returns")
+            weights.append(layer.weight[:, :-1])  # the time column does not depend on z
+            if index < len(self.layers) - 1:
+                h = self.activation(pre)
+                slope = activation_derivative(self.activation, pre, h)
+                if slope is None:
+                    return None
+                slopes.append(slope)
+        return pre, trace_by_forward_jacobian(weights, slopes, z.shape[0])
 
 
 @hookimpl

@@ -40,8 +40,17 @@ from cnfbench.params import Param
 FUSED_METHOD = "forward_with_divergence"
 """Name of the optional field method of the fused-divergence protocol (see the module docstring)."""
 
+BATCHED_ROWS = 2048
+"""On CPU the batched exact trace vmaps over ``BATCHED_ROWS // B`` basis vectors at a time.
+
+Chunks of about 2048 (row, direction) pairs keep the temporaries of a 64-wide field near 2^17
+elements, small enough to stay in the heap and the cache; measured (concatsquash 3x64, batch 256,
+1 CPU thread, D=8 to 64) 1.1-1.5x faster than the loop in training where one unchunked vmap was
+0.8-1.1x, with thousands of page faults per evaluation.
+"""
+
 BATCHED_ELEMENTS = 1 << 22
-"""The batched exact trace vmaps over at most this many ``[D, B, D]`` basis entries at once (memory bound)."""
+"""On other devices the batched exact trace vmaps over at most this many ``[D, B, D]`` basis entries at once."""
 
 
 @dataclass(frozen=True)
@@ -80,11 +89,19 @@ def loop_divergence(field: FieldFunction, t: Tensor, z: Tensor, create_graph: bo
     return dz, div
 
 
+def batched_chunk(z: Tensor) -> int | None:
+    """Basis vectors per vmapped chunk for the state ``z``: see :data:`BATCHED_ROWS`, :data:`BATCHED_ELEMENTS`."""
+    batch, dim = z.shape
+    if z.device.type == "cpu":
+        return max(1, BATCHED_ROWS // batch)
+    return None if dim * batch * dim <= BATCHED_ELEMENTS else max(1, BATCHED_ELEMENTS // (batch * dim))
+
+
 def batched_divergence(field: FieldFunction, t: Tensor, z: Tensor, create_graph: bool) -> tuple[Tensor, Tensor]:
     """``(dz, div)`` from one ``torch.func.vjp`` whose pullback is vmapped over the D basis vectors.
 
     Works for any field that ``torch.func`` can transform. The basis is
-    processed in chunks of at most :data:`BATCHED_ELEMENTS` entries. Without
+    processed in chunks of :func:`batched_chunk` vectors. Without
     ``create_graph`` the pullbacks run under ``no_grad`` (``torch.func``
     transforms ignore an outer ``no_grad``), so no graph is kept for ``div``;
     ``dz`` is the primal output and stays in the caller's graph either way.
@@ -94,7 +111,7 @@ def batched_divergence(field: FieldFunction, t: Tensor, z: Tensor, create_graph:
     if not dz.requires_grad:
         return dz, _zeros(dz)
     basis = torch.eye(dim, dtype=z.dtype, device=z.device).unsqueeze(1).expand(dim, batch, dim)
-    chunk = None if dim * batch * dim <= BATCHED_ELEMENTS else max(1, BATCHED_ELEMENTS // (batch * dim))
+    chunk = batched_chunk(z)
     with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
         (rows,) = torch.func.vmap(pullback, chunk_size=chunk)(basis)  # rows[i, b] = e_i^T J_b
         div = rows.diagonal(dim1=0, dim2=2).sum(dim=-1)
@@ -124,24 +141,20 @@ class ExactTrace(TraceEstimator):
     interleaved repeats; first a run of each method on its own (fused =
     ``forward_with_divergence``, batched = :func:`batched_divergence`):
 
-    =====================  =====  =====  =====  =====  =====  =====  =====
-    D                        1      2      3      8     16     32     64
-    =====================  =====  =====  =====  =====  =====  =====  =====
-    fused, training        0.91   0.99   1.21   1.59   1.79   1.98   2.03
-    fused, evaluation      0.91   1.12   1.07   1.52   1.85   2.04   2.19
-    batched, training      0.71   0.82   0.95   0.93   0.97   0.84   0.72
-    batched, evaluation    0.61   0.80   0.75   1.09   1.29   1.53   1.57
-    =====================  =====  =====  =====  =====  =====  =====  =====
+    ==================  =====  =====  =====  =====  =====  =====  =====  =====  =====
+    D                     1      2      3      4      8     16     32     64    128
+    ==================  =====  =====  =====  =====  =====  =====  =====  =====  =====
+    fused, training     0.89   1.04   1.21   1.36   1.63   1.81   2.14   2.68   3.29
+    fused, evaluation   0.86   1.02   1.19   1.32   1.80   2.00   2.29   2.63   3.31
+    batched, training   0.67   0.81   0.95   0.98   0.96   1.13   1.28   1.31   1.30
+    batched, evaluation 0.61   0.75   0.85   0.94   1.20   1.44   1.53   1.59   1.42
+    ==================  =====  =====  =====  =====  =====  =====  =====  =====  =====
 
     then ``exact_loop / exact`` as ``benchmarks/bench_trace_cost.py`` measures
-    it (training; median of paired ratios, and ratio of the fastest times):
-    D=2 0.98x / 1.01x, D=8 1.47x / 1.44x, D=16 1.32x / 1.69x, D=32 1.64x /
-    1.80x, D=64 2.15x / 2.25x, D=128 2.79x / 3.02x. The spread at D=16 comes
-    from glibc's allocator: the fused pass's 1 MB temporaries make it trim
-    and re-grow the heap (about 700 page faults per evaluation); with
-    ``MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=1073741824`` in
-    the environment the same benchmark gives 1.72x / 1.79x at D=16. See
-    ``benchmarks/README.md``. Hence, in order:
+    it in training (CPU time, median of paired ratios / ratio of the fastest
+    times): D=2 1.03x / 1.06x (the same code), D=8 1.57x / 1.58x, D=16
+    1.61x / 1.73x, D=32 2.10x / 2.12x, D=64 2.41x / 2.53x, D=128 3.40x /
+    3.34x; see ``benchmarks/README.md``. Hence, in order:
 
     1. D <= :attr:`loop_max_dim` (2): the **loop** (:func:`loop_divergence`),
        cheapest when there are one or two backward passes to make.
@@ -150,15 +163,20 @@ class ExactTrace(TraceEstimator):
        Jacobian forward as batched matrix products; differentiating that
        costs fewer, larger operations than D reverse passes and their
        double backward.
-    3. **Batched** (``torch.func.vjp`` with its pullback vmapped over the
-       basis) for any other field where it pays: on CPU only without
-       ``create_graph`` and from D = :attr:`batched_min_dim` (8). With
-       ``create_graph=True`` on CPU it was slower than the loop at every D
-       (so were ``vmap(jacrev)``, ``vmap(jacfwd)``, a vmapped ``jvp`` over the
-       basis, and ``autograd.grad(is_grads_batched=True)``, the latter 2.7x
-       the loop's time at D=64). On a GPU the loop's D sequential backward
-       passes are launch-bound, so the batched method is used in both modes
-       from D=3: a reasoned choice, as no GPU was available to measure it.
+    3. **Batched** (``torch.func.vjp`` with its pullback vmapped over chunks
+       of the basis, see :data:`BATCHED_ROWS`) for any other field where it
+       pays: on CPU from D = :attr:`batched_min_dim` (16) when the batch
+       leaves chunks of at least :attr:`batched_min_chunk` (4) basis vectors
+       (batch <= 512). At batch 512 (chunks of 4) it gained only 1.06-1.13x
+       in training, 1.12-1.23x in evaluation; at batch 4096 a chunk would
+       be one vector, no better than the loop. Without chunks, and in the
+       other ``torch.func`` forms tried (``vmap(jacrev)``, ``vmap(jacfwd)``, a
+       vmapped ``jvp`` over the basis) or ``autograd.grad(is_grads_batched=True)``
+       (2-2.8x the loop's time at D=64), training was not faster than the
+       loop. On a GPU the loop's D sequential backward passes are
+       launch-bound, so the batched method is used from D=3 in both modes
+       with chunks bounded by :data:`BATCHED_ELEMENTS`: a reasoned choice, as
+       no GPU was available to measure it.
     4. Otherwise the **loop**, which is also the fallback when ``torch.func``
        cannot transform a field (a warning is issued once and this estimator
        keeps using the loop).
@@ -167,18 +185,20 @@ class ExactTrace(TraceEstimator):
     name = "exact"
     description = "exact divergence, batched: the field's fused Jacobian pass, else vmapped vector-Jacobian products"
     loop_max_dim = 2
-    batched_min_dim = 8
+    batched_min_dim = 16
+    batched_min_chunk = 4
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self._batched_failed = False
 
-    def _batched_pays(self, z: Tensor, create_graph: bool) -> bool:
+    def _batched_pays(self, z: Tensor) -> bool:
         if self._batched_failed:
             return False
         if z.device.type != "cpu":
             return True
-        return not create_graph and z.shape[1] >= self.batched_min_dim
+        chunk = batched_chunk(z)
+        return z.shape[1] >= self.batched_min_dim and chunk is not None and chunk >= self.batched_min_chunk
 
     def __call__(self, field: FieldFunction, t: Tensor, z: Tensor, create_graph: bool) -> tuple[Tensor, Tensor]:
         if z.shape[1] <= self.loop_max_dim:
@@ -186,7 +206,7 @@ class ExactTrace(TraceEstimator):
         fused = fused_divergence(field, t, z, create_graph)
         if fused is not None:
             return fused
-        if not self._batched_pays(z, create_graph):
+        if not self._batched_pays(z):
             return loop_divergence(field, t, z, create_graph)
         try:
             return batched_divergence(field, t, z, create_graph)

@@ -143,6 +143,8 @@ def test_versions_differ_not_comparable_unless_ignored():
     comparison = compare_runs(run(base), run(new, {**VERSIONS, "torch": "2.12.0"}), metrics=["nll_ref"],
                               ignore_versions=True)
     assert comparison.rows[0].verdict == "worse" and "compared anyway" in comparison.notes[0]
+    comparison = compare_runs(run(base), run(new, {**VERSIONS, "torch": "2.13.0+cu121"}), metrics=["nll_ref"])
+    assert comparison.rows[0].verdict == "worse"  # a CUDA build of the same torch release is comparable
 
 
 def test_unknown_versions_are_noted_not_blocking():

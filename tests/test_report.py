@@ -143,6 +143,19 @@ def test_best_mass_is_closest_to_one_and_ties_are_all_bold():
     assert best == ["euler[steps=10]", "dopri5"]
 
 
+def test_flagged_training_solver_nll_is_marked_and_never_best():
+    cells = frame(cell("euler4", 0, nll=2.6, nll_ref=3.2, valid=False,
+                       validity_reason="nll 2.600 is below the true entropy 2.840"),
+                  cell("dopri5", 0, nll=3.0, nll_ref=3.0, valid=True, validity_reason=""))
+    table = pivot(cells, rows=["solver"], metrics=["nll", "nll_ref"])
+    euler, dopri = table.entries[(("euler",), (), "nll")], table.entries[(("dopri5",), (), "nll")]
+    assert (euler.flagged, euler.best, dopri.best) == (True, False, True)
+    assert not table.entries[(("euler",), (), "nll_ref")].flagged  # the reference solve is not concerned
+    text = to_text(table)
+    assert "2.600 (!)" in text and "3.000 *" in text
+    assert any("euler[steps=4,adjoint=false] seed 0 on 8gaussians: nll 2.600 is below" in n for n in table.notes)
+
+
 def test_varying_axes_not_asked_for_are_added_to_the_rows():
     cells = frame(cell("dopri5", field="mlp[hidden=8]", nll_ref=1.0), cell("dopri5", field="mlp[hidden=16]",
                                                                                nll_ref=2.0))
@@ -227,7 +240,7 @@ def test_json_output():
     entry = next(e for e in data["entries"] if e["col"] == {"solver": "dopri5"})
     assert entry == {"row": {"dataset": "8gaussians"}, "col": {"solver": "dopri5"}, "metric": "nll_ref",
                      "median": pytest.approx(3.0), "q1": pytest.approx(2.95), "q3": pytest.approx(3.05), "n": 2,
-                     "cells": 2, "failed": "", "best": True}
+                     "cells": 2, "failed": "", "best": True, "flagged": False}
 
 
 def test_median_text_shows_the_interquartile_range():

@@ -55,7 +55,7 @@ def jacobian_trace(field: nn.Module, t: Tensor, z: Tensor, create_graph: bool = 
 
 
 def test_registered_traces() -> None:
-    assert REGISTRY.names("trace") == ["exact", "hutchinson"]
+    assert REGISTRY.names("trace") == ["exact", "exact_loop", "hutchinson", "hutchpp"]
     assert make_trace("exact").stochastic is False
     assert make_trace("hutchinson").stochastic is True
     assert make_trace("hutchinson").config["noise"] == "gaussian"

@@ -274,7 +274,7 @@ def test_a_field_torch_func_cannot_transform_falls_back_to_the_loop_with_one_war
         return _OldStyleSquare.apply(z)
 
     trace = make_trace("exact")
-    z = state(4, 8, F64).requires_grad_(True)
+    z = state(4, 17, F64).requires_grad_(True)  # large enough D for the batched method
     with pytest.warns(RuntimeWarning, match="torch.func"):
         _, div = trace(field, torch.tensor(0.0, dtype=F64), z, False)
     torch.testing.assert_close(div, 2 * z.detach().sum(1))
