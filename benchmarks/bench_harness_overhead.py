@@ -63,6 +63,7 @@ from torch import Tensor, nn
 from cnfbench.config import RunConfig, resolve_cells
 from cnfbench.contracts import split_generator
 from cnfbench.params import ParamError
+from cnfbench.provenance import cpu_model
 from cnfbench.registry import load_registry
 from cnfbench.training import TrainingRecord, seeded_field, train
 
@@ -448,17 +449,6 @@ def measure(setup: Setup, iterations: int, repeats: int, interleave: str) -> Res
         cpu_ratios=[h.cpu_s / b.cpu_s for h, b in zip(harness_blocks, baseline_blocks, strict=True)],
         max_loss_gap=gap,
     )
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_line(device: str) -> str:

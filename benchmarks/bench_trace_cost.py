@@ -64,6 +64,7 @@ from torch import Tensor
 from cnfbench.config import RunConfig, resolve_cells
 from cnfbench.contracts import TraceEstimator, VectorField
 from cnfbench.params import ParamError, parse_selection
+from cnfbench.provenance import cpu_model
 from cnfbench.registry import Registry, load_registry
 from cnfbench.training import TrainingRecord, seeded_field, train
 
@@ -356,17 +357,6 @@ def variance_table(rows: list[VarianceRow], cost_at_16: dict[str, list[tuple[flo
 # --------------------------------------------------------------------------------------------------
 # Report.
 # --------------------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_line(device: torch.device) -> str:

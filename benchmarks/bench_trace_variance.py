@@ -58,6 +58,7 @@ from cnfbench.config import RunConfig, resolve_cells
 from cnfbench.contracts import Solver, TraceEstimator, VectorField, split_generator
 from cnfbench.dynamics import CNFDynamics, NFECounter, log_likelihood, standard_normal_log_prob
 from cnfbench.params import ParamError, parse_selection
+from cnfbench.provenance import cpu_model
 from cnfbench.registry import Registry, load_registry
 from cnfbench.training import Diverged, TrainingRecord, seeded_field, train
 
@@ -327,17 +328,6 @@ def measure_log_prob(trained: Trained, variants: list[Variant], points: int, rep
 # --------------------------------------------------------------------------------------------------
 # Report.
 # --------------------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_line() -> str:
