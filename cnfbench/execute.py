@@ -22,9 +22,13 @@ from cnfbench.contracts import split_generator
 from cnfbench.dynamics import ContractViolation, NFEBudgetExceeded
 from cnfbench.evaluation import EvaluationPass, evaluate_log_prob, sample_model
 from cnfbench.measure import PeakMemory, now
+from cnfbench.messages import describe_exception, one_line
 from cnfbench.registry import ComponentBuildError, Registry
 from cnfbench.training import Diverged, IterationCallback, TrainingRecord, seeded_field, train
 from cnfbench.validity import integrate_mass, mass_grid, validity
+
+REASON_LIMIT = 300
+"""Longest reason a row carries, in characters."""
 
 STATUSES = ("done", "diverged", "budget", "timeout", "error", "interrupted", "skipped")
 
@@ -46,11 +50,6 @@ class CellOutcome:
     density: dict[str, Any] | None = None
 
 
-def _one_line(text: str, limit: int = 300) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
 def _plugin_frame(exc: BaseException, registry: Registry, cell: Cell) -> str | None:
     """Name the component whose module raised ``exc``, if one did."""
     modules = {}
@@ -67,7 +66,7 @@ def _plugin_frame(exc: BaseException, registry: Registry, cell: Cell) -> str | N
 
 def classify_failure(exc: BaseException, registry: Registry, cell: Cell) -> tuple[str, str]:
     """Map an exception raised while running ``cell`` to ``(status, reason)``."""
-    message = _one_line(str(exc))
+    message = one_line(exc, REASON_LIMIT)
     if isinstance(exc, Diverged):
         return "diverged", message
     if isinstance(exc, NFEBudgetExceeded):
@@ -84,7 +83,7 @@ def classify_failure(exc: BaseException, registry: Registry, cell: Cell) -> tupl
         return "error", f"out of memory: {message}"
     culprit = _plugin_frame(exc, registry, cell)
     where = f" in {culprit}" if culprit else ""
-    return "error", _one_line(f"{type(exc).__name__}{where}: {message}")
+    return "error", one_line(f"{type(exc).__name__}{where}: {message}", REASON_LIMIT)
 
 
 class PluginFailure(RuntimeError):
@@ -96,13 +95,12 @@ def plugin_metrics(registry: Registry, cell: Cell, field_module: Any, dataset: A
     """Extra columns from every ``cnfbench_cell_metrics`` implementation, each checked and attributed."""
     arguments = {"cell": cell.to_json(), "field": field_module, "dataset": dataset, "test": test}
     extra: dict[str, Any] = {}
-    for impl in registry.pm.hook.cnfbench_cell_metrics.get_hookimpls():
-        name = registry.pm.get_name(impl.plugin)
+    for name, call in registry.implementations("cnfbench_cell_metrics"):
         try:
             with torch.no_grad():
-                result = impl.function(*[arguments[arg] for arg in impl.argnames])
+                result = call(**arguments)
         except Exception as exc:  # noqa: BLE001 - attribute any failure to its plugin
-            raise PluginFailure(f"metrics plugin {name!r} failed: {type(exc).__name__}: {_one_line(str(exc))}") from exc
+            raise PluginFailure(f"metrics plugin {name!r} failed: {describe_exception(exc, REASON_LIMIT)}") from exc
         for key, value in dict(result or {}).items():
             if key in COLUMN_NAMES or key in extra:
                 raise PluginFailure(f"metrics plugin {name!r} returned column {key!r}, which already exists")
@@ -214,16 +212,16 @@ def run_cell(cell: Cell, registry: Registry, on_iteration: IterationCallback | N
                 on_phase("mass")
             resolution = cell.evaluation.mass_grid
             grid, cell_area = mass_grid(test, resolution)
-            for key, mass_solver, dtype in (("mass", solver, None),
-                                            ("mass_ref", ref_solver, getattr(torch, cell.evaluation.ref_dtype))):
-                grid_pass = evaluate_log_prob(field_module, mass_solver, eval_trace, grid, cell.evaluation.batch_size,
-                                              "ref", dtype=dtype, max_nfe=cell.budget.max_nfe, labels=labels)
-                row[key] = integrate_mass(grid_pass.log_prob, cell_area)
-                row[f"{key}_time_s"] = grid_pass.seconds
+            own_grid = evaluate_log_prob(field_module, solver, eval_trace, grid, cell.evaluation.batch_size, "eval",
+                                         max_nfe=cell.budget.max_nfe, labels=labels)
+            ref_grid = evaluate_log_prob(field_module, ref_solver, eval_trace, grid, cell.evaluation.batch_size, "ref",
+                                         dtype=getattr(torch, cell.evaluation.ref_dtype), labels=labels)
+            row.update(mass=integrate_mass(own_grid.log_prob, cell_area), mass_time_s=own_grid.seconds,
+                       mass_ref=integrate_mass(ref_grid.log_prob, cell_area), mass_ref_time_s=ref_grid.seconds)
             samples = sample_model(field_module, solver, eval_trace, DENSITY_SAMPLES,
                                    split_generator(cell.seed, "model/samples"), device)
             density = {"grid_x": grid[::resolution, 0].tolist(), "grid_y": grid[:resolution, 1].tolist(),
-                       "log_prob_grid": grid_pass.log_prob.tolist(), "samples": samples.cpu().tolist(),
+                       "log_prob_grid": ref_grid.log_prob.tolist(), "samples": samples.cpu().tolist(),
                        "data": test[:DENSITY_SAMPLES].cpu().tolist()}
         field_module.eval()
         row.update(plugin_metrics(registry, cell, field_module, dataset, test))

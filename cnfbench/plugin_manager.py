@@ -23,6 +23,7 @@ from types import ModuleType
 import pluggy
 
 from cnfbench import hookspecs
+from cnfbench.messages import describe_exception, one_line
 
 ENTRY_POINT_GROUP = "cnfbench"
 OWN_DISTRIBUTION = "cnfbench"
@@ -48,12 +49,11 @@ class PluginInfo:
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, pluggy.PluginValidationError):
         return _validation_message(exc)
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return describe_exception(exc)
 
 
 def _validation_message(exc: pluggy.PluginValidationError) -> str:
-    text = " ".join(str(exc).split())
+    text = one_line(exc)
     if "unknown hook" in text:
         hooks = ", ".join(sorted(hookspecs.HOOK_NAMES))
         return f"{text}; known hooks: {hooks}"

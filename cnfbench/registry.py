@@ -7,13 +7,14 @@ parameterised specs and builds component instances from them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pluggy
 
 from cnfbench.contracts import FAMILIES, Component
+from cnfbench.messages import describe_exception
 from cnfbench.params import ParamError, Selection, format_value, resolve_params
 from cnfbench.plugin_manager import PluginInfo, create_plugin_manager
 
@@ -90,6 +91,19 @@ class Registry:
             )
         self._components[family][name] = ComponentEntry(family, name, cls, plugin_name)
 
+    def implementations(self, hook: str) -> list[tuple[str, Callable[..., Any]]]:
+        """``(plugin name, call)`` for every implementation of an observer ``hook``, in registration order.
+
+        ``call(**arguments)`` passes each implementation only the arguments it declares.
+        """
+        found = []
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            def call(_impl: Any = impl, **arguments: Any) -> Any:
+                return _impl.function(*[arguments[name] for name in _impl.argnames])
+
+            found.append((self.pm.get_name(impl.plugin) or repr(impl.plugin), call))
+        return found
+
     def names(self, family: str) -> list[str]:
         return sorted(self._components[family])
 
@@ -124,10 +138,9 @@ class Registry:
         try:
             return entry.cls(*args, **resolved.kwargs)
         except Exception as exc:  # noqa: BLE001 - attribute the failure to the plugin
-            detail = " ".join(str(exc).split())
             raise ComponentBuildError(
                 f"{family} {self.describe(family, resolved.name)} could not be built with "
-                f"{resolved.label()}: {type(exc).__name__}: {detail}"
+                f"{resolved.label()}: {describe_exception(exc)}"
             ) from exc
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from cnfbench.columns import COLUMNS
+from cnfbench.messages import describe_exception, one_line
 from cnfbench.results import CELLS_CSV, CELLS_PARQUET, RUN_JSON, ResultsError, RunStore, load_results
 from cnfbench.summary import SUMMARY_METRICS, compact_labels, validity_notes
 
@@ -191,11 +192,6 @@ class Run:
         return versions if isinstance(versions, dict) else {}
 
 
-def _one_line(text: object, limit: int = 200) -> str:
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
 def load_run(path: str | os.PathLike[str]) -> Run:
     """Read a run folder, using what is intact.
 
@@ -227,7 +223,7 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         try:
             cells = pd.read_csv(csv_path)
         except Exception as exc:  # noqa: BLE001 - pandas raises many kinds for a damaged file
-            raise ResultsError(f"{csv_path} is unreadable: {type(exc).__name__}: {_one_line(exc)}", csv_path) from None
+            raise ResultsError(f"{csv_path} is unreadable: {describe_exception(exc, 200)}", csv_path) from None
         if not parquet.exists():
             warnings.append(f"{parquet} is missing; using {csv_path}")
     missing = [c for c in ("cell_id", "status") if c not in cells.columns]
@@ -523,7 +519,7 @@ def failure_notes(cells: pd.DataFrame, by: Sequence[str] = ()) -> list[str]:
     notes = []
     for index, row in failed.iterrows():
         where = ", ".join(labels[axis].loc[index] for axis in labels) or str(row["cell_id"])
-        reason = _one_line(row.get("reason", "") if isinstance(row.get("reason", ""), str) else "", 120)
+        reason = one_line(row.get("reason", "") if isinstance(row.get("reason", ""), str) else "", 120)
         seed = f" seed {format_value(row['seed'])}" if "seed" in row else ""
         notes.append(f"{where}{seed}: {row['status']}" + (f" ({reason})" if reason else ""))
     return notes

@@ -19,6 +19,8 @@ from typing import Any
 
 import pandas as pd
 
+from cnfbench.messages import describe_exception, one_line
+
 CELLS_PARQUET = "cells.parquet"
 CELLS_CSV = "cells.csv"
 CURVES_PARQUET = "curves.parquet"
@@ -117,7 +119,7 @@ class RunStore:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            raise ResultsError(f"{path} is unreadable: {' '.join(str(exc).split())}", path) from None
+            raise ResultsError(f"{path} is unreadable: {one_line(exc)}", path) from None
         if not isinstance(data, dict):
             raise ResultsError(f"{path} does not hold a JSON object", path)
         return data
@@ -129,8 +131,7 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     try:
         return pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds for a damaged file
-        detail = " ".join(str(exc).split())[:200]
-        raise ResultsError(f"{path} is unreadable: {type(exc).__name__}: {detail}", path) from None
+        raise ResultsError(f"{path} is unreadable: {describe_exception(exc, 200)}", path) from None
 
 
 def load_results(path: str | os.PathLike[str]) -> pd.DataFrame:

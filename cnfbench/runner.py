@@ -72,12 +72,10 @@ def _read_or_set_aside(store: RunStore, read: str, progress: Progress) -> pd.Dat
 
 
 def _notify_finished(registry: Registry, row: dict[str, Any], run_dir: Path, progress: Progress) -> None:
-    for impl in registry.pm.hook.cnfbench_cell_finished.get_hookimpls():
-        arguments = {"row": row, "run_dir": str(run_dir)}
+    for name, call in registry.implementations("cnfbench_cell_finished"):
         try:
-            impl.function(*[arguments[arg] for arg in impl.argnames])
+            call(row=row, run_dir=str(run_dir))
         except Exception as exc:  # noqa: BLE001 - an observer must never stop the sweep
-            name = registry.pm.get_name(impl.plugin)
             progress.message(f"warning: plugin {name!r} failed in cnfbench_cell_finished: "
                              f"{type(exc).__name__}: {exc}")
 

@@ -104,84 +104,98 @@ class ConcatSquashLinear(nn.Module):
         self.hyper_gate = nn.Linear(1, dim_out)
         self.hyper_bias = nn.Linear(1, dim_out, bias=False)
 
+    def gate_and_shift(self, t: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``sigmoid(a t + c)`` and ``d t``, each ``[1, out]``."""
+        t_column = t.reshape(1, 1).to(dtype)
+        return torch.sigmoid(self.hyper_gate(t_column)), self.hyper_bias(t_column)
+
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        t_column = t.reshape(1, 1).to(x.dtype)
-        return self.linear(x) * torch.sigmoid(self.hyper_gate(t_column)) + self.hyper_bias(t_column)
+        gate, shift = self.gate_and_shift(t, x.dtype)
+        return self.linear(x) * gate + shift
 
 
-class ConcatSquashMLP(VectorField):
+class LayeredMLP(VectorField):
+    """The body both built-in fields share: layers with an activation between them.
+
+    A subclass says how one layer maps ``(t, h)`` to its pre-activation and
+    what that layer's Jacobian with respect to ``h`` is; ``forward`` and the
+    fused ``forward_with_divergence`` are written once, here.
+    """
+
+    params = FIELD_PARAMS
+    layers: nn.ModuleList
+
+    def __init__(self, dim: int, hidden: tuple[int, ...] = (64, 64, 64), activation: str = "tanh") -> None:
+        super().__init__(dim, hidden=hidden, activation=activation)
+        widths = [dim, *hidden, dim]
+        self.layers = nn.ModuleList(self.make_layer(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        self.activation = ACTIVATIONS[activation]()
+
+    def make_layer(self, dim_in: int, dim_out: int) -> nn.Module:
+        raise NotImplementedError
+
+    def layer_pre(self, layer: nn.Module, t: Tensor, h: Tensor) -> Tensor:
+        """The layer's pre-activation at ``(t, h)``."""
+        raise NotImplementedError
+
+    def layer_pre_and_weight(self, layer: nn.Module, t: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """The pre-activation and ``d pre / d h`` (``[out, in]``, shared by the batch)."""
+        raise NotImplementedError
+
+    def forward(self, t: Tensor, z: Tensor) -> Tensor:
+        h = z
+        last = len(self.layers) - 1
+        for index, layer in enumerate(self.layers):
+            h = self.layer_pre(layer, t, h)
+            if index < last:
+                h = self.activation(h)
+        return h
+
+    def forward_with_divergence(self, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor] | None:
+        """``(forward(t, z), exact divergence [B])`` in one pass; ``None`` when this class cannot vouch for it."""
+        if type(self).forward is not LayeredMLP.forward:
+            return None
+        h, weights, slopes = z, [], []
+        last = len(self.layers) - 1
+        for index, layer in enumerate(self.layers):
+            pre, weight = self.layer_pre_and_weight(layer, t, h)
+            weights.append(weight)
+            if index < last:
+                h = self.activation(pre)
+                slope = activation_derivative(self.activation, pre, h)
+                if slope is None:
+                    return None
+                slopes.append(slope)
+        return pre, trace_by_forward_jacobian(weights, slopes, z.shape[0])
+
+
+class ConcatSquashMLP(LayeredMLP):
     name = "concatsquash"
     description = "FFJORD's concat-squash MLP (time gates and shifts every layer)"
-    params = FIELD_PARAMS
 
-    def __init__(self, dim: int, hidden: tuple[int, ...] = (64, 64, 64), activation: str = "tanh") -> None:
-        super().__init__(dim, hidden=hidden, activation=activation)
-        widths = [dim, *hidden, dim]
-        self.layers = nn.ModuleList(ConcatSquashLinear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
-        self.activation = ACTIVATIONS[activation]()
+    def make_layer(self, dim_in: int, dim_out: int) -> nn.Module:
+        return ConcatSquashLinear(dim_in, dim_out)
 
-    def forward(self, t: Tensor, z: Tensor) -> Tensor:
-        h = z
-        for index, layer in enumerate(self.layers):
-            h = layer(t, h)
-            if index < len(self.layers) - 1:
-                h = self.activation(h)
-        return h
+    def layer_pre(self, layer: nn.Module, t: Tensor, h: Tensor) -> Tensor:
+        return layer(t, h)
 
-    def forward_with_divergence(self, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor] | None:
-        """``(forward(t, z), exact divergence [B])`` in one pass; ``None`` when this class cannot vouch for it."""
-        if type(self).forward is not ConcatSquashMLP.forward:
-            return None
-        h, weights, slopes = z, [], []
-        for index, layer in enumerate(self.layers):
-            pre = layer(t, h)
-            gate = torch.sigmoid(layer.hyper_gate(t.reshape(1, 1).to(h.dtype))).reshape(-1, 1)
-            weights.append(layer.linear.weight * gate)  # d pre / d h = diag(gate) W
-            if index < len(self.layers) - 1:
-                h = self.activation(pre)
-                slope = activation_derivative(self.activation, pre, h)
-                if slope is None:
-                    return None
-                slopes.append(slope)
-        return pre, trace_by_forward_jacobian(weights, slopes, z.shape[0])
+    def layer_pre_and_weight(self, layer: nn.Module, t: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        gate, shift = layer.gate_and_shift(t, h.dtype)
+        return layer.linear(h) * gate + shift, layer.linear.weight * gate.reshape(-1, 1)  # diag(gate) W
 
 
-class TimeConcatMLP(VectorField):
+class TimeConcatMLP(LayeredMLP):
     name = "mlp"
     description = "MLP whose every layer sees [h, t] (time concatenated)"
-    params = FIELD_PARAMS
 
-    def __init__(self, dim: int, hidden: tuple[int, ...] = (64, 64, 64), activation: str = "tanh") -> None:
-        super().__init__(dim, hidden=hidden, activation=activation)
-        widths = [dim, *hidden, dim]
-        self.layers = nn.ModuleList(nn.Linear(a + 1, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
-        self.activation = ACTIVATIONS[activation]()
+    def make_layer(self, dim_in: int, dim_out: int) -> nn.Module:
+        return nn.Linear(dim_in + 1, dim_out)
 
-    def forward(self, t: Tensor, z: Tensor) -> Tensor:
-        h = z
-        t_column = t.reshape(1, 1).to(z.dtype).expand(z.shape[0], 1)
-        for index, layer in enumerate(self.layers):
-            h = layer(torch.cat([h, t_column], dim=1))
-            if index < len(self.layers) - 1:
-                h = self.activation(h)
-        return h
+    def layer_pre(self, layer: nn.Module, t: Tensor, h: Tensor) -> Tensor:
+        return layer(torch.cat([h, t.reshape(1, 1).to(h.dtype).expand(h.shape[0], 1)], dim=1))
 
-    def forward_with_divergence(self, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor] | None:
-        """``(forward(t, z), exact divergence [B])`` in one pass; ``None`` when this class cannot vouch for it."""
-        if type(self).forward is not TimeConcatMLP.forward:
-            return None
-        h, weights, slopes = z, [], []
-        t_column = t.reshape(1, 1).to(z.dtype).expand(z.shape[0], 1)
-        for index, layer in enumerate(self.layers):
-            pre = layer(torch.cat([h, t_column], dim=1))
-            weights.append(layer.weight[:, :-1])  # the time column does not depend on z
-            if index < len(self.layers) - 1:
-                h = self.activation(pre)
-                slope = activation_derivative(self.activation, pre, h)
-                if slope is None:
-                    return None
-                slopes.append(slope)
-        return pre, trace_by_forward_jacobian(weights, slopes, z.shape[0])
+    def layer_pre_and_weight(self, layer: nn.Module, t: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        return self.layer_pre(layer, t, h), layer.weight[:, :-1]  # the time column does not depend on z
 
 
 @hookimpl

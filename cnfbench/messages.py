@@ -1,0 +1,17 @@
+"""One-line messages: how cnfbench flattens any text or exception for a status reason or an ``Error:`` line."""
+
+from __future__ import annotations
+
+
+def one_line(text: object, limit: int | None = None) -> str:
+    """``text`` with all whitespace runs folded to one space, cut to ``limit`` characters with an ellipsis."""
+    flat = " ".join(str(text).split())
+    if limit is None or len(flat) <= limit:
+        return flat
+    return flat[: limit - 1] + "…"
+
+
+def describe_exception(exc: BaseException, limit: int | None = None) -> str:
+    """``Type: message`` on one line (just ``Type`` when the message is empty)."""
+    text = one_line(exc, limit)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
