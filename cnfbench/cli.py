@@ -15,9 +15,10 @@ from typing import Any
 import click
 
 from cnfbench import __version__
-from cnfbench.config import RunConfig, load_toml, merge, resolve_cells
+from cnfbench.config import OPTION_SOURCE, RANGES, RunConfig, load_toml, merge, resolve_grid
 from cnfbench.contracts import FAMILIES
 from cnfbench.executor import Executor, InlineExecutor, ProcessExecutor
+from cnfbench.output_paths import OutputPathError, check_output_dir
 from cnfbench.params import ParamError
 from cnfbench.plugin_manager import PluginLoadError
 from cnfbench.progress import Progress
@@ -69,28 +70,44 @@ def main() -> None:
 LIST_HELP = "comma list; items may carry parameters, e.g. {example}"
 
 
+def _valid(key: str) -> str:
+    """The valid range of a numeric option, for its help text."""
+    low, high = RANGES[key].bounds()
+    return f"{'>' if RANGES[key].lower_open else ''}{low} to {high}"
+
+
 @main.command()
 @click.option("--dataset", multiple=True, help=LIST_HELP.format(example="'8gaussians,moons[n_train=5000]'"))
 @click.option("--field", multiple=True, help=LIST_HELP.format(example="'concatsquash[hidden=64-64,activation=elu]'"))
 @click.option("--solver", multiple=True, help=LIST_HELP.format(example="'euler[steps=10],dopri5[rtol=1e-5,atol=1e-5]'"))
 @click.option("--trace", multiple=True, help=LIST_HELP.format(example="'exact,hutchinson[noise=rademacher]'"))
-@click.option("--seeds", type=int, help="number of seeds per configuration [default: 1]")
-@click.option("--first-seed", type=int, help="first seed; seeds are first-seed .. first-seed+seeds-1 [default: 0]")
-@click.option("--iterations", type=int, help="training iterations per cell [default: 400]")
-@click.option("--batch-size", type=int, help="training batch size [default: 512]")
-@click.option("--lr", type=float, help="Adam learning rate [default: 3e-3]")
-@click.option("--max-nfe", type=int, help="dynamics evaluations allowed per solve before a cell fails [default: none]")
+@click.option("--seeds", type=int, help=f"number of seeds per configuration [default: 1; valid: {_valid('seeds')}]")
+@click.option("--first-seed", type=int,
+              help=f"first seed; seeds are first-seed .. first-seed+seeds-1 "
+                   f"[default: 0; valid: {_valid('first_seed')}]")
+@click.option("--iterations", type=int,
+              help=f"training iterations per cell [default: 400; valid: {_valid('iterations')}]")
+@click.option("--batch-size", type=int, help=f"training batch size [default: 512; valid: {_valid('batch_size')}]")
+@click.option("--lr", type=float, help=f"Adam learning rate [default: 3e-3; valid: {_valid('lr')}]")
+@click.option("--max-nfe", type=int,
+              help=f"dynamics evaluations allowed per solve before a cell fails "
+                   f"[default: none; valid: {_valid('max_nfe')}]")
 @click.option("--eval-trace", help="exact trace used for every reported NLL [default: exact]")
 @click.option("--ref-solver", help="reference solve behind nll_ref [default: 'dopri5[rtol=1e-7,atol=1e-7]']")
 @click.option("--ref-dtype", type=click.Choice(["float64", "float32"]), help="dtype of the reference solve")
-@click.option("--eval-batch-size", type=int, help="test samples per evaluation solve [default: 4096]")
-@click.option("--mass-grid", type=int, help="points per axis of the 2D mass check, 0 = off [default: 80]")
+@click.option("--eval-batch-size", type=int,
+              help=f"test samples per evaluation solve [default: 4096; valid: {_valid('eval_batch_size')}]")
+@click.option("--mass-grid", type=int,
+              help=f"points per axis of the 2D mass check, 0 = off [default: 80; valid: {_valid('mass_grid')}]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N [default: auto]")
-@click.option("--timeout", type=float, help="seconds a cell may run before it is stopped (status timeout)")
+@click.option("--timeout", type=float,
+              help=f"seconds a cell may run before it is stopped (status timeout) [valid: {_valid('timeout')}]")
 @click.option("--isolation", type=click.Choice(["process", "inline"]),
               help="run cells in a worker process (hard timeouts) or in this one [default: process]")
 @click.option("--retry-failed/--no-retry-failed", default=None,
               help="on resume, rerun cells that failed before [default: retry]")
+@click.option("--allow-loose-ref", is_flag=True, default=None,
+              help="accept a fixed-step or loose --ref-solver (every row then says ref_loose = true)")
 @click.option("--out", help="output root; the run goes to OUT/NAME [default: results]")
 @click.option("--name", help="run name (a rerun with the same name resumes) [default: run-DATE-TIME]")
 @click.option("--plugin", "plugins", multiple=True, help="extra plugin: a module name or a .py file (repeatable)")
@@ -107,7 +124,8 @@ def run(config_file: Path | None, dry_run: bool, quiet: bool, plugins: tuple[str
         given = {key: value for key, value in options.items() if value not in (None, ())}
         if plugins:
             given["plugin"] = (*config.plugin, *plugins)
-        config = merge(config, {k: list(v) if isinstance(v, tuple) else v for k, v in given.items()}, "option")
+        config = merge(config, {k: list(v) if isinstance(v, tuple) else v for k, v in given.items()},
+                       OPTION_SOURCE)
     except ParamError as exc:
         raise fail(str(exc)) from None
     registry = _load_registry(config.plugin)
@@ -116,11 +134,16 @@ def run(config_file: Path | None, dry_run: bool, quiet: bool, plugins: tuple[str
             click.echo(f"warning: plugin {info.name} ({info.source}: {info.origin}) is broken and was skipped: "
                        f"{info.error}", err=True)
     try:
-        cells = resolve_cells(config, registry)
+        grid = resolve_grid(config, registry)
         name = config.name or default_run_name()
         run_dir = run_directory(config.out, name)
-    except (ParamError, ValueError) as exc:
+        if not dry_run:
+            check_output_dir(run_dir, "the run")
+    except (ParamError, OutputPathError, ValueError) as exc:
         raise fail(str(exc)) from None
+    cells = grid.cells
+    for note in grid.notes:
+        click.echo(f"note: {note}", err=True)
     if dry_run:
         click.echo(f"{len(cells)} cell(s) would run into {run_dir}:")
         for cell in cells:
@@ -128,7 +151,8 @@ def run(config_file: Path | None, dry_run: bool, quiet: bool, plugins: tuple[str
         return 0
     progress = Progress(len(cells), quiet=quiet)
     provenance = collect(sys.argv, config.to_json() | {"name": name}, registry.plugins, cells[0].device)
-    executor: Executor = (ProcessExecutor(config.plugin, config.timeout) if config.isolation == "process"
+    executor: Executor = (ProcessExecutor(config.plugin, config.timeout, registry=registry)
+                          if config.isolation == "process"
                           else InlineExecutor(registry))
     try:
         result = execute_run(cells, registry, executor, run_dir, provenance, progress, config.retry_failed)

@@ -58,8 +58,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("nll_minus_entropy_stderr", "nats/sample", "paired standard error of nll - entropy (used by the flag)"),
     Column("mass", "1", "integral of the training solver's density over a grid covering the test data (2D only)"),
     Column("mass_ref", "1", "the same integral with the reference solve (2D only); 1 for a true density"),
-    Column("valid", "—", "false when nll < entropy by > 2 paired stderr or |mass - 1| > 0.03"),
+    Column("valid", "—", "false when nll < entropy by > 2 paired stderr, or mass is off 1 (off mass_ref when the "
+                         "grid cannot resolve 1) by > 0.03"),
     Column("validity_reason", "—", "why a row is flagged (empty when valid)"),
+    Column("ref_loose", "—", "true when the reference solve is fixed-step or looser than 1e-6 (--allow-loose-ref): "
+                            "nll_ref is then only as exact as that solve"),
     # work
     Column("nfe_expected_per_solve", "evaluations", "steps x stages for a fixed-grid Runge-Kutta solver, else empty"),
     Column("nfe_forward_mean", "evaluations", "dynamics evaluations per training forward solve, mean over iterations"),

@@ -8,6 +8,7 @@ against the registry before anything runs.
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from cnfbench.cells import Budget, Cell, EvalProtocol, expand_grid
 from cnfbench.params import ParamError, parse_selector_list
 from cnfbench.registry import Registry, ResolvedComponent
+from cnfbench.validity import REFERENCE_TOLERANCE, loose_reference
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -48,6 +50,7 @@ class RunConfig:
     timeout: float | None = None
     isolation: str = "process"
     retry_failed: bool = True
+    allow_loose_ref: bool = False
     out: str = "results"
     name: str | None = None
     plugin: tuple[str, ...] = ()
@@ -58,42 +61,90 @@ class RunConfig:
 
 
 _LIST_KEYS = {"dataset", "field", "solver", "trace", "plugin"}
-_INT_KEYS = {"seeds": 1, "first_seed": 0, "iterations": 1, "batch_size": 1, "eval_batch_size": 1, "max_nfe": 1,
-             "mass_grid": 0}
+_BOOL_KEYS = {"retry_failed", "allow_loose_ref"}
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric setting (inclusive bounds; ``lower_open`` excludes ``low``)."""
+
+    low: float
+    high: float
+    integer: bool
+    why_high: str
+    lower_open: bool = False
+
+    def bounds(self) -> tuple[str, str]:
+        """The bounds as a user would type them."""
+        return tuple(str(int(b)) if self.integer else f"{b:g}" for b in (self.low, self.high))  # type: ignore[return-value]
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        low, high = self.bounds()
+        return f"{kind} {'>' if self.lower_open else '>='} {low} and <= {high}"
+
+
+MAX_MASS_GRID = 2048
+"""Points per axis of the mass check at most: 2048² = 4.2 million points, a few seconds of exact trace per solve."""
+
+RANGES: dict[str, Range] = {
+    "seeds": Range(1, 10_000, True, "seeds per configuration"),
+    "first_seed": Range(0, 2**31 - 1, True, "seeds are 32-bit"),
+    "iterations": Range(1, 10**8, True, "a hundred million iterations"),
+    "batch_size": Range(1, 2**24, True, "16.7 million samples per batch"),
+    "eval_batch_size": Range(1, 2**24, True, "16.7 million samples per evaluation solve"),
+    "max_nfe": Range(1, 10**9, True, "evaluations per solve"),
+    "mass_grid": Range(0, MAX_MASS_GRID, True, "points per axis; the grid has its square"),
+    "lr": Range(0, 10, False, "Adam's step size", lower_open=True),
+    "timeout": Range(0, 10**7, False, "seconds (about 115 days)", lower_open=True),
+}
+"""Every numeric setting's valid range, checked before anything runs (the README lists them)."""
+
+OPTION_SOURCE = "option"
+"""The ``source`` of :func:`merge` for values given as command-line options."""
+
+MAX_CELLS = 100_000
+"""Cells one run may expand to."""
+
+
+def _named(key: str, source: str) -> str:
+    """How an error names a setting: ``--batch-size`` on the command line, ``FILE: 'batch_size'`` in a config."""
+    return f"--{key.replace('_', '-')}" if source == OPTION_SOURCE else f"{source}: {key!r}"
+
+
+def _check_number(key: str, value: Any, source: str) -> int | float:
+    bounds = RANGES[key]
+    wrong_type = isinstance(value, bool) or not isinstance(value, int if bounds.integer else (int, float))
+    if wrong_type or not (math.isfinite(value) if isinstance(value, float) else True):
+        raise ParamError(f"{_named(key, source)} must be {bounds.describe()}, got {value!r}")
+    too_low = value <= bounds.low if bounds.lower_open else value < bounds.low
+    if too_low or value > bounds.high:
+        raise ParamError(f"{_named(key, source)} must be {bounds.describe()} ({bounds.why_high}), got {value!r}")
+    return value if bounds.integer else float(value)
 
 
 def _check_value(key: str, value: Any, source: str) -> Any:
     if key in _LIST_KEYS:
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not items or not all(isinstance(item, str) for item in items):
-            raise ParamError(f"{source}: {key!r} must be a string or a list of strings")
+            raise ParamError(f"{_named(key, source)} must be a string or a list of strings")
         return tuple(items)
-    if key in _INT_KEYS:
-        if isinstance(value, bool) or not isinstance(value, int) or value < _INT_KEYS[key]:
-            raise ParamError(f"{source}: {key!r} must be an integer >= {_INT_KEYS[key]}")
-        return value
-    if key == "lr":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-            raise ParamError(f"{source}: 'lr' must be a positive number")
-        return float(value)
-    if key == "timeout":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-            raise ParamError(f"{source}: 'timeout' must be a positive number of seconds")
-        return float(value)
+    if key in RANGES:
+        return _check_number(key, value, source)
     if key == "isolation":
         if value not in ("process", "inline"):
-            raise ParamError(f"{source}: 'isolation' must be process or inline")
+            raise ParamError(f"{_named(key, source)} must be process or inline")
         return value
-    if key == "retry_failed":
+    if key in _BOOL_KEYS:
         if not isinstance(value, bool):
-            raise ParamError(f"{source}: 'retry_failed' must be true or false")
+            raise ParamError(f"{_named(key, source)} must be true or false")
         return value
     if key == "ref_dtype":
         if value not in ("float32", "float64"):
-            raise ParamError(f"{source}: 'ref_dtype' must be float32 or float64")
+            raise ParamError(f"{_named(key, source)} must be float32 or float64")
         return value
     if not isinstance(value, str) or not value.strip():
-        raise ParamError(f"{source}: {key!r} must be a non-empty string")
+        raise ParamError(f"{_named(key, source)} must be a non-empty string")
     return value
 
 
@@ -139,23 +190,64 @@ def resolve_device(requested: str) -> str:
     return str(device)
 
 
-def _resolve_all(registry: Registry, family: str, selectors: tuple[str, ...]) -> list[ResolvedComponent]:
-    return [registry.resolve(family, selection) for selection in parse_selector_list(list(selectors))]
+RESOLVING_MASS_GRID = 10
+"""Points per axis below which a grid is too coarse to resolve a density's mass (the default is 80)."""
+
+_OPTIONS = {"dataset": "--dataset", "field": "--field", "solver": "--solver", "trace": "--trace"}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The cells a configuration expands to, and notes for the user about how it was read."""
+
+    cells: list[Cell]
+    notes: list[str]
+
+
+def _resolve_all(registry: Registry, family: str, selectors: tuple[str, ...], notes: list[str]
+                 ) -> list[ResolvedComponent]:
+    """Every item of a grid axis, resolved; items that resolve to the same component are kept once, with a note."""
+    option = _OPTIONS[family]
+    kept: dict[ResolvedComponent, str] = {}
+    for selection in parse_selector_list(list(selectors), option):
+        resolved = registry.resolve(family, selection)
+        if resolved in kept:
+            notes.append(f"{option}: {kept[resolved]} and {selection} are the same {family} "
+                         f"({resolved.label()}); kept once")
+            continue
+        kept[resolved] = str(selection)
+    return list(kept)
 
 
 def _resolve_one(registry: Registry, family: str, selector: str, option: str) -> ResolvedComponent:
-    selections = parse_selector_list(selector)
+    selections = parse_selector_list(selector, option)
     if len(selections) != 1:
         raise ParamError(f"{option} takes exactly one {family}, got {len(selections)}")
     return registry.resolve(family, selections[0])
 
 
-def resolve_cells(config: RunConfig, registry: Registry) -> list[Cell]:
+def _check_reference(registry: Registry, ref_solver: ResolvedComponent, allowed: bool, notes: list[str]) -> None:
+    """Refuse a fixed-step or loose reference solve, whose ``nll_ref`` would not be the field's density."""
+    tolerance = registry.build("solver", ref_solver).error_tolerance()
+    if not loose_reference(tolerance):
+        return
+    what = ("is a fixed-step solver" if tolerance is None
+            else f"has an error tolerance of {tolerance:g}, looser than {REFERENCE_TOLERANCE:g}")
+    if not allowed:
+        raise ParamError(f"--ref-solver {ref_solver.label()} {what}: nll_ref would not be the density the field "
+                         f"defines; use an adaptive solver with rtol and atol <= {REFERENCE_TOLERANCE:g} (default "
+                         f"{RunConfig.ref_solver}) or pass --allow-loose-ref")
+    notes.append(f"--ref-solver {ref_solver.label()} {what} (--allow-loose-ref): every row says ref_loose = true, "
+                 "and its nll_ref is only as exact as that solve")
+
+
+def resolve_grid(config: RunConfig, registry: Registry) -> Grid:
     """Validate the whole configuration and expand it into cells; raise :class:`ParamError`."""
-    datasets = _resolve_all(registry, "dataset", config.dataset)
-    field_specs = _resolve_all(registry, "field", config.field)
-    solvers = _resolve_all(registry, "solver", config.solver)
-    traces = _resolve_all(registry, "trace", config.trace)
+    notes: list[str] = []
+    datasets = _resolve_all(registry, "dataset", config.dataset, notes)
+    field_specs = _resolve_all(registry, "field", config.field, notes)
+    solvers = _resolve_all(registry, "solver", config.solver, notes)
+    traces = _resolve_all(registry, "trace", config.trace, notes)
     evaluation = EvalProtocol(
         trace=_resolve_one(registry, "trace", config.eval_trace, "--eval-trace"),
         ref_solver=_resolve_one(registry, "solver", config.ref_solver, "--ref-solver"),
@@ -165,7 +257,20 @@ def resolve_cells(config: RunConfig, registry: Registry) -> list[Cell]:
     )
     if registry.get("trace", evaluation.trace.name).cls.stochastic:
         raise ParamError(f"--eval-trace must be an exact (deterministic) estimator, not {evaluation.trace.name!r}")
+    _check_reference(registry, evaluation.ref_solver, config.allow_loose_ref, notes)
+    if 0 < config.mass_grid < RESOLVING_MASS_GRID:
+        notes.append(f"--mass-grid {config.mass_grid}: a {config.mass_grid}x{config.mass_grid} grid is too coarse to "
+                     f"resolve a density's mass (use {RunConfig.mass_grid} or more); where the reference mass is off "
+                     "1, the training solver's mass is judged against the reference mass instead")
+    count = len(datasets) * len(field_specs) * len(solvers) * len(traces) * config.seeds
+    if count > MAX_CELLS:
+        raise ParamError(f"the grid has {count} cells; at most {MAX_CELLS} fit in one run (fewer seeds or items)")
     budget = Budget(config.iterations, config.batch_size, config.lr, config.max_nfe)
     seeds = list(range(config.first_seed, config.first_seed + config.seeds))
     device = resolve_device(config.device)
-    return expand_grid(datasets, field_specs, solvers, traces, seeds, budget, evaluation, device)
+    return Grid(expand_grid(datasets, field_specs, solvers, traces, seeds, budget, evaluation, device), notes)
+
+
+def resolve_cells(config: RunConfig, registry: Registry) -> list[Cell]:
+    """The cells of :func:`resolve_grid`, without its notes."""
+    return resolve_grid(config, registry).cells

@@ -63,10 +63,20 @@ class Solver(Component, ABC):
     ``adaptive`` says whether the step size is chosen by error control.
     ``nfe_per_step`` is the number of dynamics evaluations one step costs for
     a fixed-grid Runge-Kutta method (``None`` when it varies).
+
+    ``order`` is the method's global order of accuracy ``p``: on a smooth
+    problem the error at ``t1`` shrinks like ``h**p`` as the step ``h``
+    shrinks, as it really runs (a multistep method's start-up included).
+    ``None`` means unknown. The conformance kit measures it for a fixed-grid
+    solver that declares ``steps`` or ``step_size`` (and then requires at
+    least first order when it is ``None``); an adaptive solver may declare
+    the order of its propagating method as metadata, which the kit only
+    type-checks.
     """
 
     adaptive: ClassVar[bool] = False
     nfe_per_step: ClassVar[int | None] = None
+    order: ClassVar[int | None] = None
 
     def __init__(self, **params: Any) -> None:
         self.config = dict(params)
@@ -83,6 +93,12 @@ class Solver(Component, ABC):
 
     def expected_nfe(self) -> int | None:
         """Evaluations one solve must cost when that is known in advance, else ``None``."""
+        return None
+
+    def error_tolerance(self) -> float | None:
+        """The local error tolerance an adaptive solver is held to (the looser of its relative and absolute
+        tolerances), or ``None`` for a solver without error control. Decides whether it may serve as the
+        reference solve behind ``nll_ref``."""
         return None
 
 
@@ -167,9 +183,9 @@ class SampledDataset(Dataset):
 
 
 SPLIT_PARAMS: tuple[Param, ...] = (
-    Param("n_train", "int", 20000, "training samples", minimum=1),
-    Param("n_val", "int", 2000, "validation samples", minimum=1),
-    Param("n_test", "int", 2000, "test samples (the NLL is averaged over these)", minimum=1),
+    Param("n_train", "int", 20000, "training samples", minimum=1, maximum=10**8),
+    Param("n_val", "int", 2000, "validation samples", minimum=1, maximum=10**8),
+    Param("n_test", "int", 2000, "test samples (the NLL is averaged over these)", minimum=1, maximum=10**8),
 )
 """The split-size parameters shared by sampled datasets."""
 

@@ -7,12 +7,19 @@ from ``t=1`` (``z = x``, ``a = 0``) back to ``t=0`` gives ``z0`` and
 Every evaluation of the dynamics ticks an :class:`NFECounter`, which keeps
 forward, backward (adjoint) and evaluation counts apart and can stop a solve
 that exceeds a budget. Solvers therefore never count anything themselves.
+
+A :class:`PhaseTracker` says which phase of a cell is running (building,
+the training forward solve or backward pass of iteration k, an evaluation
+pass, sampling, ...), so that a failure, a timeout or a dead worker can be
+reported where it happened. It is written at phase transitions only, never
+per dynamics evaluation.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +66,56 @@ class NFECounter:
             raise NFEBudgetExceeded(
                 f"{self.phase} solve exceeded the NFE budget of {self.max_per_solve} evaluations"
             )
+
+
+CELL_PHASES = (
+    "start", "data", "build_field", "build_solver", "build_trace", "build_eval", "train_forward", "train_backward",
+    "eval", "ref", "mass", "mass_ref", "sampling", "entropy", "metrics", "result",
+)
+"""The phases of a cell, in the order they run; ``start`` is a cell sent to a worker that has not begun it."""
+
+_PHASE_CODES = {name: code for code, name in enumerate(CELL_PHASES)}
+_PHASE_BITS = 8
+
+
+class SharedInt(Protocol):
+    """A machine integer another process can read, such as ``multiprocessing.RawValue("q")``."""
+
+    value: int
+
+
+class PhaseTracker:
+    """The phase of a cell that is running and, while training, its iteration.
+
+    With ``shared`` set, every transition is also written there as one packed
+    integer (a single store, so a reader never sees half of a transition):
+    the parent of a worker process reads it when it kills or loses the worker.
+    """
+
+    __slots__ = ("iteration", "phase", "shared")
+
+    def __init__(self, shared: SharedInt | None = None) -> None:
+        self.phase = "start"
+        self.iteration = 0
+        self.shared = shared
+
+    def enter(self, phase: str, iteration: int = 0) -> None:
+        """Record that ``phase`` began (``iteration``: the training iteration it belongs to, else 0)."""
+        self.phase = phase
+        self.iteration = iteration
+        if self.shared is not None:
+            self.shared.value = pack_phase(phase, iteration)
+
+
+def pack_phase(phase: str, iteration: int = 0) -> int:
+    """``phase`` and ``iteration`` as one integer, for :class:`PhaseTracker`'s shared value."""
+    return iteration << _PHASE_BITS | _PHASE_CODES[phase]
+
+
+def unpack_phase(packed: int) -> tuple[str, int]:
+    """The ``(phase, iteration)`` that :func:`pack_phase` packed (``start`` for an unknown code)."""
+    code = packed & ((1 << _PHASE_BITS) - 1)
+    return (CELL_PHASES[code] if code < len(CELL_PHASES) else "start"), packed >> _PHASE_BITS
 
 
 class CNFDynamics(nn.Module):

@@ -2,7 +2,10 @@
 
 A cell never raises: divergence, a blown NFE budget, a contract violation or
 any exception in a plugin become a status and a one-line reason in the row,
-with whatever was measured before the failure.
+with whatever was measured before the failure. Every reason says in which
+phase of the cell it happened and which components were running there; the
+rows of cells that end outside :func:`run_cell` (a timeout, a dead worker,
+Ctrl-C) are built here too, so they read the same.
 """
 
 from __future__ import annotations
@@ -19,22 +22,47 @@ import torch
 from cnfbench.cells import Cell
 from cnfbench.columns import COLUMN_NAMES, ordered
 from cnfbench.contracts import split_generator
-from cnfbench.dynamics import ContractViolation, NFEBudgetExceeded
+from cnfbench.dynamics import CELL_PHASES, ContractViolation, NFEBudgetExceeded, PhaseTracker
 from cnfbench.evaluation import EvaluationPass, evaluate_log_prob, sample_model
 from cnfbench.measure import PeakMemory, now
 from cnfbench.messages import describe_exception, one_line
 from cnfbench.registry import ComponentBuildError, Registry
 from cnfbench.training import Diverged, IterationCallback, TrainingRecord, seeded_field, train
-from cnfbench.validity import integrate_mass, mass_grid, validity
+from cnfbench.validity import integrate_mass, loose_reference, mass_grid, validity
 
 REASON_LIMIT = 300
-"""Longest reason a row carries, in characters."""
+"""Longest failure message a reason quotes, in characters (the phase and the components come on top)."""
 
 STATUSES = ("done", "diverged", "budget", "timeout", "error", "interrupted", "skipped")
+
+INTERRUPTED = "interrupted by the user (Ctrl-C)"
+"""How an ``interrupted`` reason begins."""
 
 
 DENSITY_SAMPLES = 500
 """Model samples kept per 2D cell for the density plots."""
+
+_TRAINING_PHASES = ("train_forward", "train_backward")
+
+PHASE_WHERE: dict[str, tuple[str, tuple[str, ...]]] = {
+    "start": ("before the worker began the cell", ()),
+    "data": ("while building the dataset and its splits", ("dataset",)),
+    "build_field": ("while building the field", ("field",)),
+    "build_solver": ("while building the solver", ("solver",)),
+    "build_trace": ("while building the trace estimator", ("trace",)),
+    "build_eval": ("while building the evaluation trace and the reference solver", ("eval_trace", "ref_solver")),
+    "train_forward": ("in the training forward solve", ("solver", "field", "trace")),
+    "train_backward": ("in the training backward pass", ("solver", "field", "trace")),
+    "eval": ("in the evaluation (test pass with the training solver)", ("solver", "field", "eval_trace")),
+    "ref": ("in the reference solve (test pass)", ("ref_solver", "field", "eval_trace")),
+    "mass": ("in the mass check (training solver on the grid)", ("solver", "field", "eval_trace")),
+    "mass_ref": ("in the mass check (reference solve on the grid)", ("ref_solver", "field", "eval_trace")),
+    "sampling": ("while sampling the model (training solver)", ("solver", "field", "eval_trace")),
+    "entropy": ("while computing the data's true log-density on the test split", ("dataset",)),
+    "metrics": ("in the plugin metrics (cnfbench_cell_metrics)", ("metrics",)),
+    "result": ("while returning the result", ()),
+}
+"""For every phase of :data:`~cnfbench.dynamics.CELL_PHASES`: how a reason says where, and which components ran."""
 
 
 @dataclass
@@ -50,22 +78,120 @@ class CellOutcome:
     density: dict[str, Any] | None = None
 
 
+class CellInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a cell; ``outcome`` is its ``interrupted`` row, with the phase and what was measured."""
+
+    def __init__(self, outcome: CellOutcome) -> None:
+        super().__init__(outcome.row.get("reason", INTERRUPTED))
+        self.outcome = outcome
+
+
+def _slot_component(slot: str, cell: Cell, registry: Registry | None) -> str | None:
+    """``solver 'euler' (plugin 'x')`` for one component slot of ``cell``; None when nothing fills it."""
+    if slot == "metrics":
+        names = [name for name, _ in registry.implementations("cnfbench_cell_metrics")] if registry else []
+        return f"metrics plugin{'s' if len(names) > 1 else ''} {', '.join(map(repr, names))}" if names else None
+    family, spec, noun = {
+        "dataset": ("dataset", cell.dataset, "dataset"),
+        "field": ("field", cell.field, "field"),
+        "solver": ("solver", cell.solver, "solver"),
+        "trace": ("trace", cell.trace, "trace"),
+        "eval_trace": ("trace", cell.evaluation.trace, "evaluation trace"),
+        "ref_solver": ("solver", cell.evaluation.ref_solver, "reference solver"),
+    }[slot]
+    try:
+        return f"{noun} {registry.describe(family, spec.name)}" if registry else f"{noun} {spec.name!r}"
+    except Exception:  # noqa: BLE001 - an unknown component is still named, without its plugin
+        return f"{noun} {spec.name!r}"
+
+
+def failure_reason(lead: str, cell: Cell, phase: str, iteration: int = 0, detail: str = "",
+                   registry: Registry | None = None) -> str:
+    """One line: ``lead``, where in the cell it happened, ``detail``, and the components running there.
+
+    ``registry`` (when given) adds each component's plugin; a component the
+    detail already names is not repeated.
+    """
+    where, slots = PHASE_WHERE.get(phase, (f"in phase {phase!r}", ()))
+    if phase in _TRAINING_PHASES and iteration:
+        where += f" at iteration {iteration}"
+    detail = one_line(detail, REASON_LIMIT)
+    text = f"{lead} {where}" + (f": {detail}" if detail else "")
+    components = [c for c in (_slot_component(slot, cell, registry) for slot in slots) if c and c not in detail]
+    return one_line(text + (f" — {', '.join(components)}" if components else ""))
+
+
+def iterations_done_at(cell: Cell, phase: str, iteration: int) -> int:
+    """Training iterations certainly completed when a cell was stopped in ``phase`` (at ``iteration``)."""
+    if phase in _TRAINING_PHASES:
+        return max(iteration - 1, 0)
+    return cell.budget.iterations if CELL_PHASES.index(phase) > CELL_PHASES.index("train_backward") else 0
+
+
+def failed_outcome(cell: Cell, status: str, lead: str, seconds: float, phase: str, iteration: int = 0,
+                   registry: Registry | None = None) -> CellOutcome:
+    """The row of a cell that ended outside :func:`run_cell` — a timeout, a dead worker, Ctrl-C — at ``phase``.
+
+    It has the cell's identity, the status, a reason naming the phase and its
+    components, ``cell_time_s`` (``seconds``) and the iterations certainly done.
+    """
+    row = {**identity_columns(cell), "status": status, "reason": failure_reason(lead, cell, phase, iteration,
+                                                                                 registry=registry),
+           "iterations_done": iterations_done_at(cell, phase, iteration), "cell_time_s": seconds,
+           "valid": False, "validity_reason": ""}
+    return CellOutcome(ordered(row))
+
+
+def interrupted_outcome(cell: Cell, exc: BaseException, seconds: float) -> CellOutcome:
+    """The ``interrupted`` outcome of ``cell`` for a Ctrl-C that reached the caller of an executor.
+
+    An executor that knows where the cell was raises :class:`CellInterrupted`
+    with its row; for any other interrupt the phase is unknown and says so.
+    """
+    if isinstance(exc, CellInterrupted):
+        return exc.outcome
+    row = {**identity_columns(cell), "status": "interrupted",
+           "reason": f"{INTERRUPTED} (the executor did not say in which phase)", "cell_time_s": seconds,
+           "valid": False, "validity_reason": ""}
+    return CellOutcome(ordered(row))
+
+
 def _plugin_frame(exc: BaseException, registry: Registry, cell: Cell) -> str | None:
-    """Name the component whose module raised ``exc``, if one did."""
-    modules = {}
+    """Name the component that raised ``exc``: the innermost frame of one of its methods, else of its module."""
+    classes: dict[type, str] = {}
+    modules: dict[str, str] = {}
     for family, spec in (("dataset", cell.dataset), ("field", cell.field), ("solver", cell.solver),
                          ("trace", cell.trace)):
         entry = registry.get(family, spec.name)
-        modules[entry.cls.__module__] = f"{family} {spec.name!r} (plugin {entry.plugin!r})"
-    for frame, _ in reversed(list(traceback.walk_tb(exc.__traceback__))):
+        classes[entry.cls] = modules[entry.cls.__module__] = f"{family} {spec.name!r} (plugin {entry.plugin!r})"
+    frames = [frame for frame, _ in reversed(list(traceback.walk_tb(exc.__traceback__)))]
+    for frame in frames:  # one plugin module may hold several components: the method's owner tells them apart
+        owner = frame.f_locals.get("self")
+        for cls, name in classes.items():
+            if isinstance(owner, cls):
+                return name
+    for frame in frames:
         module = frame.f_globals.get("__name__", "")
         if module in modules:
             return modules[module]
     return None
 
 
-def classify_failure(exc: BaseException, registry: Registry, cell: Cell) -> tuple[str, str]:
-    """Map an exception raised while running ``cell`` to ``(status, reason)``."""
+def classify_failure(exc: BaseException, registry: Registry, cell: Cell, tracker: PhaseTracker | None = None
+                     ) -> tuple[str, str]:
+    """Map an exception raised while running ``cell`` to ``(status, reason)``.
+
+    With ``tracker``, the reason says in which phase (and training iteration)
+    it happened and which components were running; without, it is the bare message.
+    """
+    status, detail = _classify(exc, registry, cell)
+    if tracker is None:
+        return status, detail
+    lead = {"diverged": "diverged", "budget": "over budget"}.get(status, "error")
+    return status, failure_reason(lead, cell, tracker.phase, tracker.iteration, detail, registry)
+
+
+def _classify(exc: BaseException, registry: Registry, cell: Cell) -> tuple[str, str]:
     message = one_line(exc, REASON_LIMIT)
     if isinstance(exc, Diverged):
         return "diverged", message
@@ -112,6 +238,7 @@ def plugin_metrics(registry: Registry, cell: Cell, field_module: Any, dataset: A
 
 
 def identity_columns(cell: Cell) -> dict[str, Any]:
+    """The columns that say which cell a row is: its id and every resolved component and setting."""
     return {
         "cell_id": cell.cell_id,
         "dataset": cell.dataset.name,
@@ -168,8 +295,20 @@ def _density_columns(dataset: Any, test: torch.Tensor, passes: dict[str, Evaluat
 
 
 def run_cell(cell: Cell, registry: Registry, on_iteration: IterationCallback | None = None,
-             on_phase: Callable[[str], None] | None = None) -> CellOutcome:
-    """Train and evaluate ``cell``; always return a row with a status."""
+             on_phase: Callable[[str], None] | None = None, tracker: PhaseTracker | None = None) -> CellOutcome:
+    """Train and evaluate ``cell``; always return a row with a status.
+
+    ``on_phase`` hears the progress display's phases (train, eval, ref, mass);
+    ``tracker`` (a fresh one when None) is told every phase of the cell as it
+    begins. Ctrl-C raises :class:`CellInterrupted` carrying the ``interrupted`` row.
+    """
+    tracker = tracker or PhaseTracker()
+
+    def enter(phase: str, shown: str | None = None) -> None:
+        tracker.enter(phase)
+        if shown and on_phase:
+            on_phase(shown)
+
     device = torch.device(cell.device)
     row: dict[str, Any] = identity_columns(cell)
     row.update(status="error", reason="", n_params=math.nan, nfe_expected_per_solve=math.nan,
@@ -179,68 +318,75 @@ def run_cell(cell: Cell, registry: Registry, on_iteration: IterationCallback | N
     memory.reset()
     evaluation: dict[str, EvaluationPass] = {}
     density: dict[str, Any] | None = None
-    dataset = None
-    test = None
+    interrupted = False
     started = now(device)
     try:
+        enter("data")
         dataset = registry.build("dataset", cell.dataset)
         splits = dataset.splits(cell.seed)
         train_data, test = splits.train.to(device), splits.test.to(device)
+        enter("build_field")
         field_module = seeded_field(lambda: registry.build("field", cell.field, dataset.dim), cell.seed, device)
         row["n_params"] = sum(p.numel() for p in field_module.parameters() if p.requires_grad)
+        enter("build_solver")
         solver = registry.build("solver", cell.solver)
         expected = solver.expected_nfe()
         row["nfe_expected_per_solve"] = math.nan if expected is None else expected
+        enter("build_trace")
         trace = registry.build("trace", cell.trace)
+        enter("build_eval")
+        eval_trace = registry.build("trace", cell.evaluation.trace)
+        ref_solver = registry.build("solver", cell.evaluation.ref_solver)
+        row["ref_loose"] = loose_reference(ref_solver.error_tolerance())
+        ref_dtype = getattr(torch, cell.evaluation.ref_dtype)
         if on_phase:
             on_phase("train")
         train(cell, field_module, solver, trace, train_data, record, on_iteration,
-              (registry.describe("field", cell.field.name), registry.describe("trace", cell.trace.name)))
-        eval_trace = registry.build("trace", cell.evaluation.trace)
+              (registry.describe("field", cell.field.name), registry.describe("trace", cell.trace.name)), tracker)
         labels = (registry.describe("field", cell.field.name), registry.describe("trace", cell.evaluation.trace.name))
-        if on_phase:
-            on_phase("eval")
+        enter("eval", "eval")
         evaluation["eval"] = evaluate_log_prob(field_module, solver, eval_trace, test, cell.evaluation.batch_size,
                                                "eval", max_nfe=cell.budget.max_nfe, labels=labels)
-        if on_phase:
-            on_phase("ref")
-        ref_solver = registry.build("solver", cell.evaluation.ref_solver)
+        enter("ref", "ref")
         evaluation["ref"] = evaluate_log_prob(field_module, ref_solver, eval_trace, test, cell.evaluation.batch_size,
-                                              "ref", dtype=getattr(torch, cell.evaluation.ref_dtype), labels=labels)
+                                              "ref", dtype=ref_dtype, labels=labels)
         if dataset.dim == 2 and cell.evaluation.mass_grid > 0:
-            if on_phase:
-                on_phase("mass")
+            enter("mass", "mass")
             resolution = cell.evaluation.mass_grid
             grid, cell_area = mass_grid(test, resolution)
             own_grid = evaluate_log_prob(field_module, solver, eval_trace, grid, cell.evaluation.batch_size, "eval",
                                          max_nfe=cell.budget.max_nfe, labels=labels)
+            enter("mass_ref")
             ref_grid = evaluate_log_prob(field_module, ref_solver, eval_trace, grid, cell.evaluation.batch_size, "ref",
-                                         dtype=getattr(torch, cell.evaluation.ref_dtype), labels=labels)
+                                         dtype=ref_dtype, labels=labels)
             row.update(mass=integrate_mass(own_grid.log_prob, cell_area), mass_time_s=own_grid.seconds,
                        mass_ref=integrate_mass(ref_grid.log_prob, cell_area), mass_ref_time_s=ref_grid.seconds)
+            enter("sampling")
             samples = sample_model(field_module, solver, eval_trace, DENSITY_SAMPLES,
                                    split_generator(cell.seed, "model/samples"), device)
             density = {"grid_x": grid[::resolution, 0].tolist(), "grid_y": grid[:resolution, 1].tolist(),
                        "log_prob_grid": ref_grid.log_prob.tolist(), "samples": samples.cpu().tolist(),
                        "data": test[:DENSITY_SAMPLES].cpu().tolist()}
+        enter("entropy")
+        row.update(_density_columns(dataset, test, evaluation))
+        enter("metrics")
         field_module.eval()
         row.update(plugin_metrics(registry, cell, field_module, dataset, test))
         row["status"] = "done"
     except KeyboardInterrupt:
-        row.update(status="interrupted", reason="interrupted by the user (Ctrl-C)")
-        raise
+        interrupted = True
+        row.update(status="interrupted", reason=failure_reason(INTERRUPTED, cell, tracker.phase, tracker.iteration,
+                                                               registry=registry))
     except Exception as exc:  # noqa: BLE001 - a failing cell must never kill the sweep
-        row["status"], row["reason"] = classify_failure(exc, registry, cell)
+        row["status"], row["reason"] = classify_failure(exc, registry, cell, tracker)
     finally:
         row.update(_measured_columns(record, evaluation, memory, now(device) - started))
-        if dataset is not None and test is not None and row["status"] == "done":
-            try:
-                row.update(_density_columns(dataset, test, evaluation))
-            except Exception as exc:  # noqa: BLE001
-                row["status"], row["reason"] = classify_failure(exc, registry, cell)
         row["valid"], row["validity_reason"] = validity(row) if row["status"] == "done" else (False, "")
     curves = [{"cell_id": cell.cell_id, **point} for point in record.curves()]
-    return CellOutcome(ordered(row), curves, density if row["status"] == "done" else None)
+    outcome = CellOutcome(ordered(row), curves, density if row["status"] == "done" else None)
+    if interrupted:
+        raise CellInterrupted(outcome)
+    return outcome
 
 
 def _measured_columns(record: TrainingRecord, evaluation: dict[str, EvaluationPass], memory: PeakMemory,

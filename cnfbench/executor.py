@@ -7,6 +7,11 @@ cell outlives ``--timeout``, or the worker dies (a segfault, the OOM killer),
 the worker is killed, the cell gets status ``timeout``/``error``, and a
 fresh worker takes the next cell. The worker ignores SIGINT: Ctrl-C is the
 parent's to handle.
+
+The worker writes the phase of its cell (and the training iteration) into
+one shared integer at every phase transition, so that the parent can say
+where a cell was when it had to kill or lost its worker, without a message
+per iteration.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from cnfbench.cells import Cell
-from cnfbench.columns import ordered
-from cnfbench.execute import CellOutcome, identity_columns, run_cell
+from cnfbench.dynamics import PhaseTracker, SharedInt, pack_phase, unpack_phase
+from cnfbench.execute import INTERRUPTED, CellInterrupted, CellOutcome, failed_outcome, run_cell
 from cnfbench.registry import Registry, load_registry
 
 ProgressHook = Callable[[str, Any], None]
@@ -59,9 +64,11 @@ def _receive(connection: multiprocessing.connection.Connection) -> dict[str, Any
     return json.loads(connection.recv_bytes().decode())
 
 
-def _worker_main(connection: multiprocessing.connection.Connection, plugins: list[str], autoload: bool | None) -> None:
+def _worker_main(connection: multiprocessing.connection.Connection, plugins: list[str], autoload: bool | None,
+                 where: SharedInt | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     registry = load_registry(plugins, autoload)
+    tracker = PhaseTracker(where)
     _send(connection, {"kind": "ready"})
     last_sent = 0.0
     while True:
@@ -83,25 +90,49 @@ def _worker_main(connection: multiprocessing.connection.Connection, plugins: lis
         def on_phase(name: str) -> None:
             _send(connection, {"kind": "phase", "value": name})
 
-        outcome = run_cell(cell, registry, on_iteration, on_phase)
+        outcome = run_cell(cell, registry, on_iteration, on_phase, tracker)
+        tracker.enter("result")
         _send(connection, {"kind": "result", "row": outcome.row, "curves": outcome.curves,
                            "density": outcome.density})
 
 
-class ProcessExecutor:
-    """Runs each cell in a reusable spawned worker, ending it at ``timeout`` seconds per cell."""
+def _exit_description(process: multiprocessing.process.BaseProcess) -> str:
+    """How a worker process ended: ``killed by signal 9 (SIGKILL)`` or ``exited with code 1``."""
+    process.join(5)  # the exit code is only known once the dead process is reaped
+    code = process.exitcode
+    if code is None:
+        return "it stopped answering (its connection broke) and was killed"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown signal"
+        return f"killed by signal {-code} ({name})"
+    return f"exited with code {code}"
 
-    def __init__(self, plugins: Sequence[str] = (), timeout: float | None = None, autoload: bool | None = None) -> None:
+
+class ProcessExecutor:
+    """Runs each cell in a reusable spawned worker, ending it at ``timeout`` seconds per cell.
+
+    ``registry`` (the parent's, optional) names the plugins of the components
+    in the reasons the parent writes; without it one is loaded when first needed.
+    """
+
+    def __init__(self, plugins: Sequence[str] = (), timeout: float | None = None, autoload: bool | None = None,
+                 registry: Registry | None = None) -> None:
         self.plugins = list(plugins)
         self.timeout = timeout
         self.autoload = autoload
+        self._registry = registry
         self._context = multiprocessing.get_context("spawn")
         self._process: multiprocessing.process.BaseProcess | None = None
         self._connection: multiprocessing.connection.Connection | None = None
+        self._where: SharedInt | None = None
 
     def _start(self) -> None:
         parent, child = self._context.Pipe()
-        process = self._context.Process(target=_worker_main, args=(child, self.plugins, self.autoload),
+        self._where = self._context.RawValue("q", 0)  # lock-free: one writer (the worker), one 8-byte store
+        process = self._context.Process(target=_worker_main, args=(child, self.plugins, self.autoload, self._where),
                                         name="cnfbench-worker", daemon=True)
         process.start()
         child.close()
@@ -119,13 +150,25 @@ class ProcessExecutor:
             self._connection.close()
         self._process = self._connection = None
 
-    def _failed(self, cell: Cell, status: str, reason: str) -> CellOutcome:
-        return CellOutcome(ordered({**identity_columns(cell), "status": status, "reason": reason}))
+    def _names(self) -> Registry | None:
+        if self._registry is None:
+            try:
+                self._registry = load_registry(self.plugins, self.autoload)
+            except Exception:  # noqa: BLE001 - reasons then name components without their plugins
+                return None
+        return self._registry
+
+    def _failed(self, cell: Cell, status: str, lead: str, seconds: float) -> CellOutcome:
+        """The row of a cell its worker did not finish, at the phase the worker last reported."""
+        phase, iteration = unpack_phase(self._where.value) if self._where is not None else ("start", 0)
+        return failed_outcome(cell, status, lead, seconds, phase, iteration, self._names())
 
     def run(self, cell: Cell, progress: ProgressHook) -> CellOutcome:
         if self._process is None or not self._process.is_alive():
             self._start()
-        assert self._connection is not None and self._process is not None
+        process, where = self._process, self._where
+        assert self._connection is not None and process is not None and where is not None
+        where.value = pack_phase("start")
         started = time.monotonic()
         deadline = math.inf if self.timeout is None else started + self.timeout
         try:
@@ -138,19 +181,23 @@ class ProcessExecutor:
                         return CellOutcome(message["row"], message["curves"], message.get("density"))
                     progress(message["kind"], message["value"])
                 elif time.monotonic() >= deadline:
-                    self._kill()
                     elapsed = time.monotonic() - started
-                    return self._failed(cell, "timeout", f"cell exceeded --timeout {self.timeout:g} s "
-                                                         f"(stopped after {elapsed:.1f} s)")
-                elif not self._process.is_alive():
+                    self._kill()
+                    lead = f"timeout after {elapsed:.1f} s (--timeout {self.timeout:g} s)"
+                    return self._failed(cell, "timeout", lead, elapsed)
+                elif not process.is_alive():
                     raise EOFError
         except (EOFError, OSError, ConnectionError):
-            code = self._process.exitcode if self._process is not None else None
+            elapsed = time.monotonic() - started
+            how = _exit_description(process)
             self._kill()
-            how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-            return self._failed(cell, "error", f"the worker process running the cell died ({how})")
+            return self._failed(cell, "error", f"the worker process died: {how}", elapsed)
+        except KeyboardInterrupt:
+            elapsed = time.monotonic() - started
+            self._kill()  # the cell in flight is abandoned; its row says where it was
+            raise CellInterrupted(self._failed(cell, "interrupted", INTERRUPTED, elapsed)) from None
         except BaseException:
-            self._kill()  # Ctrl-C: the cell in flight is abandoned; the caller records it as interrupted
+            self._kill()
             raise
 
     def close(self) -> None:

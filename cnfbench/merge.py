@@ -167,8 +167,9 @@ def merge_runs(out: str | os.PathLike[str], sources: Sequence[str | os.PathLike[
     store.write_run_json(provenance)
     if curves:
         store.write_curves(pd.concat(curves, ignore_index=True))
-    store.write_cells(frame)
+    stored_as_text = store.write_cells(frame)
     if copied:
         notes.append(f"copied {copied} density artifact(s) into {target / DENSITY_DIR}")
-    return MergeResult(target, len(frame), notes, [warning for run in runs for warning in run.warnings])
+    return MergeResult(target, len(frame), notes, [*(warning for run in runs for warning in run.warnings),
+                                                   *stored_as_text])
 

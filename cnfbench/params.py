@@ -33,16 +33,24 @@ def _coerce_bool(raw: Any) -> bool:
     raise ValueError("expected a boolean (true/false)")
 
 
+INT64_MAX = 2**63 - 1
+"""Largest integer a result column can store (parquet int64): no parameter may exceed it in size."""
+
+
 def _coerce_int(raw: Any) -> int:
     if isinstance(raw, bool):
         raise ValueError("expected an integer")
     if isinstance(raw, int):
-        return raw
-    if isinstance(raw, float):
-        if raw.is_integer():
-            return int(raw)
-        raise ValueError("expected an integer")
-    return int(str(raw).strip())
+        value = raw
+    elif isinstance(raw, float):
+        if not raw.is_integer():
+            raise ValueError("expected an integer")
+        value = int(raw)
+    else:
+        value = int(str(raw).strip())
+    if abs(value) > INT64_MAX:
+        raise ValueError(f"expected an integer of at most {INT64_MAX} in size")
+    return value
 
 
 def _coerce_float(raw: Any) -> float:
@@ -60,6 +68,10 @@ def _coerce_str(raw: Any) -> str:
     return str(raw).strip()
 
 
+MAX_LIST_ITEMS = 1000
+"""Most integers an ``ints`` parameter may hold (``3x64`` counts 3)."""
+
+
 def _coerce_int_list(raw: Any) -> tuple[int, ...]:
     """Accept ``64-64-64``, ``3x64`` or a sequence of integers."""
     if isinstance(raw, (list, tuple)):
@@ -68,7 +80,10 @@ def _coerce_int_list(raw: Any) -> tuple[int, ...]:
         text = str(raw).strip()
         if "x" in text and "-" not in text:
             count, width = text.split("x", 1)
-            items = [_coerce_int(width)] * _coerce_int(count)
+            repeat = _coerce_int(count)
+            if repeat > MAX_LIST_ITEMS:
+                raise ValueError(f"expected at most {MAX_LIST_ITEMS} integers")
+            items = [_coerce_int(width)] * repeat
         else:
             parts = text.split("-")
             if any(part.strip() == "" for part in parts):
@@ -76,6 +91,8 @@ def _coerce_int_list(raw: Any) -> tuple[int, ...]:
             items = [_coerce_int(part) for part in parts]
     if not items:
         raise ValueError("expected integers such as 64-64-64 or 3x64")
+    if len(items) > MAX_LIST_ITEMS:
+        raise ValueError(f"expected at most {MAX_LIST_ITEMS} integers")
     return tuple(items)
 
 
@@ -194,7 +211,7 @@ def parse_selection(item: str) -> Selection:
     """Parse one ``name[key=value,...]`` item."""
     text = item.strip()
     if not text:
-        raise ParamError("empty item in a comma list")
+        raise ParamError("empty item")
     if "[" not in text:
         if "]" in text or "=" in text:
             raise ParamError(f"malformed item {text!r}: write name[key=value,...]")
@@ -219,17 +236,29 @@ def parse_selection(item: str) -> Selection:
     return Selection(name, tuple(pairs))
 
 
-def parse_selector_list(text: str | Sequence[str]) -> list[Selection]:
-    """Parse a comma list (or a list of such lists) into selections, keeping order."""
+def parse_selector_list(text: str | Sequence[str], option: str = "") -> list[Selection]:
+    """Parse a comma list (or a list of such lists) into selections, keeping order.
+
+    ``option`` (e.g. ``--solver``) prefixes every error, which also names the item's position.
+    """
+    prefix = f"{option}: " if option else ""
     chunks = [text] if isinstance(text, str) else list(text)
     selections: list[Selection] = []
     for chunk in chunks:
         if not isinstance(chunk, str):
-            raise ParamError(f"expected a string selector, got {chunk!r}")
-        for part in split_top_level(chunk):
-            selections.append(parse_selection(part))
+            raise ParamError(f"{prefix}expected a string selector, got {chunk!r}")
+        try:
+            parts = split_top_level(chunk)
+        except ParamError as exc:
+            raise ParamError(f"{prefix}{exc}") from None
+        for position, part in enumerate(parts, start=1):
+            try:
+                selections.append(parse_selection(part))
+            except ParamError as exc:
+                where = f"item {position} of {chunk!r}" if len(parts) > 1 else repr(chunk)
+                raise ParamError(f"{prefix}{exc} ({where})") from None
     if not selections:
-        raise ParamError("empty selector")
+        raise ParamError(f"{prefix}empty selector")
     return selections
 
 

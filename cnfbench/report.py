@@ -31,9 +31,9 @@ import numpy as np
 import pandas as pd
 
 from cnfbench.columns import COLUMNS
-from cnfbench.messages import describe_exception, one_line
-from cnfbench.results import CELLS_CSV, CELLS_PARQUET, RUN_JSON, ResultsError, RunStore, load_results
-from cnfbench.summary import SUMMARY_METRICS, compact_labels, validity_notes
+from cnfbench.messages import one_line
+from cnfbench.results import CELLS_CSV, CELLS_PARQUET, RUN_JSON, ResultsError, RunStore
+from cnfbench.summary import SUMMARY_METRICS, compact_labels, flag_notes, grid_notes
 
 
 class ReportError(ValueError):
@@ -207,30 +207,15 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         if run_dir.name not in (CELLS_PARQUET, CELLS_CSV):
             raise ResultsError(f"{run_dir} is a file, not a run folder", run_dir)
         run_dir = run_dir.parent
-    warnings: list[str] = []
     parquet, csv_path = run_dir / CELLS_PARQUET, run_dir / CELLS_CSV
-    cells: pd.DataFrame | None = None
-    if parquet.exists():
-        try:
-            cells = load_results(parquet)
-        except ResultsError as exc:
-            if not csv_path.exists():
-                raise
-            warnings.append(f"{exc}; using {csv_path} instead")
-    if cells is None:
-        if not csv_path.exists():
-            raise ResultsError(f"{run_dir} holds no {CELLS_PARQUET} or {CELLS_CSV}: not a run folder", run_dir)
-        try:
-            cells = pd.read_csv(csv_path)
-        except Exception as exc:  # noqa: BLE001 - pandas raises many kinds for a damaged file
-            raise ResultsError(f"{csv_path} is unreadable: {describe_exception(exc, 200)}", csv_path) from None
-        if not parquet.exists():
-            warnings.append(f"{parquet} is missing; using {csv_path}")
+    if not parquet.exists() and not csv_path.exists():
+        raise ResultsError(f"{run_dir} holds no {CELLS_PARQUET} or {CELLS_CSV}: not a run folder", run_dir)
+    store = RunStore(run_dir)
+    cells, warnings = store.read_cells()
     missing = [c for c in ("cell_id", "status") if c not in cells.columns]
     if missing:
         source = parquet if not warnings else csv_path
         raise ResultsError(f"{source} has no {' or '.join(missing)} column: not a cnfbench results file", source)
-    store = RunStore(run_dir)
     try:
         curves = store.read_curves()
     except ResultsError as exc:
@@ -478,7 +463,8 @@ def pivot(cells: pd.DataFrame, rows: Sequence[str] = (), cols: Sequence[str] = (
     if any(e.flagged for e in entries.values()):
         result.notes.append("(!) = a cell of this entry is flagged: its training solver's density is not normalized "
                             "(nll below the true entropy or mass off 1), so it is never marked best:")
-        result.notes.extend(dict.fromkeys(validity_notes(cells)))
+        result.notes.extend(dict.fromkeys(flag_notes(cells)))
+    result.notes.extend(grid_notes(cells))
     return result
 
 

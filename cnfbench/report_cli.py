@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from cnfbench.cli import fail, main
+from cnfbench.output_paths import OutputPathError, check_output_dir, check_output_file
 from cnfbench.results import ResultsError, atomic_write
 
 FORMAT_HELP = "write the table as {what} to this file ('-' = standard output)"
@@ -33,6 +34,19 @@ def _load(paths: tuple[str, ...]) -> list:
             click.echo(f"warning: {warning}", err=True)
         runs.append(run)
     return runs
+
+
+def _check_outputs(files: dict[str, str | None], folders: dict[str, Path | None] | None = None) -> None:
+    """Fail with one line, before any work, when an output file or folder cannot be written."""
+    try:
+        for what, path in files.items():
+            if path and path != "-":
+                check_output_file(path, what)
+        for what, folder in (folders or {}).items():
+            if folder is not None:
+                check_output_dir(folder, what)
+    except OutputPathError as exc:
+        raise fail(str(exc)) from None
 
 
 def _emit(path: str | None, render: Callable[[], str], what: str) -> bool:
@@ -83,9 +97,13 @@ def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...
     """
     from cnfbench import report as rep
 
+    files = {"Markdown": markdown_path, "CSV": csv_path, "LaTeX": latex_path, "JSON": json_path}
+    _check_outputs(files, {"plots and HTML": out_dir} if plots or html else None)
     loaded = _load(runs)
     if (plots or html) and out_dir is None and len(loaded) > 1:
         raise fail("--plots/--html with several runs need --out DIR (or merge them first with 'cnfbench merge')")
+    if (plots or html) and out_dir is None:
+        _check_outputs({}, {"plots and HTML": loaded[0].path})
     cells = rep.combine(loaded)
     if cells.empty:
         raise fail(f"no cells in {', '.join(str(run.path) for run in loaded)}")
@@ -153,6 +171,7 @@ def compare(base: str, new: str, metrics: tuple[str, ...], factor: float, alpha:
     from cnfbench import compare as cmp
     from cnfbench.report import ReportError, split_list
 
+    _check_outputs({"Markdown": markdown_path, "JSON": json_path})
     base_run, new_run = _load((base, new))
     try:
         comparison = cmp.compare_runs(base_run, new_run, split_list(metrics) or None, factor, alpha, ignore_versions)
@@ -169,15 +188,16 @@ def compare(base: str, new: str, metrics: tuple[str, ...], factor: float, alpha:
 
 
 @main.command()
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out")
 @click.argument("runs", nargs=-1, required=True)
-def merge(out: Path, runs: tuple[str, ...]) -> None:
+def merge(out: str, runs: tuple[str, ...]) -> None:
     """Combine run folders (from several machines) into the new run folder OUT, keeping their provenance.
 
     A cell found in several runs is kept once: a done row wins, else the newest run's row.
     """
     from cnfbench.merge import merge_runs
 
+    _check_outputs({}, {"the merged run": out})
     try:
         result = merge_runs(out, runs, sys.argv)
     except (ResultsError, ValueError) as exc:

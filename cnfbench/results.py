@@ -76,9 +76,17 @@ class RunStore:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
 
-    def write_cells(self, frame: pd.DataFrame) -> None:
-        atomic_write(self.run_dir / CELLS_PARQUET, lambda tmp: frame.to_parquet(tmp, index=False))
+    def write_cells(self, frame: pd.DataFrame) -> list[str]:
+        """Write the rows to ``cells.parquet`` and ``cells.csv``; return warnings (one per column stored as text).
+
+        A row is never dropped: a column whose values parquet cannot store as they are (an integer beyond
+        64 bits, numbers and strings mixed across cells) is stored as text instead, with a warning.
+        """
+        storable, converted = storable_frame(frame)
+        atomic_write(self.run_dir / CELLS_PARQUET, lambda tmp: storable.to_parquet(tmp, index=False))
         atomic_write(self.run_dir / CELLS_CSV, lambda tmp: frame.to_csv(tmp, index=False))
+        return [f"column {name!r} of {self.run_dir / CELLS_PARQUET} holds values parquet cannot store as they are "
+                f"({why}); stored as text" for name, why in converted.items()]
 
     def write_curves(self, frame: pd.DataFrame) -> None:
         atomic_write(self.run_dir / CURVES_PARQUET, lambda tmp: frame.to_parquet(tmp, index=False))
@@ -86,19 +94,32 @@ class RunStore:
     def write_run_json(self, data: dict[str, Any]) -> None:
         write_json(self.run_dir / RUN_JSON, data)
 
-    def read_cells(self) -> pd.DataFrame:
-        """The cell rows; when the parquet file is damaged but the CSV copy is intact, the CSV's rows."""
+    def read_cells(self) -> tuple[pd.DataFrame, list[str]]:
+        """The cell rows and warnings about what was damaged; an empty frame when the folder has no rows yet.
+
+        A damaged ``cells.parquet`` next to an intact ``cells.csv`` is set aside as
+        ``cells.parquet.damaged-TIME`` (so that no later write overwrites it) and the CSV's rows are used.
+        Raises :class:`ResultsError` naming the file when no copy can be read.
+        """
+        parquet, csv = self.run_dir / CELLS_PARQUET, self.run_dir / CELLS_CSV
+        if not parquet.exists():
+            if not csv.exists():
+                return pd.DataFrame(), []
+            return _read_csv(csv), [f"{parquet} is missing; using {csv}"]
         try:
-            return _read_parquet(self.run_dir / CELLS_PARQUET)
-        except ResultsError:
-            csv = self.run_dir / CELLS_CSV
+            return _read_parquet(parquet), []
+        except ResultsError as damaged:
+            if not csv.exists():
+                raise damaged from None
             try:
-                fallback = pd.read_csv(csv) if csv.exists() else None
-            except Exception:  # noqa: BLE001 - both copies damaged: report the parquet one
-                fallback = None
-            if fallback is None or "cell_id" not in fallback:
-                raise
-            return fallback
+                fallback = _read_csv(csv)
+            except ResultsError as also:
+                raise ResultsError(f"{also}; {damaged}", csv) from None
+            try:
+                where = f"set aside as {self.set_aside(parquet).name}"  # type: ignore[union-attr]
+            except OSError as exc:
+                where = f"could not set it aside ({exc.strerror or type(exc).__name__})"
+            return fallback, [f"{damaged}; {where}; using {csv}"]
 
     def set_aside(self, path: Path) -> Path | None:
         """Rename a damaged file to ``NAME.damaged-TIMESTAMP`` so that nothing is overwritten; return the new path."""
@@ -106,6 +127,10 @@ class RunStore:
             return None
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         target = path.with_name(f"{path.name}.damaged-{stamp}")
+        counter = 1
+        while target.exists():  # a second damaged copy in the same second must not replace the first
+            counter += 1
+            target = path.with_name(f"{path.name}.damaged-{stamp}-{counter}")
         os.replace(path, target)
         return target
 
@@ -134,6 +159,40 @@ def _read_parquet(path: Path) -> pd.DataFrame:
         raise ResultsError(f"{path} is unreadable: {describe_exception(exc, 200)}", path) from None
 
 
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path)
+    except Exception as exc:  # noqa: BLE001 - pandas raises many kinds for a damaged file
+        raise ResultsError(f"{path} is unreadable: {describe_exception(exc, 200)}", path) from None
+    if "cell_id" not in frame:
+        raise ResultsError(f"{path} has no cell_id column: not a cnfbench results file", path)
+    return frame
+
+
+def storable_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """``frame`` with every column parquet cannot store as it is turned into text, and why, by column name."""
+    import pyarrow as pa
+
+    converted: dict[str, str] = {}
+    columns = {}
+    for name in frame.columns:
+        column = frame[name]
+        try:
+            pa.array(column, from_pandas=True)
+            columns[name] = column
+        except (pa.ArrowException, OverflowError, TypeError, ValueError) as exc:
+            converted[str(name)] = one_line(exc, 120)
+            columns[name] = column.map(lambda value: None if _missing(value) else str(value)).astype(object)
+    return (pd.DataFrame(columns, index=frame.index) if converted else frame), converted
+
+
+def _missing(value: Any) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def load_results(path: str | os.PathLike[str]) -> pd.DataFrame:
     """The cell rows of a run folder (or of a ``cells.parquet`` file) as a DataFrame."""
     target = Path(path)
@@ -142,3 +201,26 @@ def load_results(path: str | os.PathLike[str]) -> pd.DataFrame:
     if not target.exists():
         raise ResultsError(f"no results at {target}")
     return _read_parquet(target)
+
+
+_TEMPORARY_PATTERN = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # what atomic_write's mkstemp names look like
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the temporary files a killed writer left in ``run_dir`` (and its subfolders); return them.
+
+    Only :func:`atomic_write`'s own names (``.NAME.XXXXXXXX.tmp``) are touched.
+    Call it before a run writes anything: the run folder has one writer, so
+    any temporary file there at that moment belongs to a writer that is gone.
+    """
+    removed: list[Path] = []
+    if not run_dir.is_dir():
+        return removed
+    for path in sorted(run_dir.rglob(".*.tmp")):
+        if _TEMPORARY_PATTERN.match(path.name) and path.is_file() and not path.is_symlink():
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+    return removed

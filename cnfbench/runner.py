@@ -11,6 +11,7 @@ flight is recorded as ``interrupted`` and the run returns what it has.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,19 @@ from typing import Any
 import pandas as pd
 
 from cnfbench.cells import Cell
-from cnfbench.columns import ordered
-from cnfbench.execute import identity_columns
+from cnfbench.execute import interrupted_outcome
 from cnfbench.executor import Executor
 from cnfbench.plots import write_density_artifacts
 from cnfbench.progress import Progress
 from cnfbench.registry import Registry
-from cnfbench.results import ResultsError, RunStore, check_run_name
+from cnfbench.results import (
+    CELLS_CSV,
+    CELLS_PARQUET,
+    ResultsError,
+    RunStore,
+    check_run_name,
+    remove_stale_temporaries,
+)
 
 
 @dataclass
@@ -45,6 +52,8 @@ def default_run_name() -> str:
 def run_directory(out: str | Path, name: str) -> Path:
     """``out/name``, refusing names that would leave ``out``."""
     check_run_name(name)
+    if "\x00" in str(out) or not str(out).strip():
+        raise ValueError(f"invalid output folder {str(out)!r}: give a folder name without NUL characters")
     root = Path(out).expanduser().resolve()
     run_dir = (root / name).resolve()
     if run_dir.parent != root:
@@ -60,15 +69,34 @@ def _upsert(frame: pd.DataFrame, row: dict[str, Any]) -> pd.DataFrame:
     return pd.concat([kept, new], ignore_index=True)
 
 
-def _read_or_set_aside(store: RunStore, read: str, progress: Progress) -> pd.DataFrame:
-    """Read a results table; a damaged one is renamed aside (never overwritten) and the run starts it anew."""
+def _read_existing_cells(store: RunStore, progress: Progress) -> pd.DataFrame:
+    """The rows already in the folder; damaged copies are set aside (never overwritten), as the README says."""
     try:
-        return getattr(store, read)()
+        frame, warnings = store.read_cells()
+    except ResultsError as exc:
+        aside = [store.set_aside(store.run_dir / name) for name in (CELLS_PARQUET, CELLS_CSV)]
+        kept = ", ".join(path.name for path in aside if path is not None)
+        progress.message(f"warning: {exc}; no copy of the rows is readable; kept as {kept}; starting the table anew")
+        return pd.DataFrame()
+    for warning in warnings:
+        progress.message(f"warning: {warning}")
+    return frame
+
+
+def _read_existing_curves(store: RunStore, progress: Progress) -> pd.DataFrame:
+    """The training curves already in the folder; a damaged file is set aside and the curves start anew."""
+    try:
+        return store.read_curves()
     except ResultsError as exc:
         damaged = store.set_aside(exc.path) if exc.path else None
         where = f"; kept as {damaged.name}" if damaged else ""
         progress.message(f"warning: {exc}{where}")
         return pd.DataFrame()
+
+
+def _write_cells(store: RunStore, frame: pd.DataFrame, progress: Progress) -> None:
+    for warning in store.write_cells(frame):
+        progress.message(f"warning: {warning}")
 
 
 def _notify_finished(registry: Registry, row: dict[str, Any], run_dir: Path, progress: Progress) -> None:
@@ -91,8 +119,9 @@ def execute_run(
 ) -> RunResult:
     """Run every cell not already done in ``run_dir`` and return all rows of the folder."""
     store = RunStore(run_dir)
-    existing = _read_or_set_aside(store, "read_cells", progress)
-    curves = _read_or_set_aside(store, "read_curves", progress)
+    remove_stale_temporaries(run_dir)  # left by a writer killed mid-write: this run is now the folder's one writer
+    existing = _read_existing_cells(store, progress)
+    curves = _read_existing_curves(store, progress)
     try:
         previous = store.read_run_json()
     except ResultsError as exc:
@@ -123,13 +152,13 @@ def execute_run(
 
     for index, cell in enumerate(todo, start=1):
         progress.start_cell(index, cell)
+        started = time.monotonic()
         try:
             outcome = executor.run(cell, on_progress)
-        except KeyboardInterrupt:
-            row = ordered({**identity_columns(cell), "status": "interrupted",
-                           "reason": "interrupted by the user (Ctrl-C)"})
+        except KeyboardInterrupt as exc:
+            row = interrupted_outcome(cell, exc, time.monotonic() - started).row
             frame = _upsert(frame, row)
-            store.write_cells(frame)
+            _write_cells(store, frame, progress)
             progress.end_cell(row)
             return RunResult(run_dir, frame, ran, skipped, interrupted=True)
         frame = _upsert(frame, outcome.row)
@@ -141,7 +170,7 @@ def execute_run(
             store.write_curves(curves)
         if outcome.density is not None:
             write_density_artifacts(run_dir, cell.cell_id, **outcome.density)
-        store.write_cells(frame)
+        _write_cells(store, frame, progress)
         ran += 1
         progress.end_cell(outcome.row)
         _notify_finished(registry, outcome.row, run_dir, progress)

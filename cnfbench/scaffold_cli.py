@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from cnfbench.cli import fail, main
+from cnfbench.output_paths import OutputPathError, check_output_dir
 from cnfbench.scaffold import (
     DEFAULT_FAMILIES,
     FAMILY_ORDER,
@@ -32,8 +33,9 @@ def new_plugin(name: str, families: tuple[str, ...], directory: Path) -> None:
     """
     try:
         chosen = parse_families(families or DEFAULT_FAMILIES)
+        check_output_dir(directory, "the plugin")
         target = write_plugin(name, chosen, directory)
-    except ScaffoldError as exc:
+    except (ScaffoldError, OutputPathError) as exc:
         raise fail(str(exc)) from None
     except OSError as exc:
         raise fail(f"cannot write the plugin into {str(directory)!r}: {exc.strerror or exc}") from None

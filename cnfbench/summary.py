@@ -13,6 +13,8 @@ import re
 
 import pandas as pd
 
+from cnfbench.validity import grid_resolution_note
+
 FAMILY_SPECS = ("dataset_spec", "field_spec", "solver_spec", "trace_spec")
 
 # (column in cells.parquet, header printed, scale factor, decimals)
@@ -104,12 +106,44 @@ def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def validity_notes(cells: pd.DataFrame) -> list[str]:
+    """One line per flagged cell (why its likelihood cannot be a normalized density), then warnings."""
+    return flag_notes(cells) + grid_notes(cells) + loose_reference_notes(cells)
+
+
+def loose_reference_notes(cells: pd.DataFrame) -> list[str]:
+    """A warning naming the reference solves that were accepted although fixed-step or loose."""
+    if cells.empty or "ref_loose" not in cells:
+        return []
+    loose = cells[cells["ref_loose"].astype("boolean").fillna(False).astype(bool)]
+    return [f"warning: nll_ref of {len(loose)} cell(s) comes from the loose reference solve {spec} "
+            "(--allow-loose-ref): it is only as exact as that solve"
+            for spec in loose["ref_solver_spec"].drop_duplicates()]
+
+
+def flag_notes(cells: pd.DataFrame) -> list[str]:
     """One line per flagged cell: why its reported likelihood cannot be a normalized density."""
     if cells.empty or "valid" not in cells:
         return []
-    flagged = cells[(cells["status"] == "done") & ~cells["valid"].fillna(True).astype(bool)]
+    done = cells[cells["status"] == "done"]
+    flagged = done[~done["valid"].fillna(True).astype(bool)]
     return [f"(!) {row.solver_spec} seed {row.seed} on {row.dataset}: {row.validity_reason}"
             for row in flagged.itertuples()]
+
+
+def grid_notes(cells: pd.DataFrame) -> list[str]:
+    """One warning per dataset whose mass grid was too coarse to resolve the reference density."""
+    if cells.empty or "mass_ref" not in cells or "status" not in cells:
+        return []
+    done = cells[cells["status"] == "done"]
+    worst: dict[str, tuple[float, str]] = {}  # one grid warning per dataset: its least resolved cell's
+    for row in done.to_dict("records"):
+        note = grid_resolution_note(row)
+        if note:
+            off = abs(float(row["mass_ref"]) - 1.0)
+            dataset = str(row.get("dataset_spec", row.get("dataset")))
+            if off > worst.get(dataset, (-1.0, ""))[0]:
+                worst[dataset] = (off, f"warning: {dataset}: {note}")
+    return [note for _, note in worst.values()]
 
 
 def render(table: pd.DataFrame, notes: list[str] | None = None) -> str:

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from cnfbench.cells import Cell
 from cnfbench.contracts import Solver, TraceEstimator, VectorField, split_generator
-from cnfbench.dynamics import CNFDynamics, NFECounter, log_likelihood
+from cnfbench.dynamics import CNFDynamics, NFECounter, PhaseTracker, log_likelihood
 from cnfbench.measure import now
 
 IterationCallback = Callable[[int, float], None]
@@ -96,11 +96,14 @@ def train(
     record: TrainingRecord,
     on_iteration: IterationCallback | None = None,
     labels: tuple[str, str] | None = None,
+    tracker: PhaseTracker | None = None,
 ) -> None:
     """Train ``field_module`` in place, filling ``record``; raise :class:`Diverged` on a non-finite loss.
 
-    ``labels`` name the field and trace in contract-violation messages.
+    ``labels`` name the field and trace in contract-violation messages; ``tracker`` is told when each
+    iteration's forward solve and backward pass begin (so :class:`Diverged` messages leave the iteration out).
     """
+    tracker = tracker or PhaseTracker()
     device = train_data.device
     counter = NFECounter(max_per_solve=cell.budget.max_nfe)
     field_label, trace_label = labels or (repr(cell.field.name), repr(cell.trace.name))
@@ -113,6 +116,7 @@ def train(
     start = now(device)
     try:
         for iteration in range(1, cell.budget.iterations + 1):
+            tracker.enter("train_forward", iteration)
             began = now(device)
             x = next(batches)
             optimizer.zero_grad(set_to_none=True)
@@ -120,10 +124,10 @@ def train(
             forward_nfe = counter.current
             loss_value = loss.item()
             if not math.isfinite(loss_value):
-                raise Diverged(f"non-finite training loss ({loss_value}) at iteration {iteration}")
+                raise Diverged(f"non-finite training loss ({loss_value})")
             if record.losses and loss_value > exploded_above(record.losses[0]):
-                raise Diverged(f"training loss exploded to {loss_value:.4g} nats at iteration {iteration} "
-                               f"(first loss {record.losses[0]:.4g})")
+                raise Diverged(f"training loss exploded to {loss_value:.4g} nats (first loss {record.losses[0]:.4g})")
+            tracker.enter("train_backward", iteration)
             counter.start("backward")
             loss.backward()
             backward_nfe = counter.current

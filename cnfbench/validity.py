@@ -6,6 +6,13 @@ grid covering the test data (``mass`` with the training solver, ``mass_ref``
 with the reference solve); a row is flagged when its ``nll`` is below the
 true entropy on the same test samples (by more than two paired standard
 errors) or when its ``mass`` is off 1 by more than :data:`MASS_TOLERANCE`.
+
+The reference mass is the grid's own quadrature check: the reference solve
+defines a normalized density, so a ``mass_ref`` off 1 means the grid is too
+coarse (or too small) to integrate it. Then ``mass`` cannot be judged against
+1, and is judged against ``mass_ref`` instead (the same grid, the same
+quadrature error): flagged when ``|mass / mass_ref - 1|`` exceeds the
+tolerance. :func:`grid_resolution_note` says which grid to use.
 """
 
 from __future__ import annotations
@@ -21,6 +28,15 @@ MASS_TOLERANCE = 0.03
 
 ENTROPY_SIGMAS = 2.0
 """How many paired standard errors below the entropy an ``nll`` must be to be flagged."""
+
+REFERENCE_TOLERANCE = 1e-6
+"""Loosest error tolerance a reference solver may have for ``nll_ref`` to count as the field's density."""
+
+
+def loose_reference(tolerance: float | None) -> bool:
+    """Whether a reference solver with this :meth:`~cnfbench.contracts.Solver.error_tolerance` is too loose."""
+    return tolerance is None or not tolerance <= REFERENCE_TOLERANCE
+
 
 GRID_PADDING = 0.25
 """Fraction of the data's extent added on every side of the integration box."""
@@ -59,12 +75,38 @@ def validity(row: dict[str, Any]) -> tuple[bool, str]:
         if nll < entropy - margin:
             problems.append(f"nll {nll:.3f} is below the true entropy {entropy:.3f} nats on the same test samples "
                             f"(by {entropy - nll:.3f}, paired stderr {gap_stderr:.3f}): not a normalized density")
-    mass = row.get("mass")
+    mass, mass_ref = row.get("mass"), row.get("mass_ref")
     if mass is not None and not (isinstance(mass, float) and math.isnan(mass)):
-        if not _finite(mass) or abs(mass - 1.0) > MASS_TOLERANCE:
-            problems.append(f"the training solver's density integrates to {mass:.3f}, not 1 (tolerance "
-                            f"{MASS_TOLERANCE})")
+        if grid_resolves(mass_ref):
+            if not _finite(mass) or abs(mass - 1.0) > MASS_TOLERANCE:
+                problems.append(f"the training solver's density integrates to {mass:.3f}, not 1 (tolerance "
+                                f"{MASS_TOLERANCE})")
+        elif not _finite(mass) or abs(mass / mass_ref - 1.0) > MASS_TOLERANCE:
+            problems.append(f"the training solver's density integrates to {mass:.3f} on a grid where the reference "
+                            f"solve's integrates to {mass_ref:.3f} (ratio {mass / mass_ref:.3f}, not 1, tolerance "
+                            f"{MASS_TOLERANCE}; the grid is too coarse to resolve 1)")
     return (not problems), "; ".join(problems)
+
+
+def grid_resolves(mass_ref: Any) -> bool:
+    """Whether the grid integrates the reference density to 1 (or there is no reference mass to tell)."""
+    return not _finite(mass_ref) or mass_ref <= 0 or abs(mass_ref - 1.0) <= MASS_TOLERANCE
+
+
+def suggested_grid(resolution: int, mass_ref: float) -> int:
+    """Points per axis that should bring the midpoint rule's error (∝ 1/resolution²) within a third of the tolerance."""
+    error = abs(mass_ref - 1.0)
+    return max(80, math.ceil(resolution * math.sqrt(error / (MASS_TOLERANCE / 3))))
+
+
+def grid_resolution_note(row: dict[str, Any]) -> str:
+    """A warning when the mass grid of a finished row is too coarse to resolve a density, else ``""``."""
+    mass_ref, resolution = row.get("mass_ref"), row.get("mass_grid")
+    if grid_resolves(mass_ref) or not _finite(resolution) or resolution <= 0:
+        return ""
+    return (f"the {int(resolution)}x{int(resolution)} mass grid integrates the reference density to {mass_ref:.3f}, "
+            f"not 1: too coarse to check mass against 1, so mass was judged against mass_ref; use --mass-grid "
+            f"{suggested_grid(int(resolution), mass_ref)} or more")
 
 
 def _finite(value: Any) -> bool:

@@ -90,7 +90,8 @@ def trace_by_forward_jacobian(weights: list[Tensor], slopes: list[Tensor], batch
 
 
 FIELD_PARAMS = (
-    Param("hidden", "ints", (64, 64, 64), "hidden widths, e.g. 64-64-64 or 3x64", minimum=1),
+    Param("hidden", "ints", (64, 64, 64), "hidden widths, e.g. 64-64-64 or 3x64", minimum=1,
+          maximum=65536),
     Param("activation", "str", "tanh", "nonlinearity between layers", choices=tuple(ACTIVATIONS)),
 )
 

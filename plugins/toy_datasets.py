@@ -278,8 +278,9 @@ class GaussianMixture(KnownDensity):
     name = "gaussian_mixture"
     description = "Mixture of `components` equal isotropic Gaussians in `dim` D, means at radius ~`spread`, std `scale`"
     params = (
-        Param("dim", "int", 2, "dimension of the data", minimum=1),
-        Param("components", "int", 8, "number of equally weighted components", minimum=1),
+        Param("dim", "int", 2, "dimension of the data", minimum=1, maximum=100000),
+        Param("components", "int", 8, "number of equally weighted components", minimum=1,
+              maximum=100000),
         Param("spread", "float", 4.0, "typical distance of a component mean from the origin", minimum=0.0),
         Param("scale", "float", 0.5, "isotropic standard deviation of each component", minimum=1e-6),
         *SPLIT_PARAMS,

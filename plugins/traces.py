@@ -281,7 +281,7 @@ class HutchinsonTrace(StochasticTrace):
     name = "hutchinson"
     description = "Hutchinson estimator e^T J e averaged over k probes fixed per solve (unbiased)"
     params = (NOISE, Param("probes", "int", 1, "probes per solve; the estimate is the mean of their k estimates",
-                           minimum=1))
+                           minimum=1, maximum=100000))
 
     def begin_solve(self, z: Tensor, generator: torch.Generator | None) -> None:
         probes = int(self.setting("probes"))
@@ -326,7 +326,7 @@ class HutchPlusPlusTrace(StochasticTrace):
     name = "hutchpp"
     description = "Hutch++: exact trace on a sketched dominant subspace + Hutchinson on the rest (unbiased)"
     params = (NOISE, MultipleParam("probes", "int", 6, "matrix-vector products per evaluation (a multiple of 3)",
-                                   minimum=3, multiple_of=3))
+                                   minimum=3, maximum=99999, multiple_of=3))
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)

@@ -103,23 +103,86 @@ class GoodHeun(Solver):
     description = "fixed-step Heun"
     params = (Param("steps", "int", 10, "equal steps", minimum=1),)
     nfe_per_step = 2
+    order = 2
 
     def integrate(self, dynamics: nn.Module, state: tuple[Tensor, ...], t0: float, t1: float) -> tuple[Tensor, ...]:
         steps = self.steps_taken()
-        h = (t1 - t0) / steps
+        h = self.step(t0, t1, steps)
         y = state
         for i in range(steps):
-            t = torch.tensor(t0 + i * h, dtype=y[0].dtype, device=y[0].device)
-            k1 = dynamics(t, y)
-            k2 = dynamics(t + h, tuple(a + h * b for a, b in zip(y, k1, strict=True)))
+            start, end = (torch.tensor(time, dtype=y[0].dtype, device=y[0].device)
+                          for time in self.stage_times(t0, t0 + i * h, h))
+            k1 = dynamics(start, y)
+            k2 = dynamics(end, tuple(a + h * b for a, b in zip(y, k1, strict=True)))
             y = tuple(a + h / 2 * (b + c) for a, b, c in zip(y, k1, k2, strict=True))
         return y
 
     def steps_taken(self) -> int:
         return int(self.config["steps"])
 
+    def step(self, t0: float, t1: float, steps: int) -> float:
+        return (t1 - t0) / steps
+
+    def stage_times(self, t0: float, t: float, h: float) -> tuple[float, float]:
+        """The times of Heun's two stages in the step from ``t`` to ``t + h`` of a solve starting at ``t0``."""
+        return t, t + h
+
     def expected_nfe(self) -> int | None:
         return 2 * int(self.config["steps"])
+
+
+class GoodEuler(Solver):
+    name = "good_euler"
+    description = "fixed-step Euler"
+    params = (Param("steps", "int", 10, "equal steps", minimum=1),)
+    nfe_per_step = 1
+    order = 1
+
+    def integrate(self, dynamics: nn.Module, state: tuple[Tensor, ...], t0: float, t1: float) -> tuple[Tensor, ...]:
+        steps = int(self.config["steps"])
+        h = (t1 - t0) / steps
+        y = state
+        for i in range(steps):
+            k = dynamics(torch.tensor(t0 + i * h, dtype=y[0].dtype, device=y[0].device), y)
+            y = tuple(a + h * b for a, b in zip(y, k, strict=True))
+        return y
+
+    def expected_nfe(self) -> int | None:
+        return int(self.config["steps"])
+
+
+class GoodAdaptiveHeun(Solver):
+    """Heun's method with Euler's as the embedded error estimate (the pair of torchdiffeq's adaptive_heun)."""
+
+    name = "good_adaptive_heun"
+    description = "adaptive Heun-Euler pair"
+    params = (Param("rtol", "float", 1e-5, "relative tolerance", minimum=0.0),
+              Param("atol", "float", 1e-5, "absolute tolerance", minimum=0.0))
+    adaptive = True
+    order = 2
+
+    def integrate(self, dynamics: nn.Module, state: tuple[Tensor, ...], t0: float, t1: float) -> tuple[Tensor, ...]:
+        rtol, atol = float(self.config["rtol"]), float(self.config["atol"])
+        y, t, h = state, t0, (t1 - t0) / 8
+        for _ in range(100000):
+            if t == t1:
+                return y
+            last = abs(h) >= abs(t1 - t)
+            h = t1 - t if last else h
+            start, end = (torch.tensor(time, dtype=y[0].dtype, device=y[0].device)
+                          for time in self.stage_times(t0, t, h))
+            k1 = dynamics(start, y)
+            k2 = dynamics(end, tuple(a + h * b for a, b in zip(y, k1, strict=True)))
+            new = tuple(a + h / 2 * (b + c) for a, b, c in zip(y, k1, k2, strict=True))
+            ratio = max(((c - b).abs() * abs(h) / 2 / (atol + rtol * torch.maximum(a.abs(), n.abs()))).max().item()
+                        for a, b, c, n in zip(y, k1, k2, new, strict=True))
+            if ratio <= 1:
+                y, t = new, t1 if last else t + h
+            h *= min(5.0, max(0.2, 0.9 / max(ratio, 1e-12) ** 0.5))
+        raise RuntimeError("more than 100000 steps")
+
+    def stage_times(self, t0: float, t: float, h: float) -> tuple[float, float]:
+        return t, t + h
 
 
 class GoodExact(TraceEstimator):
@@ -202,16 +265,16 @@ def make_plugin(name: str, **hooks: list[type]) -> types.ModuleType:
     return module
 
 
-GOOD_PLUGIN = make_plugin("good_plugin", fields=[GoodField], solvers=[GoodHeun], traces=[GoodExact, GoodHutchinson],
-                          datasets=[GoodGaussian])
+GOOD_PLUGIN = make_plugin("good_plugin", fields=[GoodField], solvers=[GoodHeun, GoodEuler],
+                          traces=[GoodExact, GoodHutchinson], datasets=[GoodGaussian])
 
 # The pytest helper: one test per component of the plugin.
 test_good_plugin_conformance = conformance_tests(GOOD_PLUGIN)
 
 
 def test_check_plugin_lists_what_it_checked() -> None:
-    assert check_plugin(GOOD_PLUGIN) == ["dataset 'good_gaussian'", "field 'good_field'", "solver 'good_heun'",
-                                         "trace 'good_exact'", "trace 'good_hutchinson'"]
+    assert check_plugin(GOOD_PLUGIN) == ["dataset 'good_gaussian'", "field 'good_field'", "solver 'good_euler'",
+                                         "solver 'good_heun'", "trace 'good_exact'", "trace 'good_hutchinson'"]
 
 
 def test_plugin_components_of_a_builtin_module_by_name() -> None:
@@ -289,6 +352,47 @@ class DetachingHeun(GoodHeun):
     def integrate(self, dynamics: nn.Module, state: tuple[Tensor, ...], t0: float, t1: float) -> tuple[Tensor, ...]:
         with torch.no_grad():
             return super().integrate(dynamics, state, t0, t1)
+
+
+class StopShortHeun(GoodHeun):
+    """Steps (t1 - t0) / (steps + 1): it stops one step short of t1."""
+
+    name = "stop_short"
+
+    def step(self, t0: float, t1: float, steps: int) -> float:
+        return (t1 - t0) / (steps + 1)
+
+
+class TimelessHeun(GoodHeun):
+    """Passes the solve's t0 to every stage: it ignores time."""
+
+    name = "timeless_heun"
+
+    def stage_times(self, t0: float, t: float, h: float) -> tuple[float, float]:
+        return t0, t0
+
+
+class StepStartHeun(GoodHeun):
+    """Evaluates both stages at the step's start: second order on autonomous ODEs, first order otherwise."""
+
+    name = "step_start_heun"
+
+    def stage_times(self, t0: float, t: float, h: float) -> tuple[float, float]:
+        return t, t
+
+
+class EulerClaimingOrder2(GoodEuler):
+    name = "euler_claiming_order_2"
+    order = 2
+
+
+class TimelessAdaptiveHeun(GoodAdaptiveHeun):
+    """An adaptive solver that passes the solve's t0 to every evaluation."""
+
+    name = "timeless_adaptive"
+
+    def stage_times(self, t0: float, t: float, h: float) -> tuple[float, float]:
+        return t0, t0
 
 
 class NegatedExact(GoodExact):
@@ -387,6 +491,20 @@ BROKEN = [
     pytest.param(check_solver, MiscountingHeun, "expected_nfe\\(\\) is 10 but .* evaluated the dynamics 20 times",
                  id="solver-miscounting"),
     pytest.param(check_solver, DetachingHeun, "no gradient reaches the initial state", id="solver-detaching"),
+    pytest.param(check_solver, StopShortHeun, r"on dz/dt = 1 from t=1 to t=0 with steps=10 the result is -0.909091, "
+                                              r"expected -1 \(does it stop short of t1\? it covers 90.9% of the "
+                                              r"interval\)", id="solver-stopping-short"),
+    pytest.param(check_solver, TimelessHeun, r"on dz/dt = t from t=1 to t=0 with steps=10 the result is -1, expected "
+                                             r"-0.5: .*it passes t=1 to the dynamics at every evaluation: it ignores "
+                                             r"time", id="solver-ignoring-t"),
+    pytest.param(check_solver, StepStartHeun, r"converges at order 2.0 on the autonomous dz/dt = A z but only at order "
+                                              r"1.0 when the field depends on t: .* it evaluates the dynamics at the "
+                                              r"wrong times", id="solver-stages-at-step-start"),
+    pytest.param(check_solver, EulerClaimingOrder2, r"declares order 2 but converges at order 1.0: on dz/dt = .* "
+                                                    r"\(steps=64\); declare order = 1", id="solver-order-overclaimed"),
+    pytest.param(check_solver, TimelessAdaptiveHeun, r"on dz/dt = t from t=1 to t=0 with rtol=atol=1e-06 the result "
+                                                     r"is -1, expected -0.5: .*it ignores time",
+                 id="solver-adaptive-ignoring-t"),
     pytest.param(check_trace, NegatedExact, "wrong sign", id="trace-wrong-sign"),
     pytest.param(check_trace, RedrawingHutchinson, "two calls within one solve .* gave different divergences",
                  id="trace-redrawing-probe"),
@@ -413,6 +531,45 @@ def test_broken_component_is_rejected_with_the_problem_named(
     assert message.startswith(f"{check.__name__.removeprefix('check_')} "), message
     assert repr(cls.name) in message or cls.__qualname__ in message, message  # the component is named
     assert isinstance(info.value, AssertionError)
+
+
+class StepSizeHeun(GoodHeun):
+    """Heun on a ``step_size`` grid (the kit refines ``step_size = 1/n`` instead of ``steps``)."""
+
+    name = "step_size_heun"
+    params = (Param("step_size", "float", 0.1, "step length", minimum=1e-6),)
+
+    def steps_taken(self) -> int:
+        return max(1, round(1.0 / float(self.config["step_size"])))  # the kit integrates over unit intervals
+
+    def expected_nfe(self) -> int | None:
+        return 2 * self.steps_taken()
+
+
+class UndeclaredOrderHeun(GoodHeun):
+    name = "undeclared_order"
+    order = None
+
+
+def test_correct_hand_written_solvers_pass_with_and_without_a_declared_order() -> None:
+    # GoodHeun and GoodEuler also pass through GOOD_PLUGIN above.
+    for cls in (GoodAdaptiveHeun, StepSizeHeun, UndeclaredOrderHeun):
+        check_solver(cls)
+    check_solver(GoodHeun, {"steps": 3})
+
+
+@pytest.mark.parametrize("order", [0, True, 2.0, "2"])
+def test_an_invalid_order_is_rejected(order: Any) -> None:
+    cls = type("BadOrder", (GoodHeun,), {"name": "bad_order", "order": order})
+    with pytest.raises(ConformanceError, match=r"`order` must be None or a positive int"):
+        check_solver(cls)
+
+
+def test_an_order_declared_far_too_low_is_rejected() -> None:
+    rk4 = REGISTRY.get("solver", "rk4").cls
+    underclaiming = type("RK4ClaimingOrder2", (rk4,), {"name": "rk4_claiming_order_2", "order": 2})
+    with pytest.raises(ConformanceError, match=r"declares order 2 but converges at order 4.0: .*declare order = 4"):
+        check_solver(underclaiming)
 
 
 def test_bad_params_are_reported_as_conformance_errors() -> None:

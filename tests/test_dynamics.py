@@ -1,26 +1,33 @@
-"""Tests for the CNF dynamics, the NFE counter and the log-likelihood (cnfbench/dynamics.py)."""
+"""Tests for the CNF dynamics, the NFE counter, the phase tracker and the log-likelihood (cnfbench/dynamics.py)."""
 
 from __future__ import annotations
 
 import math
+import multiprocessing
 
 import pytest
 import torch
 from torch import Tensor, nn
 from torch.distributions import MultivariateNormal
 
+from cnfbench.config import RunConfig, resolve_cells
 from cnfbench.contracts import TraceEstimator, VectorField
 from cnfbench.dynamics import (
+    CELL_PHASES,
     PHASES,
     CNFDynamics,
     ContractViolation,
     NFEBudgetExceeded,
     NFECounter,
+    PhaseTracker,
     log_likelihood,
+    pack_phase,
     standard_normal_log_prob,
+    unpack_phase,
 )
 from cnfbench.params import parse_selection
 from cnfbench.registry import load_registry
+from cnfbench.training import TrainingRecord, seeded_field, train
 
 F64 = torch.float64
 REGISTRY = load_registry()
@@ -272,3 +279,37 @@ def test_wrong_divergence_shape_is_a_contract_violation_naming_the_trace() -> No
     dynamics = CNFDynamics(LinearField(A2), BadDivTrace(), NFECounter(), False, trace_label="bad-div")
     with pytest.raises(ContractViolation, match=r"trace bad-div.*\(4, 1\)"):
         log_likelihood(dynamics, build("solver", "euler[steps=2]"), x, "eval", None)
+
+
+def test_phase_tracker_writes_phase_and_iteration_as_one_shared_integer() -> None:
+    shared = multiprocessing.get_context("spawn").RawValue("q", 0)
+    tracker = PhaseTracker(shared)
+    assert (tracker.phase, tracker.iteration) == ("start", 0)
+    for phase in CELL_PHASES:
+        for iteration in (0, 1, 7, 10**9):
+            tracker.enter(phase, iteration)
+            assert unpack_phase(shared.value) == (phase, iteration) == (tracker.phase, tracker.iteration)
+    assert unpack_phase(pack_phase("eval")) == ("eval", 0)
+    assert unpack_phase(255) == ("start", 0)  # an unknown code reads as "not begun", never raises
+
+
+class _RecordingTracker(PhaseTracker):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, int]] = []
+
+    def enter(self, phase: str, iteration: int = 0) -> None:
+        super().enter(phase, iteration)
+        self.seen.append((phase, iteration))
+
+
+def test_training_tells_the_tracker_each_forward_solve_and_backward_pass() -> None:
+    config = RunConfig(dataset=("8gaussians[n_train=128,n_val=16,n_test=16]",), field=("concatsquash[hidden=8]",),
+                       solver=("euler[steps=2]",), iterations=2, batch_size=32, device="cpu")
+    cell = resolve_cells(config, REGISTRY)[0]
+    data = REGISTRY.build("dataset", cell.dataset).splits(0).train
+    field = seeded_field(lambda: REGISTRY.build("field", cell.field, 2), 0, torch.device("cpu"))
+    tracker = _RecordingTracker()
+    train(cell, field, REGISTRY.build("solver", cell.solver), REGISTRY.build("trace", cell.trace), data,
+          TrainingRecord(), tracker=tracker)
+    assert tracker.seen == [("train_forward", 1), ("train_backward", 1), ("train_forward", 2), ("train_backward", 2)]

@@ -223,11 +223,12 @@ def test_components_breaking_their_contract_fail_their_cell_naming_the_plugin(cl
     cells = read_cells(tmp_path, "breakers")
     for row in cells[cells["field"] == "wrong_shape"].itertuples():
         assert row.status == "error"
-        assert row.reason.startswith("contract violation: field 'wrong_shape' (plugin '")
+        assert row.reason.startswith("error in the training forward solve at iteration 1: "
+                                     "contract violation: field 'wrong_shape' (plugin '")
         assert "breakers.py" in row.reason and "(64, 3)" in row.reason
     undeclared = cells[cells["field"] == "undeclared"].iloc[0]
     assert undeclared["status"] == "error"
-    assert "field 'undeclared' (plugin '" in undeclared["reason"]
+    assert undeclared["reason"].startswith("error while building the field: field 'undeclared' (plugin '")
     assert "unexpected keyword argument 'width'" in undeclared["reason"]
 
 
@@ -255,6 +256,7 @@ def test_a_failing_metrics_plugin_fails_its_cell_with_its_name(cli, tmp_path: Pa
     assert result.exit_code == 0
     row = read_cells(tmp_path, "badm").iloc[0]
     assert row["status"] == "error"
+    assert row["reason"].startswith("error in the plugin metrics (cnfbench_cell_metrics): metrics plugin '")
     assert "bad_metrics.py' returned column 'nll', which already exists" in row["reason"]
     assert row["nll"] == pytest.approx(row["nll"])  # the measured numbers are kept
 

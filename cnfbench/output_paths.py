@@ -1,0 +1,83 @@
+"""Checks that a command can write where it was told to, before it computes or writes anything.
+
+Every command that writes (``run``, ``report``, ``compare``, ``merge``,
+``new-plugin``) checks its output folders and files first, so that a file
+where a folder is expected, a read-only location or a path through a file is
+one ``Error:`` line instead of a traceback after minutes of work. The probe
+creates nothing that stays: missing folders are not created here, and the
+nearest existing ancestor is tested by creating and removing one temporary
+file (``os.access`` would say yes to root on a read-only file system).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+class OutputPathError(ValueError):
+    """An output location cannot be written; the message is one line naming it."""
+
+
+def _as_path(path: str | os.PathLike[str], what: str) -> Path:
+    text = os.fspath(path)
+    if not str(text).strip():
+        raise OutputPathError(f"the path for {what} is empty")
+    if "\x00" in str(text):
+        raise OutputPathError(f"the path for {what} contains a NUL character")
+    return Path(text).expanduser()
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            return candidate
+    return Path(path.anchor or ".")
+
+
+def _probe(folder: Path, shown: Path, what: str) -> None:
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".cnfbench-probe-"):
+            pass
+    except OSError as exc:
+        raise OutputPathError(f"cannot write {what} to {str(shown)!r}: {folder} is not writable "
+                              f"({exc.strerror or type(exc).__name__})") from None
+
+
+def _check_folder(folder: Path, shown: Path, what: str) -> None:
+    try:
+        existing = _nearest_existing(folder.absolute())
+    except (OSError, ValueError) as exc:
+        raise OutputPathError(f"cannot write {what} to {str(shown)!r}: {getattr(exc, 'strerror', None) or exc}"
+                              ) from None
+    if existing.is_symlink() and not existing.exists():
+        raise OutputPathError(f"cannot write {what} to {str(shown)!r}: {existing} is a broken link")
+    if not existing.is_dir():
+        if existing == shown.absolute():
+            raise OutputPathError(f"cannot write {what} to {str(shown)!r}: it is a file, not a folder")
+        raise OutputPathError(f"cannot write {what} to {str(shown)!r}: {existing} is a file, not a folder")
+    _probe(existing, shown, what)
+
+
+def check_output_dir(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` as a folder that exists and is writable, or can be created; raise :class:`OutputPathError`.
+
+    ``what`` names the output in the message, e.g. ``"the run"`` or ``"plots"``.
+    """
+    target = _as_path(path, what)
+    _check_folder(target, target, what)
+    return target
+
+
+def check_output_file(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` as a file that can be written (its folder exists or can be created); raise :class:`OutputPathError`."""
+    target = _as_path(path, what)
+    try:
+        is_folder = target.is_dir()
+    except OSError as exc:
+        raise OutputPathError(f"cannot write {what} to {str(target)!r}: {exc.strerror or exc}") from None
+    if is_folder:
+        raise OutputPathError(f"cannot write {what} to {str(target)!r}: it is a folder, not a file")
+    _check_folder(target.absolute().parent, target, what)
+    return target
