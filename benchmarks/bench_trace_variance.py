@@ -73,7 +73,7 @@ EXIT_CHECK_FAILED = 1
 
 
 # --------------------------------------------------------------------------------------------------
-# Building and training the field with cnfbench's machinery (the sequence of cnfbench.execute.run_cell).
+# Building and training the field with cnfbench's machinery (the sequence of cnfbench.execute.train_and_evaluate).
 # --------------------------------------------------------------------------------------------------
 
 

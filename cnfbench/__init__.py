@@ -11,21 +11,21 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 # Public API for notebooks: ``cnfbench.load_results(path)`` and the report functions. They are
 # imported on first use, so that ``import cnfbench`` stays light (no pandas or matplotlib).
 _EXPORTS = {
-    "load_results": "cnfbench.results",
-    "load_run": "cnfbench.report",
-    "combine": "cnfbench.report",
-    "aggregate": "cnfbench.report",
-    "pivot": "cnfbench.report",
-    "to_text": "cnfbench.report",
-    "to_markdown": "cnfbench.report",
-    "to_latex": "cnfbench.report",
-    "to_csv": "cnfbench.report",
-    "to_json": "cnfbench.report",
-    "compare_runs": "cnfbench.compare",
-    "merge_runs": "cnfbench.merge",
-    "write_plots": "cnfbench.plots",
-    "write_density_artifacts": "cnfbench.plots",
-    "write_html_report": "cnfbench.html_report",
+    "load_results": "cnfbench.run_folder",
+    "load_run": "cnfbench.run_folder",
+    "combine": "cnfbench.reports",
+    "aggregate": "cnfbench.reports",
+    "pivot": "cnfbench.reports",
+    "to_text": "cnfbench.reports",
+    "to_markdown": "cnfbench.reports",
+    "to_latex": "cnfbench.reports",
+    "to_csv": "cnfbench.reports",
+    "to_json": "cnfbench.reports",
+    "compare_runs": "cnfbench.reports",
+    "merge_runs": "cnfbench.reports",
+    "write_plots": "cnfbench.reports.plots",
+    "write_density_artifacts": "cnfbench.run_folder",
+    "write_html_report": "cnfbench.reports",
 }
 
 __all__ = ["__version__", *_EXPORTS]

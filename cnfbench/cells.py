@@ -1,9 +1,11 @@
 """Cells: fully resolved points of the benchmark grid, as plain data with a stable id.
 
-A :class:`Cell` names its dataset, field, training solver, training trace,
-evaluation protocol, seed, budget and device, each with every parameter
-filled in. It converts to and from plain JSON so that it can run in another
-process or machine, and its id is a hash of that JSON.
+A :class:`Cell` holds one component of every grid axis of the families
+table (:data:`cnfbench.families.GRID_AXES`), the evaluation protocol (its
+slots, :data:`cnfbench.families.EVAL_SLOTS`), the seed, the budget and the
+device, each with every parameter filled in. It converts to and from plain
+JSON so that it can run in another process or machine, and its id is a hash
+of that JSON. This module loads no plugin and imports no torch.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
-from cnfbench.registry import ResolvedComponent
+from cnfbench.families import AXIS_KEYS, EVAL_SLOTS
+from cnfbench.specs import ResolvedComponent
 
 CELL_SCHEMA = 1
 
@@ -31,40 +36,72 @@ class Budget:
 
 @dataclass(frozen=True)
 class EvalProtocol:
-    """How a trained cell is evaluated on the test split."""
+    """How a trained cell is evaluated on the test split: a component per evaluation slot, and settings.
 
-    trace: ResolvedComponent  # the (exact) trace used for every reported NLL
-    ref_solver: ResolvedComponent  # the tight reference solve behind nll_ref
+    ``slots`` maps each slot key of :data:`cnfbench.families.EVAL_SLOTS` (``eval_trace``, ``ref_solver``)
+    to its component.
+    """
+
+    slots: Mapping[str, ResolvedComponent]
     ref_dtype: str  # "float64" or "float32"
     batch_size: int  # test samples per evaluation solve (bounds memory)
     mass_grid: int = 80  # points per axis of the 2D mass check; 0 turns it off
 
+    def __post_init__(self) -> None:
+        missing = [slot.key for slot in EVAL_SLOTS if slot.key not in self.slots]
+        if missing:
+            raise ValueError(f"evaluation protocol without {', '.join(missing)}")
+        object.__setattr__(self, "slots", MappingProxyType(dict(self.slots)))
 
-def _component_from_json(data: dict[str, Any]) -> ResolvedComponent:
-    params = tuple((key, tuple(value) if isinstance(value, list) else value) for key, value in data["params"].items())
-    return ResolvedComponent(data["name"], params)
+    @property
+    def trace(self) -> ResolvedComponent:
+        """The (exact) trace estimator of every reported NLL."""
+        return self.slots["eval_trace"]
+
+    @property
+    def ref_solver(self) -> ResolvedComponent:
+        """The tight reference solve behind ``nll_ref``."""
+        return self.slots["ref_solver"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**{slot.json_key: self.slots[slot.key].to_json() for slot in EVAL_SLOTS},
+                "ref_dtype": self.ref_dtype, "batch_size": self.batch_size, "mass_grid": self.mass_grid}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EvalProtocol:
+        return cls({slot.key: ResolvedComponent.from_json(data[slot.json_key]) for slot in EVAL_SLOTS},
+                   data["ref_dtype"], int(data["batch_size"]), int(data.get("mass_grid", 0)))
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One fully resolved grid point."""
+    """One fully resolved grid point: ``axes`` maps every grid axis's key to its component.
 
-    dataset: ResolvedComponent
-    field: ResolvedComponent
-    solver: ResolvedComponent
-    trace: ResolvedComponent
+    ``cell.solver`` (any axis key) is a shorthand for ``cell.axes["solver"]``.
+    """
+
+    axes: Mapping[str, ResolvedComponent]
     seed: int
     budget: Budget
     evaluation: EvalProtocol
     device: str
 
+    def __post_init__(self) -> None:
+        if set(self.axes) != set(AXIS_KEYS):
+            raise ValueError(f"a cell needs one component per grid axis ({', '.join(AXIS_KEYS)}), "
+                             f"got {', '.join(self.axes)}")
+        object.__setattr__(self, "axes", MappingProxyType({key: self.axes[key] for key in AXIS_KEYS}))
+
+    def __getattr__(self, name: str) -> ResolvedComponent:
+        axes = self.__dict__.get("axes", {})
+        if name in axes:
+            return axes[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def to_json(self) -> dict[str, Any]:
         return {
             "schema": CELL_SCHEMA,
-            "dataset": self.dataset.to_json(),
-            "field": self.field.to_json(),
-            "solver": self.solver.to_json(),
-            "trace": self.trace.to_json(),
+            **{key: spec.to_json() for key, spec in self.axes.items()},
             "seed": self.seed,
             "budget": {
                 "iterations": self.budget.iterations,
@@ -72,33 +109,17 @@ class Cell:
                 "lr": self.budget.lr,
                 "max_nfe": self.budget.max_nfe,
             },
-            "evaluation": {
-                "trace": self.evaluation.trace.to_json(),
-                "ref_solver": self.evaluation.ref_solver.to_json(),
-                "ref_dtype": self.evaluation.ref_dtype,
-                "batch_size": self.evaluation.batch_size,
-                "mass_grid": self.evaluation.mass_grid,
-            },
+            "evaluation": self.evaluation.to_json(),
             "device": self.device,
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Cell:
-        evaluation = data["evaluation"]
+    def from_json(cls, data: Mapping[str, Any]) -> Cell:
         return cls(
-            dataset=_component_from_json(data["dataset"]),
-            field=_component_from_json(data["field"]),
-            solver=_component_from_json(data["solver"]),
-            trace=_component_from_json(data["trace"]),
+            axes={key: ResolvedComponent.from_json(data[key]) for key in AXIS_KEYS},
             seed=int(data["seed"]),
             budget=Budget(**data["budget"]),
-            evaluation=EvalProtocol(
-                trace=_component_from_json(evaluation["trace"]),
-                ref_solver=_component_from_json(evaluation["ref_solver"]),
-                ref_dtype=evaluation["ref_dtype"],
-                batch_size=int(evaluation["batch_size"]),
-                mass_grid=int(evaluation.get("mass_grid", 0)),
-            ),
+            evaluation=EvalProtocol.from_json(data["evaluation"]),
             device=data["device"],
         )
 
@@ -108,26 +129,25 @@ class Cell:
         canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
+    def components(self) -> list[tuple[str, ResolvedComponent]]:
+        """Every component the cell uses, with its family: the grid axes, then the evaluation slots."""
+        return [*self.axes.items(), *((slot.family, self.evaluation.slots[slot.key]) for slot in EVAL_SLOTS)]
+
     def describe(self) -> str:
-        return (
-            f"{self.dataset.label()} | {self.field.label()} | {self.solver.label()} | "
-            f"{self.trace.label()} | seed {self.seed}"
-        )
+        return " | ".join([*(spec.label() for spec in self.axes.values()), f"seed {self.seed}"])
 
 
 def expand_grid(
-    datasets: list[ResolvedComponent],
-    fields: list[ResolvedComponent],
-    solvers: list[ResolvedComponent],
-    traces: list[ResolvedComponent],
-    seeds: list[int],
+    axes: Mapping[str, Sequence[ResolvedComponent]],
+    seeds: Sequence[int],
     budget: Budget,
     evaluation: EvalProtocol,
     device: str,
 ) -> list[Cell]:
-    """Every combination, in dataset-major order, without duplicates."""
+    """Every combination of the axes' components and the seeds, in axis-major order, without duplicates."""
+    keys = list(AXIS_KEYS)
     cells: dict[str, Cell] = {}
-    for dataset, field, solver, trace, seed in itertools.product(datasets, fields, solvers, traces, seeds):
-        cell = Cell(dataset, field, solver, trace, seed, budget, evaluation, device)
+    for *chosen, seed in itertools.product(*(axes[key] for key in keys), seeds):
+        cell = Cell(dict(zip(keys, chosen, strict=True)), seed, budget, evaluation, device)
         cells.setdefault(cell.cell_id, cell)
     return list(cells.values())

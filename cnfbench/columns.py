@@ -1,90 +1,240 @@
-"""The columns of ``cells.parquet``: their order, unit and meaning, in one place.
+"""The column catalogue: every column of ``cells.parquet``, what it means and how it is shown and compared.
 
-The README's "What the numbers mean" table is checked against this list by
-the tests, so a new column cannot ship undocumented.
+One :class:`Column` per column says its unit and meaning, which way is better
+(:data:`GOALS`), how two runs' values are compared (:data:`COMPARISONS`: a
+difference for log-likelihoods, a ratio for times, NFE and memory), how it is
+displayed (label, display unit, scale, decimals), whether it depends on the
+machine, and in which default tables it appears (:data:`DEFAULT_USES`). The
+identity columns are generated from the families table. The end-of-run
+summary, the reports, ``compare`` and the README's column table all read this
+catalogue (a test checks the README against it), and plugins declare the
+columns they add with the same :class:`Column` through the ``cnfbench_columns``
+hook (:func:`plugin_columns`).
+
+This module imports nothing heavy: ``cnfbench run`` uses it to order rows.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
+
+from cnfbench.families import EVAL_SLOTS, GRID_AXES
+
+NO_UNIT = "—"
+
+# groups: what a column is for
+IDENTITY = "identity"  # which cell: id, grid-axis components, seed
+BUDGET = "budget"  # the training budget: part of what a configuration is
+PROTOCOL = "protocol"  # how a cell was evaluated (and where): numbers differ when this does
+OUTCOME = "outcome"  # status, reasons and flags (not numbers to aggregate)
+METRIC = "metric"  # a measured number
+GROUPS = (IDENTITY, BUDGET, PROTOCOL, OUTCOME, METRIC)
+
+LOWEST = "min"
+CLOSEST_TO_ONE = "one"
+GOALS: dict[str, str] = {LOWEST: "lowest", CLOSEST_TO_ONE: "closest to 1"}
+"""Which value of a metric is best, and how a table's caption says it; a metric without a goal has no best."""
+
+DIFFERENCE = "difference"
+RATIO = "ratio"
+COMPARISONS: dict[str, str] = {
+    DIFFERENCE: "NEW - BASE in the column's unit (log-likelihoods in nats, mass)",
+    RATIO: "NEW / BASE (times, NFE, memory, counts)",
+}
+"""How ``compare`` expresses and judges the change of a metric between two runs."""
+
+REPORT = "report"
+COMPARE = "compare"
+SUMMARY = "summary"
+DEFAULT_USES = (REPORT, COMPARE, SUMMARY)
+"""The tables a column can be a default metric of: ``cnfbench report``, ``cnfbench compare``, the run's summary."""
+
+
+class ColumnError(ValueError):
+    """A bad column declaration (from a plugin): the message names the plugin and the column."""
 
 
 @dataclass(frozen=True)
 class Column:
+    """One column of ``cells.parquet``: the same fields for cnfbench's own columns and a plugin's.
+
+    ``unit`` is the stored unit (``—`` for none) and ``meaning`` one line for the README. ``goal``
+    is :data:`LOWEST`, :data:`CLOSEST_TO_ONE` or ``None``; ``comparison`` :data:`DIFFERENCE` or
+    :data:`RATIO` (``None``: not a number to compare). A table shows ``value * scale`` with
+    ``decimals`` decimals under ``label [display_unit]`` (defaults: the name and the unit).
+    ``machine`` marks numbers that depend on the machine (times, memory); ``flag_sensitive`` those
+    of the training solver's density, which a row's ``valid = false`` declares untrustworthy;
+    ``defaults`` the tables of :data:`DEFAULT_USES` the column is shown in when none are asked for.
+    """
+
     name: str
     unit: str
     meaning: str
+    group: str = METRIC
+    goal: str | None = None
+    comparison: str | None = RATIO
+    label: str = ""
+    display_unit: str = ""
+    scale: float = 1.0
+    decimals: int = 3
+    machine: bool = False
+    flag_sensitive: bool = False
+    defaults: tuple[str, ...] = ()
+
+    @property
+    def shown_unit(self) -> str:
+        """The unit of the displayed (scaled) value; empty when it has none."""
+        if self.display_unit:
+            return self.display_unit
+        return "" if self.unit == NO_UNIT else self.unit
+
+    @property
+    def header(self) -> str:
+        """``label [unit]``: how a table heads this column."""
+        label = self.label or self.name
+        return f"{label} [{self.shown_unit}]" if self.shown_unit else label
+
+    def badness(self, value: float) -> float:
+        """A number that is smaller when ``value`` is better (``nan`` for a column without a goal)."""
+        return badness(self.goal, value)
+
+
+def badness(goal: str | None, value: float) -> float:
+    """A number that is smaller when ``value`` is better under ``goal`` (``nan`` without a goal)."""
+    if goal == LOWEST:
+        return value
+    if goal == CLOSEST_TO_ONE:
+        return abs(value - 1.0)
+    return math.nan
+
+
+def _identity_columns() -> tuple[Column, ...]:
+    """The columns that say which cell a row is, in row order (as :func:`cnfbench.rows.identity_columns` writes)."""
+    def plain(name: str, unit: str, meaning: str, group: str) -> Column:
+        return Column(name, unit, meaning, group, comparison=None)
+
+    return (
+        plain("cell_id", NO_UNIT, "16-hex-digit hash of the cell's fully resolved spec; equal specs, equal ids",
+              IDENTITY),
+        *(plain(row.column, NO_UNIT, f"{row.meaning} name", IDENTITY) for row in GRID_AXES),
+        plain("seed", NO_UNIT, "seed of the data splits, the initialisation, the batch order and the trace noise",
+              IDENTITY),
+        *(plain(row.spec_column, NO_UNIT, f"{row.meaning} with every parameter", IDENTITY) for row in GRID_AXES),
+        plain("iterations", NO_UNIT, "training iterations requested", BUDGET),
+        plain("batch_size", "samples", "training batch size", BUDGET),
+        plain("lr", NO_UNIT, "Adam learning rate", BUDGET),
+        plain("max_nfe", "evaluations", "dynamics evaluations allowed per solve (empty: unlimited)", BUDGET),
+        *(plain(slot.spec_column, NO_UNIT, slot.meaning, PROTOCOL) for slot in EVAL_SLOTS),
+        plain("ref_dtype", NO_UNIT, "floating-point type of the reference solve", PROTOCOL),
+        plain("eval_batch_size", "samples", "test samples per evaluation solve", PROTOCOL),
+        plain("mass_grid", "points per axis", "resolution of the 2D mass check (0: off)", PROTOCOL),
+        plain("device", NO_UNIT, "torch device the cell ran on", PROTOCOL),
+    )
+
+
+def _outcome(name: str, meaning: str) -> Column:
+    return Column(name, NO_UNIT, meaning, OUTCOME, comparison=None)
+
+
+def _nats(name: str, meaning: str, **display: Any) -> Column:
+    """A log-likelihood (or its standard error) in nats per sample: compared as a difference."""
+    return Column(name, "nats/sample", meaning, comparison=DIFFERENCE, **display)
+
+
+def _stderr(name: str, meaning: str) -> Column:
+    return Column(name, "nats/sample", meaning, comparison=RATIO)
+
+
+def _evaluations(name: str, meaning: str, **display: Any) -> Column:
+    return Column(name, "evaluations", meaning, goal=LOWEST, **{"decimals": 1, **display})
+
+
+def _seconds(name: str, meaning: str, **display: Any) -> Column:
+    return Column(name, "s", meaning, goal=LOWEST, machine=True, **display)
 
 
 COLUMNS: tuple[Column, ...] = (
-    # identity
-    Column("cell_id", "—", "16-hex-digit hash of the cell's fully resolved spec; equal specs, equal ids"),
-    Column("dataset", "—", "dataset name"),
-    Column("field", "—", "vector field name"),
-    Column("solver", "—", "training ODE solver name"),
-    Column("trace", "—", "training trace estimator name"),
-    Column("seed", "—", "seed of the data splits, the initialisation, the batch order and the trace noise"),
-    Column("dataset_spec", "—", "dataset with every parameter, e.g. 8gaussians[n_train=20000,...]"),
-    Column("field_spec", "—", "field with every parameter"),
-    Column("solver_spec", "—", "training solver with every parameter"),
-    Column("trace_spec", "—", "training trace estimator with every parameter"),
-    Column("iterations", "—", "training iterations requested"),
-    Column("batch_size", "samples", "training batch size"),
-    Column("lr", "—", "Adam learning rate"),
-    Column("max_nfe", "evaluations", "dynamics evaluations allowed per solve (empty: unlimited)"),
-    Column("eval_trace_spec", "—", "trace estimator of every reported NLL (exact)"),
-    Column("ref_solver_spec", "—", "reference solve behind nll_ref"),
-    Column("ref_dtype", "—", "floating-point type of the reference solve"),
-    Column("eval_batch_size", "samples", "test samples per evaluation solve"),
-    Column("mass_grid", "points per axis", "resolution of the 2D mass check (0: off)"),
-    Column("device", "—", "torch device the cell ran on"),
+    *_identity_columns(),
     # outcome
-    Column("status", "—", "done, diverged, budget, timeout, error, interrupted or skipped"),
-    Column("reason", "—", "one line saying why a cell did not finish (empty when done)"),
-    Column("iterations_done", "—", "training iterations completed"),
-    Column("n_params", "parameters", "trainable parameters of the field"),
+    _outcome("status", "done, diverged, budget, timeout, error, interrupted or skipped"),
+    _outcome("reason", "one line saying why a cell did not finish (empty when done)"),
+    Column("iterations_done", NO_UNIT, "training iterations completed", decimals=0),
+    Column("n_params", "parameters", "trainable parameters of the field", decimals=0),
     # likelihood
-    Column("final_train_loss", "nats/sample",
-           "training loss (batch NLL with the training trace) at the last iteration"),
-    Column("nll", "nats/sample", "test NLL with the training solver and the exact trace: what this pipeline reports"),
-    Column("nll_stderr", "nats/sample", "standard error of nll over the test samples"),
-    Column("nll_ref", "nats/sample", "test NLL of the same field with the reference solve: the density it defines"),
-    Column("nll_ref_stderr", "nats/sample", "standard error of nll_ref over the test samples"),
-    Column("entropy", "nats/sample", "true entropy of the data: mean of -log p_data over the same test samples"),
-    Column("entropy_stderr", "nats/sample", "standard error of entropy over the test samples"),
-    Column("excess_nll", "nats/sample",
-           "nll_ref - entropy: a paired estimate of KL(data || model), >= 0 in expectation"),
-    Column("excess_nll_stderr", "nats/sample", "paired standard error of excess_nll"),
-    Column("nll_minus_entropy_stderr", "nats/sample", "paired standard error of nll - entropy (used by the flag)"),
-    Column("mass", "1", "integral of the training solver's density over a grid covering the test data (2D only)"),
-    Column("mass_ref", "1", "the same integral with the reference solve (2D only); 1 for a true density"),
-    Column("valid", "—", "false when nll < entropy by > 2 paired stderr, or mass is off 1 (off mass_ref when the "
-                         "grid cannot resolve 1) by > 0.03"),
-    Column("validity_reason", "—", "why a row is flagged (empty when valid)"),
-    Column("ref_loose", "—", "true when the reference solve is fixed-step or looser than 1e-6 (--allow-loose-ref): "
-                            "nll_ref is then only as exact as that solve"),
+    _nats("final_train_loss", "training loss (batch NLL with the training trace) at the last iteration", goal=LOWEST),
+    _nats("nll", "test NLL with the training solver and the exact trace: what this pipeline reports", goal=LOWEST,
+          label="test NLL, train solver", display_unit="nats", flag_sensitive=True,
+          defaults=(REPORT, COMPARE, SUMMARY)),
+    _stderr("nll_stderr", "standard error of nll over the test samples"),
+    _nats("nll_ref", "test NLL of the same field with the reference solve: the density it defines", goal=LOWEST,
+          label="test NLL, ref solve", display_unit="nats", defaults=(REPORT, COMPARE, SUMMARY)),
+    _stderr("nll_ref_stderr", "standard error of nll_ref over the test samples"),
+    _nats("entropy", "true entropy of the data: mean of -log p_data over the same test samples",
+          label="true entropy", display_unit="nats", defaults=(SUMMARY,)),
+    _stderr("entropy_stderr", "standard error of entropy over the test samples"),
+    _nats("excess_nll", "nll_ref - entropy: a paired estimate of KL(data || model), >= 0 in expectation", goal=LOWEST,
+          label="excess NLL = ref - entropy", display_unit="nats", defaults=(REPORT, SUMMARY)),
+    _stderr("excess_nll_stderr", "paired standard error of excess_nll"),
+    _stderr("nll_minus_entropy_stderr", "paired standard error of nll - entropy (used by the flag)"),
+    Column("mass", "1", "integral of the training solver's density over a grid covering the test data (2D only)",
+           goal=CLOSEST_TO_ONE, comparison=DIFFERENCE, label="mass, train solver", flag_sensitive=True,
+           defaults=(REPORT, SUMMARY)),
+    Column("mass_ref", "1", "the same integral with the reference solve (2D only); 1 for a true density",
+           goal=CLOSEST_TO_ONE, comparison=DIFFERENCE, label="mass, ref solve", defaults=(SUMMARY,)),
+    _outcome("valid", "false when nll < entropy by > 2 paired stderr, or mass is off 1 (off mass_ref when the "
+                      "grid cannot resolve 1) by > 0.03"),
+    _outcome("validity_reason", "why a row is flagged (empty when valid)"),
+    _outcome("ref_loose", "true when the reference solve is fixed-step or looser than 1e-6 (--allow-loose-ref): "
+                          "nll_ref is then only as exact as that solve"),
     # work
-    Column("nfe_expected_per_solve", "evaluations", "steps x stages for a fixed-grid Runge-Kutta solver, else empty"),
-    Column("nfe_forward_mean", "evaluations", "dynamics evaluations per training forward solve, mean over iterations"),
-    Column("nfe_forward_max", "evaluations", "the same, maximum over iterations"),
-    Column("nfe_backward_mean", "evaluations", "dynamics evaluations per backward pass (non-zero with the adjoint)"),
-    Column("nfe_backward_max", "evaluations", "the same, maximum over iterations"),
-    Column("nfe_eval", "evaluations", "dynamics evaluations of the test pass with the training solver (all chunks)"),
-    Column("nfe_eval_max_chunk", "evaluations", "the most evaluations one test chunk's solve needed"),
-    Column("nfe_ref", "evaluations", "dynamics evaluations of the reference test pass (all chunks)"),
+    _evaluations("nfe_expected_per_solve", "steps x stages for a fixed-grid Runge-Kutta solver, else empty"),
+    _evaluations("nfe_forward_mean", "dynamics evaluations per training forward solve, mean over iterations",
+                 label="NFE fwd/iter", display_unit="evals", defaults=(REPORT, COMPARE, SUMMARY)),
+    _evaluations("nfe_forward_max", "the same, maximum over iterations"),
+    _evaluations("nfe_backward_mean", "dynamics evaluations per backward pass (non-zero with the adjoint)",
+                 label="NFE bwd/iter", display_unit="evals", defaults=(SUMMARY,)),
+    _evaluations("nfe_backward_max", "the same, maximum over iterations"),
+    _evaluations("nfe_eval", "dynamics evaluations of the test pass with the training solver (all chunks)",
+                 label="NFE test pass", display_unit="evals", decimals=0, defaults=(SUMMARY,)),
+    _evaluations("nfe_eval_max_chunk", "the most evaluations one test chunk's solve needed"),
+    _evaluations("nfe_ref", "dynamics evaluations of the reference test pass (all chunks)"),
     # time and memory
-    Column("train_time_s", "s", "wall-clock of the whole training"),
-    Column("iter_time_median_s", "s", "median wall-clock of one training iteration, warm-up iteration excluded"),
-    Column("eval_time_s", "s", "wall-clock of the test pass with the training solver"),
-    Column("ref_time_s", "s", "wall-clock of the reference test pass"),
-    Column("mass_time_s", "s", "wall-clock of the mass grid pass with the training solver"),
-    Column("mass_ref_time_s", "s", "wall-clock of the mass grid pass with the reference solve"),
-    Column("cell_time_s", "s", "wall-clock of the whole cell: build, train, evaluate"),
-    Column("peak_memory_mib", "MiB", "peak memory during the cell (see memory_kind)"),
-    Column("memory_kind", "—", "cuda_max_allocated on a GPU, else process_peak_rss (reset per cell)"),
+    _seconds("train_time_s", "wall-clock of the whole training", label="train time", decimals=1,
+             defaults=(REPORT, SUMMARY)),
+    _seconds("iter_time_median_s", "median wall-clock of one training iteration, warm-up iteration excluded",
+             label="median iter", display_unit="ms", scale=1000.0, decimals=1, defaults=(SUMMARY,)),
+    _seconds("eval_time_s", "wall-clock of the test pass with the training solver", label="eval time", decimals=2,
+             defaults=(SUMMARY,)),
+    _seconds("ref_time_s", "wall-clock of the reference test pass"),
+    _seconds("mass_time_s", "wall-clock of the mass grid pass with the training solver"),
+    _seconds("mass_ref_time_s", "wall-clock of the mass grid pass with the reference solve"),
+    _seconds("cell_time_s", "wall-clock of the whole cell: build, train, evaluate"),
+    Column("peak_memory_mib", "MiB", "peak memory during the cell (see memory_kind)", goal=LOWEST,
+           label="peak mem", decimals=0, machine=True, defaults=(SUMMARY,)),
+    _outcome("memory_kind", "cuda_max_allocated on a GPU, else process_peak_rss (reset per cell)"),
 )
+"""Every column cnfbench writes, in row order."""
 
 COLUMN_NAMES: tuple[str, ...] = tuple(column.name for column in COLUMNS)
+COLUMNS_BY_NAME: dict[str, Column] = {column.name: column for column in COLUMNS}
+
+
+def columns_in(*groups: str, columns: Iterable[Column] = COLUMNS) -> tuple[str, ...]:
+    """The names of the columns of ``groups``, in row order."""
+    return tuple(column.name for column in columns if column.group in groups)
+
+
+def default_metrics(use: str, columns: Iterable[Column] = COLUMNS) -> tuple[str, ...]:
+    """The default metrics of table ``use`` (one of :data:`DEFAULT_USES`), in row order.
+
+    ``compare`` never defaults to a machine-dependent metric: two runs from different machines would differ.
+    """
+    if use not in DEFAULT_USES:
+        raise ValueError(f"unknown table {use!r}; valid: {', '.join(DEFAULT_USES)}")
+    return tuple(c.name for c in columns if use in c.defaults and not (use == COMPARE and c.machine))
 
 
 def ordered(row: dict[str, object]) -> dict[str, object]:
@@ -92,3 +242,50 @@ def ordered(row: dict[str, object]) -> dict[str, object]:
     known = {name: row[name] for name in COLUMN_NAMES if name in row}
     extra = {name: value for name, value in row.items() if name not in known}
     return {**known, **extra}
+
+
+def check_column(column: Any, source: str) -> Column:
+    """``column`` unchanged when it is a valid declaration; :class:`ColumnError` naming ``source`` if not."""
+    if not isinstance(column, Column):
+        raise ColumnError(f"{source} declared {column!r}, which is not a cnfbench.columns.Column")
+    where = f"{source} column {column.name!r}"
+    problems = []
+    if not isinstance(column.name, str) or not column.name or column.name.startswith("_"):
+        problems.append("needs a name that does not start with '_'")
+    if column.goal is not None and column.goal not in GOALS:
+        problems.append(f"goal {column.goal!r} is not one of {', '.join(GOALS)} or None")
+    if column.comparison is not None and column.comparison not in COMPARISONS:
+        problems.append(f"comparison {column.comparison!r} is not one of {', '.join(COMPARISONS)} or None")
+    if column.group not in GROUPS:
+        problems.append(f"group {column.group!r} is not one of {', '.join(GROUPS)}")
+    if not (isinstance(column.scale, (int, float)) and math.isfinite(column.scale) and column.scale > 0):
+        problems.append(f"scale {column.scale!r} is not a positive number")
+    if not (isinstance(column.decimals, int) and 0 <= column.decimals <= 12):
+        problems.append(f"decimals {column.decimals!r} is not an integer from 0 to 12")
+    unknown = [use for use in column.defaults if use not in DEFAULT_USES]
+    if unknown:
+        problems.append(f"defaults {unknown!r} are not among {', '.join(DEFAULT_USES)}")
+    if problems:
+        raise ColumnError(f"{where}: " + "; ".join(problems))
+    return column
+
+
+def plugin_columns(pm: Any) -> dict[str, Column]:
+    """The columns every plugin of the pluggy manager ``pm`` declares through ``cnfbench_columns``, by name.
+
+    A declaration that is not a valid :class:`Column`, or whose name is one of cnfbench's own columns or is
+    declared by two plugins, raises :class:`ColumnError` naming the plugin.
+    """
+    declared: dict[str, tuple[str, Column]] = {}
+    for impl in pm.hook.cnfbench_columns.get_hookimpls():
+        plugin = f"plugin {pm.get_name(impl.plugin) or impl.plugin!r}"
+        for column in impl.function() or ():
+            column = check_column(column, plugin)
+            if column.name in COLUMNS_BY_NAME:
+                raise ColumnError(f"{plugin} declares column {column.name!r}, which is one of cnfbench's own")
+            if column.name in declared and declared[column.name][0] != plugin:
+                raise ColumnError(f"column {column.name!r} is declared twice: by {declared[column.name][0]} and "
+                                  f"by {plugin}")
+            declared[column.name] = (plugin, column)
+    return {name: column for name, (_, column) in declared.items()}
+

@@ -1,4 +1,8 @@
-"""Run configuration: defaults, ``--config FILE.toml`` loading, and resolution into cells.
+"""Run configuration: defaults and valid ranges, ``--config FILE.toml`` loading, and resolution into cells.
+
+It imports nothing heavy at the top (torch and the registry only inside the
+functions that resolve), so that the command line can build its options and
+``--help`` from :data:`RANGES` and :class:`RunConfig` instantly.
 
 The TOML keys are the long CLI option names with ``_`` for ``-`` (``solver``,
 ``batch_size``, ``ref_solver``, ...); options given on the command line win
@@ -10,16 +14,18 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields, make_dataclass, replace
+from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from cnfbench.cells import Budget, Cell, EvalProtocol, expand_grid
+from cnfbench.families import EVAL_SLOTS, GRID_AXES
 from cnfbench.params import ParamError, parse_selector_list
-from cnfbench.registry import Registry, ResolvedComponent
-from cnfbench.validity import REFERENCE_TOLERANCE, loose_reference
+from cnfbench.specs import ResolvedComponent
+
+if TYPE_CHECKING:
+    from cnfbench.registry import Registry
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,21 +34,15 @@ else:  # pragma: no cover
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    """Everything a run needs, as the user wrote it (selectors still unparsed)."""
+class RunSettings:
+    """Every run setting that is not a component selection (those come from the families table)."""
 
-    dataset: tuple[str, ...] = ("8gaussians",)
-    field: tuple[str, ...] = ("concatsquash",)
-    solver: tuple[str, ...] = ("dopri5",)
-    trace: tuple[str, ...] = ("exact",)
     seeds: int = 1
     first_seed: int = 0
     iterations: int = 400
     batch_size: int = 512
     lr: float = 3e-3
     max_nfe: int | None = None
-    eval_trace: str = "exact"
-    ref_solver: str = "dopri5[rtol=1e-7,atol=1e-7]"
     ref_dtype: str = "float64"
     eval_batch_size: int = 4096
     mass_grid: int = 80
@@ -60,7 +60,19 @@ class RunConfig:
         return {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
 
 
-_LIST_KEYS = {"dataset", "field", "solver", "trace", "plugin"}
+RunConfig = make_dataclass(
+    "RunConfig",
+    [*((row.config_key, tuple[str, ...], dataclass_field(default=row.default)) for row in GRID_AXES),
+     *((slot.config_key, str, dataclass_field(default=slot.default)) for slot in EVAL_SLOTS)],
+    bases=(RunSettings,), frozen=True,
+)
+RunConfig.__module__ = __name__
+RunConfig.__doc__ = """Everything a run needs, as the user wrote it (selectors still unparsed): the run settings, a
+comma list of selectors per grid axis (``dataset``, ``field``, ...) and one selector per evaluation slot
+(``eval_trace``, ``ref_solver``), as the families table lists them."""
+
+
+_LIST_KEYS = {*(row.config_key for row in GRID_AXES), "plugin"}
 _BOOL_KEYS = {"retry_failed", "allow_loose_ref"}
 
 
@@ -177,6 +189,8 @@ def load_toml(path: Path) -> dict[str, Any]:
 
 def resolve_device(requested: str) -> str:
     """``auto`` picks CUDA when available; an unavailable device is a one-line error."""
+    import torch  # here, not at the top: ``cnfbench --help`` reads this module's ranges without torch
+
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -193,9 +207,6 @@ def resolve_device(requested: str) -> str:
 RESOLVING_MASS_GRID = 10
 """Points per axis below which a grid is too coarse to resolve a density's mass (the default is 80)."""
 
-_OPTIONS = {"dataset": "--dataset", "field": "--field", "solver": "--solver", "trace": "--trace"}
-
-
 @dataclass(frozen=True)
 class Grid:
     """The cells a configuration expands to, and notes for the user about how it was read."""
@@ -204,10 +215,9 @@ class Grid:
     notes: list[str]
 
 
-def _resolve_all(registry: Registry, family: str, selectors: tuple[str, ...], notes: list[str]
+def _resolve_all(registry: Registry, family: str, selectors: tuple[str, ...], option: str, notes: list[str]
                  ) -> list[ResolvedComponent]:
     """Every item of a grid axis, resolved; items that resolve to the same component are kept once, with a note."""
-    option = _OPTIONS[family]
     kept: dict[ResolvedComponent, str] = {}
     for selection in parse_selector_list(list(selectors), option):
         resolved = registry.resolve(family, selection)
@@ -228,6 +238,8 @@ def _resolve_one(registry: Registry, family: str, selector: str, option: str) ->
 
 def _check_reference(registry: Registry, ref_solver: ResolvedComponent, allowed: bool, notes: list[str]) -> None:
     """Refuse a fixed-step or loose reference solve, whose ``nll_ref`` would not be the field's density."""
+    from cnfbench.validity import REFERENCE_TOLERANCE, loose_reference
+
     tolerance = registry.build("solver", ref_solver).error_tolerance()
     if not loose_reference(tolerance):
         return
@@ -244,13 +256,11 @@ def _check_reference(registry: Registry, ref_solver: ResolvedComponent, allowed:
 def resolve_grid(config: RunConfig, registry: Registry) -> Grid:
     """Validate the whole configuration and expand it into cells; raise :class:`ParamError`."""
     notes: list[str] = []
-    datasets = _resolve_all(registry, "dataset", config.dataset, notes)
-    field_specs = _resolve_all(registry, "field", config.field, notes)
-    solvers = _resolve_all(registry, "solver", config.solver, notes)
-    traces = _resolve_all(registry, "trace", config.trace, notes)
+    axes = {row.key: _resolve_all(registry, row.key, getattr(config, row.config_key), row.option, notes)
+            for row in GRID_AXES}
     evaluation = EvalProtocol(
-        trace=_resolve_one(registry, "trace", config.eval_trace, "--eval-trace"),
-        ref_solver=_resolve_one(registry, "solver", config.ref_solver, "--ref-solver"),
+        slots={slot.key: _resolve_one(registry, slot.family, getattr(config, slot.config_key), slot.option)
+               for slot in EVAL_SLOTS},
         ref_dtype=config.ref_dtype,
         batch_size=config.eval_batch_size,
         mass_grid=config.mass_grid,
@@ -262,13 +272,13 @@ def resolve_grid(config: RunConfig, registry: Registry) -> Grid:
         notes.append(f"--mass-grid {config.mass_grid}: a {config.mass_grid}x{config.mass_grid} grid is too coarse to "
                      f"resolve a density's mass (use {RunConfig.mass_grid} or more); where the reference mass is off "
                      "1, the training solver's mass is judged against the reference mass instead")
-    count = len(datasets) * len(field_specs) * len(solvers) * len(traces) * config.seeds
+    count = math.prod(len(items) for items in axes.values()) * config.seeds
     if count > MAX_CELLS:
         raise ParamError(f"the grid has {count} cells; at most {MAX_CELLS} fit in one run (fewer seeds or items)")
     budget = Budget(config.iterations, config.batch_size, config.lr, config.max_nfe)
     seeds = list(range(config.first_seed, config.first_seed + config.seeds))
     device = resolve_device(config.device)
-    return Grid(expand_grid(datasets, field_specs, solvers, traces, seeds, budget, evaluation, device), notes)
+    return Grid(expand_grid(axes, seeds, budget, evaluation, device), notes)
 
 
 def resolve_cells(config: RunConfig, registry: Registry) -> list[Cell]:

@@ -21,11 +21,12 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
+from cnfbench.families import FAMILY_TABLE
 from cnfbench.params import Param
 
 FieldFunction = Callable[[Tensor, Tensor], Tensor]
@@ -33,11 +34,40 @@ FieldFunction = Callable[[Tensor, Tensor], Tensor]
 
 
 class Component:
-    """Mixin carrying the metadata shared by every component family."""
+    """Mixin carrying the metadata shared by every component family.
+
+    ``libraries`` names the distributions (as ``pip`` knows them) whose versions this component's numbers
+    depend on, e.g. ``("torchdiffeq",)``: a run records their versions and ``compare`` only compares runs
+    made with the same releases.
+    """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     params: ClassVar[tuple[Param, ...]] = ()
+    libraries: ClassVar[tuple[str, ...]] = ()
+
+
+class StepSizeUnderflow(RuntimeError):
+    """An adaptive solver's step size shrank below what it can take: the solve is diverging (status ``diverged``)."""
+
+
+class StepCapReached(RuntimeError):
+    """A solver took as many steps as it is allowed for one solve (status ``budget``)."""
+
+
+@runtime_checkable
+class FusedDivergence(Protocol):
+    """Optional protocol of a :class:`VectorField`: the field and its exact divergence in one pass.
+
+    ``forward_with_divergence(t, z)`` returns ``(dz, div)`` with ``dz`` equal to ``forward(t, z)`` (same
+    shape, dtype and values) and ``div`` of shape ``[B]`` equal to the trace of ``∂dz/∂z`` per row, both
+    differentiable in the field's parameters and in ``z``; or ``None`` to decline (for this call), in which
+    case an exact trace falls back to automatic differentiation. The built-in ``exact`` trace uses it when
+    a field offers it; the conformance kit checks it against the Jacobian's trace.
+    """
+
+    def forward_with_divergence(self, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor] | None:
+        """``(dz/dt, div)`` of shapes ``[B, D]`` and ``[B]``, or ``None`` to decline."""
 
 
 class VectorField(nn.Module, Component):
@@ -93,6 +123,13 @@ class Solver(Component, ABC):
 
     def expected_nfe(self) -> int | None:
         """Evaluations one solve must cost when that is known in advance, else ``None``."""
+        return None
+
+    @classmethod
+    def translate_failure(cls, exc: BaseException) -> BaseException | None:
+        """The contract exception (:class:`StepSizeUnderflow`, :class:`StepCapReached`) that a library
+        exception raised by this solver means, or ``None``. Called by the harness for an exception that
+        escaped a solve or its backward pass (an adjoint's backward solve runs outside :meth:`integrate`)."""
         return None
 
     def error_tolerance(self) -> float | None:
@@ -192,7 +229,7 @@ SPLIT_PARAMS: tuple[Param, ...] = (
 
 @dataclass(frozen=True)
 class Family:
-    """One component family: its contract class and the hook that supplies it."""
+    """One component family: its contract class and the hook that supplies it (from the families table)."""
 
     key: str
     hook: str
@@ -200,9 +237,6 @@ class Family:
     plural: str
 
 
-FAMILIES: dict[str, Family] = {
-    "dataset": Family("dataset", "cnfbench_datasets", Dataset, "datasets"),
-    "field": Family("field", "cnfbench_fields", VectorField, "fields"),
-    "solver": Family("solver", "cnfbench_solvers", Solver, "solvers"),
-    "trace": Family("trace", "cnfbench_traces", TraceEstimator, "traces"),
-}
+FAMILIES: dict[str, Family] = {row.key: Family(row.key, row.hook, globals()[row.contract], row.plural)
+                               for row in FAMILY_TABLE}
+"""Each family of :data:`cnfbench.families.FAMILY_TABLE` with its contract class."""

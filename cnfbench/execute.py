@@ -4,7 +4,7 @@ A cell never raises: divergence, a blown NFE budget, a contract violation or
 any exception in a plugin become a status and a one-line reason in the row,
 with whatever was measured before the failure. Every reason says in which
 phase of the cell it happened and which components were running there; the
-rows of cells that end outside :func:`run_cell` (a timeout, a dead worker,
+rows of cells that end outside :func:`train_and_evaluate` (a timeout, a dead worker,
 Ctrl-C) are built here too, so they read the same.
 """
 
@@ -14,154 +14,38 @@ import math
 import statistics
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from cnfbench.cells import Cell
 from cnfbench.columns import COLUMN_NAMES, ordered
-from cnfbench.contracts import split_generator
-from cnfbench.dynamics import CELL_PHASES, ContractViolation, NFEBudgetExceeded, PhaseTracker
+from cnfbench.contracts import StepCapReached, StepSizeUnderflow, split_generator
+from cnfbench.dynamics import ContractViolation, NFEBudgetExceeded, PhaseTracker
 from cnfbench.evaluation import EvaluationPass, evaluate_log_prob, sample_model
 from cnfbench.measure import PeakMemory, now
 from cnfbench.messages import describe_exception, one_line
 from cnfbench.registry import ComponentBuildError, Registry
+from cnfbench.rows import (
+    INTERRUPTED,
+    REASON_LIMIT,
+    CellInterrupted,
+    CellOutcome,
+    failure_reason,
+    identity_columns,
+)
 from cnfbench.training import Diverged, IterationCallback, TrainingRecord, seeded_field, train
 from cnfbench.validity import integrate_mass, loose_reference, mass_grid, validity
 
-REASON_LIMIT = 300
-"""Longest failure message a reason quotes, in characters (the phase and the components come on top)."""
-
-STATUSES = ("done", "diverged", "budget", "timeout", "error", "interrupted", "skipped")
-
-INTERRUPTED = "interrupted by the user (Ctrl-C)"
-"""How an ``interrupted`` reason begins."""
-
-
 DENSITY_SAMPLES = 500
 """Model samples kept per 2D cell for the density plots."""
-
-_TRAINING_PHASES = ("train_forward", "train_backward")
-
-PHASE_WHERE: dict[str, tuple[str, tuple[str, ...]]] = {
-    "start": ("before the worker began the cell", ()),
-    "data": ("while building the dataset and its splits", ("dataset",)),
-    "build_field": ("while building the field", ("field",)),
-    "build_solver": ("while building the solver", ("solver",)),
-    "build_trace": ("while building the trace estimator", ("trace",)),
-    "build_eval": ("while building the evaluation trace and the reference solver", ("eval_trace", "ref_solver")),
-    "train_forward": ("in the training forward solve", ("solver", "field", "trace")),
-    "train_backward": ("in the training backward pass", ("solver", "field", "trace")),
-    "eval": ("in the evaluation (test pass with the training solver)", ("solver", "field", "eval_trace")),
-    "ref": ("in the reference solve (test pass)", ("ref_solver", "field", "eval_trace")),
-    "mass": ("in the mass check (training solver on the grid)", ("solver", "field", "eval_trace")),
-    "mass_ref": ("in the mass check (reference solve on the grid)", ("ref_solver", "field", "eval_trace")),
-    "sampling": ("while sampling the model (training solver)", ("solver", "field", "eval_trace")),
-    "entropy": ("while computing the data's true log-density on the test split", ("dataset",)),
-    "metrics": ("in the plugin metrics (cnfbench_cell_metrics)", ("metrics",)),
-    "result": ("while returning the result", ()),
-}
-"""For every phase of :data:`~cnfbench.dynamics.CELL_PHASES`: how a reason says where, and which components ran."""
-
-
-@dataclass
-class CellOutcome:
-    """The result row of one cell, its training curve rows and, for 2D cells, its density picture.
-
-    ``density`` holds plain lists (so the outcome travels as JSON): ``grid_x``, ``grid_y``,
-    ``log_prob_grid`` (reference solve), ``samples`` (from the model) and ``data`` (test samples).
-    """
-
-    row: dict[str, Any]
-    curves: list[dict[str, Any]] = field(default_factory=list)
-    density: dict[str, Any] | None = None
-
-
-class CellInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped a cell; ``outcome`` is its ``interrupted`` row, with the phase and what was measured."""
-
-    def __init__(self, outcome: CellOutcome) -> None:
-        super().__init__(outcome.row.get("reason", INTERRUPTED))
-        self.outcome = outcome
-
-
-def _slot_component(slot: str, cell: Cell, registry: Registry | None) -> str | None:
-    """``solver 'euler' (plugin 'x')`` for one component slot of ``cell``; None when nothing fills it."""
-    if slot == "metrics":
-        names = [name for name, _ in registry.implementations("cnfbench_cell_metrics")] if registry else []
-        return f"metrics plugin{'s' if len(names) > 1 else ''} {', '.join(map(repr, names))}" if names else None
-    family, spec, noun = {
-        "dataset": ("dataset", cell.dataset, "dataset"),
-        "field": ("field", cell.field, "field"),
-        "solver": ("solver", cell.solver, "solver"),
-        "trace": ("trace", cell.trace, "trace"),
-        "eval_trace": ("trace", cell.evaluation.trace, "evaluation trace"),
-        "ref_solver": ("solver", cell.evaluation.ref_solver, "reference solver"),
-    }[slot]
-    try:
-        return f"{noun} {registry.describe(family, spec.name)}" if registry else f"{noun} {spec.name!r}"
-    except Exception:  # noqa: BLE001 - an unknown component is still named, without its plugin
-        return f"{noun} {spec.name!r}"
-
-
-def failure_reason(lead: str, cell: Cell, phase: str, iteration: int = 0, detail: str = "",
-                   registry: Registry | None = None) -> str:
-    """One line: ``lead``, where in the cell it happened, ``detail``, and the components running there.
-
-    ``registry`` (when given) adds each component's plugin; a component the
-    detail already names is not repeated.
-    """
-    where, slots = PHASE_WHERE.get(phase, (f"in phase {phase!r}", ()))
-    if phase in _TRAINING_PHASES and iteration:
-        where += f" at iteration {iteration}"
-    detail = one_line(detail, REASON_LIMIT)
-    text = f"{lead} {where}" + (f": {detail}" if detail else "")
-    components = [c for c in (_slot_component(slot, cell, registry) for slot in slots) if c and c not in detail]
-    return one_line(text + (f" — {', '.join(components)}" if components else ""))
-
-
-def iterations_done_at(cell: Cell, phase: str, iteration: int) -> int:
-    """Training iterations certainly completed when a cell was stopped in ``phase`` (at ``iteration``)."""
-    if phase in _TRAINING_PHASES:
-        return max(iteration - 1, 0)
-    return cell.budget.iterations if CELL_PHASES.index(phase) > CELL_PHASES.index("train_backward") else 0
-
-
-def failed_outcome(cell: Cell, status: str, lead: str, seconds: float, phase: str, iteration: int = 0,
-                   registry: Registry | None = None) -> CellOutcome:
-    """The row of a cell that ended outside :func:`run_cell` — a timeout, a dead worker, Ctrl-C — at ``phase``.
-
-    It has the cell's identity, the status, a reason naming the phase and its
-    components, ``cell_time_s`` (``seconds``) and the iterations certainly done.
-    """
-    row = {**identity_columns(cell), "status": status, "reason": failure_reason(lead, cell, phase, iteration,
-                                                                                 registry=registry),
-           "iterations_done": iterations_done_at(cell, phase, iteration), "cell_time_s": seconds,
-           "valid": False, "validity_reason": ""}
-    return CellOutcome(ordered(row))
-
-
-def interrupted_outcome(cell: Cell, exc: BaseException, seconds: float) -> CellOutcome:
-    """The ``interrupted`` outcome of ``cell`` for a Ctrl-C that reached the caller of an executor.
-
-    An executor that knows where the cell was raises :class:`CellInterrupted`
-    with its row; for any other interrupt the phase is unknown and says so.
-    """
-    if isinstance(exc, CellInterrupted):
-        return exc.outcome
-    row = {**identity_columns(cell), "status": "interrupted",
-           "reason": f"{INTERRUPTED} (the executor did not say in which phase)", "cell_time_s": seconds,
-           "valid": False, "validity_reason": ""}
-    return CellOutcome(ordered(row))
 
 
 def _plugin_frame(exc: BaseException, registry: Registry, cell: Cell) -> str | None:
     """Name the component that raised ``exc``: the innermost frame of one of its methods, else of its module."""
     classes: dict[type, str] = {}
     modules: dict[str, str] = {}
-    for family, spec in (("dataset", cell.dataset), ("field", cell.field), ("solver", cell.solver),
-                         ("trace", cell.trace)):
+    for family, spec in cell.axes.items():
         entry = registry.get(family, spec.name)
         classes[entry.cls] = modules[entry.cls.__module__] = f"{family} {spec.name!r} (plugin {entry.plugin!r})"
     frames = [frame for frame, _ in reversed(list(traceback.walk_tb(exc.__traceback__)))]
@@ -191,16 +75,29 @@ def classify_failure(exc: BaseException, registry: Registry, cell: Cell, tracker
     return status, failure_reason(lead, cell, tracker.phase, tracker.iteration, detail, registry)
 
 
+def _translated(exc: BaseException, registry: Registry, cell: Cell) -> BaseException:
+    """``exc`` as the contract exception one of the cell's solvers says it means (an adjoint's backward
+    solve raises its library's own exception outside ``integrate``), else ``exc`` itself."""
+    if isinstance(exc, (StepSizeUnderflow, StepCapReached)):
+        return exc
+    for spec in (cell.solver, cell.evaluation.ref_solver):
+        try:
+            solver_class = registry.get("solver", spec.name).cls
+        except ValueError:  # not registered here: it cannot have raised
+            continue
+        translated = solver_class.translate_failure(exc)  # type: ignore[attr-defined]
+        if translated is not None:
+            return translated
+    return exc
+
+
 def _classify(exc: BaseException, registry: Registry, cell: Cell) -> tuple[str, str]:
+    exc = _translated(exc, registry, cell)
     message = one_line(exc, REASON_LIMIT)
-    if isinstance(exc, Diverged):
+    if isinstance(exc, (Diverged, StepSizeUnderflow)):
         return "diverged", message
-    if isinstance(exc, NFEBudgetExceeded):
+    if isinstance(exc, (NFEBudgetExceeded, StepCapReached)):
         return "budget", message
-    if isinstance(exc, AssertionError) and "underflow in dt" in message:
-        return "diverged", f"step size underflow ({message})"
-    if isinstance(exc, AssertionError) and "max_num_steps exceeded" in message:
-        return "budget", f"solver step cap reached ({message})"
     if isinstance(exc, ContractViolation):
         return "error", f"contract violation: {message}"
     if isinstance(exc, (PluginFailure, ComponentBuildError)):
@@ -237,32 +134,6 @@ def plugin_metrics(registry: Registry, cell: Cell, field_module: Any, dataset: A
     return extra
 
 
-def identity_columns(cell: Cell) -> dict[str, Any]:
-    """The columns that say which cell a row is: its id and every resolved component and setting."""
-    return {
-        "cell_id": cell.cell_id,
-        "dataset": cell.dataset.name,
-        "field": cell.field.name,
-        "solver": cell.solver.name,
-        "trace": cell.trace.name,
-        "seed": cell.seed,
-        "dataset_spec": cell.dataset.label(),
-        "field_spec": cell.field.label(),
-        "solver_spec": cell.solver.label(),
-        "trace_spec": cell.trace.label(),
-        "iterations": cell.budget.iterations,
-        "batch_size": cell.budget.batch_size,
-        "lr": cell.budget.lr,
-        "max_nfe": cell.budget.max_nfe,
-        "eval_trace_spec": cell.evaluation.trace.label(),
-        "ref_solver_spec": cell.evaluation.ref_solver.label(),
-        "ref_dtype": cell.evaluation.ref_dtype,
-        "eval_batch_size": cell.evaluation.batch_size,
-        "mass_grid": cell.evaluation.mass_grid,
-        "device": cell.device,
-    }
-
-
 def _nfe_stats(values: list[int]) -> tuple[float, float]:
     if not values:
         return math.nan, math.nan
@@ -294,7 +165,7 @@ def _density_columns(dataset: Any, test: torch.Tensor, passes: dict[str, Evaluat
     return columns
 
 
-def run_cell(cell: Cell, registry: Registry, on_iteration: IterationCallback | None = None,
+def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCallback | None = None,
              on_phase: Callable[[str], None] | None = None, tracker: PhaseTracker | None = None) -> CellOutcome:
     """Train and evaluate ``cell``; always return a row with a status.
 

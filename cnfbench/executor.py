@@ -27,8 +27,9 @@ from typing import Any, Protocol
 
 from cnfbench.cells import Cell
 from cnfbench.dynamics import PhaseTracker, SharedInt, pack_phase, unpack_phase
-from cnfbench.execute import INTERRUPTED, CellInterrupted, CellOutcome, failed_outcome, run_cell
+from cnfbench.execute import train_and_evaluate
 from cnfbench.registry import Registry, load_registry
+from cnfbench.rows import INTERRUPTED, CellInterrupted, CellOutcome, failed_outcome
 
 ProgressHook = Callable[[str, Any], None]
 """``hook(kind, value)``: ``("iteration", (done, loss))`` or ``("phase", name)``."""
@@ -37,7 +38,7 @@ ProgressHook = Callable[[str, Any], None]
 class Executor(Protocol):
     """Runs one cell and returns its outcome; never raises for a failing cell."""
 
-    def run(self, cell: Cell, progress: ProgressHook) -> CellOutcome: ...
+    def run_cell(self, cell: Cell, progress: ProgressHook) -> CellOutcome: ...
 
     def close(self) -> None: ...
 
@@ -48,8 +49,8 @@ class InlineExecutor:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
 
-    def run(self, cell: Cell, progress: ProgressHook) -> CellOutcome:
-        return run_cell(cell, self.registry, lambda done, loss: progress("iteration", (done, loss)),
+    def run_cell(self, cell: Cell, progress: ProgressHook) -> CellOutcome:
+        return train_and_evaluate(cell, self.registry, lambda done, loss: progress("iteration", (done, loss)),
                         lambda name: progress("phase", name))
 
     def close(self) -> None:
@@ -90,7 +91,7 @@ def _worker_main(connection: multiprocessing.connection.Connection, plugins: lis
         def on_phase(name: str) -> None:
             _send(connection, {"kind": "phase", "value": name})
 
-        outcome = run_cell(cell, registry, on_iteration, on_phase, tracker)
+        outcome = train_and_evaluate(cell, registry, on_iteration, on_phase, tracker)
         tracker.enter("result")
         _send(connection, {"kind": "result", "row": outcome.row, "curves": outcome.curves,
                            "density": outcome.density})
@@ -163,7 +164,7 @@ class ProcessExecutor:
         phase, iteration = unpack_phase(self._where.value) if self._where is not None else ("start", 0)
         return failed_outcome(cell, status, lead, seconds, phase, iteration, self._names())
 
-    def run(self, cell: Cell, progress: ProgressHook) -> CellOutcome:
+    def run_cell(self, cell: Cell, progress: ProgressHook) -> CellOutcome:
         if self._process is None or not self._process.is_alive():
             self._start()
         process, where = self._process, self._where

@@ -13,6 +13,7 @@ from typing import Any
 import pluggy
 from torch import Tensor
 
+from cnfbench.columns import Column
 from cnfbench.contracts import Dataset, Solver, TraceEstimator, VectorField
 
 PROJECT_NAME = "cnfbench"
@@ -75,6 +76,20 @@ def cnfbench_cell_finished(row: Mapping[str, Any], run_dir: str) -> None:
     ``row`` is the row as stored, whatever the status; use it to log to
     MLflow, TensorBoard or a chat channel. An exception here is reported and
     ignored: it never stops the sweep.
+    """
+
+
+
+
+@hookspec
+def cnfbench_columns() -> Sequence[Column]:
+    """Return declarations (:class:`cnfbench.columns.Column`) of the columns this plugin's rows add.
+
+    Typically the columns of its ``cnfbench_cell_metrics``: each with its unit, meaning, goal
+    (``"min"``, ``"one"`` or ``None``), comparison (``"difference"`` or ``"ratio"``) and display
+    format, as cnfbench declares its own. Reports then show the unit, mark the best entry and let
+    ``compare`` judge the direction; an undeclared column is shown by its name, with no goal. A name
+    must not be one of cnfbench's own columns.
     """
 
 

@@ -31,7 +31,7 @@ class Progress:
 
     def start_cell(self, index: int, cell: Cell) -> None:
         self.index, self.iterations = index, cell.budget.iterations
-        self.label = f"{cell.dataset.name} {cell.field.name} {cell.solver.label()} {cell.trace.name} seed={cell.seed}"
+        self.label = f"{cell.describe()}"
         self._last_logged_tenth = -1
         if not self.interactive:
             self._write(f"[cell {index}/{self.total_cells}] start {self.label}\n")

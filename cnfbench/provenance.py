@@ -9,6 +9,7 @@ import platform
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ import torch
 
 from cnfbench.plugin_manager import PluginInfo
 
-PACKAGES = ("cnfbench", "torch", "torchdiffeq", "numpy", "pandas", "pyarrow", "pluggy", "click")
+PACKAGES = ("cnfbench", "torch", "numpy", "pandas", "pyarrow", "pluggy", "click")
+"""The harness's own dependencies; the libraries components declare are added to them."""
 
 
 def _version(package: str) -> str | None:
@@ -59,8 +61,13 @@ def device_description(device: str) -> dict[str, Any]:
     return info
 
 
-def collect(argv: list[str], config: dict[str, Any], plugins: list[PluginInfo], device: str) -> dict[str, Any]:
-    """Everything needed to know where a run's numbers came from."""
+def collect(argv: list[str], config: dict[str, Any], plugins: list[PluginInfo], device: str,
+            libraries: Sequence[str] = ()) -> dict[str, Any]:
+    """Everything needed to know where a run's numbers came from.
+
+    ``libraries`` are the distributions the run's components declared their numbers depend on
+    (``Component.libraries``); their versions are recorded beside the harness's own.
+    """
     source_dir = Path(__file__).resolve().parent
     return {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -69,7 +76,8 @@ def collect(argv: list[str], config: dict[str, Any], plugins: list[PluginInfo], 
         "hostname": socket.gethostname(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "versions": {package: _version(package) for package in PACKAGES},
+        "versions": {package: _version(package) for package in (*PACKAGES, *sorted(set(libraries) - set(PACKAGES)))},
+        "libraries": sorted(set(libraries)),
         "plugins": [{"name": p.name, "source": p.source, "origin": p.origin, "version": p.version, "error": p.error}
                     for p in plugins],
         "machine": device_description(device),

@@ -15,8 +15,11 @@ import pluggy
 
 from cnfbench.contracts import FAMILIES, Component
 from cnfbench.messages import describe_exception
-from cnfbench.params import ParamError, Selection, format_value, resolve_params
+from cnfbench.params import ParamError, Selection, resolve_params
 from cnfbench.plugin_manager import PluginInfo, create_plugin_manager
+from cnfbench.specs import ResolvedComponent
+
+__all__ = ["ComponentBuildError", "ComponentEntry", "Registry", "RegistryError", "ResolvedComponent", "load_registry"]
 
 
 @dataclass(frozen=True)
@@ -27,27 +30,6 @@ class ComponentEntry:
     name: str
     cls: type[Component]
     plugin: str
-
-
-@dataclass(frozen=True)
-class ResolvedComponent:
-    """A component name with every declared parameter filled and typed."""
-
-    name: str
-    params: tuple[tuple[str, Any], ...]
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        return dict(self.params)
-
-    def label(self) -> str:
-        """``name[k=v,...]`` with every parameter, in declaration order."""
-        if not self.params:
-            return self.name
-        return f"{self.name}[{','.join(f'{k}={format_value(v)}' for k, v in self.params)}]"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "params": {k: list(v) if isinstance(v, tuple) else v for k, v in self.params}}
 
 
 class RegistryError(Exception):

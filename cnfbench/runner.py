@@ -19,18 +19,18 @@ from typing import Any
 import pandas as pd
 
 from cnfbench.cells import Cell
-from cnfbench.execute import interrupted_outcome
 from cnfbench.executor import Executor
-from cnfbench.plots import write_density_artifacts
 from cnfbench.progress import Progress
 from cnfbench.registry import Registry
-from cnfbench.results import (
+from cnfbench.rows import interrupted_outcome
+from cnfbench.run_folder import (
     CELLS_CSV,
     CELLS_PARQUET,
     ResultsError,
     RunStore,
     check_run_name,
     remove_stale_temporaries,
+    write_density_artifacts,
 )
 
 
@@ -108,7 +108,7 @@ def _notify_finished(registry: Registry, row: dict[str, Any], run_dir: Path, pro
                              f"{type(exc).__name__}: {exc}")
 
 
-def execute_run(
+def sweep(
     cells: list[Cell],
     registry: Registry,
     executor: Executor,
@@ -154,7 +154,7 @@ def execute_run(
         progress.start_cell(index, cell)
         started = time.monotonic()
         try:
-            outcome = executor.run(cell, on_progress)
+            outcome = executor.run_cell(cell, on_progress)
         except KeyboardInterrupt as exc:
             row = interrupted_outcome(cell, exc, time.monotonic() - started).row
             frame = _upsert(frame, row)

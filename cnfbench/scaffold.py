@@ -23,8 +23,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from string import Template
 
+from cnfbench.families import FAMILIES_BY_KEY
+
 FAMILY_ORDER = ("field", "solver", "trace", "dataset")
-"""The families a template exists for, in the order they appear in ``plugin.py``."""
+"""The families a template exists for, in the order they appear in ``plugin.py`` (every family of the families
+table needs one: a test checks it)."""
 
 DEFAULT_FAMILIES = ("field",)
 
@@ -32,6 +35,10 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_][A-Za-z0-9]+)*")
 
 _RESERVED = {"cnfbench", "cnfbench_plugins", "torch", "torchdiffeq", "pluggy", "numpy", "pandas", "pyarrow",
              "click", "matplotlib", "pytest", "setuptools", "pip", "test", "tests", "src"}
+
+
+MAX_NAME_LENGTH = 64
+"""Longest plugin name: it becomes folder and file names, which file systems limit to 255 bytes."""
 
 
 class ScaffoldError(ValueError):
@@ -45,6 +52,8 @@ def package_name(name: str) -> str:
             f"invalid plugin name {name!r}: use letters, digits and single '-' or '_' between them, "
             f"starting with a letter (e.g. my-flows)"
         )
+    if len(name) > MAX_NAME_LENGTH:
+        raise ScaffoldError(f"invalid plugin name {name[:20]}…: at most {MAX_NAME_LENGTH} characters, got {len(name)}")
     package = name.lower().replace("-", "_")
     if keyword.iskeyword(package):
         raise ScaffoldError(f"invalid plugin name {name!r}: {package!r} is a Python keyword")
@@ -437,7 +446,7 @@ Rename or add components freely; keep each `name` unique among all installed
 plugins, and return the new classes from the matching hook.
 '''
 
-_RUN_OPTION = {"field": "--field", "solver": "--solver", "trace": "--trace", "dataset": "--dataset"}
+_RUN_OPTION = {family: FAMILIES_BY_KEY[family].option for family in FAMILY_ORDER}
 _FAMILY_WORD = {"field": "vector field", "solver": "ODE solver", "trace": "trace estimator", "dataset": "dataset"}
 _CLASS = {"field": "MLPField", "solver": "HeunSolver", "trace": "ExactTrace", "dataset": "GaussianDataset"}
 

@@ -13,26 +13,18 @@ import re
 
 import pandas as pd
 
+from cnfbench.columns import COLUMNS_BY_NAME, SUMMARY, Column, default_metrics
+from cnfbench.families import GRID_AXES, SLOTS_BY_KEY, family
 from cnfbench.validity import grid_resolution_note
 
-FAMILY_SPECS = ("dataset_spec", "field_spec", "solver_spec", "trace_spec")
+SUMMARY_METRICS: tuple[Column, ...] = tuple(COLUMNS_BY_NAME[name] for name in default_metrics(SUMMARY))
+"""The catalogue's summary metrics, in row order; each is shown under its header, scaled, with its decimals."""
 
-# (column in cells.parquet, header printed, scale factor, decimals)
-SUMMARY_METRICS: tuple[tuple[str, str, float, int], ...] = (
-    ("nll", "test NLL, train solver [nats]", 1.0, 3),
-    ("nll_ref", "test NLL, ref solve [nats]", 1.0, 3),
-    ("entropy", "true entropy [nats]", 1.0, 3),
-    ("excess_nll", "excess NLL = ref - entropy [nats]", 1.0, 3),
-    ("mass", "mass, train solver [1]", 1.0, 3),
-    ("mass_ref", "mass, ref solve [1]", 1.0, 3),
-    ("nfe_forward_mean", "NFE fwd/iter [evals]", 1.0, 1),
-    ("nfe_backward_mean", "NFE bwd/iter [evals]", 1.0, 1),
-    ("nfe_eval", "NFE test pass [evals]", 1.0, 0),
-    ("train_time_s", "train time [s]", 1.0, 1),
-    ("iter_time_median_s", "median iter [ms]", 1000.0, 1),
-    ("eval_time_s", "eval time [s]", 1.0, 2),
-    ("peak_memory_mib", "peak mem [MiB]", 1.0, 0),
-)
+# The notes below are about particular roles, not enumerations: the training solver is what a flag blames, the
+# dataset is where, and the reference solver is what --allow-loose-ref loosened.
+_DATASET = family("dataset")
+_SOLVER = family("solver")
+_REF_SOLVER = SLOTS_BY_KEY["ref_solver"]
 
 _SPEC = re.compile(r"^(?P<name>[^\[]+)(?:\[(?P<params>.*)\])?$")
 
@@ -77,20 +69,19 @@ def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
     if cells.empty:
         return pd.DataFrame()
     frame = cells.copy()
-    labels = {family: compact_labels(frame[family].astype(str)) for family in FAMILY_SPECS}
-    for family, series in labels.items():
-        frame[f"_{family}"] = series
-    keys = [f"_{family}" for family in FAMILY_SPECS]
+    axes = [row.key for row in GRID_AXES]
+    for row in GRID_AXES:
+        frame[f"_{row.key}"] = compact_labels(frame[row.spec_column].astype(str))
     rows = []
-    for key_values, group in frame.groupby(keys, sort=False, dropna=False):
+    for key_values, group in frame.groupby([f"_{axis}" for axis in axes], sort=False, dropna=False):
         done = group[group["status"] == "done"]
-        row = dict(zip(["dataset", "field", "solver", "trace"], key_values, strict=True))
+        row = dict(zip(axes, key_values, strict=True))
         statuses = group["status"].value_counts()
         row["status"] = ", ".join(f"{count} {status}" for status, count in statuses.items())
         row["n"] = len(done)
-        for column, header, scale, decimals in SUMMARY_METRICS:
-            if column in done and done[column].notna().any():
-                row[header] = _format(done[column], scale, decimals)
+        for metric in SUMMARY_METRICS:
+            if metric.name in done and done[metric.name].notna().any():
+                row[metric.header] = _format(done[metric.name], metric.scale, metric.decimals)
         if "valid" in done and len(done):
             row["valid"] = "yes" if done["valid"].astype(bool).all() else "NO (!)"
         failed = group[group["status"] != "done"]
@@ -98,8 +89,8 @@ def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
             row["reason"] = str(failed["reason"].iloc[0])[:80]
         rows.append(row)
     table = pd.DataFrame(rows)
-    present = [header for _, header, _, _ in SUMMARY_METRICS if header in table]
-    ordered = ["dataset", "field", "solver", "trace", "status", "n", *(["valid"] if "valid" in table else []), *present]
+    present = [metric.header for metric in SUMMARY_METRICS if metric.header in table]
+    ordered = [*axes, "status", "n", *(["valid"] if "valid" in table else []), *present]
     if "reason" in table:
         ordered.append("reason")
     return table[ordered].fillna("—")
@@ -117,7 +108,7 @@ def loose_reference_notes(cells: pd.DataFrame) -> list[str]:
     loose = cells[cells["ref_loose"].astype("boolean").fillna(False).astype(bool)]
     return [f"warning: nll_ref of {len(loose)} cell(s) comes from the loose reference solve {spec} "
             "(--allow-loose-ref): it is only as exact as that solve"
-            for spec in loose["ref_solver_spec"].drop_duplicates()]
+            for spec in loose[_REF_SOLVER.spec_column].drop_duplicates()]
 
 
 def flag_notes(cells: pd.DataFrame) -> list[str]:
@@ -126,8 +117,8 @@ def flag_notes(cells: pd.DataFrame) -> list[str]:
         return []
     done = cells[cells["status"] == "done"]
     flagged = done[~done["valid"].fillna(True).astype(bool)]
-    return [f"(!) {row.solver_spec} seed {row.seed} on {row.dataset}: {row.validity_reason}"
-            for row in flagged.itertuples()]
+    return [f"(!) {row[_SOLVER.spec_column]} seed {row['seed']} on {row[_DATASET.column]}: {row['validity_reason']}"
+            for row in flagged.to_dict("records")]
 
 
 def grid_notes(cells: pd.DataFrame) -> list[str]:
@@ -140,7 +131,7 @@ def grid_notes(cells: pd.DataFrame) -> list[str]:
         note = grid_resolution_note(row)
         if note:
             off = abs(float(row["mass_ref"]) - 1.0)
-            dataset = str(row.get("dataset_spec", row.get("dataset")))
+            dataset = str(row.get(_DATASET.spec_column, row.get(_DATASET.column)))
             if off > worst.get(dataset, (-1.0, ""))[0]:
                 worst[dataset] = (off, f"warning: {dataset}: {note}")
     return [note for _, note in worst.values()]

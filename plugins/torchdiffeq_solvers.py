@@ -18,7 +18,7 @@ from torchdiffeq._impl.odeint import SOLVERS as TORCHDIFFEQ_METHODS
 from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
 from torchdiffeq._impl.solvers import FixedGridODESolver
 
-from cnfbench.contracts import Dynamics, Solver
+from cnfbench.contracts import Dynamics, Solver, StepCapReached, StepSizeUnderflow
 from cnfbench.hookspecs import hookimpl
 from cnfbench.params import Param
 
@@ -44,6 +44,19 @@ class TorchdiffeqSolver(Solver):
     """Shared integration through ``torchdiffeq.odeint`` / ``odeint_adjoint``."""
 
     method: ClassVar[str] = ""
+    libraries = ("torchdiffeq",)
+
+    @classmethod
+    def translate_failure(cls, exc: BaseException) -> BaseException | None:
+        """torchdiffeq signals a collapsing step and its step cap with ``AssertionError`` messages."""
+        if not isinstance(exc, AssertionError):
+            return None
+        message = " ".join(str(exc).split())
+        if "underflow in dt" in message:
+            return StepSizeUnderflow(f"step size underflow ({message})")
+        if "max_num_steps exceeded" in message:
+            return StepCapReached(f"solver step cap reached ({message})")
+        return None
 
     def _options(self, t1: float) -> tuple[dict[str, Any], float, float]:
         """torchdiffeq ``options``, ``rtol`` and ``atol`` for a solve ending at ``t1``."""
@@ -57,15 +70,21 @@ class TorchdiffeqSolver(Solver):
         options, rtol, atol = self._options(t1)
         if "step_t" in options:  # torchdiffeq flips step_t for reverse-time solves only when it is a tensor
             options["step_t"] = torch.as_tensor(options["step_t"], dtype=reference.dtype, device=reference.device)
-        if self.config.get("adjoint", False):
-            trajectory = torchdiffeq.odeint_adjoint(
-                dynamics, state, times, rtol=rtol, atol=atol, method=self.method, options=options,
-                adjoint_params=tuple(dynamics.parameters()),
-            )
-        else:
-            trajectory = torchdiffeq.odeint(
-                dynamics, state, times, rtol=rtol, atol=atol, method=self.method, options=options
-            )
+        try:
+            if self.config.get("adjoint", False):
+                trajectory = torchdiffeq.odeint_adjoint(
+                    dynamics, state, times, rtol=rtol, atol=atol, method=self.method, options=options,
+                    adjoint_params=tuple(dynamics.parameters()),
+                )
+            else:
+                trajectory = torchdiffeq.odeint(
+                    dynamics, state, times, rtol=rtol, atol=atol, method=self.method, options=options
+                )
+        except AssertionError as exc:
+            translated = self.translate_failure(exc)
+            if translated is None:
+                raise
+            raise translated from exc
         return tuple(component[-1] for component in trajectory)
 
 

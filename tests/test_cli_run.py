@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import read_cells
 
-from cnfbench.plots import read_density_artifacts
+from cnfbench.run_folder import read_density_artifacts
 
 NAN_FIELD_PLUGIN = '''
 import torch

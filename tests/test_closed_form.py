@@ -22,8 +22,7 @@ from collections.abc import Sequence
 import pytest
 import torch
 import torchdiffeq
-from torch import Tensor, nn
-from torch.distributions import MultivariateNormal
+from torch import Tensor
 from torchdiffeq._impl.odeint import SOLVERS as TORCHDIFFEQ_SOLVERS
 
 from cnfbench.config import RunConfig
@@ -32,6 +31,7 @@ from cnfbench.dynamics import CNFDynamics, NFECounter, log_likelihood
 from cnfbench.evaluation import EvaluationPass, evaluate_log_prob
 from cnfbench.params import parse_selection
 from cnfbench.registry import load_registry
+from cnfbench.testing.reference import MatrixField, linear_flow_log_prob
 
 F64 = torch.float64
 REGISTRY = load_registry()
@@ -73,32 +73,9 @@ def _one_intra_op_thread():
     torch.set_num_threads(threads)
 
 
-class LinearField(VectorField):
-    """``v(t, z) = A z``; ``A`` is a fixed buffer, or a learnable parameter with ``learnable=True``."""
-
-    name = "linear"
-
-    def __init__(self, matrix: Tensor, learnable: bool = False) -> None:
-        super().__init__(matrix.shape[0])
-        if learnable:
-            self.matrix = nn.Parameter(matrix.clone())
-        else:
-            self.register_buffer("matrix", matrix.clone())
-
-    def forward(self, t: Tensor, z: Tensor) -> Tensor:
-        return z @ self.matrix.T
-
-
 def build(family: str, selector: str, *args: object):
     """Build a component exactly as the harness does: parse, resolve against the registry, instantiate."""
     return REGISTRY.build(family, REGISTRY.resolve(family, parse_selection(selector)), *args)
-
-
-def closed_form_log_prob(matrix: Tensor, x: Tensor) -> Tensor:
-    """``log N(x; 0, e^A e^{A^T})`` per row."""
-    expm = torch.linalg.matrix_exp(matrix.to(F64))
-    covariance = expm @ expm.T
-    return MultivariateNormal(torch.zeros(matrix.shape[0], dtype=F64), covariance_matrix=covariance).log_prob(x.to(F64))
 
 
 def closed_form_entropy(matrix: Tensor) -> float:
@@ -115,9 +92,9 @@ def true_samples(matrix: Tensor, n: int, seed: int) -> Tensor:
 
 def evaluate(selector: str, matrix: Tensor, x: Tensor, batch_size: int = N_POINTS) -> tuple[float, EvaluationPass]:
     """Evaluate the linear field with ``selector`` and the exact trace; return (max per-sample error, pass)."""
-    result = evaluate_log_prob(LinearField(matrix), build("solver", selector), build("trace", "exact"), x,
+    result = evaluate_log_prob(MatrixField(matrix), build("solver", selector), build("trace", "exact"), x,
                                batch_size, "eval")
-    return float((result.log_prob - closed_form_log_prob(matrix, x)).abs().max()), result
+    return float((result.log_prob - linear_flow_log_prob(matrix, x)).abs().max()), result
 
 
 def observed_orders(errors: Sequence[float]) -> list[float]:
@@ -172,12 +149,12 @@ def reference_pass(field: VectorField, x: Tensor) -> EvaluationPass:
 def hutchinson_estimates(noise: str, draws: int = 2000) -> tuple[Tensor, float]:
     """``draws`` single-probe estimates of ``log p(x)`` at one point (one probe per row), and the exact value."""
     x = true_samples(A2, 1, seed=11)
-    dynamics = CNFDynamics(LinearField(A2), build("trace", f"hutchinson[noise={noise}]"), NFECounter(), False)
+    dynamics = CNFDynamics(MatrixField(A2), build("trace", f"hutchinson[noise={noise}]"), NFECounter(), False)
     # The z-trajectory does not depend on the probe and the divergence e^T A e is constant in time, so the solver's
     # error is the same ~1e-6 on every row: far below the ~0.01 standard error of the mean.
     solver = build("solver", "rk4[steps=8]")
     logp = log_likelihood(dynamics, solver, x.expand(draws, 2).clone(), "eval", torch.Generator().manual_seed(0))
-    return logp, float(closed_form_log_prob(A2, x)[0])
+    return logp, float(linear_flow_log_prob(A2, x)[0])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -190,7 +167,7 @@ def test_closed_form_is_the_change_of_variables_formula(matrix: Tensor) -> None:
     x = true_samples(matrix, 16, seed=1)
     z0 = x @ torch.linalg.matrix_exp(-matrix).T
     change_of_variables = -0.5 * (z0.pow(2).sum(1) + matrix.shape[0] * math.log(2 * math.pi)) - torch.trace(matrix)
-    torch.testing.assert_close(closed_form_log_prob(matrix, x), change_of_variables, rtol=0, atol=1e-12)
+    torch.testing.assert_close(linear_flow_log_prob(matrix, x), change_of_variables, rtol=0, atol=1e-12)
     assert abs(float(torch.trace(matrix))) > 0.1  # the log-det term is far above every tolerance used below
 
 
@@ -203,11 +180,11 @@ def test_closed_form_is_the_change_of_variables_formula(matrix: Tensor) -> None:
 @pytest.mark.parametrize("matrix", MATRICES.values(), ids=MATRICES.keys())
 def test_nll_ref_matches_the_closed_form(matrix: Tensor, data_dtype: torch.dtype, learnable: bool) -> None:
     """float32 data and field are what a trained cell hands the reference pass; it must evaluate them in float64."""
-    field = LinearField(matrix, learnable=learnable).to(data_dtype)
+    field = MatrixField(matrix, learnable=learnable).to(data_dtype)
     x = true_samples(matrix, 200, seed=2).to(data_dtype)
     result = reference_pass(field, x)
     # The exact answer for the field and points as stored (float32 rounding of A and x included).
-    expected = closed_form_log_prob(field.matrix.detach(), x)
+    expected = linear_flow_log_prob(field.matrix.detach(), x)
     assert result.log_prob.dtype == F64 and result.log_prob.shape == (200,)
     assert (result.log_prob - expected).abs().max() <= 1e-4
     assert abs(result.nll - float(-expected.mean())) <= 1e-4
@@ -256,7 +233,7 @@ def test_fixed_grid_training_solve_costs_steps_times_stages(method: str) -> None
     """The forward (training) phase of the counter sees exactly steps x stages evaluations per solve."""
     steps, stages = 3, FIXED_GRID[method][1]
     counter = NFECounter()
-    dynamics = CNFDynamics(LinearField(A2, learnable=True), build("trace", "exact"), counter, differentiable=True)
+    dynamics = CNFDynamics(MatrixField(A2, learnable=True), build("trace", "exact"), counter, differentiable=True)
     solver = build("solver", f"{method}[steps={steps}]")
     x = true_samples(A2, 8, seed=6)
     for _ in range(2):
@@ -302,9 +279,9 @@ def test_wrong_sign_of_the_divergence_breaks_the_reference_check(monkeypatch: py
 
     monkeypatch.setattr(exact_trace, "__call__", flipped)
     x = true_samples(A2, 200, seed=2)
-    result = reference_pass(LinearField(A2), x)
-    errors = result.log_prob - closed_form_log_prob(A2, x)
-    assert errors.abs().max() > 0.1 and abs(result.nll - float(-closed_form_log_prob(A2, x).mean())) > 0.1
+    result = reference_pass(MatrixField(A2), x)
+    errors = result.log_prob - linear_flow_log_prob(A2, x)
+    assert errors.abs().max() > 0.1 and abs(result.nll - float(-linear_flow_log_prob(A2, x).mean())) > 0.1
     # The flipped log-det term is off by exactly 2 tr A on every point.
     torch.testing.assert_close(errors, torch.full_like(errors, 2 * float(torch.trace(A2))), rtol=0, atol=1e-5)
 

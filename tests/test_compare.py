@@ -12,17 +12,16 @@ from click.testing import CliRunner
 from test_report import cell, frame, write_run
 
 from cnfbench.cli import main
-from cnfbench.compare import (
+from cnfbench.reports import merge_runs, metric_info
+from cnfbench.reports.compare import (
     compare_runs,
     metric_change,
-    t_two_sided_p,
     to_json,
     to_markdown,
     to_text,
-    welch_t_test,
 )
-from cnfbench.merge import merge_runs
-from cnfbench.report import Run, load_run, metric_info
+from cnfbench.reports.statistics import t_two_sided_p, welch_t_test
+from cnfbench.run_folder import Run, load_run
 
 VERSIONS = {"cnfbench": "0.1.0", "torch": "2.13.0", "torchdiffeq": "0.2.5"}
 

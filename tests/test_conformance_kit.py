@@ -12,11 +12,21 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from cnfbench.contracts import SPLIT_PARAMS, Dataset, SampledDataset, Solver, Splits, TraceEstimator, VectorField
+from cnfbench.contracts import (
+    SPLIT_PARAMS,
+    Dataset,
+    FusedDivergence,
+    SampledDataset,
+    Solver,
+    Splits,
+    TraceEstimator,
+    VectorField,
+)
 from cnfbench.hookspecs import hookimpl
 from cnfbench.params import Param, resolve_params
 from cnfbench.registry import load_registry
 from cnfbench.testing import (
+    TIME_DEPENDENT_ODE,
     ConformanceError,
     check_component,
     check_dataset,
@@ -27,6 +37,7 @@ from cnfbench.testing import (
     conformance_tests,
     plugin_components,
 )
+from cnfbench.testing.reference import RK4, ExactLoopTrace, TimeDependentODE
 
 REGISTRY = load_registry()
 BUILTINS = [
@@ -185,20 +196,12 @@ class GoodAdaptiveHeun(Solver):
         return t, t + h
 
 
-class GoodExact(TraceEstimator):
+class GoodExact(ExactLoopTrace):
     name = "good_exact"
     description = "exact divergence"
 
     def __call__(self, field: Any, t: Tensor, z: Tensor, create_graph: bool) -> tuple[Tensor, Tensor]:
-        dz = field(t, z)
-        div = torch.zeros(z.shape[0], dtype=dz.dtype, device=dz.device)
-        if not dz.requires_grad:
-            return dz, div
-        for i in range(z.shape[1]):
-            (grad,) = torch.autograd.grad(dz[:, i].sum(), z, create_graph=create_graph, retain_graph=True,
-                                          allow_unused=True)
-            if grad is not None:
-                div = div + grad[:, i]
+        dz, div = super().__call__(field, t, z, create_graph)
         return dz, self.sign() * div
 
     def sign(self) -> float:
@@ -314,6 +317,71 @@ class BatchCoupledField(GoodField):
     def forward(self, t: Tensor, z: Tensor) -> Tensor:
         out = super().forward(t, z)
         return out - out.mean(dim=0, keepdim=True)  # like batch norm: each row depends on the others
+
+
+class FusedField(GoodField):
+    """GoodField offering the fused divergence: ``tr(W_out diag(1 - h^2) W_in[:, :D])`` by hand."""
+
+    name = "fused"
+
+    def forward_with_divergence(self, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor] | None:
+        time = t.reshape(1, 1).to(z.dtype).expand(z.shape[0], 1)
+        hidden = torch.tanh(self.inner(torch.cat([z, time], dim=1)))
+        div = (1 - hidden**2) @ (self.outer.weight.T * self.inner.weight[:, : self.dim]).sum(dim=1)
+        return self.outer(hidden), div
+
+
+class DecliningField(GoodField):
+    """Offers the fused divergence but always declines it: allowed."""
+
+    name = "declining"
+
+    def forward_with_divergence(self, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor] | None:
+        return None
+
+
+class OffsetDivergenceField(FusedField):
+    name = "offset_divergence"
+
+    def forward_with_divergence(self, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor] | None:
+        dz, div = super().forward_with_divergence(t, z)
+        return dz, div + 0.5
+
+
+class FusedDzMismatchField(FusedField):
+    name = "fused_dz_mismatch"
+
+    def forward_with_divergence(self, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor] | None:
+        dz, div = super().forward_with_divergence(t, z)
+        return dz + 1e-3, div
+
+
+class ColumnDivergenceField(FusedField):
+    name = "column_divergence"
+
+    def forward_with_divergence(self, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor] | None:
+        dz, div = super().forward_with_divergence(t, z)
+        return dz, div[:, None]
+
+
+class DetachedDivergenceField(FusedField):
+    name = "detached_divergence"
+
+    def forward_with_divergence(self, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor] | None:
+        dz, div = super().forward_with_divergence(t, z)
+        return dz, div.detach()
+
+
+class FrozenWeightDivergenceField(FusedField):
+    """Right values, but the divergence treats the first layer's weight as a constant."""
+
+    name = "frozen_weight_divergence"
+
+    def forward_with_divergence(self, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor] | None:
+        time = t.reshape(1, 1).to(z.dtype).expand(z.shape[0], 1)
+        hidden = torch.tanh(self.inner(torch.cat([z, time], dim=1)))
+        div = (1 - hidden**2) @ (self.outer.weight.T * self.inner.weight[:, : self.dim].detach()).sum(dim=1)
+        return self.outer(hidden), div
 
 
 class OneStepHeun(GoodHeun):
@@ -484,6 +552,20 @@ BROKEN = [
     pytest.param(check_field, DeadParameterField, "receive no gradient.*unused_scale", id="field-dead-parameter"),
     pytest.param(check_field, BatchCoupledField, "rows must be independent", id="field-coupling-rows"),
     pytest.param(check_field, Unnamed, "needs a class attribute `name`", id="field-without-name"),
+    pytest.param(check_field, OffsetDivergenceField, r"forward_with_divergence\(t, z\) with z \(7, 1\) float32: div "
+                                                     r"differs from the trace of the Jacobian by 0.5",
+                 id="field-fused-divergence-off-by-a-constant"),
+    pytest.param(check_field, FusedDzMismatchField, r"forward_with_divergence\(t, z\) with z \(7, 1\) float32: dz is "
+                                                    r"not forward\(t, z\) \(max difference 0.001\)",
+                 id="field-fused-dz-not-forward"),
+    pytest.param(check_field, ColumnDivergenceField, r"returned div \(7, 1\) torch.float32 on cpu; expected \(7,\) "
+                                                     r"torch.float32 on cpu \(one divergence per row\)",
+                 id="field-fused-divergence-wrong-shape"),
+    pytest.param(check_field, DetachedDivergenceField, r"float64 after .to\(torch.float64\): div is not "
+                                                       r"differentiable", id="field-fused-divergence-detached"),
+    pytest.param(check_field, FrozenWeightDivergenceField, r"div is not differentiable in inner.weight as the "
+                                                           r"Jacobian's trace is: its gradient differs from autograd's",
+                 id="field-fused-divergence-partly-detached"),
     pytest.param(check_solver, OneStepHeun, "does not converge as the grid is refined.*honour steps",
                  id="solver-one-step"),
     pytest.param(check_solver, OneStepHeunClaimingSteps, "expected_nfe\\(\\) is 20 but .* evaluated the dynamics "
@@ -649,3 +731,26 @@ def test_an_autonomous_field_passes_with_time_dependent_false() -> None:
         check_field(Linear)
     plugin = make_plugin("readme_field", fields=[Linear])
     assert check_plugin(plugin, options={"linear": {"time_dependent": False}}) == ["field 'linear'"]
+
+
+def test_a_correct_or_declining_fused_divergence_passes() -> None:
+    for cls in (FusedField, DecliningField):
+        assert isinstance(cls(2), FusedDivergence)
+        check_field(cls)
+
+
+@pytest.mark.parametrize("name", ["concatsquash", "mlp"])
+@pytest.mark.parametrize("activation", ["tanh", "softplus", "elu", "swish"])
+def test_the_builtin_fields_fused_divergence_is_checked_and_passes(name: str, activation: str) -> None:
+    cls = REGISTRY.get("field", name).cls
+    field = cls(3, hidden=(8, 8), activation=activation).double()
+    z = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    assert isinstance(field, FusedDivergence)
+    assert field.forward_with_divergence(torch.tensor(0.2, dtype=torch.float64), z) is not None  # not vacuous
+    check_field(cls, {"hidden": (8, 8), "activation": activation}, dims=(1, 3))
+
+
+def test_the_reference_kit_passes_the_kit() -> None:
+    check_solver(RK4)
+    check_trace(ExactLoopTrace)
+    assert TimeDependentODE.formula == TIME_DEPENDENT_ODE

@@ -27,6 +27,7 @@ from cnfbench.dynamics import (
 )
 from cnfbench.params import parse_selection
 from cnfbench.registry import load_registry
+from cnfbench.testing.reference import MatrixField, linear_flow_log_prob
 from cnfbench.training import TrainingRecord, seeded_field, train
 
 F64 = torch.float64
@@ -37,26 +38,6 @@ A3 = torch.tensor([[0.3, -0.5, 0.2], [0.4, -0.1, 0.0], [0.1, 0.6, 0.5]], dtype=F
 
 def build(family: str, selector: str, *args: object):
     return REGISTRY.build(family, REGISTRY.resolve(family, parse_selection(selector)), *args)
-
-
-class ZeroField(VectorField):
-    name = "zero-test"
-
-    def forward(self, t: Tensor, z: Tensor) -> Tensor:
-        return z * 0.0  # stays in z's graph; see test_traces for a z-independent field
-
-
-class LinearField(VectorField):
-    """``v(t, z) = A z`` with a learnable ``A``."""
-
-    name = "linear-test"
-
-    def __init__(self, matrix: Tensor) -> None:
-        super().__init__(matrix.shape[0])
-        self.matrix = nn.Parameter(matrix.clone())
-
-    def forward(self, t: Tensor, z: Tensor) -> Tensor:
-        return z @ self.matrix.T
 
 
 class WideField(VectorField):
@@ -95,15 +76,13 @@ class BadDivTrace(TraceEstimator):
         return dz, torch.zeros(z.shape[0], 1, dtype=z.dtype)
 
 
+def linear_field(matrix: Tensor) -> MatrixField:
+    """``v(t, z) = A z`` with a learnable ``A``."""
+    return MatrixField(matrix, learnable=True)
+
+
 def points(batch: int, dim: int, seed: int = 0) -> Tensor:
     return torch.randn(batch, dim, generator=torch.Generator().manual_seed(seed), dtype=F64)
-
-
-def linear_flow_log_prob(matrix: Tensor, x: Tensor) -> Tensor:
-    """``x = expm(A) z0`` with ``z0 ~ N(0, I)``, so ``x ~ N(0, expm(A) expm(A)^T)``."""
-    expm = torch.linalg.matrix_exp(matrix)
-    dim = matrix.shape[0]
-    return MultivariateNormal(torch.zeros(dim, dtype=F64), covariance_matrix=expm @ expm.T).log_prob(x)
 
 
 def test_standard_normal_log_prob() -> None:
@@ -117,7 +96,8 @@ def test_standard_normal_log_prob() -> None:
 def test_zero_field_gives_the_standard_normal(trace: str, solver: str) -> None:
     x = points(6, 2)
     counter = NFECounter()
-    dynamics = CNFDynamics(ZeroField(2), build("trace", trace), counter, differentiable=False)
+    zero = MatrixField(torch.zeros(2, 2, dtype=F64))  # v = 0, but in z's graph (test_traces has a z-free field)
+    dynamics = CNFDynamics(zero, build("trace", trace), counter, differentiable=False)
     logp = log_likelihood(dynamics, build("solver", solver), x, "eval", torch.Generator().manual_seed(0))
     expected = MultivariateNormal(torch.zeros(2, dtype=F64), torch.eye(2, dtype=F64)).log_prob(x)
     assert logp.shape == (6,) and logp.dtype == F64
@@ -130,7 +110,7 @@ def test_zero_field_gives_the_standard_normal(trace: str, solver: str) -> None:
 def test_linear_field_log_likelihood_matches_closed_form(matrix: Tensor) -> None:
     """Proves the sign conventions: integrate 1 -> 0, z0 = expm(-A) x, log p = log N(z0) - tr A."""
     x = points(5, matrix.shape[0], seed=3) * 1.5
-    dynamics = CNFDynamics(LinearField(matrix), build("trace", "exact"), NFECounter(), differentiable=False)
+    dynamics = CNFDynamics(linear_field(matrix), build("trace", "exact"), NFECounter(), differentiable=False)
     solver = build("solver", "dopri5[rtol=1e-10,atol=1e-10]")
     logp = log_likelihood(dynamics, solver, x, "eval", None)
     expected = linear_flow_log_prob(matrix, x)
@@ -142,7 +122,7 @@ def test_linear_field_log_likelihood_matches_closed_form(matrix: Tensor) -> None
 def test_linear_field_log_likelihood_with_hutchinson_is_unbiased() -> None:
     draws = 2000
     x = points(1, 2, seed=9)
-    dynamics = CNFDynamics(LinearField(A2), build("trace", "hutchinson"), NFECounter(), differentiable=False)
+    dynamics = CNFDynamics(linear_field(A2), build("trace", "hutchinson"), NFECounter(), differentiable=False)
     batch = x.expand(draws, 2).clone()
     logp = log_likelihood(dynamics, build("solver", "rk4[steps=5]"), batch, "eval", torch.Generator().manual_seed(5))
     expected = linear_flow_log_prob(A2, x)[0]
@@ -155,7 +135,7 @@ def test_hutchinson_log_likelihood_is_reproducible_from_the_seed() -> None:
     x = points(8, 2)
     results = []
     for seed in (7, 7, 8):
-        dynamics = CNFDynamics(LinearField(A2), build("trace", "hutchinson"), NFECounter(), differentiable=False)
+        dynamics = CNFDynamics(linear_field(A2), build("trace", "hutchinson"), NFECounter(), differentiable=False)
         results.append(
             log_likelihood(dynamics, build("solver", "rk4[steps=5]"), x, "eval", torch.Generator().manual_seed(seed))
         )
@@ -166,7 +146,7 @@ def test_hutchinson_log_likelihood_is_reproducible_from_the_seed() -> None:
 @pytest.mark.parametrize("adjoint", [False, True], ids=["backprop", "adjoint"])
 def test_log_likelihood_gradient_matches_closed_form(adjoint: bool) -> None:
     x = points(4, 2, seed=2)
-    field = LinearField(A2)
+    field = linear_field(A2)
     counter = NFECounter()
     dynamics = CNFDynamics(field, build("trace", "exact"), counter, differentiable=True)
     solver = build("solver", f"dopri5[rtol=1e-10,atol=1e-10,adjoint={str(adjoint).lower()}]")
@@ -190,14 +170,14 @@ def test_log_likelihood_gradient_matches_closed_form(adjoint: bool) -> None:
 def test_non_differentiable_dynamics_detach_their_output() -> None:
     x = points(3, 2)
     for differentiable in (False, True):
-        dynamics = CNFDynamics(LinearField(A2), build("trace", "exact"), NFECounter(), differentiable)
+        dynamics = CNFDynamics(linear_field(A2), build("trace", "exact"), NFECounter(), differentiable)
         logp = log_likelihood(dynamics, build("solver", "rk4[steps=3]"), x, "eval", None)
         assert logp.requires_grad == differentiable
 
 
 def test_dynamics_return_velocity_and_negative_divergence() -> None:
     counter = NFECounter()
-    dynamics = CNFDynamics(LinearField(A3), build("trace", "exact"), counter, differentiable=False)
+    dynamics = CNFDynamics(linear_field(A3), build("trace", "exact"), counter, differentiable=False)
     z = points(4, 3)
     dz, minus_div = dynamics(torch.tensor(0.5, dtype=F64), (z, torch.zeros(4, dtype=F64)))
     torch.testing.assert_close(dz, z @ A3.T)
@@ -243,14 +223,14 @@ def test_log_likelihood_counts_one_solve_and_enforces_the_budget() -> None:
     x = points(3, 2)
     solver = build("solver", "euler")  # 10 steps, 1 evaluation each
     counter = NFECounter(max_per_solve=10)
-    dynamics = CNFDynamics(LinearField(A2), build("trace", "exact"), counter, differentiable=False)
+    dynamics = CNFDynamics(linear_field(A2), build("trace", "exact"), counter, differentiable=False)
     log_likelihood(dynamics, solver, x, "ref", None)
     log_likelihood(dynamics, solver, x, "ref", None)
     assert counter.current == 10 == solver.expected_nfe()
     assert counter.totals["ref"] == 20 and counter.totals["eval"] == 0
 
     tight = NFECounter(max_per_solve=5)
-    dynamics = CNFDynamics(LinearField(A2), build("trace", "exact"), tight, differentiable=False)
+    dynamics = CNFDynamics(linear_field(A2), build("trace", "exact"), tight, differentiable=False)
     with pytest.raises(NFEBudgetExceeded, match="eval"):
         log_likelihood(dynamics, solver, x, "eval", None)
 
@@ -276,7 +256,7 @@ def test_wrong_field_dtype_is_a_contract_violation_naming_the_field(trace: str) 
 
 def test_wrong_divergence_shape_is_a_contract_violation_naming_the_trace() -> None:
     x = points(4, 2)
-    dynamics = CNFDynamics(LinearField(A2), BadDivTrace(), NFECounter(), False, trace_label="bad-div")
+    dynamics = CNFDynamics(linear_field(A2), BadDivTrace(), NFECounter(), False, trace_label="bad-div")
     with pytest.raises(ContractViolation, match=r"trace bad-div.*\(4, 1\)"):
         log_likelihood(dynamics, build("solver", "euler[steps=2]"), x, "eval", None)
 

@@ -33,10 +33,10 @@ from hypothesis import strategies as st
 from cnfbench.cells import Cell
 from cnfbench.config import RunConfig, resolve_cells
 from cnfbench.dynamics import CELL_PHASES, unpack_phase
-from cnfbench.execute import INTERRUPTED, PHASE_WHERE, CellInterrupted, interrupted_outcome
 from cnfbench.executor import InlineExecutor, ProcessExecutor
 from cnfbench.registry import Registry, load_registry
-from cnfbench.results import remove_stale_temporaries
+from cnfbench.rows import INTERRUPTED, PHASE_WHERE, CellInterrupted, interrupted_outcome
+from cnfbench.run_folder import remove_stale_temporaries
 
 FAULTS_PLUGIN = '''
 import os
@@ -309,7 +309,7 @@ def test_ctrl_c_in_a_cell_names_the_phase_inline() -> None:
             raise KeyboardInterrupt
 
     with pytest.raises(CellInterrupted) as caught:
-        InlineExecutor(registry).run(cell, progress)
+        InlineExecutor(registry).run_cell(cell, progress)
     row = interrupted_outcome(cell, caught.value, math.nan).row
     assert row["status"] == "interrupted" and row["iterations_done"] == 2  # the callback runs as iteration 2 ends
     _assert_names(row["reason"], INTERRUPTED, "in the training backward pass at iteration 2", "solver 'euler'",
@@ -330,7 +330,7 @@ def test_ctrl_c_in_a_worker_cell_names_the_phase(faults_plugin: Path) -> None:
 
     try:
         with pytest.raises(CellInterrupted) as caught:
-            executor.run(cell, progress)
+            executor.run_cell(cell, progress)
     finally:
         executor.close()
     row = caught.value.outcome.row

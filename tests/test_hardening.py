@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from cnfbench.cli import main
 from cnfbench.config import MAX_MASS_GRID, RANGES
-from cnfbench.results import RunStore
+from cnfbench.run_folder import RunStore
 from cnfbench.summary import validity_notes
 from cnfbench.validity import MASS_TOLERANCE, grid_resolution_note, suggested_grid, validity
 

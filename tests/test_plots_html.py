@@ -15,15 +15,14 @@ from matplotlib.image import imread
 from test_report import cell, frame, write_run
 
 from cnfbench.cli import main
-from cnfbench.plots import (
+from cnfbench.reports.plots import pareto_front, write_plots
+from cnfbench.run_folder import (
     DENSITY_ARRAYS,
+    ResultsError,
     density_path,
-    pareto_front,
     read_density_artifacts,
     write_density_artifacts,
-    write_plots,
 )
-from cnfbench.results import ResultsError
 
 
 def tiny_run() -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -14,12 +14,11 @@ from click.testing import CliRunner
 
 import cnfbench
 from cnfbench.cli import main
-from cnfbench.report import (
+from cnfbench.reports import (
     METRIC_GOALS,
     ReportError,
     aggregate,
     combine,
-    load_run,
     metric_info,
     pivot,
     to_csv,
@@ -28,7 +27,7 @@ from cnfbench.report import (
     to_markdown,
     to_text,
 )
-from cnfbench.results import ResultsError, RunStore
+from cnfbench.run_folder import ResultsError, RunStore, load_run
 
 SPECS = {
     "euler4": ("euler", "euler[steps=4,adjoint=false]"),

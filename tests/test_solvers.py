@@ -8,8 +8,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from cnfbench.contracts import StepCapReached
 from cnfbench.params import ParamError, parse_selection
 from cnfbench.registry import load_registry
+from cnfbench.testing.reference import LearnableLinearODE, LinearODE
 
 F64 = torch.float64
 REGISTRY = load_registry()
@@ -38,39 +40,13 @@ def make_solver(selector: str):
     return REGISTRY.build("solver", resolved)
 
 
-class LinearODE(nn.Module):
-    """``dz/dt = z A^T`` (row-wise ``A z``), counting its calls."""
-
-    def __init__(self, matrix: Tensor) -> None:
-        super().__init__()
-        self.register_buffer("matrix", matrix)
-        self.calls = 0
-
-    def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        self.calls += 1
-        (z,) = state
-        return (z @ self.matrix.T,)
-
-
-class LearnableLinearODE(nn.Module):
+def learnable_ode() -> LearnableLinearODE:
     """``dz/dt = W z + b`` with learnable ``W, b``, counting its calls."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(2, 2).to(F64)
-        with torch.no_grad():
-            self.linear.weight.copy_(torch.tensor([[-0.3, 0.9], [-0.7, 0.2]], dtype=F64))
-            self.linear.bias.copy_(torch.tensor([0.1, -0.2], dtype=F64))
-        self.calls = 0
-
-    def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        self.calls += 1
-        (z,) = state
-        return (self.linear(z),)
+    return LearnableLinearODE(torch.tensor([[-0.3, 0.9], [-0.7, 0.2]], dtype=F64), torch.tensor([0.1, -0.2], dtype=F64))
 
 
 def exact_linear(z0: Tensor, matrix: Tensor, t0: float, t1: float) -> Tensor:
-    return z0 @ torch.linalg.matrix_exp(matrix * (t1 - t0)).T
+    return LinearODE(matrix).solution((z0,), t0, t1)[0]
 
 
 def linear_error(selector: str, t0: float, t1: float, matrix: Tensor = A_MILD) -> tuple[float, int]:
@@ -218,23 +194,23 @@ def test_tighter_tolerance_gives_smaller_error_and_more_nfe(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ADAPTIVE_NAMES)
-def test_max_steps_exceeded_raises_budget_assertion(name: str) -> None:
+def test_max_steps_exceeded_raises_the_contracts_step_cap_exception(name: str) -> None:
     stiff = torch.tensor([[-30.0, 1.0], [0.0, -1.0]], dtype=F64)
     solver = make_solver(f"{name}[rtol=1e-10,atol=1e-10,max_steps=2]")
-    with pytest.raises(AssertionError, match="max_num_steps exceeded"):
+    with pytest.raises(StepCapReached, match="solver step cap reached .*max_num_steps exceeded"):
         solver.integrate(LinearODE(stiff), (Z0.clone(),), 0.0, 1.0)
 
 
 def _gradients(selector: str) -> tuple[list[Tensor], int, int]:
     """Gradients of a loss of z(0) w.r.t. (W, b, z(1)), forward calls and backward calls."""
-    dynamics = LearnableLinearODE()
+    dynamics = learnable_ode()
     z1 = Z0.clone().requires_grad_(True)
     (z0,) = make_solver(selector).integrate(dynamics, (z1,), 1.0, 0.0)
     loss = (z0**2).sum() + z0[:, 0].sum()
     forward_calls = dynamics.calls
     loss.backward()
     backward_calls = dynamics.calls - forward_calls
-    grads = [dynamics.linear.weight.grad, dynamics.linear.bias.grad, z1.grad]
+    grads = [dynamics.weight.grad, dynamics.bias.grad, z1.grad]
     assert all(grad is not None for grad in grads)
     return [grad.clone() for grad in grads], forward_calls, backward_calls
 
@@ -253,14 +229,14 @@ def test_adjoint_gradients_match_backpropagation(base: str) -> None:
 
 def test_adjoint_gradient_matches_closed_form() -> None:
     """d/dW of sum(z(0)) for z(0) = expm(-W) z(1) with b = 0, differentiated through matrix_exp."""
-    dynamics = LearnableLinearODE()
+    dynamics = learnable_ode()
     with torch.no_grad():
-        dynamics.linear.bias.zero_()
+        dynamics.bias.zero_()
     (z0,) = make_solver("dopri5[rtol=1e-10,atol=1e-10,adjoint=true]").integrate(dynamics, (Z0.clone(),), 1.0, 0.0)
     z0.sum().backward()
-    weight = dynamics.linear.weight.detach().clone().requires_grad_(True)
+    weight = dynamics.weight.detach().clone().requires_grad_(True)
     (Z0 @ torch.linalg.matrix_exp(-weight).T).sum().backward()
-    torch.testing.assert_close(dynamics.linear.weight.grad, weight.grad, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(dynamics.weight.grad, weight.grad, rtol=1e-6, atol=1e-8)
 
 
 def test_steps_zero_is_rejected() -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from cnfbench.params import ParamError, parse_selection
 from cnfbench.registry import load_registry
+from cnfbench.testing.reference import ConstantField, MatrixField, MLPField, jacobian_trace
 
 F64 = torch.float64
 REGISTRY = load_registry()
@@ -18,40 +19,8 @@ def make_trace(selector: str):
     return REGISTRY.build("trace", REGISTRY.resolve("trace", parse_selection(selector)))
 
 
-class SmallField(nn.Module):
-    """A random tanh MLP on ``[z, t]`` in float64, seeded."""
-
-    def __init__(self, dim: int, seed: int = 0, hidden: int = 12) -> None:
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        self.w1 = nn.Parameter(torch.randn(hidden, dim + 1, generator=gen, dtype=F64) / (dim + 1) ** 0.5)
-        self.b1 = nn.Parameter(0.1 * torch.randn(hidden, generator=gen, dtype=F64))
-        self.w2 = nn.Parameter(torch.randn(dim, hidden, generator=gen, dtype=F64) / hidden**0.5)
-        self.b2 = nn.Parameter(0.1 * torch.randn(dim, generator=gen, dtype=F64))
-
-    def forward(self, t: Tensor, z: Tensor) -> Tensor:
-        h = torch.cat([z, t.reshape(1, 1).to(z.dtype).expand(z.shape[0], 1)], dim=1)
-        return torch.tanh(h @ self.w1.T + self.b1) @ self.w2.T + self.b2
-
-
-class MatrixField(nn.Module):
-    """``v(z) = z M^T``: its divergence is ``tr M`` and Hutchinson gives ``e^T M e``."""
-
-    def __init__(self, matrix: Tensor) -> None:
-        super().__init__()
-        self.register_buffer("matrix", matrix)
-
-    def forward(self, t: Tensor, z: Tensor) -> Tensor:
-        return z @ self.matrix.T
-
-
 def random_z(batch: int, dim: int, seed: int = 1) -> Tensor:
     return torch.randn(batch, dim, generator=torch.Generator().manual_seed(seed), dtype=F64).requires_grad_(True)
-
-
-def jacobian_trace(field: nn.Module, t: Tensor, z: Tensor, create_graph: bool = False) -> Tensor:
-    jac = torch.autograd.functional.jacobian(lambda zz: field(t, zz), z.detach(), create_graph=create_graph)
-    return torch.einsum("bibi->b", jac)
 
 
 def test_registered_traces() -> None:
@@ -63,7 +32,7 @@ def test_registered_traces() -> None:
 
 @pytest.mark.parametrize("dim", [1, 2, 5])
 def test_exact_trace_equals_jacobian_trace(dim: int) -> None:
-    field = SmallField(dim, seed=dim)
+    field = MLPField(dim, seed=dim)
     z = random_z(6, dim)
     dz, div = make_trace("exact")(field, T, z, False)
     assert div.shape == (6,) and div.dtype == F64
@@ -75,7 +44,7 @@ def test_exact_trace_equals_jacobian_trace(dim: int) -> None:
 
 @pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
 def test_hutchinson_returns_field_and_reuses_probe_within_a_solve(noise: str) -> None:
-    field = SmallField(3)
+    field = MLPField(3)
     z = random_z(5, 3)
     trace = make_trace(f"hutchinson[noise={noise}]")
     trace.begin_solve(z, torch.Generator().manual_seed(0))
@@ -101,7 +70,7 @@ def test_hutchinson_probe_is_independent_of_time_and_state_within_a_solve(noise:
 
 @pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
 def test_hutchinson_probe_changes_with_a_new_solve(noise: str) -> None:
-    field = SmallField(3)
+    field = MLPField(3)
     z = random_z(16, 3)
     trace = make_trace(f"hutchinson[noise={noise}]")
     gen = torch.Generator().manual_seed(0)
@@ -130,7 +99,7 @@ def test_rademacher_probe_entries_are_plus_minus_one() -> None:
 @pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
 def test_hutchinson_is_unbiased(noise: str) -> None:
     dim, draws = 4, 4000
-    field = SmallField(dim, seed=5)
+    field = MLPField(dim, seed=5)
     point = random_z(1, dim, seed=7).detach()
     exact = jacobian_trace(field, T, point)[0]
     z = point.expand(draws, dim).clone().requires_grad_(True)  # one independent probe per row
@@ -143,14 +112,14 @@ def test_hutchinson_is_unbiased(noise: str) -> None:
 
 
 def test_hutchinson_without_begin_solve_raises() -> None:
-    field = SmallField(2)
+    field = MLPField(2)
     z = random_z(4, 2)
     with pytest.raises(RuntimeError, match="begin_solve"):
         make_trace("hutchinson")(field, T, z, False)
 
 
 def test_hutchinson_with_probe_of_another_shape_raises() -> None:
-    field = SmallField(2)
+    field = MLPField(2)
     trace = make_trace("hutchinson")
     trace.begin_solve(random_z(4, 2), torch.Generator().manual_seed(0))
     with pytest.raises(RuntimeError, match="begin_solve"):
@@ -159,7 +128,7 @@ def test_hutchinson_with_probe_of_another_shape_raises() -> None:
 
 @pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
 def test_hutchinson_is_deterministic_given_the_seed(noise: str) -> None:
-    field = SmallField(3)
+    field = MLPField(3)
     z = random_z(10, 3)
     results = []
     for _ in range(2):
@@ -174,7 +143,7 @@ def test_hutchinson_is_deterministic_given_the_seed(noise: str) -> None:
 
 @pytest.mark.parametrize("selector", ["exact", "hutchinson[noise=gaussian]", "hutchinson[noise=rademacher]"])
 def test_create_graph_keeps_divergence_differentiable(selector: str) -> None:
-    field = SmallField(3)
+    field = MLPField(3)
     z = random_z(6, 3)
     trace = make_trace(selector)
     trace.begin_solve(z, torch.Generator().manual_seed(0))
@@ -190,7 +159,7 @@ def test_create_graph_keeps_divergence_differentiable(selector: str) -> None:
 
 
 def test_exact_divergence_gradient_matches_jacobian_gradient() -> None:
-    field = SmallField(3)
+    field = MLPField(3)
     z = random_z(6, 3)
     _, div = make_trace("exact")(field, T, z, True)
     weights = torch.linspace(0.5, 1.5, 6, dtype=F64)
@@ -204,7 +173,7 @@ def test_exact_divergence_gradient_matches_jacobian_gradient() -> None:
 
 @pytest.mark.parametrize("selector", ["exact", "hutchinson"])
 def test_without_create_graph_the_divergence_is_not_differentiable(selector: str) -> None:
-    field = SmallField(2)
+    field = MLPField(2)
     z = random_z(4, 2)
     trace = make_trace(selector)
     trace.begin_solve(z, torch.Generator().manual_seed(0))
@@ -220,24 +189,10 @@ def test_bad_noise_is_rejected_with_the_choices() -> None:
         REGISTRY.resolve("trace", parse_selection("exact[noise=gaussian]"))
 
 
-class ConstantField(nn.Module):
-    """A velocity that does not depend on ``z`` (divergence 0): zeros, or a learnable constant drift."""
-
-    def __init__(self, learnable: bool) -> None:
-        super().__init__()
-        self.learnable = learnable
-        self.drift = nn.Parameter(torch.tensor([0.5, -1.0], dtype=F64))
-
-    def forward(self, t: Tensor, z: Tensor) -> Tensor:
-        if self.learnable:
-            return self.drift.expand(z.shape[0], 2)
-        return torch.zeros_like(z)
-
-
 @pytest.mark.parametrize("selector", ["exact", "hutchinson"])
-@pytest.mark.parametrize("learnable", [False, True], ids=["zeros", "constant-drift"])
+@pytest.mark.parametrize("learnable", [False, True], ids=["frozen-drift", "learnable-drift"])
 def test_divergence_of_a_z_independent_field_is_zero(selector: str, learnable: bool) -> None:
-    field = ConstantField(learnable)
+    field = ConstantField(2, learnable=learnable)
     z = random_z(4, 2)
     trace = make_trace(selector)
     trace.begin_solve(z, torch.Generator().manual_seed(0))

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cnfbench.results import RunStore, check_run_name, load_results
+from cnfbench.run_folder import RunStore, check_run_name, load_results
 from cnfbench.summary import compact_labels, summary_table, validity_notes
 from cnfbench.validity import MASS_TOLERANCE, integrate_mass, mass_grid, validity
 

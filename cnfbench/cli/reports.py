@@ -1,4 +1,8 @@
-"""Commands that read finished runs: ``report``, ``compare`` and ``merge``.
+"""``cnfbench report``, ``compare`` and ``merge``: the commands that read finished runs.
+
+pandas, matplotlib and the report code are imported inside the commands, so
+their ``--help`` starts at once; default metrics in the help come from the
+column catalogue.
 
 Like ``run``, they report bad input (a missing or unreadable run folder, an
 unknown metric or column) as one ``Error:`` line with exit code 2; a damaged
@@ -14,15 +18,15 @@ from pathlib import Path
 import click
 
 from cnfbench.cli import fail, main
+from cnfbench.columns import COMPARE, REPORT, default_metrics
 from cnfbench.output_paths import OutputPathError, check_output_dir, check_output_file
-from cnfbench.results import ResultsError, atomic_write
 
 FORMAT_HELP = "write the table as {what} to this file ('-' = standard output)"
 REGRESSION = 1
 
 
 def _load(paths: tuple[str, ...]) -> list:
-    from cnfbench.report import load_run
+    from cnfbench.run_folder import ResultsError, load_run
 
     runs = []
     for path in paths:
@@ -57,6 +61,8 @@ def _emit(path: str | None, render: Callable[[], str], what: str) -> bool:
     if path == "-":
         click.echo(text, nl=not text.endswith("\n"))
         return True
+    from cnfbench.run_folder import atomic_write
+
     target = Path(path)
     try:
         atomic_write(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
@@ -69,8 +75,8 @@ def _emit(path: str | None, render: Callable[[], str], what: str) -> bool:
 @main.command()
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--metric", "metrics", multiple=True,
-              help="comma list of metric columns [default: nll, nll_ref, excess_nll, mass, nfe_forward_mean, "
-                   "train_time_s; with --cols: nll_ref]")
+              help=f"comma list of metric columns [default: {', '.join(default_metrics(REPORT))}; "
+                   "with --cols: nll_ref]")
 @click.option("--rows", multiple=True, help="comma list of columns down the table, e.g. dataset [default: the "
                                             "configuration columns that vary]")
 @click.option("--cols", multiple=True, help="comma list of columns across the table, e.g. solver,trace")
@@ -95,7 +101,7 @@ def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...
     cnfbench report results/grid1 --rows dataset --cols solver,trace --metric nll_ref --latex table.tex
     cnfbench report results/grid1 --html
     """
-    from cnfbench import report as rep
+    from cnfbench import reports as rep
 
     files = {"Markdown": markdown_path, "CSV": csv_path, "LaTeX": latex_path, "JSON": json_path}
     _check_outputs(files, {"plots and HTML": out_dir} if plots or html else None)
@@ -123,7 +129,7 @@ def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...
         click.echo(rep.to_text(table))
     if not (plots or html):
         return
-    from cnfbench.plots import write_plots
+    from cnfbench.reports.plots import write_plots
 
     target = out_dir or loaded[0].path
     result = write_plots(target, cells, rep.combine_curves(loaded),
@@ -133,7 +139,7 @@ def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...
     if plots:
         click.echo(f"wrote {len(result.files)} plot(s) into {target / 'plots'}", err=True)
     if html:
-        from cnfbench.html_report import REPORT_HTML, write_html_report
+        from cnfbench.reports.html import REPORT_HTML, write_html_report
 
         tables = [("Results", table)]
         overview = rep.pivot(cells, stat=stat)
@@ -149,7 +155,7 @@ def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...
 @click.argument("base")
 @click.argument("new")
 @click.option("--metric", "metrics", multiple=True,
-              help="comma list of metrics to compare [default: nll, nll_ref, nfe_forward_mean]")
+              help=f"comma list of metrics to compare [default: {', '.join(default_metrics(COMPARE))}]")
 @click.option("--factor", type=float, default=1.05, show_default=True,
               help="a metric has changed when NEW/BASE moves past this (1.05 = 5%)")
 @click.option("--alpha", type=float, default=0.05, show_default=True,
@@ -168,8 +174,8 @@ def compare(base: str, new: str, metrics: tuple[str, ...], factor: float, alpha:
     cnfbench compare results/reference results/my-run
     cnfbench compare results/main results/branch --metric nll_ref,train_time_s --fail-on-regression
     """
-    from cnfbench import compare as cmp
-    from cnfbench.report import ReportError, split_list
+    from cnfbench.reports import ReportError, split_list
+    from cnfbench.reports import compare as cmp
 
     _check_outputs({"Markdown": markdown_path, "JSON": json_path})
     base_run, new_run = _load((base, new))
@@ -195,7 +201,8 @@ def merge(out: str, runs: tuple[str, ...]) -> None:
 
     A cell found in several runs is kept once: a done row wins, else the newest run's row.
     """
-    from cnfbench.merge import merge_runs
+    from cnfbench.reports.merge import merge_runs
+    from cnfbench.run_folder import ResultsError
 
     _check_outputs({}, {"the merged run": out})
     try:

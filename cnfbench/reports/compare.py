@@ -1,25 +1,27 @@
-"""Compare two runs cell by cell: NEW/BASE ratios and a verdict per configuration.
+"""Compare two runs cell by cell: NEW against BASE per configuration, with a verdict each.
 
-Cells are matched by what they are, not by row order or cell id: the dataset,
-field, solver and trace specs (every parameter) and the training budget
-(:data:`MATCH_COLUMNS`); seeds are aggregated on each side. A matched pair is
+Cells are matched by what they are, not by row order or cell id: every grid
+axis's spec (every parameter) and the training budget (:data:`MATCH_COLUMNS`);
+seeds are aggregated on each side. A matched pair is
 
 - ``newly failing`` — a seed that finished in BASE did not finish in NEW;
 - ``fixed`` — a seed that failed in BASE finished in NEW (and none newly fails);
 - ``not comparable`` — the evaluation protocol or device differs
-  (:data:`PROTOCOL_COLUMNS`), the torch/torchdiffeq/cnfbench releases in
+  (:data:`PROTOCOL_COLUMNS`), the torch/cnfbench releases and those of the libraries the components declared in
   ``run.json`` differ (a local build tag such as ``+cpu`` is ignored), the
   configuration is in one run only, or no seed
   finished on either side;
-- else ``worse``, ``better`` or ``unchanged`` from the chosen metrics: a metric
-  has changed when its mean moved by more than ``factor - 1`` of BASE's mean
-  (of 1 for metrics whose ideal is 1, such as ``mass``) *and*, when both sides
-  have at least two seeds, Welch's t-test rejects equal means at level
-  ``alpha``. Any worse metric makes the row worse. What "better" means for
-  each metric is :data:`cnfbench.report.METRIC_GOALS`.
-
-Welch's test is implemented here (t distribution through the regularized
-incomplete beta function), so scipy is not needed.
+- else ``worse``, ``better`` or ``unchanged`` from the chosen metrics. How a
+  metric is compared is its comparison kind in the column catalogue
+  (:mod:`cnfbench.columns`), and which way is better its goal (for a
+  closest-to-1 goal such as ``mass``, what moves is ``|value - 1|``). A
+  *ratio* metric (times, NFE, memory) has changed when its mean moved by more
+  than ``factor - 1`` of BASE's mean; a *difference* metric (log-likelihoods in
+  nats, mass) when its mean moved by more than ``factor - 1`` times BASE's
+  mean, and at least ``factor - 1`` in its own unit, so that a value near 0
+  does not turn noise into a change (:func:`change_threshold`). In both cases,
+  when both sides have at least two seeds, Welch's t-test must also reject
+  equal means at level ``alpha``. Any worse metric makes the row worse.
 """
 
 from __future__ import annotations
@@ -34,116 +36,36 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cnfbench.report import (
-    FAMILY_AXES,
-    Metric,
-    ReportError,
-    Run,
-    check_metrics,
-    format_value,
-    load_run,
-    metric_info,
-    text_table,
-)
+from cnfbench.columns import BUDGET, CLOSEST_TO_ONE, COMPARE, DIFFERENCE, PROTOCOL, RATIO, columns_in
+from cnfbench.families import AXIS_SPEC_COLUMNS, GRID_AXES
+from cnfbench.reports.aggregate import format_value
+from cnfbench.reports.metrics import Metric, ReportError, check_metrics, default_metrics, metric_info
+from cnfbench.reports.render import text_table
+from cnfbench.reports.statistics import welch_t_test
+from cnfbench.run_folder import Run, load_run
 from cnfbench.summary import compact_labels
 
 VERDICTS = ("better", "worse", "unchanged", "newly failing", "fixed", "not comparable")
 REGRESSIONS = ("worse", "newly failing")
 """Verdicts that make ``cnfbench compare --fail-on-regression`` exit 1."""
 
-MATCH_COLUMNS = ("dataset_spec", "field_spec", "solver_spec", "trace_spec", "iterations", "batch_size", "lr",
-                 "max_nfe")
+BUDGET_COLUMNS: tuple[str, ...] = columns_in(BUDGET)
+
+MATCH_COLUMNS: tuple[str, ...] = (*AXIS_SPEC_COLUMNS, *BUDGET_COLUMNS)
 """What a configuration is: cells equal on these (any seed) are compared."""
 
-PROTOCOL_COLUMNS = ("eval_trace_spec", "ref_solver_spec", "ref_dtype", "eval_batch_size", "mass_grid", "device")
+PROTOCOL_COLUMNS: tuple[str, ...] = columns_in(PROTOCOL)
 """How a configuration was evaluated; when these differ the numbers are not comparable."""
 
-VERSION_PACKAGES = ("cnfbench", "torch", "torchdiffeq")
-"""Packages whose versions (from ``run.json``) must agree for two runs to be comparable."""
-
-DEFAULT_COMPARE_METRICS = ("nll", "nll_ref", "nfe_forward_mean")
-"""Metrics compared when none are asked for: they do not depend on the machine (timings do)."""
-
-_DEVICE_SENSITIVE = ("_time_s", "peak_memory_mib")
+VERSION_PACKAGES = ("cnfbench", "torch")
+"""Packages whose versions (from ``run.json``) must always agree for two runs to be comparable; the libraries
+the runs' components declare (``Component.libraries``, e.g. torchdiffeq for the built-in solvers) are added."""
 
 
-# --------------------------------------------------------------------------------------------------- Welch's test
+def compared_packages(*runs: Run) -> tuple[str, ...]:
+    """The packages whose releases must agree: cnfbench, torch, and every library the runs' components declared."""
+    return (*VERSION_PACKAGES, *sorted({name for run in runs for name in run.libraries} - set(VERSION_PACKAGES)))
 
-def _beta_continued_fraction(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz's method)."""
-    tiny, eps = 1e-300, 1e-15
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 1000):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < eps:
-            break
-    return h
-
-
-def regularized_beta(x: float, a: float, b: float) -> float:
-    """The regularized incomplete beta function I_x(a, b) for a, b > 0 and 0 <= x <= 1."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _beta_continued_fraction(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _beta_continued_fraction(b, a, 1.0 - x) / b
-
-
-def t_two_sided_p(t: float, df: float) -> float:
-    """P(|T| >= |t|) for Student's t distribution with ``df`` degrees of freedom."""
-    if math.isnan(t):
-        return math.nan
-    if math.isinf(t):
-        return 0.0
-    return regularized_beta(df / (df + t * t), df / 2.0, 0.5)
-
-
-@dataclass(frozen=True)
-class WelchResult:
-    t: float
-    df: float
-    p: float
-
-
-def welch_t_test(a: Sequence[float], b: Sequence[float]) -> WelchResult:
-    """Welch's unequal-variance t-test of equal means (two-sided); both samples need two values or more.
-
-    ``t`` is (mean(b) - mean(a)) / standard error. When both samples have zero variance the test is
-    degenerate: ``p`` is 1 for equal means and 0 otherwise.
-    """
-    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(x) < 2 or len(y) < 2:
-        raise ValueError("Welch's t-test needs at least two values on each side")
-    va, vb = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
-    diff = float(y.mean() - x.mean())
-    se2 = float(va + vb)
-    if se2 == 0.0:
-        return WelchResult(0.0 if diff == 0 else math.copysign(math.inf, diff), math.nan, 1.0 if diff == 0 else 0.0)
-    t = diff / math.sqrt(se2)
-    df = se2 ** 2 / (va ** 2 / (len(x) - 1) + vb ** 2 / (len(y) - 1))
-    return WelchResult(t, float(df), t_two_sided_p(t, float(df)))
-
-
-# --------------------------------------------------------------------------------------------------- comparison
 
 @dataclass(frozen=True)
 class MetricChange:
@@ -157,6 +79,7 @@ class MetricChange:
     new_std: float
     new_n: int
     ratio: float  # new_mean / base_mean; nan when base_mean is 0 or the signs differ
+    difference: float  # new_mean - base_mean, in the column's unit
     p_value: float | None  # Welch's test when both sides have >= 2 seeds
     change: str  # better, worse, unchanged, changed (metric without a goal), n/a (no value on a side)
     beyond_factor: bool = False  # the mean moved by more than the threshold (whatever the test said)
@@ -194,6 +117,18 @@ class Comparison:
         return [r for r in self.rows if r.verdict in REGRESSIONS]
 
 
+def change_threshold(metric: Metric, base: float, factor: float) -> float:
+    """How far a mean must move from ``base`` (BASE's mean, of ``|value - 1|`` for a closest-to-1 goal) to change.
+
+    A ratio metric: ``factor - 1`` of ``|base|``. A difference metric: the same, but at least ``factor - 1`` in
+    the column's unit (nats for a log-likelihood; for ``mass``, whose ``|mass - 1|`` is near 0, that is the rule).
+    """
+    slack = factor - 1.0
+    if metric.comparison == DIFFERENCE:
+        return slack * max(abs(base), 1.0)
+    return slack * abs(base)
+
+
 def metric_change(metric: Metric, base: Sequence[float], new: Sequence[float], factor: float,
                   alpha: float) -> MetricChange:
     """Compare one metric's finished-seed values; see the module docstring for the rule."""
@@ -207,19 +142,18 @@ def metric_change(metric: Metric, base: Sequence[float], new: Sequence[float], f
 
     (bm, bs), (nm, ns) = stats(b), stats(n)
     if not len(b) or not len(n):
-        return MetricChange(metric, bm, bs, len(b), nm, ns, len(n), math.nan, None, "n/a")
+        return MetricChange(metric, bm, bs, len(b), nm, ns, len(n), math.nan, math.nan, None, "n/a")
     ratio = nm / bm if bm != 0 and (nm / bm) >= 0 else math.nan
     bad_b = np.array([metric.badness(v) for v in b]) if metric.goal else b
     bad_n = np.array([metric.badness(v) for v in n]) if metric.goal else n
-    scale = 1.0 if metric.goal == "one" else abs(float(bad_b.mean()))
     moved = float(bad_n.mean() - bad_b.mean())
     p = welch_t_test(bad_b, bad_n).p if len(b) > 1 and len(n) > 1 else None
-    beyond = abs(moved) > (factor - 1.0) * scale
+    beyond = abs(moved) > change_threshold(metric, float(bad_b.mean()), factor)
     if beyond and (p is None or p < alpha):
         change = ("worse" if moved > 0 else "better") if metric.goal else "changed"
     else:
         change = "unchanged"
-    return MetricChange(metric, bm, bs, len(b), nm, ns, len(n), ratio, p, change, beyond)
+    return MetricChange(metric, bm, bs, len(b), nm, ns, len(n), ratio, nm - bm, p, change, beyond)
 
 
 def _key(frame: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
@@ -265,7 +199,7 @@ def _version_problem(base: Run, new: Run, notes: list[str]) -> str:
     def release(version: object) -> str:  # "2.13.0+cpu" and "2.13.0+cu121" are the same release
         return str(version).split("+", 1)[0]
 
-    differing = [f"{p} {base.versions.get(p)} vs {new.versions.get(p)}" for p in VERSION_PACKAGES
+    differing = [f"{p} {base.versions.get(p)} vs {new.versions.get(p)}" for p in compared_packages(base, new)
                  if release(base.versions.get(p)) != release(new.versions.get(p))]
     return "versions differ: " + ", ".join(differing) if differing else ""
 
@@ -282,8 +216,8 @@ def compare_runs(base: Run | str | os.PathLike[str], new: Run | str | os.PathLik
                  ignore_versions: bool = False) -> Comparison:
     """Match NEW's configurations to BASE's and give each a verdict (see the module docstring).
 
-    ``base``/``new`` are :class:`~cnfbench.report.Run` objects or run folders; ``metrics`` default to
-    :data:`DEFAULT_COMPARE_METRICS` (those present). ``factor`` 1.05 means a 5% change;
+    ``base``/``new`` are :class:`~cnfbench.run_folder.Run` objects or run folders; ``metrics`` default to
+    the column catalogue's compare metrics (machine-independent; those with a value). ``factor`` 1.05 means a 5% change;
     ``ignore_versions`` compares runs made with different torch/torchdiffeq/cnfbench versions.
     """
     base = base if isinstance(base, Run) else load_run(base)
@@ -293,26 +227,23 @@ def compare_runs(base: Run | str | os.PathLike[str], new: Run | str | os.PathLik
     if not 0.0 < alpha < 1.0:
         raise ReportError(f"alpha must be between 0 and 1, got {alpha}")
     combined = pd.concat([base.cells.assign(_side="base"), new.cells.assign(_side="new")], ignore_index=True)
-    if metrics:
-        metrics = check_metrics(combined, metrics)
-    else:
-        present = set(combined.columns)
-        metrics = [m for m in DEFAULT_COMPARE_METRICS if m in present]
+    metrics = check_metrics(combined, metrics) if metrics else default_metrics(combined, COMPARE)
     infos = [metric_info(m) for m in metrics]
     notes: list[str] = []
     version_problem = _version_problem(base, new, notes)
     if version_problem and ignore_versions:
         notes.append(f"{version_problem}; compared anyway (--ignore-versions)")
         version_problem = ""
-    if any(m.name.endswith(_DEVICE_SENSITIVE) for m in infos) and _machine(base) != _machine(new):
+    if any(m.machine for m in infos) and _machine(base) != _machine(new):
         where = [_machine(run) or "an unknown machine" for run in (base, new)]
         notes.append(f"BASE ran on {where[0]}, NEW on {where[1]}: time and memory ratios compare the machines too")
 
     labels = pd.DataFrame(index=combined.index)
-    for axis, spec in FAMILY_AXES.items():
-        source = combined[spec] if spec in combined else combined.get(axis, pd.Series("—", index=combined.index))
-        labels[axis] = compact_labels(source.astype(str))
-    for column in ("iterations", "batch_size", "lr", "max_nfe"):
+    for axis in GRID_AXES:
+        source = combined[axis.spec_column] if axis.spec_column in combined \
+            else combined.get(axis.column, pd.Series("—", index=combined.index))
+        labels[axis.key] = compact_labels(source.astype(str))
+    for column in BUDGET_COLUMNS:
         if column in combined and combined[column].map(format_value).nunique() > 1:
             labels[column] = combined[column].map(format_value)
     combined["_match"] = _key(combined, MATCH_COLUMNS)
@@ -397,7 +328,7 @@ def _compare_pair(labels: dict[str, str], base: pd.DataFrame | None, new: pd.Dat
 # --------------------------------------------------------------------------------------------------- rendering
 
 def change_text(change: MetricChange) -> str:
-    """``BASE → NEW (×ratio)``, plus the change and Welch's p when it moved."""
+    """``BASE → NEW (×ratio)``, the change and Welch's p when it moved, and ``Δ NEW - BASE`` for a difference metric."""
     d = change.metric.decimals
     scale = change.metric.scale
     if change.change == "n/a":
@@ -413,6 +344,9 @@ def change_text(change: MetricChange) -> str:
         text += " not significant"
     if change.p_value is not None and change.beyond_factor:
         text += f" p={change.p_value:.2g}"
+    if change.metric.comparison == DIFFERENCE:
+        unit = f" {change.metric.unit}" if change.metric.unit not in ("", "1") else ""
+        text += f", Δ {change.difference * scale:+.{d}f}{unit}"
     return text
 
 
@@ -428,7 +362,7 @@ def _table(comparison: Comparison) -> tuple[list[str], list[list[str]], int]:
 
 
 def _run_line(role: str, run: Run) -> str:
-    versions = ", ".join(f"{p} {run.versions[p]}" for p in VERSION_PACKAGES if run.versions.get(p))
+    versions = ", ".join(f"{p} {run.versions[p]}" for p in compared_packages(run) if run.versions.get(p))
     versions = versions or "versions unknown"
     created = run.provenance.get("created", "date unknown")
     machine = _machine(run) or "machine unknown"
@@ -441,10 +375,20 @@ def summary_line(comparison: Comparison) -> str:
 
 
 def rule_line(comparison: Comparison) -> str:
-    percent = (comparison.factor - 1.0) * 100
-    return (f"changed = the mean moved by more than {percent:g}% (--factor {comparison.factor:g}; for mass: "
-            f"|mass - 1| moved by more than {comparison.factor - 1:g}) and, with 2+ seeds on both sides, "
-            f"Welch's t-test p < {comparison.alpha:g}")
+    """How ``changed`` was decided, for the compared metrics' comparison kinds (see :func:`change_threshold`)."""
+    slack = comparison.factor - 1.0
+    by_kind = {kind: [m.name for m in comparison.metrics if m.comparison == kind] for kind in (RATIO, DIFFERENCE)}
+    rules = []
+    if by_kind[RATIO]:
+        rules.append(f"{', '.join(by_kind[RATIO])}: the mean moved by more than {slack * 100:g}%")
+    if by_kind[DIFFERENCE]:
+        rules.append(f"{', '.join(by_kind[DIFFERENCE])}: the mean moved by more than {slack * 100:g}% and at least "
+                     f"{slack:g} in its unit")
+    ones = [m.name for m in comparison.metrics if m.goal == CLOSEST_TO_ONE]
+    if ones:
+        rules.append(f"for {', '.join(ones)} the value's distance to 1 moves")
+    return (f"changed (--factor {comparison.factor:g}) = {'; '.join(rules) or 'no metric'}; and, with 2+ seeds on "
+            f"both sides, Welch's t-test p < {comparison.alpha:g}")
 
 
 def to_text(comparison: Comparison) -> str:
@@ -484,10 +428,12 @@ def to_json(comparison: Comparison) -> str:
         "counts": comparison.counts(), "notes": comparison.notes,
         "rows": [{"labels": r.labels, "verdict": r.verdict, "reason": r.reason, "base_seeds": r.base_seeds,
                   "new_seeds": r.new_seeds,
-                  "metrics": {c.metric.name: {"unit": c.metric.unit, "base_mean": number(c.base_mean),
+                  "metrics": {c.metric.name: {"unit": c.metric.unit, "comparison": c.metric.comparison,
+                                              "base_mean": number(c.base_mean),
                                               "base_std": number(c.base_std), "base_n": c.base_n,
                                               "new_mean": number(c.new_mean), "new_std": number(c.new_std),
                                               "new_n": c.new_n, "ratio": number(c.ratio),
+                                              "difference": number(c.difference),
                                               "p_value": number(c.p_value), "change": c.change}
                               for c in r.changes}}
                  for r in comparison.rows],

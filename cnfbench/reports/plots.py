@@ -1,5 +1,4 @@
-"""Plots of finished runs (matplotlib's Agg canvas: no display, no global backend change), and the
-per-cell density artifacts that the 2D density panels draw.
+"""Plots of finished runs as PNG files, on matplotlib's Agg canvas (no display, no global backend change).
 
 :func:`write_plots` writes, per dataset, into ``<out>/plots/``:
 
@@ -11,12 +10,7 @@ per-cell density artifacts that the 2D density panels draw.
   grid and samples from the model — drawn from ``<run>/density/<cell_id>.npz`` files (see
   :func:`write_density_artifacts`); a cell without that file is left out with a note.
 
-Density artifact format (:data:`DENSITY_FORMAT_VERSION` 1), an ``.npz`` archive read with
-``allow_pickle=False``: ``format_version`` (int64 scalar), ``grid_x`` ``[nx]`` and ``grid_y``
-``[ny]`` (float32, increasing cell centres), ``log_prob`` ``[nx, ny]`` (float32, the model's
-log-density at ``(grid_x[i], grid_y[j])`` — "ij" indexing, as :func:`cnfbench.validity.mass_grid`
-lays out its points), ``samples`` ``[n, 2]`` (float32, samples drawn from the trained model) and
-``data`` ``[m, 2]`` (float32, test data the model is compared with).
+The density artifacts are written and read by :mod:`cnfbench.run_folder`.
 """
 
 from __future__ import annotations
@@ -33,101 +27,24 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from cnfbench.report import axis_labels, format_value, varying_axes
-from cnfbench.results import ResultsError, atomic_write
+from cnfbench.families import AXIS_KEYS
+from cnfbench.reports.aggregate import axis_labels, format_value, varying_axes
+from cnfbench.reports.metrics import DATASET, metric_info
+from cnfbench.run_folder import (
+    DENSITY_DIR,
+    DENSITY_SUFFIX,
+    DensityArtifacts,
+    ResultsError,
+    atomic_write,
+    read_density_artifacts,
+)
 
 PLOTS_DIR = "plots"
-DENSITY_DIR = "density"
-DENSITY_SUFFIX = ".npz"
-DENSITY_FORMAT_VERSION = 1
-DENSITY_ARRAYS = ("format_version", "grid_x", "grid_y", "log_prob", "samples", "data")
-"""The arrays of a density artifact, in the order they are written."""
 
 MAX_DENSITY_PANELS = 24
 """At most this many cells per dataset get a density panel (the first ones, in row order)."""
 
 _DPI = 110
-
-
-# --------------------------------------------------------------------------------------------------- artifacts
-
-def density_path(run_dir: str | Path, cell_id: str) -> Path:
-    """Where a cell's density artifact lives: ``<run_dir>/density/<cell_id>.npz``."""
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", str(cell_id)):
-        raise ValueError(f"invalid cell id {cell_id!r}")
-    return Path(run_dir) / DENSITY_DIR / f"{cell_id}{DENSITY_SUFFIX}"
-
-
-def _array(value: Any, name: str, ndim: int | None = None) -> np.ndarray:
-    if hasattr(value, "detach"):  # a torch tensor, without importing torch here
-        value = value.detach().cpu().numpy()
-    array = np.asarray(value, dtype=np.float32)
-    if ndim is not None and array.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {array.shape}")
-    return array
-
-
-@dataclass(frozen=True)
-class DensityArtifacts:
-    """A cell's learned log-density on a grid, model samples and the data, as written by the runner."""
-
-    grid_x: np.ndarray
-    grid_y: np.ndarray
-    log_prob: np.ndarray
-    samples: np.ndarray
-    data: np.ndarray
-
-
-def write_density_artifacts(run_dir: str | Path, cell_id: str, grid_x: Any, grid_y: Any, log_prob_grid: Any,
-                            samples: Any, data: Any) -> Path:
-    """Write ``<run_dir>/density/<cell_id>.npz`` atomically (float32 arrays, no pickle); return its path.
-
-    ``grid_x`` ``[nx]`` and ``grid_y`` ``[ny]`` are the grid's cell centres; ``log_prob_grid`` is the
-    model's log-density there, shape ``[nx, ny]`` (or flat ``[nx*ny]`` in the "ij" order of
-    :func:`cnfbench.validity.mass_grid`, which is reshaped); ``samples`` ``[n, 2]`` are drawn from
-    the model and ``data`` ``[m, 2]`` are test samples. Arrays may be numpy arrays or torch tensors.
-    A few hundred samples and points and an 80x80 grid make a file of about 30 KB.
-    """
-    gx, gy = _array(grid_x, "grid_x", 1), _array(grid_y, "grid_y", 1)
-    log_prob = _array(log_prob_grid, "log_prob_grid")
-    if log_prob.ndim == 1 and log_prob.size == gx.size * gy.size:
-        log_prob = log_prob.reshape(gx.size, gy.size)
-    if log_prob.shape != (gx.size, gy.size):
-        raise ValueError(f"log_prob_grid must have shape ({gx.size}, {gy.size}), got {log_prob.shape}")
-    arrays = {"format_version": np.int64(DENSITY_FORMAT_VERSION), "grid_x": gx, "grid_y": gy, "log_prob": log_prob,
-              "samples": _array(samples, "samples", 2), "data": _array(data, "data", 2)}
-    for name in ("samples", "data"):
-        if arrays[name].shape[1] != 2:
-            raise ValueError(f"{name} must have shape [n, 2], got {arrays[name].shape}")
-    path = density_path(run_dir, cell_id)
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as stream:  # a file object: numpy adds no ".npz" to the temporary name
-            np.savez_compressed(stream, **arrays)
-
-    atomic_write(path, write)
-    return path
-
-
-def read_density_artifacts(run_dir: str | Path, cell_id: str) -> DensityArtifacts | None:
-    """A cell's density artifact, ``None`` when the run has none; :class:`ResultsError` when it is damaged."""
-    path = density_path(run_dir, cell_id)
-    if not path.exists():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: np.asarray(archive[name]) for name in DENSITY_ARRAYS}
-    except Exception as exc:  # noqa: BLE001 - zipfile/numpy raise many kinds for a damaged file
-        raise ResultsError(f"{path} is unreadable: {type(exc).__name__}: {' '.join(str(exc).split())[:150]}",
-                           path) from None
-    if int(arrays["format_version"]) != DENSITY_FORMAT_VERSION:
-        raise ResultsError(f"{path} has format version {int(arrays['format_version'])}; "
-                           f"this cnfbench reads version {DENSITY_FORMAT_VERSION}", path)
-    nx, ny = arrays["grid_x"].size, arrays["grid_y"].size
-    if arrays["log_prob"].shape != (nx, ny) or arrays["samples"].ndim != 2 or arrays["data"].ndim != 2:
-        raise ResultsError(f"{path} has arrays of inconsistent shapes", path)
-    return DensityArtifacts(arrays["grid_x"], arrays["grid_y"], arrays["log_prob"], arrays["samples"],
-                            arrays["data"])
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -164,7 +81,8 @@ def pareto_front(x: Sequence[float], y: Sequence[float]) -> list[int]:
 
 def config_labels(cells: pd.DataFrame) -> pd.Series:
     """A short label per row naming its configuration within one dataset (the axes that vary)."""
-    axes = [a for a in varying_axes(cells, ["dataset"]) if a != "dataset"] or ["solver", "trace"]
+    axes = [a for a in varying_axes(cells, [DATASET.key]) if a != DATASET.key] \
+        or [a for a in AXIS_KEYS if a != DATASET.key]
     parts = [axis_labels(cells, a) for a in axes]
     return pd.Series([" / ".join(str(p.loc[i]) for p in parts) for i in cells.index], index=cells.index)
 
@@ -178,7 +96,7 @@ def _colors(labels: Sequence[str]) -> dict[str, Any]:
 
 
 def _dataset_groups(cells: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    labels = axis_labels(cells, "dataset")
+    labels = axis_labels(cells, DATASET.key)
     return [(str(name), cells.loc[labels == name]) for name in dict.fromkeys(labels)]
 
 
@@ -195,8 +113,6 @@ def plot_pareto(cells: pd.DataFrame, x: str, path: Path, y: str = "nll_ref", tit
     done, xs, ys = done[keep], xs[keep].to_numpy(float), ys[keep].to_numpy(float)
     if not len(done):
         return None
-    from cnfbench.report import metric_info
-
     labels = config_labels(done)
     colors = _colors(list(labels))
     figure = Figure(figsize=(6.4, 4.4))

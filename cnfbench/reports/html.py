@@ -11,8 +11,9 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 
-from cnfbench.report import PivotTable, Run, entry_text
-from cnfbench.results import atomic_write
+from cnfbench.reports.pivot import PivotTable
+from cnfbench.reports.render import entry_text
+from cnfbench.run_folder import Run, atomic_write
 
 REPORT_HTML = "report.html"
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from cnfbench.cli import fail, main
+from cnfbench.families import FAMILIES_BY_KEY
 from cnfbench.output_paths import OutputPathError, check_output_dir
 from cnfbench.scaffold import (
     DEFAULT_FAMILIES,
@@ -43,8 +44,7 @@ def new_plugin(name: str, families: tuple[str, ...], directory: Path) -> None:
     click.echo(f"Wrote plugin {name} in {target}:")
     for path in sorted(p for p in target.rglob("*") if p.is_file()):
         click.echo(f"  {path.relative_to(target.parent)}")
-    options = {"field": "--field", "solver": "--solver", "trace": "--trace", "dataset": "--dataset"}
-    run = " ".join(f"{options[family]} {names[family]}" for family in chosen)
+    run = " ".join(f"{FAMILIES_BY_KEY[family].option} {names[family]}" for family in chosen)
     click.echo("\nNext:")
     click.echo(f"  pip install -e {target}")
     click.echo("  cnfbench plugins")

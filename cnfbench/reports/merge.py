@@ -27,9 +27,18 @@ from typing import Any
 import pandas as pd
 
 from cnfbench.columns import ordered
-from cnfbench.plots import DENSITY_DIR, density_path
-from cnfbench.report import Run, load_run
-from cnfbench.results import CELLS_CSV, CELLS_PARQUET, RUN_JSON, RunStore, atomic_write
+from cnfbench.families import AXIS_SPEC_COLUMNS
+from cnfbench.run_folder import (
+    CELLS_CSV,
+    CELLS_PARQUET,
+    DENSITY_DIR,
+    RUN_JSON,
+    Run,
+    RunStore,
+    atomic_write,
+    density_path,
+    load_run,
+)
 
 PROVENANCE_KEYS = ("created", "command", "cwd", "hostname", "python", "platform", "versions", "machine",
                    "git_commit", "plugins", "config")
@@ -47,7 +56,7 @@ class MergeResult:
 
 
 def _describe(row: pd.Series) -> str:
-    parts = [str(row[c]) for c in ("dataset_spec", "solver_spec", "trace_spec") if c in row and pd.notna(row[c])]
+    parts = [str(row[c]) for c in AXIS_SPEC_COLUMNS if c in row and pd.notna(row[c])]
     seed = f" seed {row['seed']}" if "seed" in row and pd.notna(row["seed"]) else ""
     return f"{row['cell_id']} ({' | '.join(parts)}{seed})"
 
@@ -71,7 +80,7 @@ def merge_runs(out: str | os.PathLike[str], sources: Sequence[str | os.PathLike[
     """Combine the run folders ``sources`` into the new run folder ``out``; see the module docstring.
 
     Raises :class:`ValueError` when ``out`` already holds results or is one of the sources, and
-    :class:`~cnfbench.results.ResultsError` when a source cannot be read at all.
+    :class:`~cnfbench.run_folder.ResultsError` when a source cannot be read at all.
     """
     target = Path(out)
     if not sources:

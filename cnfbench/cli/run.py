@@ -1,0 +1,139 @@
+"""``cnfbench run``: train and evaluate a grid, resuming a run folder; its options come from the families table.
+
+The grid options (one per grid axis) and the evaluation-slot options are
+generated from :mod:`cnfbench.families`; the numeric options carry their
+valid ranges from :data:`cnfbench.config.RANGES`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cnfbench.cli import INTERRUPTED, fail, load_registry_or_fail, main
+from cnfbench.config import OPTION_SOURCE, RANGES, RunConfig, load_toml, merge
+from cnfbench.families import EVAL_SLOTS, GRID_AXES
+from cnfbench.params import ParamError
+
+LIST_HELP = "comma list; items may carry parameters, e.g. {example}"
+
+
+def _valid(key: str) -> str:
+    """The valid range of a numeric option, for its help text."""
+    low, high = RANGES[key].bounds()
+    return f"{'>' if RANGES[key].lower_open else ''}{low} to {high}"
+
+
+def _component_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """One option per grid axis (a comma list) and per evaluation slot (one component), from the families table."""
+    for slot in reversed(EVAL_SLOTS):
+        command = click.option(slot.option, slot.config_key,
+                               help=f"{slot.meaning} [default: '{slot.default}']")(command)
+    for row in reversed(GRID_AXES):
+        command = click.option(row.option, row.config_key, multiple=True,
+                               help=f"{row.meaning}s: {LIST_HELP.format(example=repr(row.example))} "
+                                    f"[default: {','.join(row.default)}]")(command)
+    return command
+
+
+@main.command()
+@_component_options
+@click.option("--seeds", type=int, help=f"number of seeds per configuration [default: 1; valid: {_valid('seeds')}]")
+@click.option("--first-seed", type=int,
+              help=f"first seed; seeds are first-seed .. first-seed+seeds-1 "
+                   f"[default: 0; valid: {_valid('first_seed')}]")
+@click.option("--iterations", type=int,
+              help=f"training iterations per cell [default: 400; valid: {_valid('iterations')}]")
+@click.option("--batch-size", type=int, help=f"training batch size [default: 512; valid: {_valid('batch_size')}]")
+@click.option("--lr", type=float, help=f"Adam learning rate [default: 3e-3; valid: {_valid('lr')}]")
+@click.option("--max-nfe", type=int,
+              help=f"dynamics evaluations allowed per solve before a cell fails "
+                   f"[default: none; valid: {_valid('max_nfe')}]")
+@click.option("--ref-dtype", type=click.Choice(["float64", "float32"]), help="dtype of the reference solve")
+@click.option("--eval-batch-size", type=int,
+              help=f"test samples per evaluation solve [default: 4096; valid: {_valid('eval_batch_size')}]")
+@click.option("--mass-grid", type=int,
+              help=f"points per axis of the 2D mass check, 0 = off [default: 80; valid: {_valid('mass_grid')}]")
+@click.option("--device", help="auto, cpu, cuda or cuda:N [default: auto]")
+@click.option("--timeout", type=float,
+              help=f"seconds a cell may run before it is stopped (status timeout) [valid: {_valid('timeout')}]")
+@click.option("--isolation", type=click.Choice(["process", "inline"]),
+              help="run cells in a worker process (hard timeouts) or in this one [default: process]")
+@click.option("--retry-failed/--no-retry-failed", default=None,
+              help="on resume, rerun cells that failed before [default: retry]")
+@click.option("--allow-loose-ref", is_flag=True, default=None,
+              help="accept a fixed-step or loose --ref-solver (every row then says ref_loose = true)")
+@click.option("--out", help="output root; the run goes to OUT/NAME [default: results]")
+@click.option("--name", help="run name (a rerun with the same name resumes) [default: run-DATE-TIME]")
+@click.option("--plugin", "plugins", multiple=True, help="extra plugin: a module name or a .py file (repeatable)")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML file with the same keys as these options (CLI options win)")
+@click.option("--dry-run", is_flag=True, help="print the cells that would run; train nothing, write nothing")
+@click.option("--quiet", is_flag=True, help="no progress output")
+def run(config_file: Path | None, dry_run: bool, quiet: bool, plugins: tuple[str, ...], **options: Any) -> int:
+    """Train and evaluate every cell of the grid datasets x fields x solvers x traces x seeds."""
+    from cnfbench.config import resolve_grid
+    from cnfbench.executor import Executor, InlineExecutor, ProcessExecutor
+    from cnfbench.output_paths import OutputPathError, check_output_dir
+    from cnfbench.progress import Progress
+    from cnfbench.provenance import collect
+    from cnfbench.runner import default_run_name, run_directory, sweep
+    from cnfbench.summary import render, summary_table, validity_notes
+
+    try:
+        config = RunConfig()
+        if config_file is not None:
+            config = merge(config, load_toml(config_file), f"config file {str(config_file)!r}")
+        given = {key: value for key, value in options.items() if value not in (None, ())}
+        if plugins:
+            given["plugin"] = (*config.plugin, *plugins)
+        config = merge(config, {k: list(v) if isinstance(v, tuple) else v for k, v in given.items()},
+                       OPTION_SOURCE)
+    except ParamError as exc:
+        raise fail(str(exc)) from None
+    registry = load_registry_or_fail(config.plugin)
+    for info in registry.plugins:
+        if info.error:
+            click.echo(f"warning: plugin {info.name} ({info.source}: {info.origin}) is broken and was skipped: "
+                       f"{info.error}", err=True)
+    try:
+        grid = resolve_grid(config, registry)
+        name = config.name or default_run_name()
+        run_dir = run_directory(config.out, name)
+        if not dry_run:
+            check_output_dir(run_dir, "the run")
+    except (ParamError, OutputPathError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    cells = grid.cells
+    for note in grid.notes:
+        click.echo(f"note: {note}", err=True)
+    if dry_run:
+        click.echo(f"{len(cells)} cell(s) would run into {run_dir}:")
+        for cell in cells:
+            click.echo(f"  {cell.cell_id}  {cell.describe()}")
+        return 0
+    progress = Progress(len(cells), quiet=quiet)
+    libraries = {library for cell in cells for family, spec in cell.components()
+                 for library in registry.get(family, spec.name).cls.libraries}
+    provenance = collect(sys.argv, config.to_json() | {"name": name}, registry.plugins, cells[0].device,
+                         sorted(libraries))
+    executor: Executor = (ProcessExecutor(config.plugin, config.timeout, registry=registry)
+                          if config.isolation == "process"
+                          else InlineExecutor(registry))
+    try:
+        result = sweep(cells, registry, executor, run_dir, provenance, progress, config.retry_failed)
+    finally:
+        executor.close()
+    ids = {cell.cell_id for cell in cells}
+    rows = result.cells[result.cells["cell_id"].isin(ids)]
+    click.echo("")
+    if result.interrupted:
+        click.echo("Interrupted: the table shows the cells finished so far; rerun the same command to resume.")
+    click.echo("Summary (test NLL in nats per sample; NFE = dynamics evaluations per solve, counted by the harness):")
+    click.echo(render(summary_table(rows), validity_notes(rows)))
+    click.echo(f"\nresults: {run_dir} ({result.ran} cell(s) run, {result.skipped} skipped as already done)")
+    return INTERRUPTED if result.interrupted else 0

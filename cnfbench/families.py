@@ -1,0 +1,130 @@
+"""The families table: every component family, its role, hook, option and columns, as plain data.
+
+Everything that enumerates families derives from :data:`FAMILY_TABLE` and
+:data:`EVAL_SLOTS`: a cell's JSON and id, a row's identity columns, the run
+configuration's keys and the CLI's options, the axes of reports, compare and
+the summary, progress labels, merge descriptions, the conformance kit's
+dispatch and the plugin scaffold. The contract classes live in
+:mod:`cnfbench.contracts`; this module names them only, so that it imports
+nothing heavy and commands start fast.
+
+A family has one of three roles:
+
+* a **grid axis** (dataset, field, solver, trace): each cell picks one of
+  its components, with every parameter, and the grid is their product;
+* an **evaluation slot** is not a family but a component of an existing
+  family in another role (the eval trace is a trace, the reference solver a
+  solver), listed in :data:`EVAL_SLOTS`;
+* **run-level** (executors, trackers: none yet): chosen once per run, never
+  part of a cell.
+
+Adding a family is: its contract in :mod:`cnfbench.contracts`, its row
+here, its built-in plugin module, its conformance checks, its docs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GRID_AXIS = "grid axis"
+RUN_LEVEL = "run-level"
+
+
+@dataclass(frozen=True)
+class FamilyRow:
+    """One component family.
+
+    ``contract`` names the class in :mod:`cnfbench.contracts`; ``hook`` the
+    pluggy hook that returns the family's classes; ``option`` the ``run``
+    option that selects its components (a comma list for a grid axis);
+    ``default`` what ``run`` uses without that option; ``meaning`` the
+    column's description. A grid axis writes two identity columns: the
+    component's name (``column``) and its full spec (``spec_column``).
+    """
+
+    key: str
+    plural: str
+    contract: str
+    hook: str
+    role: str
+    option: str
+    default: tuple[str, ...]
+    meaning: str
+    example: str = ""
+
+    @property
+    def column(self) -> str:
+        return self.key
+
+    @property
+    def spec_column(self) -> str:
+        return f"{self.key}_spec"
+
+    @property
+    def config_key(self) -> str:
+        """The key of the run configuration (and of a TOML config file)."""
+        return self.key
+
+
+@dataclass(frozen=True)
+class EvalSlot:
+    """A component of an existing family in an evaluation role (same for every cell of a run).
+
+    ``json_key`` is its key in the cell's ``evaluation`` JSON (part of the cell id, so it never changes);
+    ``config_key`` its run-configuration key; ``spec_column`` its row column.
+    """
+
+    key: str
+    family: str
+    json_key: str
+    option: str
+    default: str
+    meaning: str
+    noun: str
+
+    @property
+    def config_key(self) -> str:
+        return self.key
+
+    @property
+    def spec_column(self) -> str:
+        return f"{self.key}_spec"
+
+
+FAMILY_TABLE: tuple[FamilyRow, ...] = (
+    FamilyRow("dataset", "datasets", "Dataset", "cnfbench_datasets", GRID_AXIS, "--dataset", ("8gaussians",),
+              "dataset", "8gaussians,moons[n_train=5000]"),
+    FamilyRow("field", "fields", "VectorField", "cnfbench_fields", GRID_AXIS, "--field", ("concatsquash",),
+              "vector field", "concatsquash[hidden=64-64,activation=elu]"),
+    FamilyRow("solver", "solvers", "Solver", "cnfbench_solvers", GRID_AXIS, "--solver", ("dopri5",),
+              "training ODE solver", "euler[steps=10],dopri5[rtol=1e-5,atol=1e-5]"),
+    FamilyRow("trace", "traces", "TraceEstimator", "cnfbench_traces", GRID_AXIS, "--trace", ("exact",),
+              "training trace estimator", "exact,hutchinson[noise=rademacher]"),
+)
+"""Every component family, in the order a cell and a row list them."""
+
+EVAL_SLOTS: tuple[EvalSlot, ...] = (
+    EvalSlot("eval_trace", "trace", "trace", "--eval-trace", "exact",
+             "trace estimator of every reported NLL (exact)", "evaluation trace"),
+    EvalSlot("ref_solver", "solver", "ref_solver", "--ref-solver", "dopri5[rtol=1e-7,atol=1e-7]",
+             "reference solve behind nll_ref", "reference solver"),
+)
+"""The evaluation protocol's components: each a component of a family in another role."""
+
+FAMILIES_BY_KEY: dict[str, FamilyRow] = {row.key: row for row in FAMILY_TABLE}
+SLOTS_BY_KEY: dict[str, EvalSlot] = {slot.key: slot for slot in EVAL_SLOTS}
+
+GRID_AXES: tuple[FamilyRow, ...] = tuple(row for row in FAMILY_TABLE if row.role == GRID_AXIS)
+"""The families whose components span the grid, in cell order."""
+
+AXIS_KEYS: tuple[str, ...] = tuple(row.key for row in GRID_AXES)
+AXIS_SPEC_COLUMNS: tuple[str, ...] = tuple(row.spec_column for row in GRID_AXES)
+SLOT_SPEC_COLUMNS: tuple[str, ...] = tuple(slot.spec_column for slot in EVAL_SLOTS)
+
+
+def family(key: str) -> FamilyRow:
+    """The row of family ``key``; ``KeyError`` names the valid ones."""
+    try:
+        return FAMILIES_BY_KEY[key]
+    except KeyError:
+        raise KeyError(f"unknown family {key!r}; families: {', '.join(FAMILIES_BY_KEY)}") from None

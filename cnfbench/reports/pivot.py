@@ -1,0 +1,187 @@
+"""Pivot tables: aggregated metrics arranged by row and column axes, the best entry per dataset marked, with notes.
+
+:func:`pivot` arranges :func:`~cnfbench.reports.aggregate.aggregate`'s groups as
+a :class:`PivotTable` (what the renderers draw) and marks the best entry of each
+metric within a dataset, by the goal the column catalogue gives the metric.
+Failed cells are counted in their entry and named in the notes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from cnfbench.messages import one_line
+from cnfbench.reports.aggregate import aggregate, axis_labels, format_value, varying_axes
+from cnfbench.reports.metrics import (
+    DATASET,
+    GOAL_TEXT,
+    Metric,
+    ReportError,
+    check_axes,
+    check_metrics,
+    default_metrics,
+    metric_info,
+)
+from cnfbench.summary import flag_notes, grid_notes
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One aggregated value of a pivot table, in the metric's display unit."""
+
+    center: float  # mean or median
+    low: float  # std (mean) or first quartile (median)
+    high: float  # nan (mean) or third quartile (median)
+    n: int  # done cells with a finite value
+    cells: int  # cells in the group
+    failed: str  # e.g. "1 diverged"
+    best: bool = False
+    flagged: bool = False  # a flag-sensitive metric with a cell whose density is flagged invalid
+
+
+@dataclass
+class PivotTable:
+    """A metric (or several) arranged by row and column axes; what the renderers draw."""
+
+    metrics: list[Metric]
+    stat: str
+    rows: list[str]
+    cols: list[str]
+    row_keys: list[tuple[str, ...]]
+    col_keys: list[tuple[str, ...]]
+    entries: dict[tuple[tuple[str, ...], tuple[str, ...], str], Entry]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def common_n(self) -> int | None:
+        """The number of seeds behind every entry, when it is the same for all of them."""
+        counts = {e.n for e in self.entries.values() if e.n}
+        return counts.pop() if len(counts) == 1 else None
+
+    def value_columns(self) -> list[tuple[tuple[str, ...], Metric]]:
+        return [(col_key, metric) for col_key in self.col_keys for metric in self.metrics]
+
+    def header(self, col_key: tuple[str, ...], metric: Metric) -> str:
+        """The header of a value column; it always carries the unit."""
+        if not self.cols:
+            return metric.header
+        label = ", ".join(col_key)
+        if len(self.metrics) == 1:
+            return f"{label} [{metric.unit}]" if metric.unit else label
+        return f"{label}: {metric.header}"
+
+    def caption(self, marked: str = "in bold") -> str:
+        what = "; ".join(m.header for m in self.metrics)
+        how = "mean ± std" if self.stat == "mean" else "median [first–third quartile]"
+        n = self.common_n
+        seeds = f"n = {n} seed{'s' if n != 1 else ''} per entry" if n else "n seeds per entry in parentheses"
+        goals = sorted({GOAL_TEXT[m.goal] for m in self.metrics if m.goal})
+        best = f"; best per {DATASET.key} {marked} ({' / '.join(goals)})" if goals else ""
+        return f"{what}: {how} over seeds, {seeds}{best}"
+
+
+def pivot(cells: pd.DataFrame, rows: Sequence[str] = (), cols: Sequence[str] = (),
+          metrics: Sequence[str] | None = None, stat: str = "mean") -> PivotTable:
+    """Arrange the aggregated ``metrics`` with ``rows`` down and ``cols`` across.
+
+    Configuration axes that vary in ``cells`` but are in neither ``rows`` nor ``cols`` are added to
+    the rows (with a note), so that different configurations are never averaged together. With no
+    ``rows`` and no ``cols`` the rows are every varying configuration axis (the grid axes, the budget,
+    the evaluation protocol, …) and the columns are the metrics. The best entry (by the metric's goal in
+    the column catalogue) among those of the same metric and dataset is marked ``best`` when there are
+    at least two.
+    """
+    rows, cols = list(rows), list(cols)
+    asked_rows = bool(rows)
+    check_axes(cells, rows + cols)
+    metrics = check_metrics(cells, list(metrics) if metrics else default_metrics(cells))
+    if cells.empty:
+        raise ReportError("no cells to report")
+    added = varying_axes(cells, rows + cols)
+    if not rows and not cols:
+        rows = added or [DATASET.key]
+    else:
+        rows = rows + added
+    if not rows:
+        rows = [DATASET.key] if DATASET.key not in cols else []
+    notes = []
+    if added and (asked_rows or cols):
+        verb = "varies" if len(added) == 1 else "vary"
+        notes.append(f"rows also split by {', '.join(added)}, which {verb} in these cells")
+    table = aggregate(cells, rows + cols, metrics, stat)
+    infos = [metric_info(m) for m in metrics]
+    row_keys = list(dict.fromkeys(tuple(r) for r in table[rows].itertuples(index=False, name=None)))
+    col_keys = list(dict.fromkeys(tuple(r) for r in table[cols].itertuples(index=False, name=None))) if cols \
+        else [()]
+    entries: dict[tuple[tuple[str, ...], tuple[str, ...], str], Entry] = {}
+    for record in table.to_dict("records"):
+        row_key = tuple(record[a] for a in rows)
+        col_key = tuple(record[a] for a in cols)
+        for info in infos:
+            m = info.name
+            if stat == "mean":
+                center, low, high = record[f"{m}_mean"], record[f"{m}_std"] * info.scale, math.nan
+            else:
+                center, low, high = record[f"{m}_median"], record[f"{m}_q1"] * info.scale, \
+                    record[f"{m}_q3"] * info.scale
+            entries[(row_key, col_key, m)] = Entry(center * info.scale, low, high, int(record[f"{m}_n"]),
+                                                   int(record["cells"]), record["failed"],
+                                                   flagged=info.flag_sensitive and record["flagged"] > 0)
+    result = PivotTable(infos, stat, rows, cols, row_keys, col_keys, entries, notes)
+    _mark_best(result)
+    result.notes.extend(failure_notes(cells, rows + cols))
+    if any(e.flagged for e in entries.values()):
+        result.notes.append("(!) = a cell of this entry is flagged: its training solver's density is not normalized "
+                            "(nll below the true entropy or mass off 1), so it is never marked best:")
+        result.notes.extend(dict.fromkeys(flag_notes(cells)))
+    result.notes.extend(grid_notes(cells))
+    return result
+
+
+def _dataset_of(table: PivotTable, row_key: tuple[str, ...], col_key: tuple[str, ...]) -> str:
+    for axes, key in ((table.rows, row_key), (table.cols, col_key)):
+        for axis in (DATASET.column, DATASET.spec_column):
+            if axis in axes:
+                return key[axes.index(axis)]
+    return ""
+
+
+def _mark_best(table: PivotTable) -> None:
+    """Mark the best entry per (metric, dataset) when at least two entries have a value; flagged ones never win."""
+    groups: dict[tuple[str, str], list[tuple[Any, float, bool]]] = {}
+    for (row_key, col_key, name), entry in table.entries.items():
+        info = next(m for m in table.metrics if m.name == name)
+        if not info.goal or not entry.n or not math.isfinite(entry.center):
+            continue
+        rounded = round(entry.center, info.decimals)
+        groups.setdefault((name, _dataset_of(table, row_key, col_key)), []).append(
+            ((row_key, col_key, name), info.badness(rounded), not entry.flagged))
+    for candidates in groups.values():
+        eligible = [(key, score) for key, score, ok in candidates if ok]
+        if len(candidates) < 2 or not eligible:
+            continue
+        best = min(score for _, score in eligible)
+        for key, score in eligible:
+            if math.isclose(score, best, rel_tol=1e-12, abs_tol=1e-12):
+                table.entries[key] = dataclasses.replace(table.entries[key], best=True)
+
+
+def failure_notes(cells: pd.DataFrame, by: Sequence[str] = ()) -> list[str]:
+    """One line per cell that did not finish: where, which seed, status and reason."""
+    failed = cells[cells["status"] != "done"]
+    if failed.empty:
+        return []
+    labels = {axis: axis_labels(cells, axis) for axis in by if axis != "seed"}
+    notes = []
+    for index, row in failed.iterrows():
+        where = ", ".join(labels[axis].loc[index] for axis in labels) or str(row["cell_id"])
+        reason = one_line(row.get("reason", "") if isinstance(row.get("reason", ""), str) else "", 120)
+        seed = f" seed {format_value(row['seed'])}" if "seed" in row else ""
+        notes.append(f"{where}{seed}: {row['status']}" + (f" ({reason})" if reason else ""))
+    return notes

@@ -1,0 +1,192 @@
+"""Renderers of a pivot table: plain text for the terminal, Markdown, LaTeX (booktabs), CSV (numbers) and JSON.
+
+Every header carries its unit; best entries are bold (``*`` in plain text), and entries with a flagged cell
+end in ``(!)``. :func:`text_table` is the padded-columns layout the terminal outputs share.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from cnfbench.reports.metrics import Metric
+from cnfbench.reports.pivot import Entry, PivotTable
+
+
+def _number(value: float, decimals: int) -> str:
+    return f"{value:.{decimals}f}" if math.isfinite(value) else "—"
+
+
+def entry_text(table: PivotTable, entry: Entry | None, metric: Metric, pm: str = "±",
+               interval: tuple[str, str, str] = ("[", "–", "]")) -> str:
+    """``mean ± std`` or ``median [q1–q3]`` with the metric's decimals, ``(n=k)`` when seeds differ."""
+    if entry is None:
+        return ""
+    if not entry.n:
+        return entry.failed or "—"
+    d = metric.decimals
+    text = _number(entry.center, d)
+    if table.stat == "mean" and math.isfinite(entry.low):
+        text += f" {pm} {_number(entry.low, d)}"
+    elif table.stat == "median" and entry.n > 1:
+        text += f" {interval[0]}{_number(entry.low, d)}{interval[1]}{_number(entry.high, d)}{interval[2]}"
+    if table.common_n is None or entry.n != entry.cells:
+        text += f" (n={entry.n})"
+    return text + (" (!)" if entry.flagged else "")
+
+
+def _grid(table: PivotTable, cell: Any) -> tuple[list[str], list[list[Any]]]:
+    """Headers and rows of display cells; ``cell(entry, metric)`` renders one value."""
+    headers = [*table.rows, *(table.header(k, m) for k, m in table.value_columns())]
+    body = []
+    for row_key in table.row_keys:
+        values = [cell(table.entries.get((row_key, col_key, m.name)), m) for col_key, m in table.value_columns()]
+        body.append([*row_key, *values])
+    return headers, body
+
+
+def to_text(table: PivotTable) -> str:
+    """A plain-text table for the terminal; the best entries end in ``*``."""
+    def cell(entry: Entry | None, metric: Metric) -> str:
+        return entry_text(table, entry, metric) + (" *" if entry is not None and entry.best else "")
+
+    headers, body = _grid(table, cell)
+    lines = [table.caption(marked="marked *"), text_table(headers, body, len(table.rows))]
+    return "\n".join([*lines, *(f"note: {n}" for n in table.notes)])
+
+
+def text_table(headers: Sequence[str], body: Sequence[Sequence[Any]], left: int) -> str:
+    """Columns padded to their widest cell; the first ``left`` columns left-aligned, the others right-aligned."""
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in body)) for i, h in enumerate(headers)]
+
+    def line(values: Sequence[Any]) -> str:
+        return "  ".join(str(v).ljust(w) if i < left else str(v).rjust(w)
+                         for i, (v, w) in enumerate(zip(values, widths, strict=True))).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in body)])
+
+
+def _md_escape(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def to_markdown(table: PivotTable) -> str:
+    """A GitHub-flavoured Markdown table with an italic caption; best entries in ``**bold**``."""
+    def cell(entry: Entry | None, metric: Metric) -> str:
+        text = entry_text(table, entry, metric)
+        return f"**{text}**" if entry is not None and entry.best else text
+
+    headers, body = _grid(table, cell)
+    align = ["---"] * len(table.rows) + ["---:"] * (len(headers) - len(table.rows))
+    lines = [f"*{table.caption()}*", "", "| " + " | ".join(_md_escape(h) for h in headers) + " |",
+             "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(_md_escape(v) for v in row) + " |" for row in body]
+    if table.notes:
+        lines += ["", *(f"- {_md_escape(n)}" for n in table.notes)]
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "±": r"$\pm$", "–": "--", "—": "---", "|": r"$|$", "<": r"$<$", ">": r"$>$"}
+
+
+def latex_escape(text: str) -> str:
+    """``text`` with LaTeX's special characters escaped."""
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def to_latex(table: PivotTable, label: str = "tab:cnfbench") -> str:
+    """A ``table`` environment with a booktabs ``tabular``; best entries in bold. Needs ``\\usepackage{booktabs}``."""
+    def cell(entry: Entry | None, metric: Metric) -> str:
+        if entry is None:
+            return ""
+        if not entry.n:
+            return latex_escape(entry.failed or "—")
+        d = metric.decimals
+        math_text = _number(entry.center, d)
+        if table.stat == "mean" and math.isfinite(entry.low):
+            math_text += rf" \pm {_number(entry.low, d)}"
+        elif table.stat == "median" and entry.n > 1:
+            math_text += rf"\ [{_number(entry.low, d)}, {_number(entry.high, d)}]"
+        text = rf"$\mathbf{{{math_text}}}$" if entry.best else f"${math_text}$"
+        if table.common_n is None or entry.n != entry.cells:
+            text += f" ($n={entry.n}$)"
+        return text + (" (!)" if entry.flagged else "")
+
+    headers, body = _grid(table, cell)
+    left = len(table.rows)
+    spec = "l" * left + "r" * (len(headers) - left)
+    lines = [
+        r"% generated by cnfbench report; needs \usepackage{booktabs}",
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{latex_escape(table.caption())}}}",
+        rf"\label{{{label}}}",
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        " & ".join(latex_escape(h) for h in headers) + r" \\",
+        r"\midrule",
+    ]
+    for row in body:
+        lines.append(" & ".join([*(latex_escape(v) for v in row[:left]), *row[left:]]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def _stat_names(stat: str) -> tuple[str, str, str]:
+    return ("mean", "std", "") if stat == "mean" else ("median", "q1", "q3")
+
+
+def to_csv(table: PivotTable) -> str:
+    """The pivot as CSV with numbers, not text.
+
+    Per value column: ``mean``, ``std``, ``n`` and ``best`` (or ``median``, ``q1``, ``q3``, ``n``, ``best``).
+    """
+    names = _stat_names(table.stat)
+    headers = list(table.rows)
+    for col_key, metric in table.value_columns():
+        base = table.header(col_key, metric)
+        unit = f" [{metric.unit}]" if metric.unit else ""
+        label = base[: -len(unit)] if unit and base.endswith(unit) else base
+        headers += [f"{label} {s}{unit}" for s in names if s] + [f"{label} n", f"{label} best"]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(headers)
+    for row_key in table.row_keys:
+        values: list[Any] = list(row_key)
+        for col_key, metric in table.value_columns():
+            entry = table.entries.get((row_key, col_key, metric.name))
+            if entry is None:
+                values += [""] * (len([s for s in names if s]) + 2)
+                continue
+            numbers = [entry.center, entry.low] + ([entry.high] if table.stat == "median" else [])
+            values += [repr(float(v)) if math.isfinite(v) else "" for v in numbers] + [entry.n, entry.best]
+        writer.writerow(values)
+    return out.getvalue()
+
+
+def to_json(table: PivotTable) -> str:
+    """The pivot as JSON: caption, axes, metrics (with unit and goal) and one object per entry."""
+    def number(value: float) -> float | None:
+        return float(value) if math.isfinite(value) else None
+
+    names = _stat_names(table.stat)
+    entries = []
+    for (row_key, col_key, metric), entry in table.entries.items():
+        item: dict[str, Any] = {"row": dict(zip(table.rows, row_key, strict=True)),
+                                "col": dict(zip(table.cols, col_key, strict=True)), "metric": metric,
+                                names[0]: number(entry.center), names[1]: number(entry.low)}
+        if names[2]:
+            item[names[2]] = number(entry.high)
+        item.update(n=entry.n, cells=entry.cells, failed=entry.failed, best=entry.best, flagged=entry.flagged)
+        entries.append(item)
+    data = {"caption": table.caption(), "stat": table.stat, "rows": table.rows, "cols": table.cols,
+            "metrics": [{"name": m.name, "header": m.header, "unit": m.unit, "scale": m.scale, "goal": m.goal}
+                        for m in table.metrics],
+            "entries": entries, "notes": table.notes}
+    return json.dumps(data, indent=2) + "\n"
