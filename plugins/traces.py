@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cnfbench.contracts import FieldFunction, TraceEstimator
+from cnfbench.contracts import FieldFunction, TraceEstimator, exact_divergence_loop
 from cnfbench.hookspecs import hookimpl
 from cnfbench.params import Param
 
@@ -75,18 +75,8 @@ def _zeros(z: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------------
 
 
-def loop_divergence(field: FieldFunction, t: Tensor, z: Tensor, create_graph: bool) -> tuple[Tensor, Tensor]:
-    """``(dz, div)`` with one ``autograd.grad`` (a vector-Jacobian product) per dimension."""
-    dz = field(t, z)
-    div = _zeros(dz)
-    if not dz.requires_grad:  # a field that does not depend on z (or on anything) has zero divergence
-        return dz, div
-    for i in range(z.shape[1]):
-        (grad_i,) = torch.autograd.grad(dz[:, i].sum(), z, create_graph=create_graph, retain_graph=True,
-                                        allow_unused=True)
-        if grad_i is not None:
-            div = div + grad_i[:, i]
-    return dz, div
+loop_divergence = exact_divergence_loop
+"""``(dz, div)`` with one ``autograd.grad`` (a vector-Jacobian product) per dimension: the contract's own loop."""
 
 
 def batched_chunk(z: Tensor) -> int | None:

@@ -32,7 +32,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from cnfbench.contracts import Dynamics, FieldFunction, Solver, TraceEstimator, VectorField
+from cnfbench.contracts import Dynamics, FieldFunction, Solver, TraceEstimator, VectorField, exact_divergence_loop
 from cnfbench.params import Param
 
 __all__ = [
@@ -142,23 +142,9 @@ class ConstantField(VectorField):
 # --------------------------------------------------------------------------- exact divergence
 
 
-def exact_trace_loop(field: FieldFunction, t: Tensor, z: Tensor, create_graph: bool = False) -> tuple[Tensor, Tensor]:
-    """``(field(t, z), exact divergence [B])`` by one vector-Jacobian product per dimension.
-
-    ``z`` must require grad. A field whose output does not depend on ``z``
-    has divergence 0. With ``create_graph`` the divergence is differentiable
-    in ``z`` and the field's parameters.
-    """
-    dz = field(t, z)
-    div = torch.zeros(z.shape[0], dtype=dz.dtype, device=dz.device)
-    if not dz.requires_grad:
-        return dz, div
-    for i in range(z.shape[1]):
-        (grad,) = torch.autograd.grad(dz[:, i].sum(), z, create_graph=create_graph, retain_graph=True,
-                                      allow_unused=True)
-        if grad is not None:
-            div = div + grad[:, i]
-    return dz, div
+exact_trace_loop = exact_divergence_loop
+"""``(field(t, z), exact divergence [B])`` by one vector-Jacobian product per dimension (the contract's
+definition, :func:`cnfbench.contracts.exact_divergence_loop`)."""
 
 
 def jacobian_trace(field: FieldFunction, t: Tensor, z: Tensor, create_graph: bool = False) -> Tensor:
