@@ -8,8 +8,9 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-# Public API for notebooks: ``cnfbench.load_results(path)`` and the report functions. They are
-# imported on first use, so that ``import cnfbench`` stays light (no pandas or matplotlib).
+# Public API for notebooks: ``cnfbench.load_results(path)``, ``cnfbench.load_model(run, cell_id)`` and the
+# report functions. They are imported on first use, so that ``import cnfbench`` stays light (no torch, pandas
+# or matplotlib).
 _EXPORTS = {
     "load_results": "cnfbench.run_folder",
     "load_run": "cnfbench.run_folder",
@@ -25,6 +26,7 @@ _EXPORTS = {
     "merge_runs": "cnfbench.reports",
     "write_plots": "cnfbench.reports.plots",
     "write_density_artifacts": "cnfbench.run_folder",
+    "load_model": "cnfbench.models",
     "write_html_report": "cnfbench.reports",
 }
 

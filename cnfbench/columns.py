@@ -189,6 +189,8 @@ COLUMNS: tuple[Column, ...] = (
     _outcome("validity_reason", "why a row is flagged (empty when valid)"),
     _outcome("ref_loose", "true when the reference solve is fixed-step or looser than 1e-6 (--allow-loose-ref): "
                           "nll_ref is then only as exact as that solve"),
+    _outcome("model_file", "the trained field in the run folder (models/<cell_id>.safetensors, relative to it); "
+                           "empty when none"),
     # work
     _evaluations("nfe_expected_per_solve", "steps x stages for a fixed-grid Runge-Kutta solver, else empty"),
     _evaluations("nfe_forward_mean", "dynamics evaluations per training forward solve, mean over iterations",

@@ -35,7 +35,7 @@ class ContractViolation(RuntimeError):
     """A component returned something its contract forbids; the message names it."""
 
 
-PHASES = ("forward", "backward", "eval", "ref")
+PHASES = ("forward", "backward", "eval", "ref", "sample")
 
 
 @dataclass
@@ -44,7 +44,8 @@ class NFECounter:
 
     ``phase`` is set by the harness: ``forward`` during a training solve,
     ``backward`` during its backward pass (non-zero only with an adjoint),
-    ``eval``/``ref`` during evaluation with the training/reference solver.
+    ``eval``/``ref`` during evaluation with the training/reference solver,
+    ``sample`` while drawing samples of the model (t=0 to t=1).
     """
 
     max_per_solve: int | None = None
@@ -70,7 +71,7 @@ class NFECounter:
 
 CELL_PHASES = (
     "start", "data", "build_field", "build_solver", "build_trace", "build_eval", "train_forward", "train_backward",
-    "eval", "ref", "mass", "mass_ref", "sampling", "entropy", "metrics", "result",
+    "eval", "ref", "mass", "mass_ref", "sampling", "entropy", "metrics", "keep_model", "result",
 )
 """The phases of a cell, in the order they run; ``start`` is a cell sent to a worker that has not begun it."""
 

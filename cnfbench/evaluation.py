@@ -78,11 +78,17 @@ def evaluate_log_prob(
 
 def sample_model(
     field_module: VectorField, solver: Solver, trace: TraceEstimator, n: int, generator: torch.Generator,
-    device: torch.device, dtype: torch.dtype = torch.float32,
+    device: torch.device, dtype: torch.dtype = torch.float32, counter: NFECounter | None = None,
 ) -> Tensor:
-    """``n`` samples of the model: base draws ``z0 ~ N(0, I)`` pushed from t=0 to t=1 by ``solver``."""
+    """``n`` samples of the model: base draws ``z0 ~ N(0, I)`` pushed from t=0 to t=1 by ``solver``.
+
+    ``counter`` (a fresh one when None) counts the solve's dynamics evaluations: ``counter.current``
+    afterwards is the sampling NFE, and its ``max_per_solve`` bounds it.
+    """
     base = torch.randn(n, field_module.dim, generator=generator, dtype=dtype).to(device)
-    dynamics = CNFDynamics(field_module.eval(), trace, NFECounter(), differentiable=False)
+    counter = counter if counter is not None else NFECounter()
+    counter.start("sample")
+    dynamics = CNFDynamics(field_module.eval(), trace, counter, differentiable=False)
     trace.begin_solve(base, None)
     with torch.no_grad():
         samples, _ = solver.integrate(dynamics, (base, torch.zeros(n, dtype=dtype, device=device)), 0.0, 1.0)

@@ -25,6 +25,7 @@ from cnfbench.dynamics import ContractViolation, NFEBudgetExceeded, PhaseTracker
 from cnfbench.evaluation import EvaluationPass, evaluate_log_prob, sample_model
 from cnfbench.measure import PeakMemory, now
 from cnfbench.messages import describe_exception, one_line
+from cnfbench.model_file import encode_model
 from cnfbench.registry import ComponentBuildError, Registry
 from cnfbench.rows import (
     INTERRUPTED,
@@ -171,7 +172,8 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
 
     ``on_phase`` hears the progress display's phases (train, eval, ref, mass);
     ``tracker`` (a fresh one when None) is told every phase of the cell as it
-    begins. Ctrl-C raises :class:`CellInterrupted` carrying the ``interrupted`` row.
+    begins. A ``done`` outcome carries the trained field as model-file bytes.
+    Ctrl-C raises :class:`CellInterrupted` carrying the ``interrupted`` row.
     """
     tracker = tracker or PhaseTracker()
 
@@ -189,6 +191,7 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
     memory.reset()
     evaluation: dict[str, EvaluationPass] = {}
     density: dict[str, Any] | None = None
+    model: bytes | None = None
     interrupted = False
     started = now(device)
     try:
@@ -243,6 +246,8 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
         enter("metrics")
         field_module.eval()
         row.update(plugin_metrics(registry, cell, field_module, dataset, test))
+        enter("keep_model")
+        model = encode_model(field_module.state_dict(), cell, dataset.dim)
         row["status"] = "done"
     except KeyboardInterrupt:
         interrupted = True
@@ -254,7 +259,8 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
         row.update(_measured_columns(record, evaluation, memory, now(device) - started))
         row["valid"], row["validity_reason"] = validity(row) if row["status"] == "done" else (False, "")
     curves = [{"cell_id": cell.cell_id, **point} for point in record.curves()]
-    outcome = CellOutcome(ordered(row), curves, density if row["status"] == "done" else None)
+    done = row["status"] == "done"
+    outcome = CellOutcome(ordered(row), curves, density if done else None, model if done else None)
     if interrupted:
         raise CellInterrupted(outcome)
     return outcome

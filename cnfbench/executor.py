@@ -2,11 +2,13 @@
 
 The process executor keeps one spawned worker (torch is imported once) and
 hands it one cell at a time as plain JSON over a pipe; the worker answers
-with progress messages and finally the row and curves, also as JSON. When a
-cell outlives ``--timeout``, or the worker dies (a segfault, the OOM killer),
-the worker is killed, the cell gets status ``timeout``/``error``, and a
-fresh worker takes the next cell. The worker ignores SIGINT: Ctrl-C is the
-parent's to handle.
+with progress messages and finally the row and curves, also as JSON. A
+finished cell's model file (safetensors bytes) follows the result as one
+binary message of the length the result announces (``model_bytes``), rather
+than inflated by a third as base64 inside the JSON. When a cell outlives
+``--timeout``, or the worker dies (a segfault, the OOM killer), the worker is
+killed, the cell gets status ``timeout``/``error``, and a fresh worker takes
+the next cell. The worker ignores SIGINT: Ctrl-C is the parent's to handle.
 
 The worker writes the phase of its cell (and the training iteration) into
 one shared integer at every phase transition, so that the parent can say
@@ -94,7 +96,9 @@ def _worker_main(connection: multiprocessing.connection.Connection, plugins: lis
         outcome = train_and_evaluate(cell, registry, on_iteration, on_phase, tracker)
         tracker.enter("result")
         _send(connection, {"kind": "result", "row": outcome.row, "curves": outcome.curves,
-                           "density": outcome.density})
+                           "density": outcome.density, "model_bytes": len(outcome.model or b"")})
+        if outcome.model:
+            connection.send_bytes(outcome.model)
 
 
 def _exit_description(process: multiprocessing.process.BaseProcess) -> str:
@@ -164,6 +168,16 @@ class ProcessExecutor:
         phase, iteration = unpack_phase(self._where.value) if self._where is not None else ("start", 0)
         return failed_outcome(cell, status, lead, seconds, phase, iteration, self._names())
 
+    def _receive_model(self, size: int) -> bytes | None:
+        """The model file that follows a result announcing ``size`` bytes (``None`` for 0)."""
+        if not size:
+            return None
+        assert self._connection is not None
+        data = self._connection.recv_bytes()
+        if len(data) != size:
+            raise EOFError  # a torn message: the worker is treated as lost
+        return data
+
     def run_cell(self, cell: Cell, progress: ProgressHook) -> CellOutcome:
         if self._process is None or not self._process.is_alive():
             self._start()
@@ -179,7 +193,8 @@ class ProcessExecutor:
                 if self._connection.poll(wait):
                     message = _receive(self._connection)
                     if message["kind"] == "result":
-                        return CellOutcome(message["row"], message["curves"], message.get("density"))
+                        return CellOutcome(message["row"], message["curves"], message.get("density"),
+                                           self._receive_model(int(message.get("model_bytes") or 0)))
                     progress(message["kind"], message["value"])
                 elif time.monotonic() >= deadline:
                     elapsed = time.monotonic() - started

@@ -1,7 +1,7 @@
 """Checks that a command can write where it was told to, before it computes or writes anything.
 
 Every command that writes (``run``, ``report``, ``compare``, ``merge``,
-``new-plugin``) checks its output folders and files first, so that a file
+``sample``, ``new-plugin``) checks its output folders and files first, so that a file
 where a folder is expected, a read-only location or a path through a file is
 one ``Error:`` line instead of a traceback after minutes of work. The probe
 creates nothing that stays: missing folders are not created here, and the

@@ -48,6 +48,7 @@ PHASE_WHERE: dict[str, tuple[str, tuple[str, ...]]] = {
     "sampling": ("while sampling the model (training solver)", ("solver", "field", "eval_trace")),
     "entropy": ("while computing the data's true log-density on the test split", ("dataset",)),
     "metrics": ("in the plugin metrics (cnfbench_cell_metrics)", ("metrics",)),
+    "keep_model": ("while serializing the trained field for the run folder", ("field",)),
     "result": ("while returning the result", ()),
 }
 """For every phase of :data:`~cnfbench.dynamics.CELL_PHASES`: how a reason says where, and which components ran."""
@@ -55,15 +56,19 @@ PHASE_WHERE: dict[str, tuple[str, tuple[str, ...]]] = {
 
 @dataclass
 class CellOutcome:
-    """The result row of one cell, its training curve rows and, for 2D cells, its density picture.
+    """The result row of one cell, its training curve rows, for 2D cells its density picture and, for a
+    finished cell, its trained field.
 
     ``density`` holds plain lists (so the outcome travels as JSON): ``grid_x``, ``grid_y``,
     ``log_prob_grid`` (reference solve), ``samples`` (from the model) and ``data`` (test samples).
+    ``model`` is the model file's bytes (:func:`cnfbench.run_folder.encode_model`: safetensors with the
+    cell spec in its metadata), which the runner writes to ``models/<cell_id>.safetensors``.
     """
 
     row: dict[str, Any]
     curves: list[dict[str, Any]] = field(default_factory=list)
     density: dict[str, Any] | None = None
+    model: bytes | None = None
 
 
 class CellInterrupted(KeyboardInterrupt):

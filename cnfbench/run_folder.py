@@ -2,12 +2,14 @@
 
 A run folder holds ``cells.parquet`` and ``cells.csv`` (one row per cell),
 ``curves.parquet`` (training curves), ``run.json`` (provenance, with the
-folder's format version) and ``density/<cell_id>.npz`` (2D density pictures).
+folder's format version), ``density/<cell_id>.npz`` (2D density pictures) and
+``models/<cell_id>.safetensors`` (the trained field of every finished cell).
 Every file is written to a temporary name and renamed into place, so a reader
 never sees a half-written file. Only the main process writes here (workers
-return outcomes as JSON). :func:`load_run` reads a folder back, using what is
-intact; it reads every format since cnfbench 0.1.0 (format 1, whose
-``run.json`` carries no ``format`` key).
+return outcomes as JSON, and a finished cell's model as safetensors bytes).
+:func:`load_run` reads a folder back, using what is intact; it reads every
+format since cnfbench 0.1.0 (format 1, whose ``run.json`` carries no
+``format`` key).
 
 Density artifact format (:data:`DENSITY_FORMAT_VERSION` 1), an ``.npz`` archive read with
 ``allow_pickle=False``: ``format_version`` (int64 scalar), ``grid_x`` ``[nx]`` and ``grid_y``
@@ -15,6 +17,10 @@ Density artifact format (:data:`DENSITY_FORMAT_VERSION` 1), an ``.npz`` archive 
 log-density at ``(grid_x[i], grid_y[j])`` — "ij" indexing, as :func:`cnfbench.validity.mass_grid`
 lays out its points), ``samples`` ``[n, 2]`` (float32, samples drawn from the trained model) and
 ``data`` ``[m, 2]`` (float32, test data the model is compared with).
+
+Model files (``models/<cell_id>.safetensors``) are in the format of :mod:`cnfbench.model_file`:
+safetensors, the field's ``state_dict()`` with the cell spec, the data's dimension and the versions in
+its metadata. :func:`write_model` and :func:`read_model` check that a file is sound and is its cell's.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from cnfbench.messages import describe_exception, one_line
+from cnfbench.model_file import ModelFileError, ModelSpec, check_model, decode_model
 
 CELLS_PARQUET = "cells.parquet"
 CELLS_CSV = "cells.csv"
@@ -45,6 +52,8 @@ DENSITY_SUFFIX = ".npz"
 DENSITY_FORMAT_VERSION = 1
 DENSITY_ARRAYS = ("format_version", "grid_x", "grid_y", "log_prob", "samples", "data")
 """The arrays of a density artifact, in the order they are written."""
+MODELS_DIR = "models"
+MODEL_SUFFIX = ".safetensors"
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -246,11 +255,15 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     return removed
 
 
-def density_path(run_dir: str | Path, cell_id: str) -> Path:
-    """Where a cell's density artifact lives: ``<run_dir>/density/<cell_id>.npz``."""
+def _checked_cell_id(cell_id: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_-]+", str(cell_id)):
         raise ValueError(f"invalid cell id {cell_id!r}")
-    return Path(run_dir) / DENSITY_DIR / f"{cell_id}{DENSITY_SUFFIX}"
+    return str(cell_id)
+
+
+def density_path(run_dir: str | Path, cell_id: str) -> Path:
+    """Where a cell's density artifact lives: ``<run_dir>/density/<cell_id>.npz``."""
+    return Path(run_dir) / DENSITY_DIR / f"{_checked_cell_id(cell_id)}{DENSITY_SUFFIX}"
 
 
 def _array(value: Any, name: str, ndim: int | None = None) -> np.ndarray:
@@ -324,6 +337,57 @@ def read_density_artifacts(run_dir: str | Path, cell_id: str) -> DensityArtifact
     return DensityArtifacts(arrays["grid_x"], arrays["grid_y"], arrays["log_prob"], arrays["samples"],
                             arrays["data"])
 
+
+
+def model_path(run_dir: str | Path, cell_id: str) -> Path:
+    """Where a cell's trained field lives: ``<run_dir>/models/<cell_id>.safetensors``."""
+    return Path(run_dir) / MODELS_DIR / f"{_checked_cell_id(cell_id)}{MODEL_SUFFIX}"
+
+
+def model_file_name(cell_id: str) -> str:
+    """The model file's path relative to the run folder, as the ``model_file`` column records it."""
+    return f"{MODELS_DIR}/{_checked_cell_id(cell_id)}{MODEL_SUFFIX}"
+
+
+def write_model(run_dir: str | Path, cell_id: str, data: bytes) -> Path:
+    """Write a cell's model file (bytes from :func:`cnfbench.model_file.encode_model`) atomically; return its path.
+
+    The bytes must be a sound model file of this very cell: anything else raises
+    :class:`ResultsError` naming the file and what is wrong, and nothing is written.
+    """
+    path = model_path(run_dir, cell_id)
+    try:
+        check_model(data, cell_id)
+    except ModelFileError as exc:
+        raise ResultsError(f"{path} {exc}", path) from None
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    return path
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """A model file as read and checked: the cell that trained it, the data's dimension, the tensors, the metadata."""
+
+    path: Path
+    spec: ModelSpec
+    tensors: dict[str, Any]  # name -> torch.Tensor on CPU
+
+
+def read_model(run_dir: str | Path, cell_id: str) -> StoredModel | None:
+    """A cell's model file, ``None`` when the run has none; :class:`ResultsError` naming the file and what is
+    wrong when it is unreadable, damaged or not this cell's (nothing is loaded before its header is checked)."""
+    path = model_path(run_dir, cell_id)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ResultsError(f"{path} is unreadable: {exc.strerror or type(exc).__name__}", path) from None
+    try:
+        spec, tensors = decode_model(data, cell_id)
+    except ModelFileError as exc:
+        raise ResultsError(f"{path} {exc}", path) from None
+    return StoredModel(path, spec, tensors)
 
 
 LIBRARIES_BEFORE_DECLARATION = ["torchdiffeq"]

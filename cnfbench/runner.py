@@ -1,9 +1,12 @@
 """The runner: executes a run's cells one after another and keeps the run folder current.
 
-Before the first cell it writes ``run.json``; after every cell it rewrites
-``cells.parquet``/``cells.csv`` and ``curves.parquet`` atomically. Cells
-already ``done`` in the folder (same cell id) are skipped, so rerunning a
-command resumes it; failed cells are retried unless ``retry_failed`` is off.
+Before the first cell it writes ``run.json``; after every cell it writes the
+cell's model file (``models/<cell_id>.safetensors``, for a ``done`` cell) and
+then rewrites ``cells.parquet``/``cells.csv`` and ``curves.parquet``, each
+atomically, so a row never names a model file that is not there. Cells
+already ``done`` in the folder (same cell id) are skipped, and their model
+files kept, so rerunning a command resumes it; failed cells are retried
+unless ``retry_failed`` is off.
 A failing cell becomes a row; it never stops the sweep. On Ctrl-C the cell in
 flight is recorded as ``interrupted`` and the run returns what it has.
 """
@@ -19,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from cnfbench.cells import Cell
+from cnfbench.columns import ordered
 from cnfbench.executor import Executor
 from cnfbench.progress import Progress
 from cnfbench.registry import Registry
@@ -29,8 +33,10 @@ from cnfbench.run_folder import (
     ResultsError,
     RunStore,
     check_run_name,
+    model_file_name,
     remove_stale_temporaries,
     write_density_artifacts,
+    write_model,
 )
 
 
@@ -99,6 +105,18 @@ def _write_cells(store: RunStore, frame: pd.DataFrame, progress: Progress) -> No
         progress.message(f"warning: {warning}")
 
 
+def _keep_model(run_dir: Path, cell: Cell, model: bytes | None, progress: Progress) -> str:
+    """Write a finished cell's model file; return what its row's ``model_file`` says (empty when none)."""
+    if model is None:
+        return ""
+    try:
+        write_model(run_dir, cell.cell_id, model)
+    except (ResultsError, OSError) as exc:
+        progress.message(f"warning: the trained field of cell {cell.cell_id} is not kept: {exc}")
+        return ""
+    return model_file_name(cell.cell_id)
+
+
 def _notify_finished(registry: Registry, row: dict[str, Any], run_dir: Path, progress: Progress) -> None:
     for name, call in registry.implementations("cnfbench_cell_finished"):
         try:
@@ -156,12 +174,13 @@ def sweep(
         try:
             outcome = executor.run_cell(cell, on_progress)
         except KeyboardInterrupt as exc:
-            row = interrupted_outcome(cell, exc, time.monotonic() - started).row
+            row = ordered({**interrupted_outcome(cell, exc, time.monotonic() - started).row, "model_file": ""})
             frame = _upsert(frame, row)
             _write_cells(store, frame, progress)
             progress.end_cell(row)
             return RunResult(run_dir, frame, ran, skipped, interrupted=True)
-        frame = _upsert(frame, outcome.row)
+        row = ordered({**outcome.row, "model_file": _keep_model(run_dir, cell, outcome.model, progress)})
+        frame = _upsert(frame, row)
         if outcome.curves:
             new_curves = pd.DataFrame(outcome.curves)
             if not curves.empty:
@@ -172,6 +191,6 @@ def sweep(
             write_density_artifacts(run_dir, cell.cell_id, **outcome.density)
         _write_cells(store, frame, progress)
         ran += 1
-        progress.end_cell(outcome.row)
-        _notify_finished(registry, outcome.row, run_dir, progress)
+        progress.end_cell(row)
+        _notify_finished(registry, row, run_dir, progress)
     return RunResult(run_dir, frame, ran, skipped)

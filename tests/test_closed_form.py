@@ -239,7 +239,7 @@ def test_fixed_grid_training_solve_costs_steps_times_stages(method: str) -> None
     for _ in range(2):
         logp = log_likelihood(dynamics, solver, x, "forward", None)
         assert counter.current == steps * stages == solver.expected_nfe()
-    assert counter.totals == {"forward": 2 * steps * stages, "backward": 0, "eval": 0, "ref": 0}
+    assert counter.totals == {"forward": 2 * steps * stages, "backward": 0, "eval": 0, "ref": 0, "sample": 0}
     (-logp.mean()).backward()
     assert counter.totals["backward"] == 0  # no adjoint: backpropagation does not evaluate the dynamics
 

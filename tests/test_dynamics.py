@@ -200,7 +200,10 @@ def test_counter_counts_per_phase_and_start_resets_current_only() -> None:
     counter.start("forward")
     counter.tick()
     assert counter.current == 1
-    assert counter.totals == {"forward": 4, "backward": 2, "eval": 1, "ref": 0}
+    counter.start("sample")
+    counter.tick()
+    assert counter.current == 1
+    assert counter.totals == {"forward": 4, "backward": 2, "eval": 1, "ref": 0, "sample": 1}
     with pytest.raises(ValueError, match="phase"):
         counter.start("training")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner, Result
-from conftest import read_cells
+from conftest import TINY, read_cells
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -121,6 +121,7 @@ def test_every_writing_command_checks_its_output_location_first(workspace: Path)
         (("report", ref, "--latex", f"{afile}/table.tex"), "is a file, not a folder"),
         (("compare", ref, ref, "--json", f"{afile}/c.json"), "is a file, not a folder"),
         (("merge", f"{afile}/merged", ref), "is a file, not a folder"),
+        (("sample", ref, "-n", "5", "--out", f"{afile}/s.npy"), "is a file, not a folder"),
         (("new-plugin", "my-plug", "--dir", afile), "it is a file, not a folder"),
     ]
     for args, fragment in refusals:
@@ -176,13 +177,42 @@ def _commands(root: Path) -> st.SearchStrategy[list[str]]:
     new_plugin = st.tuples(_TEXT, paths, st.sampled_from(["field", "all", "", "nope", "solver,,trace"])).map(
         lambda t: ["new-plugin", t[0] or "x", "--dir", t[1], "--family", t[2]])
     plugins = _TEXT.map(lambda text: ["plugins", "--plugin", text])
-    return st.one_of(run, report, report_plots, compare, merge, new_plugin, plugins)
+    models = root / "models"  # a run with one model file, when the test put one there; the fuzzed options
+    # come after valid ones, so that some commands succeed (click keeps an option's last value)
+    cells = sorted(path.name.split(".")[0] for path in models.glob("models/*.safetensors"))
+    sample_options = st.one_of(
+        st.tuples(st.just("-n"), st.one_of(_HUGE, st.sampled_from(["1", "5"]))),
+        st.tuples(st.just("--cell"), st.one_of(_TEXT, st.sampled_from([*cells, "0123456789abcdef", "../ref"]))),
+        st.tuples(st.just("--seed"), st.one_of(_HUGE, st.just("3"))),
+        st.tuples(st.just("--solver"), st.one_of(_TEXT, st.sampled_from(["euler[steps=1]", "rk4,euler"]))),
+        st.tuples(st.just("--device"), st.one_of(_TEXT, st.sampled_from(["cpu", "cuda", "cuda:99"]))),
+        st.tuples(st.just("--out"), st.one_of(paths, st.sampled_from(
+            ["new/s.npy", str(root / "new" / "deep" / "s.parquet"), str(root / "afile" / "s.npy"), "/proc/x.npy",
+             str(root / "afile"), "new/s.csv", "new/s.npy/"]))),
+    )
+    sample = st.tuples(st.sampled_from([str(models), ref, str(root / "afile"), str(root / "nothing"), ""]),
+                       st.lists(sample_options, max_size=5)).map(
+        lambda t: ["sample", t[0], "-n", "2", "--out", "new/s.npy", *(item for pair in t[1] for item in pair)])
+    return st.one_of(run, report, report_plots, compare, merge, new_plugin, plugins, sample)
 
 
-@pytest.mark.parametrize("command", ["run", "report", "compare", "merge", "new-plugin", "plugins"])
+@pytest.fixture(scope="module")
+def models_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished one-cell run with its model file."""
+    root = tmp_path_factory.mktemp("models")
+    result = CliRunner().invoke(main, ["run", *TINY, "--solver", "euler[steps=2]", "--mass-grid", "0",
+                                       "--isolation", "inline", "--out", str(root), "--name", "models"])
+    assert result.exit_code == 0, result.output
+    return root / "models"
+
+
+@pytest.mark.parametrize("command", ["run", "report", "compare", "merge", "new-plugin", "plugins", "sample"])
 def test_every_command_survives_extreme_and_malformed_values(workspace: Path, command: str,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            request: pytest.FixtureRequest) -> None:
     monkeypatch.chdir(workspace)  # a relative or empty path lands in the workspace, which is watched
+    if command == "sample":
+        shutil.copytree(request.getfixturevalue("models_run"), workspace / "models")
     strategy = _commands(workspace).filter(lambda argv: argv[0] == command)
 
     @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)

@@ -1,7 +1,7 @@
 """The ``cnfbench`` command line: the command group, one module per command group beside it.
 
 ``run`` (:mod:`cnfbench.cli.run`), ``plugins`` (:mod:`cnfbench.cli.plugins`),
-``report``/``compare``/``merge`` and ``new-plugin`` register themselves on
+``report``/``compare``/``merge``, ``sample`` and ``new-plugin`` register themselves on
 :data:`main` when imported. Every module here imports torch, pandas and
 matplotlib only inside its commands, so ``cnfbench --help`` and
 ``cnfbench <command> --help`` start at once.
@@ -68,7 +68,8 @@ def main() -> None:
     """Benchmark continuous normalizing flows: fields x solvers x trace estimators x datasets."""
 
 
-COMMAND_MODULES = ("cnfbench.cli.run", "cnfbench.cli.plugins", "cnfbench.cli.reports", "cnfbench.cli.scaffold")
+COMMAND_MODULES = ("cnfbench.cli.run", "cnfbench.cli.plugins", "cnfbench.cli.reports", "cnfbench.cli.sample",
+                   "cnfbench.cli.scaffold")
 """Each registers its commands on :data:`main` when imported."""
 
 for _module in COMMAND_MODULES:

@@ -1,7 +1,8 @@
 """Merge run folders made on several machines into one, keeping where every row came from.
 
 The merged folder is an ordinary run folder (``cells.parquet``/``cells.csv``,
-``curves.parquet``, ``run.json``, and any ``density/<cell_id>.npz``), so
+``curves.parquet``, ``run.json``, and any ``density/<cell_id>.npz`` and
+``models/<cell_id>.safetensors``, copied from the source whose row is kept), so
 ``report``, ``compare`` and a resumed ``run`` read it like any other. Its
 ``run.json`` has a ``merged_from`` list with each source's provenance (folder,
 creation time, command, versions, machine, git commit, cells contributed).
@@ -19,7 +20,7 @@ import os
 import shutil
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,15 @@ from cnfbench.run_folder import (
     CELLS_CSV,
     CELLS_PARQUET,
     DENSITY_DIR,
+    MODELS_DIR,
     RUN_JSON,
     Run,
     RunStore,
     atomic_write,
     density_path,
     load_run,
+    model_file_name,
+    model_path,
 )
 
 PROVENANCE_KEYS = ("created", "command", "cwd", "hostname", "python", "platform", "versions", "machine",
@@ -73,6 +77,21 @@ def _consensus(values: list[Any]) -> Any:
         if value not in distinct:
             distinct.append(value)
     return distinct[0] if len(distinct) == 1 else {"mixed": distinct}
+
+
+def _copy_files(runs: list[Run], kept: dict[str, tuple[int, pd.Series]], target: Path,
+                where: Callable[[Path, str], Path]) -> set[str]:
+    """Copy each kept cell's file at ``where(run folder, cell id)`` from its source run; return the cell ids copied."""
+    copied: set[str] = set()
+    for cell_id, (index, _) in kept.items():
+        try:
+            source = where(runs[index].path, cell_id)
+        except ValueError:  # not a cell id a file can be named by
+            continue
+        if source.exists():
+            atomic_write(where(target, cell_id), lambda tmp, source=source: shutil.copyfile(source, tmp))
+            copied.add(cell_id)
+    return copied
 
 
 def merge_runs(out: str | os.PathLike[str], sources: Sequence[str | os.PathLike[str]],
@@ -120,23 +139,18 @@ def merge_runs(out: str | os.PathLike[str], sources: Sequence[str | os.PathLike[
                          f"{runs[loser[0]].path} ({loser[1]['status']}): kept {why}, from {runs[winner[0]].path}")
 
     rows = [ordered(row.to_dict()) for _, row in kept.values()]
-    frame = pd.DataFrame(rows)
     store = RunStore(target)
     curves = []
     for cell_id, (index, _) in kept.items():
         source_curves = runs[index].curves
         if not source_curves.empty and "cell_id" in source_curves:
             curves.append(source_curves[source_curves["cell_id"] == cell_id])
-    copied = 0
-    for cell_id, (index, _) in kept.items():
-        try:
-            source = density_path(runs[index].path, cell_id)
-        except ValueError:
-            continue
-        if source.exists():
-            destination = density_path(target, cell_id)
-            atomic_write(destination, lambda tmp, source=source: shutil.copyfile(source, tmp))
-            copied += 1
+    copied = _copy_files(runs, kept, target, density_path)
+    models = _copy_files(runs, kept, target, model_path)
+    if models or any("model_file" in run.cells for run in runs):
+        for row in rows:  # a row names its model file only when the merged folder has it
+            row["model_file"] = model_file_name(str(row["cell_id"])) if str(row["cell_id"]) in models else ""
+    frame = pd.DataFrame([ordered(row) for row in rows])
 
     contributed = {index: 0 for index in range(len(runs))}
     for index, _ in kept.values():
@@ -178,7 +192,9 @@ def merge_runs(out: str | os.PathLike[str], sources: Sequence[str | os.PathLike[
         store.write_curves(pd.concat(curves, ignore_index=True))
     stored_as_text = store.write_cells(frame)
     if copied:
-        notes.append(f"copied {copied} density artifact(s) into {target / DENSITY_DIR}")
+        notes.append(f"copied {len(copied)} density artifact(s) into {target / DENSITY_DIR}")
+    if models:
+        notes.append(f"copied {len(models)} model file(s) into {target / MODELS_DIR}")
     return MergeResult(target, len(frame), notes, [*(warning for run in runs for warning in run.warnings),
                                                    *stored_as_text])
 

@@ -1,0 +1,143 @@
+"""``cnfbench sample``: draw samples from a finished cell's trained field and write them to ``.npy`` or parquet.
+
+The base draws ``z0 ~ N(0, I)`` come from the seeded stream the run's own
+density samples use (``model/samples`` of the seed), and are pushed from t=0
+to t=1 by the cell's training solver or ``--solver``, with the cell's
+evaluation trace, exactly as :func:`cnfbench.evaluation.sample_model` does in
+a run; the harness counts the solve's dynamics evaluations (NFE). torch,
+numpy and pandas are imported inside the command, so ``--help`` starts at once.
+Bad input is one ``Error:`` line with exit code 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from cnfbench.cli import fail, main
+from cnfbench.config import RANGES, Range
+
+if TYPE_CHECKING:
+    from cnfbench.contracts import Solver, TraceEstimator
+    from cnfbench.models import TrainedModel
+
+SUFFIXES = (".npy", ".parquet")
+SAMPLES = Range(1, 10**7, True, "samples drawn in one solve, held in memory with the solver's stages")
+"""How many samples one command may draw."""
+
+
+def _check_number(option: str, value: int | None, bounds: Range) -> None:
+    if value is not None and not bounds.low <= value <= bounds.high:
+        raise fail(f"{option} must be {bounds.describe()} ({bounds.why_high}), got {value}")
+
+
+@main.command()
+@click.argument("run_dir", metavar="RUN")
+@click.option("--cell", "cell_id", help="id of the cell whose model to sample (cell_id in cells.csv) [default: the "
+                                        "run's only model]")
+@click.option("-n", "--samples", "n", type=int, required=True,
+              help=f"number of samples [valid: {SAMPLES.bounds()[0]} to {SAMPLES.bounds()[1]}]")
+@click.option("--solver", help="solver to integrate with, e.g. 'euler[steps=8]' [default: the cell's training solver]")
+@click.option("--seed", type=int, help=f"seed of the base draws z0 ~ N(0, I) [default: the cell's seed; valid: "
+                                       f"{RANGES['first_seed'].bounds()[0]} to {RANGES['first_seed'].bounds()[1]}]")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")
+@click.option("--plugin", "plugins", multiple=True,
+              help="plugin providing the field (repeatable) [default: the --plugin list the run recorded]")
+@click.option("--out", "out_file", required=True, help="FILE.npy (float array [N, D]) or FILE.parquet "
+                                                       "(columns x0 .. x{D-1})")
+def sample(run_dir: str, cell_id: str | None, n: int, solver: str | None, seed: int | None, device: str,
+           plugins: tuple[str, ...], out_file: str) -> None:
+    """Draw N samples from a finished cell's trained model by solving from t=0 to t=1.
+
+    \b
+    cnfbench sample results/grid1 --cell 3f2a9c0d1e4b5a6f -n 10000 --out samples.npy
+    cnfbench sample results/grid1 --cell 3f2a9c0d1e4b5a6f -n 10000 --solver 'euler[steps=8]' --out s.parquet
+    """
+    from cnfbench.output_paths import OutputPathError, check_output_file
+
+    _check_number("-n", n, SAMPLES)
+    _check_number("--seed", seed, RANGES["first_seed"])
+    if Path(out_file).suffix.lower() not in SUFFIXES:
+        raise fail(f"--out {out_file!r} must end in {' or '.join(SUFFIXES)} (the format is chosen by the suffix)")
+    try:
+        target = check_output_file(out_file, "the samples")
+    except OutputPathError as exc:
+        raise fail(str(exc)) from None
+    from cnfbench.config import resolve_device
+    from cnfbench.params import ParamError, parse_selector_list
+    from cnfbench.registry import ComponentBuildError
+    from cnfbench.run_folder import ResultsError, load_run
+
+    try:
+        run = load_run(run_dir)
+    except ResultsError as exc:
+        raise fail(str(exc)) from None
+    for warning in run.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    from cnfbench.models import load_trained, only_model
+
+    try:
+        where = resolve_device(device)
+        model = load_trained(run, only_model(run) if cell_id is None else cell_id, device=where,
+                             plugins=plugins or None)
+        selections = parse_selector_list(solver, "--solver") if solver is not None else []
+        if len(selections) > 1:
+            raise ParamError(f"--solver takes exactly one solver, got {len(selections)}")
+        chosen = model.registry.resolve("solver", selections[0]) if selections else model.cell.solver
+        built_solver = model.registry.build("solver", chosen)
+        trace = model.registry.build("trace", model.cell.evaluation.trace)
+    except (ResultsError, ParamError, ComponentBuildError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    _draw_and_write(model, built_solver, trace, chosen.label(), n, model.cell.seed if seed is None else seed, where,
+                    target)
+
+
+def _draw_and_write(model: TrainedModel, solver: Solver, trace: TraceEstimator, solver_label: str, n: int, seed: int,
+                    device: str, target: Path) -> None:
+    """Sample ``model`` with ``solver``, write the samples to ``target`` atomically and say what was written."""
+    import numpy as np
+    import torch
+
+    from cnfbench.contracts import split_generator
+    from cnfbench.dynamics import NFECounter
+    from cnfbench.evaluation import sample_model
+    from cnfbench.measure import now
+    from cnfbench.messages import describe_exception
+    from cnfbench.run_folder import atomic_write
+
+    field, cell = model.field, model.cell
+    counter = NFECounter(max_per_solve=cell.budget.max_nfe)
+    dtype = next((p.dtype for p in field.parameters()), torch.float32)
+    started = now(torch.device(device))
+    try:
+        samples = sample_model(field, solver, trace, n, split_generator(seed, "model/samples"), torch.device(device),
+                               dtype, counter)
+    except Exception as exc:  # noqa: BLE001 - a failing solve (NFE budget, step-size underflow, a plugin's bug)
+        raise fail(f"sampling cell {cell.cell_id} with {solver_label} failed after {counter.current} evaluations: "
+                   f"{describe_exception(exc, 300)}") from None
+    seconds = now(torch.device(device)) - started
+    array = samples.cpu().numpy()
+    if not np.isfinite(array).all():
+        raise fail(f"sampling cell {cell.cell_id} with {solver_label} gave non-finite values "
+                   f"({int((~np.isfinite(array)).any(axis=1).sum())} of {n} samples); nothing written")
+    try:
+        if target.suffix.lower() == ".npy":
+            def write(tmp: Path) -> None:
+                with open(tmp, "wb") as stream:  # a file object: numpy adds no ".npy" to the temporary name
+                    np.save(stream, array, allow_pickle=False)
+        else:
+            import pandas as pd
+
+            frame = pd.DataFrame(array, columns=[f"x{i}" for i in range(array.shape[1])])
+
+            def write(tmp: Path) -> None:
+                frame.to_parquet(tmp, index=False)
+        atomic_write(target, write)
+    except OSError as exc:
+        raise fail(f"cannot write the samples to {str(target)!r}: {exc.strerror or exc}") from None
+    click.echo(f"wrote {target}: {n} samples x {array.shape[1]} dimensions ({array.dtype}) from cell {cell.cell_id} "
+               f"({cell.field.label()} on {cell.dataset.label()}, seed {cell.seed})")
+    click.echo(f"sampling solve: {solver_label} from t=0 to t=1, base seed {seed}; NFE {counter.current} "
+               f"evaluations (counted by the harness); {seconds:.3f} s on {device}")
