@@ -22,6 +22,7 @@ from cnfbench import __version__
 
 if TYPE_CHECKING:
     from cnfbench.registry import Registry
+    from cnfbench.run_folder import Run
 
 USAGE_ERROR = 2
 INTERRUPTED = 130
@@ -60,6 +61,22 @@ def load_registry_or_fail(plugins: tuple[str, ...]) -> Registry:
         return load_registry(plugins)
     except (PluginLoadError, RegistryError) as exc:
         raise fail(str(exc)) from None
+
+
+def load_runs_or_fail(paths: tuple[str, ...]) -> list[Run]:
+    """The run folders at ``paths``, their warnings printed; an unreadable one is one ``Error:`` line."""
+    from cnfbench.run_folder import ResultsError, load_run
+
+    runs = []
+    for path in paths:
+        try:
+            run = load_run(path)
+        except ResultsError as exc:
+            raise fail(str(exc)) from None
+        for warning in run.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        runs.append(run)
+    return runs
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})

@@ -17,27 +17,12 @@ from pathlib import Path
 
 import click
 
-from cnfbench.cli import fail, main
+from cnfbench.cli import fail, load_runs_or_fail, main
 from cnfbench.columns import COMPARE, REPORT, default_metrics
 from cnfbench.output_paths import OutputPathError, check_output_dir, check_output_file
 
 FORMAT_HELP = "write the table as {what} to this file ('-' = standard output)"
 REGRESSION = 1
-
-
-def _load(paths: tuple[str, ...]) -> list:
-    from cnfbench.run_folder import ResultsError, load_run
-
-    runs = []
-    for path in paths:
-        try:
-            run = load_run(path)
-        except ResultsError as exc:
-            raise fail(str(exc)) from None
-        for warning in run.warnings:
-            click.echo(f"warning: {warning}", err=True)
-        runs.append(run)
-    return runs
 
 
 def _check_outputs(files: dict[str, str | None], folders: dict[str, Path | None] | None = None) -> None:
@@ -105,7 +90,7 @@ def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...
 
     files = {"Markdown": markdown_path, "CSV": csv_path, "LaTeX": latex_path, "JSON": json_path}
     _check_outputs(files, {"plots and HTML": out_dir} if plots or html else None)
-    loaded = _load(runs)
+    loaded = load_runs_or_fail(runs)
     if (plots or html) and out_dir is None and len(loaded) > 1:
         raise fail("--plots/--html with several runs need --out DIR (or merge them first with 'cnfbench merge')")
     if (plots or html) and out_dir is None:
@@ -178,7 +163,7 @@ def compare(base: str, new: str, metrics: tuple[str, ...], factor: float, alpha:
     from cnfbench.reports import compare as cmp
 
     _check_outputs({"Markdown": markdown_path, "JSON": json_path})
-    base_run, new_run = _load((base, new))
+    base_run, new_run = load_runs_or_fail((base, new))
     try:
         comparison = cmp.compare_runs(base_run, new_run, split_list(metrics) or None, factor, alpha, ignore_versions)
     except ReportError as exc:

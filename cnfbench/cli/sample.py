@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from cnfbench.cli import fail, main
+from cnfbench.cli import fail, load_runs_or_fail, main
 from cnfbench.config import RANGES, Range
 
 if TYPE_CHECKING:
@@ -68,14 +68,9 @@ def sample(run_dir: str, cell_id: str | None, n: int, solver: str | None, seed: 
     from cnfbench.config import resolve_device
     from cnfbench.params import ParamError, parse_selector_list
     from cnfbench.registry import ComponentBuildError
-    from cnfbench.run_folder import ResultsError, load_run
+    from cnfbench.run_folder import ResultsError
 
-    try:
-        run = load_run(run_dir)
-    except ResultsError as exc:
-        raise fail(str(exc)) from None
-    for warning in run.warnings:
-        click.echo(f"warning: {warning}", err=True)
+    (run,) = load_runs_or_fail((run_dir,))
     from cnfbench.models import load_trained, only_model
 
     try:
