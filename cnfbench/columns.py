@@ -184,6 +184,16 @@ COLUMNS: tuple[Column, ...] = (
            defaults=(REPORT, SUMMARY)),
     Column("mass_ref", "1", "the same integral with the reference solve (2D only); 1 for a true density",
            goal=CLOSEST_TO_ONE, comparison=DIFFERENCE, label="mass, ref solve", defaults=(SUMMARY,)),
+    # sample quality: model samples drawn with the training solver against the test split
+    Column("energy_distance", "data units", "squared energy distance 2E‖X-Y‖ - E‖X-X'‖ - E‖Y-Y'‖ between model "
+           "samples (training solver) and test points, unbiased; ~0 for a perfect model", goal=LOWEST,
+           comparison=DIFFERENCE),
+    Column("energy_distance_stderr", "data units", "jackknife standard error of energy_distance"),
+    Column("sliced_w2", "data units²", "sliced squared Wasserstein-2 distance between model samples (training "
+           "solver) and test points, mean over 128 random unit directions", goal=LOWEST, comparison=DIFFERENCE),
+    Column("sliced_w2_stderr", "data units²", "standard error of sliced_w2 over the directions (not the samples)"),
+    Column("roundtrip_error", "data units", "mean over test points of ‖x - F(F^-1(x))‖ with the training solver "
+           "(data to base and back, full dynamics with the exact trace)", goal=LOWEST),
     _outcome("valid", "false when nll < entropy by > 2 paired stderr, or mass is off 1 (off mass_ref when the "
                       "grid cannot resolve 1) by > 0.03"),
     _outcome("validity_reason", "why a row is flagged (empty when valid)"),
@@ -203,6 +213,8 @@ COLUMNS: tuple[Column, ...] = (
                  label="NFE test pass", display_unit="evals", decimals=0, defaults=(SUMMARY,)),
     _evaluations("nfe_eval_max_chunk", "the most evaluations one test chunk's solve needed"),
     _evaluations("nfe_ref", "dynamics evaluations of the reference test pass (all chunks)"),
+    _evaluations("nfe_sample", "dynamics evaluations of the solve that draws the model samples of the sample "
+                 "distances (training solver)"),
     # time and memory
     _seconds("train_time_s", "wall-clock of the whole training", label="train time", decimals=1,
              defaults=(REPORT, SUMMARY)),
@@ -213,6 +225,7 @@ COLUMNS: tuple[Column, ...] = (
     _seconds("ref_time_s", "wall-clock of the reference test pass"),
     _seconds("mass_time_s", "wall-clock of the mass grid pass with the training solver"),
     _seconds("mass_ref_time_s", "wall-clock of the mass grid pass with the reference solve"),
+    _seconds("sample_time_s", "wall-clock of drawing the model samples of the sample distances"),
     _seconds("cell_time_s", "wall-clock of the whole cell: build, train, evaluate"),
     Column("peak_memory_mib", "MiB", "peak memory during the cell (see memory_kind)", goal=LOWEST,
            label="peak mem", decimals=0, machine=True, defaults=(SUMMARY,)),

@@ -71,7 +71,8 @@ class NFECounter:
 
 CELL_PHASES = (
     "start", "data", "build_field", "build_solver", "build_trace", "build_eval", "train_forward", "train_backward",
-    "eval", "ref", "mass", "mass_ref", "sampling", "entropy", "metrics", "keep_model", "result",
+    "eval", "ref", "mass", "mass_ref", "sampling", "sample_quality", "roundtrip", "entropy", "metrics", "keep_model",
+    "result",
 )
 """The phases of a cell, in the order they run; ``start`` is a cell sent to a worker that has not begun it."""
 

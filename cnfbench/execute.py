@@ -21,8 +21,8 @@ import torch
 from cnfbench.cells import Cell
 from cnfbench.columns import COLUMN_NAMES, ordered
 from cnfbench.contracts import StepCapReached, StepSizeUnderflow, split_generator
-from cnfbench.dynamics import ContractViolation, NFEBudgetExceeded, PhaseTracker
-from cnfbench.evaluation import EvaluationPass, evaluate_log_prob, sample_model
+from cnfbench.dynamics import ContractViolation, NFEBudgetExceeded, NFECounter, PhaseTracker
+from cnfbench.evaluation import EvaluationPass, evaluate_log_prob, roundtrip_error, sample_model
 from cnfbench.measure import PeakMemory, now
 from cnfbench.messages import describe_exception, one_line
 from cnfbench.model_file import encode_model
@@ -35,11 +35,21 @@ from cnfbench.rows import (
     failure_reason,
     identity_columns,
 )
+from cnfbench.sample_quality import energy_distance, sliced_wasserstein2
 from cnfbench.training import Diverged, IterationCallback, TrainingRecord, seeded_field, train
 from cnfbench.validity import integrate_mass, loose_reference, mass_grid, validity
 
 DENSITY_SAMPLES = 500
 """Model samples kept per 2D cell for the density plots."""
+
+QUALITY_MAX_SAMPLES = 2000
+"""Most model samples (and test points) the sample distances use: energy distance is O(n²) in time and memory."""
+
+QUALITY_PROJECTIONS = 128
+"""Random unit directions of the sliced Wasserstein-2 distance."""
+
+QUALITY_COLUMNS = ("energy_distance", "energy_distance_stderr", "sliced_w2", "sliced_w2_stderr",
+                   "roundtrip_error", "nfe_sample", "sample_time_s")
 
 
 def _plugin_frame(exc: BaseException, registry: Registry, cell: Cell) -> str | None:
@@ -166,8 +176,30 @@ def _density_columns(dataset: Any, test: torch.Tensor, passes: dict[str, Evaluat
     return columns
 
 
+def _sample_quality_columns(cell: Cell, field_module: Any, solver: Any, trace: Any, test: torch.Tensor,
+                            device: torch.device) -> dict[str, float]:
+    """Distances from model samples (the cell's solver) to the test split, and what drawing them cost.
+
+    ``n = min(len(test), QUALITY_MAX_SAMPLES)`` samples, seeded by their own stream (no other number
+    changes), against the first ``n`` test points; the harness counts the sampling solve's NFE.
+    """
+    n = min(test.shape[0], QUALITY_MAX_SAMPLES)
+    counter = NFECounter(max_per_solve=cell.budget.max_nfe)
+    started = now(device)
+    samples = sample_model(field_module, solver, trace, n, split_generator(cell.seed, "model/quality_samples"),
+                           device, dtype=test.dtype, counter=counter)
+    seconds = now(device) - started
+    data = test[:n]
+    energy, energy_stderr = energy_distance(samples, data)
+    sliced, sliced_stderr = sliced_wasserstein2(samples, data, QUALITY_PROJECTIONS,
+                                                split_generator(cell.seed, "model/quality_projections"))
+    return {"energy_distance": energy, "energy_distance_stderr": energy_stderr, "sliced_w2": sliced,
+            "sliced_w2_stderr": sliced_stderr, "nfe_sample": float(counter.totals["sample"]), "sample_time_s": seconds}
+
+
 def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCallback | None = None,
-             on_phase: Callable[[str], None] | None = None, tracker: PhaseTracker | None = None) -> CellOutcome:
+                       on_phase: Callable[[str], None] | None = None, tracker: PhaseTracker | None = None
+                       ) -> CellOutcome:
     """Train and evaluate ``cell``; always return a row with a status.
 
     ``on_phase`` hears the progress display's phases (train, eval, ref, mass);
@@ -186,6 +218,7 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
     row: dict[str, Any] = identity_columns(cell)
     row.update(status="error", reason="", n_params=math.nan, nfe_expected_per_solve=math.nan,
                mass=math.nan, mass_ref=math.nan, mass_time_s=math.nan, mass_ref_time_s=math.nan)
+    row.update(dict.fromkeys(QUALITY_COLUMNS, math.nan))
     record = TrainingRecord()
     memory = PeakMemory(device)
     memory.reset()
@@ -241,6 +274,11 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
             density = {"grid_x": grid[::resolution, 0].tolist(), "grid_y": grid[:resolution, 1].tolist(),
                        "log_prob_grid": ref_grid.log_prob.tolist(), "samples": samples.cpu().tolist(),
                        "data": test[:DENSITY_SAMPLES].cpu().tolist()}
+        enter("sample_quality")
+        row.update(_sample_quality_columns(cell, field_module, solver, eval_trace, test, device))
+        enter("roundtrip")
+        row["roundtrip_error"] = float(roundtrip_error(field_module, solver, eval_trace, test,
+                                                       cell.evaluation.batch_size, cell.budget.max_nfe, labels).mean())
         enter("entropy")
         row.update(_density_columns(dataset, test, evaluation))
         enter("metrics")
