@@ -6,6 +6,16 @@ slots, :data:`cnfbench.families.EVAL_SLOTS`), the seed, the budget and the
 device, each with every parameter filled in. It converts to and from plain
 JSON so that it can run in another process or machine, and its id is a hash
 of that JSON. This module loads no plugin and imports no torch.
+
+A cell's JSON only ever grows by keys that are left out at their old
+meaning (an axis's ``implicit`` component, an unset time budget, no
+validation, no separate training components), so every cell of an earlier
+release keeps its id.
+
+A cell's **model key** hashes what its training depends on: the axes its
+objective uses (with the training components when they differ from the
+evaluation ones), the seed, the budget and the device, never the evaluation
+protocol. Cells with one model key share one trained model.
 """
 
 from __future__ import annotations
@@ -14,24 +24,55 @@ import hashlib
 import itertools
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from cnfbench.families import AXIS_KEYS, EVAL_SLOTS
+from cnfbench.families import AXIS_KEYS, EVAL_SLOTS, GRID_AXES
 from cnfbench.specs import ResolvedComponent
 
 CELL_SCHEMA = 1
 
 
+SELECT_LAST, SELECT_BEST = "last", "best"
+
+
 @dataclass(frozen=True)
 class Budget:
-    """How a cell is trained: Adam for ``iterations`` steps of ``batch_size`` at learning rate ``lr``."""
+    """How a cell is trained: Adam for ``iterations`` steps of ``batch_size`` at learning rate ``lr``.
+
+    ``seconds`` (when set) trains for that much wall-clock of training iterations instead, with
+    ``iterations`` as a cap. ``val_every`` > 0 records the validation NLL every that many iterations
+    (with ``val_solver`` for an objective that trains without solving); ``select`` ``"best"`` keeps the
+    parameters of the best validation NLL instead of the last ones.
+    """
 
     iterations: int
     batch_size: int
     lr: float
     max_nfe: int | None = None  # dynamics evaluations allowed per solve; None = unlimited
+    seconds: float | None = None
+    val_every: int = 0
+    select: str = SELECT_LAST
+    val_solver: ResolvedComponent | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"iterations": self.iterations, "batch_size": self.batch_size, "lr": self.lr,
+                                "max_nfe": self.max_nfe}
+        if self.seconds is not None:
+            data["seconds"] = self.seconds
+        if self.val_every:
+            data["validation"] = {"every": self.val_every, "select": self.select,
+                                  "solver": self.val_solver.to_json() if self.val_solver else None}
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Budget:
+        validation = data.get("validation") or {}
+        solver = validation.get("solver")
+        return cls(data["iterations"], data["batch_size"], data["lr"], data.get("max_nfe"), data.get("seconds"),
+                   int(validation.get("every", 0)), str(validation.get("select", SELECT_LAST)),
+                   ResolvedComponent.from_json(solver) if solver else None)
 
 
 @dataclass(frozen=True)
@@ -77,7 +118,9 @@ class EvalProtocol:
 class Cell:
     """One fully resolved grid point: ``axes`` maps every grid axis's key to its component.
 
-    ``cell.solver`` (any axis key) is a shorthand for ``cell.axes["solver"]``.
+    ``cell.solver`` (any axis key) is a shorthand for ``cell.axes["solver"]``. ``trained_with`` maps an
+    axis to the component the model was trained with when that differs from the one it is evaluated
+    with (``cnfbench evaluate`` of a likelihood-trained model with another solver); it is empty otherwise.
     """
 
     axes: Mapping[str, ResolvedComponent]
@@ -85,12 +128,23 @@ class Cell:
     budget: Budget
     evaluation: EvalProtocol
     device: str
+    trained_with: Mapping[str, ResolvedComponent] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if set(self.axes) != set(AXIS_KEYS):
             raise ValueError(f"a cell needs one component per grid axis ({', '.join(AXIS_KEYS)}), "
                              f"got {', '.join(self.axes)}")
+        unknown = set(self.trained_with) - set(AXIS_KEYS)
+        if unknown:
+            raise ValueError(f"trained_with names {', '.join(sorted(unknown))}, which are not grid axes")
         object.__setattr__(self, "axes", MappingProxyType({key: self.axes[key] for key in AXIS_KEYS}))
+        object.__setattr__(self, "trained_with", MappingProxyType(
+            {key: spec for key, spec in self.trained_with.items() if spec != self.axes[key]}))
+
+    @property
+    def training_axes(self) -> Mapping[str, ResolvedComponent]:
+        """The components the model was trained with: the axes, with ``trained_with`` in place."""
+        return MappingProxyType({**self.axes, **self.trained_with})
 
     def __getattr__(self, name: str) -> ResolvedComponent:
         axes = self.__dict__.get("axes", {})
@@ -99,35 +153,42 @@ class Cell:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "schema": CELL_SCHEMA,
-            **{key: spec.to_json() for key, spec in self.axes.items()},
+            **_axes_json(self.axes),
             "seed": self.seed,
-            "budget": {
-                "iterations": self.budget.iterations,
-                "batch_size": self.budget.batch_size,
-                "lr": self.budget.lr,
-                "max_nfe": self.budget.max_nfe,
-            },
+            "budget": self.budget.to_json(),
             "evaluation": self.evaluation.to_json(),
             "device": self.device,
         }
+        if self.trained_with:
+            data["trained_with"] = {key: spec.to_json() for key, spec in self.trained_with.items()}
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Cell:
         return cls(
-            axes={key: ResolvedComponent.from_json(data[key]) for key in AXIS_KEYS},
+            axes={row.key: (ResolvedComponent.from_json(data[row.key]) if row.key in data or not row.implicit
+                            else ResolvedComponent(row.implicit, ())) for row in GRID_AXES},
             seed=int(data["seed"]),
-            budget=Budget(**data["budget"]),
+            budget=Budget.from_json(data["budget"]),
             evaluation=EvalProtocol.from_json(data["evaluation"]),
             device=data["device"],
+            trained_with={key: ResolvedComponent.from_json(spec)
+                          for key, spec in (data.get("trained_with") or {}).items()},
         )
 
     @property
     def cell_id(self) -> str:
         """A 16-hex-digit hash of the resolved spec: equal specs, equal ids."""
-        canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return _hash(self.to_json())
+
+    def model_key(self, ignored: Sequence[str] = ()) -> str:
+        """A 16-hex-digit hash of what training depends on; ``ignored`` names the axes the objective does
+        not train with (their components then do not matter)."""
+        training = {key: spec for key, spec in self.training_axes.items() if key not in ignored}
+        return _hash({"schema": CELL_SCHEMA, "model": _axes_json(training), "seed": self.seed,
+                      "budget": self.budget.to_json(), "device": self.device})
 
     def components(self) -> list[tuple[str, ResolvedComponent]]:
         """Every component the cell uses, with its family: the grid axes, then the evaluation slots."""
@@ -135,6 +196,25 @@ class Cell:
 
     def describe(self) -> str:
         return " | ".join([*(spec.label() for spec in self.axes.values()), f"seed {self.seed}"])
+
+
+def _axes_json(axes: Mapping[str, ResolvedComponent]) -> dict[str, Any]:
+    """The axes as JSON, leaving out an axis at its ``implicit`` component (see :class:`FamilyRow`)."""
+    implicit = {row.key: row.implicit for row in GRID_AXES}
+    return {key: spec.to_json() for key, spec in axes.items()
+            if not (implicit[key] and spec == ResolvedComponent(implicit[key], ()))}
+
+
+def _hash(data: Mapping[str, Any]) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+EARLIER_MEANING: dict[str, Any] = {
+    **{column: row.implicit for row in GRID_AXES if row.implicit for column in (row.column, row.spec_column)},
+    "val_every": 0, "select": SELECT_LAST, "val_solver_spec": "", "trained_with": "",
+}
+"""Identity columns of a row added after cnfbench 0.1.0, with what a row written before them means."""
 
 
 def expand_grid(

@@ -66,7 +66,7 @@ class Column:
     :data:`RATIO` (``None``: not a number to compare). A table shows ``value * scale`` with
     ``decimals`` decimals under ``label [display_unit]`` (defaults: the name and the unit).
     ``machine`` marks numbers that depend on the machine (times, memory); ``flag_sensitive`` those
-    of the training solver's density, which a row's ``valid = false`` declares untrustworthy;
+    of the solver's density, which a row's ``valid = false`` declares untrustworthy;
     ``defaults`` the tables of :data:`DEFAULT_USES` the column is shown in when none are asked for.
     """
 
@@ -127,6 +127,14 @@ def _identity_columns() -> tuple[Column, ...]:
         plain("batch_size", "samples", "training batch size", BUDGET),
         plain("lr", NO_UNIT, "Adam learning rate", BUDGET),
         plain("max_nfe", "evaluations", "dynamics evaluations allowed per solve (empty: unlimited)", BUDGET),
+        plain("time_budget_s", "s", "wall-clock of training iterations allowed (--time-budget; empty: iterations)",
+              BUDGET),
+        plain("val_every", "iterations", "validation NLL recorded every this many iterations (0: never)", BUDGET),
+        plain("select", NO_UNIT, "which parameters are kept: last, or best (lowest validation NLL)", BUDGET),
+        plain("val_solver_spec", NO_UNIT, "solver of the validation NLL of an objective that trains without "
+              "solving (the training solver otherwise)", BUDGET),
+        plain("trained_with", NO_UNIT, "components the model was trained with where they differ from the "
+              "evaluated ones (cnfbench evaluate), as axis=spec; empty otherwise", IDENTITY),
         *(plain(slot.spec_column, NO_UNIT, slot.meaning, PROTOCOL) for slot in EVAL_SLOTS),
         plain("ref_dtype", NO_UNIT, "floating-point type of the reference solve", PROTOCOL),
         plain("eval_batch_size", "samples", "test samples per evaluation solve", PROTOCOL),
@@ -164,9 +172,18 @@ COLUMNS: tuple[Column, ...] = (
     Column("iterations_done", NO_UNIT, "training iterations completed", decimals=0),
     Column("n_params", "parameters", "trainable parameters of the field", decimals=0),
     # likelihood
-    _nats("final_train_loss", "training loss (batch NLL with the training trace) at the last iteration", goal=LOWEST),
-    _nats("nll", "test NLL with the training solver and the exact trace: what this pipeline reports", goal=LOWEST,
-          label="test NLL, train solver", display_unit="nats", flag_sensitive=True,
+    Column("final_train_loss", "train_loss_unit", "the objective's training loss at the last iteration (for mle: the "
+           "batch NLL with the training trace)", goal=LOWEST, comparison=DIFFERENCE),
+    _outcome("train_loss_unit", "unit of final_train_loss and of the loss curve: the objective's loss_unit"),
+    _outcome("model_key", "16-hex-digit hash of what training depends on: rows with one model_key share one "
+                          "trained model"),
+    _outcome("trained_in", "cell_id of the cell that trained this row's model (its own id when trained here); "
+                           "training time counts once per model"),
+    Column("selected_iteration", NO_UNIT, "iteration whose parameters were kept (--select best: the best "
+           "validation NLL)", decimals=0),
+    _nats("best_val_nll", "lowest validation NLL recorded in training (--val-every)", goal=LOWEST),
+    _nats("nll", "test NLL with the row's solver and the exact trace: what this pipeline reports", goal=LOWEST,
+          label="test NLL, solver", display_unit="nats", flag_sensitive=True,
           defaults=(REPORT, COMPARE, SUMMARY)),
     _stderr("nll_stderr", "standard error of nll over the test samples"),
     _nats("nll_ref", "test NLL of the same field with the reference solve: the density it defines", goal=LOWEST,
@@ -179,20 +196,23 @@ COLUMNS: tuple[Column, ...] = (
           label="excess NLL = ref - entropy", display_unit="nats", defaults=(REPORT, SUMMARY)),
     _stderr("excess_nll_stderr", "paired standard error of excess_nll"),
     _stderr("nll_minus_entropy_stderr", "paired standard error of nll - entropy (used by the flag)"),
-    Column("mass", "1", "integral of the training solver's density over a grid covering the test data (2D only)",
-           goal=CLOSEST_TO_ONE, comparison=DIFFERENCE, label="mass, train solver", flag_sensitive=True,
+    Column("mass", "1", "integral of the solver's density over a grid covering the test data (2D only)",
+           goal=CLOSEST_TO_ONE, comparison=DIFFERENCE, label="mass, solver", flag_sensitive=True,
            defaults=(REPORT, SUMMARY)),
     Column("mass_ref", "1", "the same integral with the reference solve (2D only); 1 for a true density",
            goal=CLOSEST_TO_ONE, comparison=DIFFERENCE, label="mass, ref solve", defaults=(SUMMARY,)),
-    # sample quality: model samples drawn with the training solver against the test split
+    # sample quality: model samples drawn with the row's solver against the test split
     Column("energy_distance", "data units", "squared energy distance 2E‖X-Y‖ - E‖X-X'‖ - E‖Y-Y'‖ between model "
-           "samples (training solver) and test points, unbiased; ~0 for a perfect model", goal=LOWEST,
+           "samples (the row's solver) and test points, unbiased; ~0 for a perfect model", goal=LOWEST,
            comparison=DIFFERENCE),
     Column("energy_distance_stderr", "data units", "jackknife standard error of energy_distance"),
     Column("sliced_w2", "data units²", "sliced squared Wasserstein-2 distance between model samples (training "
            "solver) and test points, mean over 128 random unit directions", goal=LOWEST, comparison=DIFFERENCE),
     Column("sliced_w2_stderr", "data units²", "standard error of sliced_w2 over the directions (not the samples)"),
-    Column("roundtrip_error", "data units", "mean over test points of ‖x - F(F^-1(x))‖ with the training solver "
+    _nats("reverse_kl", "KL(model || data): mean of log q - log p_data over model samples drawn with the reference "
+          "solve, log q from that same solve (datasets with a known density)", goal=LOWEST),
+    _stderr("reverse_kl_stderr", "standard error of reverse_kl over the model samples"),
+    Column("roundtrip_error", "data units", "mean over test points of ‖x - F(F^-1(x))‖ with the row's solver "
            "(data to base and back, full dynamics with the exact trace)", goal=LOWEST),
     _outcome("valid", "false when nll < entropy by > 2 paired stderr, or mass is off 1 (off mass_ref when the "
                       "grid cannot resolve 1) by > 0.03"),
@@ -209,21 +229,24 @@ COLUMNS: tuple[Column, ...] = (
     _evaluations("nfe_backward_mean", "dynamics evaluations per backward pass (non-zero with the adjoint)",
                  label="NFE bwd/iter", display_unit="evals", defaults=(SUMMARY,)),
     _evaluations("nfe_backward_max", "the same, maximum over iterations"),
-    _evaluations("nfe_eval", "dynamics evaluations of the test pass with the training solver (all chunks)",
+    _evaluations("field_evals_per_iter", "field evaluations per training iteration of an objective that trains "
+                 "without solving (flow matching); empty for one that solves (see nfe_forward_mean)"),
+    _evaluations("nfe_eval", "dynamics evaluations of the test pass with the row's solver (all chunks)",
                  label="NFE test pass", display_unit="evals", decimals=0, defaults=(SUMMARY,)),
     _evaluations("nfe_eval_max_chunk", "the most evaluations one test chunk's solve needed"),
     _evaluations("nfe_ref", "dynamics evaluations of the reference test pass (all chunks)"),
     _evaluations("nfe_sample", "dynamics evaluations of the solve that draws the model samples of the sample "
-                 "distances (training solver)"),
+                 "distances (the row's solver)"),
     # time and memory
-    _seconds("train_time_s", "wall-clock of the whole training", label="train time", decimals=1,
+    _seconds("train_time_s", "wall-clock of the whole training of this row's model (validation passes included; "
+             "once per model_key)", label="train time", decimals=1,
              defaults=(REPORT, SUMMARY)),
     _seconds("iter_time_median_s", "median wall-clock of one training iteration, warm-up iteration excluded",
              label="median iter", display_unit="ms", scale=1000.0, decimals=1, defaults=(SUMMARY,)),
-    _seconds("eval_time_s", "wall-clock of the test pass with the training solver", label="eval time", decimals=2,
+    _seconds("eval_time_s", "wall-clock of the test pass with the row's solver", label="eval time", decimals=2,
              defaults=(SUMMARY,)),
     _seconds("ref_time_s", "wall-clock of the reference test pass"),
-    _seconds("mass_time_s", "wall-clock of the mass grid pass with the training solver"),
+    _seconds("mass_time_s", "wall-clock of the mass grid pass with the row's solver"),
     _seconds("mass_ref_time_s", "wall-clock of the mass grid pass with the reference solve"),
     _seconds("sample_time_s", "wall-clock of drawing the model samples of the sample distances"),
     _seconds("cell_time_s", "wall-clock of the whole cell: build, train, evaluate"),

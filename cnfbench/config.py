@@ -19,7 +19,7 @@ from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnfbench.cells import Budget, Cell, EvalProtocol, expand_grid
+from cnfbench.cells import SELECT_BEST, SELECT_LAST, Budget, Cell, EvalProtocol, expand_grid
 from cnfbench.families import EVAL_SLOTS, GRID_AXES
 from cnfbench.params import ParamError, parse_selector_list
 from cnfbench.specs import ResolvedComponent
@@ -43,6 +43,10 @@ class RunSettings:
     batch_size: int = 512
     lr: float = 3e-3
     max_nfe: int | None = None
+    time_budget: float | None = None
+    val_every: int = 0
+    select: str = "last"
+    val_solver: str = "rk4[steps=16]"
     ref_dtype: str = "float64"
     eval_batch_size: int = 4096
     mass_grid: int = 80
@@ -109,6 +113,8 @@ RANGES: dict[str, Range] = {
     "mass_grid": Range(0, MAX_MASS_GRID, True, "points per axis; the grid has its square"),
     "lr": Range(0, 10, False, "Adam's step size", lower_open=True),
     "timeout": Range(0, 10**7, False, "seconds (about 115 days)", lower_open=True),
+    "time_budget": Range(0, 10**7, False, "seconds of training per cell (about 115 days)", lower_open=True),
+    "val_every": Range(0, 10**8, True, "iterations between validation passes (0: none)"),
 }
 """Every numeric setting's valid range, checked before anything runs (the README lists them)."""
 
@@ -150,6 +156,10 @@ def _check_value(key: str, value: Any, source: str) -> Any:
     if key in _BOOL_KEYS:
         if not isinstance(value, bool):
             raise ParamError(f"{_named(key, source)} must be true or false")
+        return value
+    if key == "select":
+        if value not in (SELECT_LAST, SELECT_BEST):
+            raise ParamError(f"{_named(key, source)} must be {SELECT_LAST} or {SELECT_BEST}, got {value!r}")
         return value
     if key == "ref_dtype":
         if value not in ("float32", "float64"):
@@ -229,14 +239,14 @@ def _resolve_all(registry: Registry, family: str, selectors: tuple[str, ...], op
     return list(kept)
 
 
-def _resolve_one(registry: Registry, family: str, selector: str, option: str) -> ResolvedComponent:
+def resolve_one(registry: Registry, family: str, selector: str, option: str) -> ResolvedComponent:
     selections = parse_selector_list(selector, option)
     if len(selections) != 1:
         raise ParamError(f"{option} takes exactly one {family}, got {len(selections)}")
     return registry.resolve(family, selections[0])
 
 
-def _check_reference(registry: Registry, ref_solver: ResolvedComponent, allowed: bool, notes: list[str]) -> None:
+def check_reference(registry: Registry, ref_solver: ResolvedComponent, allowed: bool, notes: list[str]) -> None:
     """Refuse a fixed-step or loose reference solve, whose ``nll_ref`` would not be the field's density."""
     from cnfbench.validity import REFERENCE_TOLERANCE, loose_reference
 
@@ -259,7 +269,7 @@ def resolve_grid(config: RunConfig, registry: Registry) -> Grid:
     axes = {row.key: _resolve_all(registry, row.key, getattr(config, row.config_key), row.option, notes)
             for row in GRID_AXES}
     evaluation = EvalProtocol(
-        slots={slot.key: _resolve_one(registry, slot.family, getattr(config, slot.config_key), slot.option)
+        slots={slot.key: resolve_one(registry, slot.family, getattr(config, slot.config_key), slot.option)
                for slot in EVAL_SLOTS},
         ref_dtype=config.ref_dtype,
         batch_size=config.eval_batch_size,
@@ -267,15 +277,23 @@ def resolve_grid(config: RunConfig, registry: Registry) -> Grid:
     )
     if registry.get("trace", evaluation.trace.name).cls.stochastic:
         raise ParamError(f"--eval-trace must be an exact (deterministic) estimator, not {evaluation.trace.name!r}")
-    _check_reference(registry, evaluation.ref_solver, config.allow_loose_ref, notes)
+    check_reference(registry, evaluation.ref_solver, config.allow_loose_ref, notes)
     if 0 < config.mass_grid < RESOLVING_MASS_GRID:
         notes.append(f"--mass-grid {config.mass_grid}: a {config.mass_grid}x{config.mass_grid} grid is too coarse to "
                      f"resolve a density's mass (use {RunConfig.mass_grid} or more); where the reference mass is off "
-                     "1, the training solver's mass is judged against the reference mass instead")
+                     "1, the solver's mass is judged against the reference mass instead")
     count = math.prod(len(items) for items in axes.values()) * config.seeds
     if count > MAX_CELLS:
         raise ParamError(f"the grid has {count} cells; at most {MAX_CELLS} fit in one run (fewer seeds or items)")
-    budget = Budget(config.iterations, config.batch_size, config.lr, config.max_nfe)
+    if config.select == SELECT_BEST and not config.val_every:
+        raise ParamError("--select best needs --val-every K (K > 0): without validation passes there is no best")
+    val_solver = None
+    if config.val_every:
+        val_solver = resolve_one(registry, "solver", config.val_solver, "--val-solver")
+        if not any(registry.get("objective", spec.name).cls.uses_solver is False for spec in axes["objective"]):
+            val_solver = None  # every objective validates with its training solver: the setting means nothing
+    budget = Budget(config.iterations, config.batch_size, config.lr, config.max_nfe, config.time_budget,
+                    config.val_every, config.select, val_solver)
     seeds = list(range(config.first_seed, config.first_seed + config.seeds))
     device = resolve_device(config.device)
     return Grid(expand_grid(axes, seeds, budget, evaluation, device), notes)

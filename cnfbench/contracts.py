@@ -1,10 +1,14 @@
 """The contracts every component family implements.
 
 A component is a class with a unique ``name``, a ``description`` and a tuple
-of declared :class:`~cnfbench.params.Param`. Four families exist:
+of declared :class:`~cnfbench.params.Param`. Five families exist:
 
 * :class:`VectorField` — ``Field(dim, **params)``, an ``nn.Module`` with
-  ``forward(t, z) -> dz/dt`` (``t`` a 0-dim tensor, ``z`` of shape ``[B, D]``).
+  ``forward(t, z) -> dz/dt`` (``t`` a 0-dim tensor, ``z`` of shape ``[B, D]``;
+  a field that declares ``per_row_time`` also takes ``t`` of shape ``[B]``).
+* :class:`Objective` — ``Objective(**params)``; the training loss of a
+  minibatch, from the field through a :class:`TrainingContext` (which
+  solves the CNF only for an objective that declares it needs a solver).
 * :class:`Solver` — ``Solver(**params)``; integrates a dynamics module over a
   tuple of tensors from ``t0`` to ``t1`` and returns the final state.
 * :class:`TraceEstimator` — ``Trace(**params)``; draws its noise once per
@@ -71,7 +75,15 @@ class FusedDivergence(Protocol):
 
 
 class VectorField(nn.Module, Component):
-    """A learnable velocity field ``v(t, z)`` on ``R^dim``."""
+    """A learnable velocity field ``v(t, z)`` on ``R^dim``.
+
+    ``per_row_time`` declares that ``forward`` also accepts ``t`` of shape ``[B]``, one time per row of
+    ``z``, with row ``i`` equal to ``forward(t[i], z[i:i+1])`` (the conformance kit checks it). Objectives
+    that sample a time per example (flow matching) then evaluate the batch in one call; without it the
+    harness calls the field once per distinct time.
+    """
+
+    per_row_time: ClassVar[bool] = False
 
     def __init__(self, dim: int, **params: Any) -> None:
         super().__init__()
@@ -179,6 +191,71 @@ class TraceEstimator(Component, ABC):
         ``z`` requires grad; ``create_graph`` says whether the result will be
         differentiated again (training) or not (evaluation).
         """
+
+
+Integrand = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""``g(t, z, dz) -> [B]``: a quantity integrated along a solve as extra state, beside ``z`` and the log-density.
+
+``dz`` is the field at ``(t, z)`` and, during training, differentiable in ``z`` (``z`` requires grad) and the
+field's parameters, so ``g`` may take vector-Jacobian products of it. Any noise ``g`` needs is drawn before
+the solve (once per solve, as RNODE draws its Hutchinson probe), never inside ``g``.
+"""
+
+
+class TrainingContext(Protocol):
+    """What the harness offers an :class:`Objective` for one minibatch.
+
+    ``field`` is the field being trained and ``dim`` the data's dimension; ``generator`` is the objective's
+    own seeded random stream (on CPU), continuing from one iteration to the next. :meth:`velocity`
+    evaluates the field with the evaluations counted. :meth:`log_likelihood` solves the CNF with the cell's
+    training solver and trace (from t=1 back to t=0, NFE counted by the harness); it may only be called by
+    an objective whose ``uses_solver`` is true, and raises otherwise.
+    """
+
+    field: VectorField
+    dim: int
+    generator: torch.Generator
+
+    def velocity(self, t: Tensor, z: Tensor) -> Tensor:
+        """``v(t, z)`` for ``t`` 0-dim or ``[B]`` (one time per row), counted as field evaluations."""
+
+    def log_likelihood(self, x: Tensor, integrands: tuple[Integrand, ...] = ()) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """``(log p(x) [B] in nats, (∫_0^1 g dt [B] for each integrand g))``, differentiable."""
+
+
+@dataclass(frozen=True)
+class ObjectiveLoss:
+    """One minibatch's loss (a differentiable scalar, in the objective's ``loss_unit``) and its named parts
+    (plain floats, e.g. ``{"nll": 2.1, "kinetic": 0.4}``) for the training curves."""
+
+    loss: Tensor
+    terms: dict[str, float]
+
+
+class Objective(Component, ABC):
+    """How a CNF is trained: the loss of one minibatch of data.
+
+    ``uses_solver`` / ``uses_trace`` declare whether the loss needs the training solver / trace estimator
+    (through :meth:`TrainingContext.log_likelihood`). An objective that needs neither (flow matching) is
+    trained once per seed for all the solvers and traces of a grid: its cells then differ only in how the
+    model is evaluated and sampled. ``loss_unit`` names the unit of the loss (e.g. ``"nats/sample"``).
+    """
+
+    uses_solver: ClassVar[bool] = True
+    uses_trace: ClassVar[bool] = True
+    loss_unit: ClassVar[str] = "nats/sample"
+
+    def __init__(self, **params: Any) -> None:
+        self.config = dict(params)
+
+    @classmethod
+    def ignored_axes(cls) -> tuple[str, ...]:
+        """The grid axes whose component this objective's training does not depend on."""
+        return tuple(axis for axis, used in (("solver", cls.uses_solver), ("trace", cls.uses_trace)) if not used)
+
+    @abstractmethod
+    def loss(self, context: TrainingContext, x: Tensor) -> ObjectiveLoss:
+        """The loss of minibatch ``x`` ``[B, D]`` (data at t=1) to minimise."""
 
 
 @dataclass(frozen=True)

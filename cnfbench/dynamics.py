@@ -3,6 +3,10 @@
 The dynamics are ``dz/dt = v(t, z)`` and ``da/dt = -div v(t, z)``. Solving
 from ``t=1`` (``z = x``, ``a = 0``) back to ``t=0`` gives ``z0`` and
 ``a(0) = ∫_0^1 div v dt``, so ``log p(x) = log N(z0; 0, I) - a(0)``.
+Extra integrands ``g(t, z, dz)`` (an objective's regularizers) ride along as
+further state ``dr/dt = -g``, so ``r(0) = ∫_0^1 g dt`` comes out of the same
+solve; solvers see only a longer tuple of tensors (an adaptive solver's error
+control then covers them too, as in RNODE's own code).
 
 Every evaluation of the dynamics ticks an :class:`NFECounter`, which keeps
 forward, backward (adjoint) and evaluation counts apart and can stop a solve
@@ -24,7 +28,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from cnfbench.contracts import Solver, TraceEstimator, VectorField
+from cnfbench.contracts import Integrand, Solver, TraceEstimator, VectorField
 
 
 class NFEBudgetExceeded(RuntimeError):
@@ -70,8 +74,9 @@ class NFECounter:
 
 
 CELL_PHASES = (
-    "start", "data", "build_field", "build_solver", "build_trace", "build_eval", "train_forward", "train_backward",
-    "eval", "ref", "mass", "mass_ref", "sampling", "sample_quality", "roundtrip", "entropy", "metrics", "keep_model",
+    "start", "data", "build_field", "build_objective", "build_solver", "build_trace", "build_eval", "load_model",
+    "train_forward", "train_backward", "validate", "eval", "ref", "mass", "mass_ref", "sampling", "sample_quality",
+    "reverse_kl", "roundtrip", "entropy", "metrics", "keep_model",
     "result",
 )
 """The phases of a cell, in the order they run; ``start`` is a cell sent to a worker that has not begun it."""
@@ -121,7 +126,8 @@ def unpack_phase(packed: int) -> tuple[str, int]:
 
 
 class CNFDynamics(nn.Module):
-    """The augmented dynamics ``(z, a) -> (v, -div v)`` for one field and trace estimator."""
+    """The augmented dynamics ``(z, a, *r) -> (v, -div v, *(-g))`` for one field, trace estimator and the
+    integrands ``g`` set for the current solve."""
 
     def __init__(
         self, field: VectorField, trace: TraceEstimator, counter: NFECounter, differentiable: bool,
@@ -135,8 +141,9 @@ class CNFDynamics(nn.Module):
         self.field_label = field_label
         self.trace_label = trace_label
         self._checked = False
+        self.integrands: tuple[Integrand, ...] = ()
 
-    def forward(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         self.counter.tick()
         z = state[0]
         with torch.enable_grad():
@@ -147,9 +154,11 @@ class CNFDynamics(nn.Module):
         if not self._checked:
             self._check_divergence(z, div)
             self._checked = True
+        extra = tuple(-integrand(t, z, dz) for integrand in self.integrands)
         if not self.differentiable:
             dz, div = dz.detach(), div.detach()
-        return dz, -div
+            extra = tuple(value.detach() for value in extra)
+        return (dz, -div, *extra)
 
     def _checked_field(self, t: Tensor, z: Tensor) -> Tensor:
         dz = self.field(t, z)
@@ -177,8 +186,17 @@ def log_likelihood(
     dynamics: CNFDynamics, solver: Solver, x: Tensor, phase: str, generator: torch.Generator | None
 ) -> Tensor:
     """``log p(x)`` in nats per row under the CNF, solving from t=1 back to t=0."""
+    return log_likelihood_and_integrals(dynamics, solver, x, phase, generator)[0]
+
+
+def log_likelihood_and_integrals(
+    dynamics: CNFDynamics, solver: Solver, x: Tensor, phase: str, generator: torch.Generator | None,
+    integrands: tuple[Integrand, ...] = (),
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """``log p(x)`` per row and ``∫_0^1 g dt`` per row for each integrand ``g``, from one solve (t=1 to t=0)."""
     dynamics.counter.start(phase)
     dynamics.trace.begin_solve(x, generator)
-    a1 = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    z0, a0 = solver.integrate(dynamics, (x, a1), 1.0, 0.0)
-    return standard_normal_log_prob(z0) - a0
+    zeros = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    dynamics.integrands = tuple(integrands)  # kept until the next solve: an adjoint's backward solve needs them too
+    z0, a0, *integrals = solver.integrate(dynamics, (x, zeros, *(zeros.clone() for _ in integrands)), 1.0, 0.0)
+    return standard_normal_log_prob(z0) - a0, tuple(integrals)

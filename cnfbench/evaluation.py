@@ -1,7 +1,7 @@
 """Evaluation of a trained field by the measurement protocol.
 
 Test log-likelihoods are computed with the exact (deterministic) evaluation
-trace, in memory-bounded chunks, once with the training solver (``nll``: what
+trace, in memory-bounded chunks, once with the cell's solver (``nll``: what
 that pipeline would report) and once with a tight reference solve, by default
 dopri5 at rtol=atol=1e-7 in float64 (``nll_ref``: the density the trained
 field really defines). Every pass records its NFE and wall-clock.
@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from cnfbench.contracts import Solver, TraceEstimator, VectorField
-from cnfbench.dynamics import CNFDynamics, NFECounter, log_likelihood
+from cnfbench.dynamics import CNFDynamics, NFECounter, log_likelihood, standard_normal_log_prob
 from cnfbench.measure import now
 
 
@@ -93,6 +93,30 @@ def sample_model(
     with torch.no_grad():
         samples, _ = solver.integrate(dynamics, (base, torch.zeros(n, dtype=dtype, device=device)), 0.0, 1.0)
     return samples.detach()
+
+
+def sample_with_log_prob(
+    field_module: VectorField, solver: Solver, trace: TraceEstimator, n: int, generator: torch.Generator,
+    device: torch.device, dtype: torch.dtype, counter: NFECounter | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``n`` model samples and their log-density under the model (nats, float64 on CPU), from one solve.
+
+    The full dynamics run from t=0 (``z0 ~ N(0, I)``, ``a = 0``) to t=1, so ``a(1) = -∫_0^1 div v dt`` and
+    ``log q(x1) = log N(z0; 0, I) + a(1)``. A copy of the field in ``dtype`` is used when that differs from
+    the field's own; ``trace`` should be exact for ``log q`` to be the model's density.
+    """
+    model = field_module
+    if dtype != next(iter(field_module.parameters()), torch.empty(0)).dtype:
+        model = copy.deepcopy(field_module).to(dtype)
+    base = torch.randn(n, field_module.dim, generator=generator, dtype=dtype).to(device)
+    counter = counter if counter is not None else NFECounter()
+    counter.start("sample")
+    dynamics = CNFDynamics(model.eval(), trace, counter, differentiable=False)
+    trace.begin_solve(base, None)
+    with torch.no_grad():
+        samples, change = solver.integrate(dynamics, (base, torch.zeros(n, dtype=dtype, device=device)), 0.0, 1.0)
+    log_q = standard_normal_log_prob(base) + change
+    return samples.detach(), log_q.detach().to("cpu", torch.float64)
 
 
 def roundtrip_error(

@@ -22,16 +22,23 @@ from cnfbench.cells import Cell
 from cnfbench.columns import COLUMN_NAMES, ordered
 from cnfbench.contracts import StepCapReached, StepSizeUnderflow, split_generator
 from cnfbench.dynamics import ContractViolation, NFEBudgetExceeded, NFECounter, PhaseTracker
-from cnfbench.evaluation import EvaluationPass, evaluate_log_prob, roundtrip_error, sample_model
+from cnfbench.evaluation import (
+    EvaluationPass,
+    evaluate_log_prob,
+    roundtrip_error,
+    sample_model,
+    sample_with_log_prob,
+)
 from cnfbench.measure import PeakMemory, now
 from cnfbench.messages import describe_exception, one_line
-from cnfbench.model_file import encode_model
+from cnfbench.model_file import decode_model, encode_model
 from cnfbench.registry import ComponentBuildError, Registry
 from cnfbench.rows import (
     INTERRUPTED,
     REASON_LIMIT,
     CellInterrupted,
     CellOutcome,
+    SharedModel,
     failure_reason,
     identity_columns,
 )
@@ -45,11 +52,14 @@ DENSITY_SAMPLES = 500
 QUALITY_MAX_SAMPLES = 2000
 """Most model samples (and test points) the sample distances use: energy distance is O(n²) in time and memory."""
 
+REVERSE_KL_SAMPLES = 1000
+"""Model samples (drawn with the reference solve) the reverse KL averages over."""
+
 QUALITY_PROJECTIONS = 128
 """Random unit directions of the sliced Wasserstein-2 distance."""
 
 QUALITY_COLUMNS = ("energy_distance", "energy_distance_stderr", "sliced_w2", "sliced_w2_stderr",
-                   "roundtrip_error", "nfe_sample", "sample_time_s")
+                   "reverse_kl", "reverse_kl_stderr", "roundtrip_error", "nfe_sample", "sample_time_s")
 
 
 def _plugin_frame(exc: BaseException, registry: Registry, cell: Cell) -> str | None:
@@ -197,15 +207,48 @@ def _sample_quality_columns(cell: Cell, field_module: Any, solver: Any, trace: A
             "sliced_w2_stderr": sliced_stderr, "nfe_sample": float(counter.totals["sample"]), "sample_time_s": seconds}
 
 
+def model_key_of(cell: Cell, registry: Registry) -> str:
+    """The cell's model key (:meth:`Cell.model_key`) with the axes its objective ignores left out."""
+    try:
+        ignored = registry.get("objective", cell.objective.name).cls.ignored_axes()
+    except ValueError:  # an objective not registered here: its cell fails to build and shares nothing
+        ignored = ()
+    return cell.model_key(ignored)
+
+
+def _reverse_kl_columns(cell: Cell, dataset: Any, field_module: Any, ref_solver: Any, trace: Any, n: int,
+                        device: torch.device) -> dict[str, float]:
+    """KL(model || data) from model samples drawn with the reference solve, scored by that solve's log q
+    and the data's exact log-density; nan for a dataset without a known density."""
+    if not dataset.has_density:
+        return {"reverse_kl": math.nan, "reverse_kl_stderr": math.nan}
+    samples, log_q = sample_with_log_prob(field_module, ref_solver, trace, n,
+                                          split_generator(cell.seed, "model/reverse_kl_samples"), device,
+                                          getattr(torch, cell.evaluation.ref_dtype))
+    log_p = dataset.log_prob(samples.to("cpu", torch.float32)).to(torch.float64)
+    kl, stderr = _mean_and_stderr(log_q - log_p)
+    return {"reverse_kl": kl, "reverse_kl_stderr": stderr}
+
+
+def _load_shared(field_module: Any, shared: SharedModel) -> None:
+    """Load the tensors of another cell's model file into ``field_module`` (checked, strict)."""
+    _, tensors = decode_model(shared.model, shared.trainer_id)
+    field_module.load_state_dict({name: tensor.to(field_module.state_dict()[name].device)
+                                  for name, tensor in tensors.items()}, strict=True)
+
+
 def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCallback | None = None,
-                       on_phase: Callable[[str], None] | None = None, tracker: PhaseTracker | None = None
-                       ) -> CellOutcome:
+                       on_phase: Callable[[str], None] | None = None, tracker: PhaseTracker | None = None,
+                       shared: SharedModel | None = None) -> CellOutcome:
     """Train and evaluate ``cell``; always return a row with a status.
 
     ``on_phase`` hears the progress display's phases (train, eval, ref, mass);
     ``tracker`` (a fresh one when None) is told every phase of the cell as it
-    begins. A ``done`` outcome carries the trained field as model-file bytes.
-    Ctrl-C raises :class:`CellInterrupted` carrying the ``interrupted`` row.
+    begins. With ``shared``, the model another cell of the same model key
+    trained is loaded instead of training, and the row takes that training's
+    columns. A ``done`` outcome of a cell that trained carries the trained field
+    as model-file bytes. Ctrl-C raises :class:`CellInterrupted` carrying the
+    ``interrupted`` row.
     """
     tracker = tracker or PhaseTracker()
 
@@ -217,7 +260,8 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
     device = torch.device(cell.device)
     row: dict[str, Any] = identity_columns(cell)
     row.update(status="error", reason="", n_params=math.nan, nfe_expected_per_solve=math.nan,
-               mass=math.nan, mass_ref=math.nan, mass_time_s=math.nan, mass_ref_time_s=math.nan)
+               mass=math.nan, mass_ref=math.nan, mass_time_s=math.nan, mass_ref_time_s=math.nan,
+               model_key=model_key_of(cell, registry), trained_in=shared.trainer_id if shared else cell.cell_id)
     row.update(dict.fromkeys(QUALITY_COLUMNS, math.nan))
     record = TrainingRecord()
     memory = PeakMemory(device)
@@ -226,6 +270,7 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
     density: dict[str, Any] | None = None
     model: bytes | None = None
     interrupted = False
+    solves = True
     started = now(device)
     try:
         enter("data")
@@ -235,6 +280,9 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
         enter("build_field")
         field_module = seeded_field(lambda: registry.build("field", cell.field, dataset.dim), cell.seed, device)
         row["n_params"] = sum(p.numel() for p in field_module.parameters() if p.requires_grad)
+        enter("build_objective")
+        objective = registry.build("objective", cell.objective)
+        solves = objective.uses_solver
         enter("build_solver")
         solver = registry.build("solver", cell.solver)
         expected = solver.expected_nfe()
@@ -246,11 +294,30 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
         ref_solver = registry.build("solver", cell.evaluation.ref_solver)
         row["ref_loose"] = loose_reference(ref_solver.error_tolerance())
         ref_dtype = getattr(torch, cell.evaluation.ref_dtype)
-        if on_phase:
-            on_phase("train")
-        train(cell, field_module, solver, trace, train_data, record, on_iteration,
-              (registry.describe("field", cell.field.name), registry.describe("trace", cell.trace.name)), tracker)
         labels = (registry.describe("field", cell.field.name), registry.describe("trace", cell.evaluation.trace.name))
+        if shared is not None:
+            enter("load_model")
+            _load_shared(field_module, shared)
+            row.update(shared.training)
+        else:
+            training = cell.training_axes
+            train_solver = solver if training["solver"] == cell.solver else registry.build("solver", training["solver"])
+            train_trace = trace if training["trace"] == cell.trace else registry.build("trace", training["trace"])
+            validate = None
+            if cell.budget.val_every:
+                val_solver = train_solver if objective.uses_solver or cell.budget.val_solver is None \
+                    else registry.build("solver", cell.budget.val_solver)
+                val_data = splits.val.to(device)
+
+                def validate(field: Any) -> float:
+                    return evaluate_log_prob(field, val_solver, eval_trace, val_data, cell.evaluation.batch_size,
+                                             "eval", max_nfe=cell.budget.max_nfe, labels=labels).nll
+
+            if on_phase:
+                on_phase("train")
+            train(cell, field_module, objective, train_solver, train_trace, train_data, record, on_iteration,
+                  (registry.describe("field", cell.field.name), registry.describe("trace", training["trace"].name),
+                   registry.describe("objective", cell.objective.name)), tracker, validate)
         enter("eval", "eval")
         evaluation["eval"] = evaluate_log_prob(field_module, solver, eval_trace, test, cell.evaluation.batch_size,
                                                "eval", max_nfe=cell.budget.max_nfe, labels=labels)
@@ -276,6 +343,9 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
                        "data": test[:DENSITY_SAMPLES].cpu().tolist()}
         enter("sample_quality")
         row.update(_sample_quality_columns(cell, field_module, solver, eval_trace, test, device))
+        enter("reverse_kl")
+        row.update(_reverse_kl_columns(cell, dataset, field_module, ref_solver, eval_trace,
+                                       min(test.shape[0], REVERSE_KL_SAMPLES), device))
         enter("roundtrip")
         row["roundtrip_error"] = float(roundtrip_error(field_module, solver, eval_trace, test,
                                                        cell.evaluation.batch_size, cell.budget.max_nfe, labels).mean())
@@ -284,8 +354,9 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
         enter("metrics")
         field_module.eval()
         row.update(plugin_metrics(registry, cell, field_module, dataset, test))
-        enter("keep_model")
-        model = encode_model(field_module.state_dict(), cell, dataset.dim)
+        if shared is None:
+            enter("keep_model")
+            model = encode_model(field_module.state_dict(), cell, dataset.dim)
         row["status"] = "done"
     except KeyboardInterrupt:
         interrupted = True
@@ -294,7 +365,9 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
     except Exception as exc:  # noqa: BLE001 - a failing cell must never kill the sweep
         row["status"], row["reason"] = classify_failure(exc, registry, cell, tracker)
     finally:
-        row.update(_measured_columns(record, evaluation, memory, now(device) - started))
+        if shared is None:
+            row.update(_training_columns(record, solves))
+        row.update(_measured_columns(evaluation, memory, now(device) - started))
         row["valid"], row["validity_reason"] = validity(row) if row["status"] == "done" else (False, "")
     curves = [{"cell_id": cell.cell_id, **point} for point in record.curves()]
     done = row["status"] == "done"
@@ -304,27 +377,39 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
     return outcome
 
 
-def _measured_columns(record: TrainingRecord, evaluation: dict[str, EvaluationPass], memory: PeakMemory,
-                      wall: float) -> dict[str, Any]:
-    forward_mean, forward_max = _nfe_stats(record.nfe_forward)
-    backward_mean, backward_max = _nfe_stats(record.nfe_backward)
-    own, ref = evaluation.get("eval"), evaluation.get("ref")
+def _training_columns(record: TrainingRecord, solves: bool) -> dict[str, Any]:
+    """The :data:`~cnfbench.rows.TRAINING_COLUMNS` of a training run (NFE for an objective that ``solves``,
+    field evaluations per iteration for one that does not)."""
+    forward_mean, forward_max = _nfe_stats(record.nfe_forward) if solves else (math.nan, math.nan)
+    backward_mean, backward_max = _nfe_stats(record.nfe_backward) if solves else (math.nan, math.nan)
+    evaluations = _nfe_stats(record.field_evaluations)[0] if not solves else math.nan
+    selected, best = record.best_validation() if record.validation else (0, math.nan)
     return {
         "iterations_done": record.iterations,
         "final_train_loss": record.losses[-1] if record.losses else math.nan,
-        "nll": own.nll if own else math.nan,
-        "nll_stderr": own.nll_stderr if own else math.nan,
-        "nll_ref": ref.nll if ref else math.nan,
-        "nll_ref_stderr": ref.nll_stderr if ref else math.nan,
+        "train_loss_unit": record.loss_unit,
+        "selected_iteration": record.selected_iteration if record.validation else record.iterations,
+        "best_val_nll": best,
         "nfe_forward_mean": forward_mean,
         "nfe_forward_max": forward_max,
         "nfe_backward_mean": backward_mean,
         "nfe_backward_max": backward_max,
+        "field_evals_per_iter": evaluations,
+        "train_time_s": record.total_seconds,
+        "iter_time_median_s": record.median_iteration_seconds(),
+    }
+
+
+def _measured_columns(evaluation: dict[str, EvaluationPass], memory: PeakMemory, wall: float) -> dict[str, Any]:
+    own, ref = evaluation.get("eval"), evaluation.get("ref")
+    return {
+        "nll": own.nll if own else math.nan,
+        "nll_stderr": own.nll_stderr if own else math.nan,
+        "nll_ref": ref.nll if ref else math.nan,
+        "nll_ref_stderr": ref.nll_stderr if ref else math.nan,
         "nfe_eval": own.nfe if own else math.nan,
         "nfe_eval_max_chunk": own.nfe_max_chunk if own else math.nan,
         "nfe_ref": ref.nfe if ref else math.nan,
-        "train_time_s": record.total_seconds,
-        "iter_time_median_s": record.median_iteration_seconds(),
         "eval_time_s": own.seconds if own else math.nan,
         "ref_time_s": ref.seconds if ref else math.nan,
         "cell_time_s": wall,

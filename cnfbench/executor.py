@@ -5,7 +5,8 @@ hands it one cell at a time as plain JSON over a pipe; the worker answers
 with progress messages and finally the row and curves, also as JSON. A
 finished cell's model file (safetensors bytes) follows the result as one
 binary message of the length the result announces (``model_bytes``), rather
-than inflated by a third as base64 inside the JSON. When a cell outlives
+than inflated by a third as base64 inside the JSON; a model shared from
+another cell reaches the worker the same way, after the cell's JSON. When a cell outlives
 ``--timeout``, or the worker dies (a segfault, the OOM killer), the worker is
 killed, the cell gets status ``timeout``/``error``, and a fresh worker takes
 the next cell. The worker ignores SIGINT: Ctrl-C is the parent's to handle.
@@ -31,7 +32,7 @@ from cnfbench.cells import Cell
 from cnfbench.dynamics import PhaseTracker, SharedInt, pack_phase, unpack_phase
 from cnfbench.execute import train_and_evaluate
 from cnfbench.registry import Registry, load_registry
-from cnfbench.rows import INTERRUPTED, CellInterrupted, CellOutcome, failed_outcome
+from cnfbench.rows import INTERRUPTED, CellInterrupted, CellOutcome, SharedModel, failed_outcome
 
 ProgressHook = Callable[[str, Any], None]
 """``hook(kind, value)``: ``("iteration", (done, loss))`` or ``("phase", name)``."""
@@ -40,7 +41,7 @@ ProgressHook = Callable[[str, Any], None]
 class Executor(Protocol):
     """Runs one cell and returns its outcome; never raises for a failing cell."""
 
-    def run_cell(self, cell: Cell, progress: ProgressHook) -> CellOutcome: ...
+    def run_cell(self, cell: Cell, progress: ProgressHook, shared: SharedModel | None = None) -> CellOutcome: ...
 
     def close(self) -> None: ...
 
@@ -51,9 +52,9 @@ class InlineExecutor:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
 
-    def run_cell(self, cell: Cell, progress: ProgressHook) -> CellOutcome:
+    def run_cell(self, cell: Cell, progress: ProgressHook, shared: SharedModel | None = None) -> CellOutcome:
         return train_and_evaluate(cell, self.registry, lambda done, loss: progress("iteration", (done, loss)),
-                        lambda name: progress("phase", name))
+                                  lambda name: progress("phase", name), shared=shared)
 
     def close(self) -> None:
         pass
@@ -82,6 +83,10 @@ def _worker_main(connection: multiprocessing.connection.Connection, plugins: lis
         if request.get("kind") == "stop":
             return
         cell = Cell.from_json(request["cell"])
+        shared = None
+        if request.get("shared"):
+            model = connection.recv_bytes()
+            shared = SharedModel(request["shared"]["trainer_id"], model, request["shared"]["training"])
 
         def on_iteration(done: int, loss: float, total: int = cell.budget.iterations) -> None:
             nonlocal last_sent
@@ -93,7 +98,7 @@ def _worker_main(connection: multiprocessing.connection.Connection, plugins: lis
         def on_phase(name: str) -> None:
             _send(connection, {"kind": "phase", "value": name})
 
-        outcome = train_and_evaluate(cell, registry, on_iteration, on_phase, tracker)
+        outcome = train_and_evaluate(cell, registry, on_iteration, on_phase, tracker, shared)
         tracker.enter("result")
         _send(connection, {"kind": "result", "row": outcome.row, "curves": outcome.curves,
                            "density": outcome.density, "model_bytes": len(outcome.model or b"")})
@@ -178,7 +183,7 @@ class ProcessExecutor:
             raise EOFError  # a torn message: the worker is treated as lost
         return data
 
-    def run_cell(self, cell: Cell, progress: ProgressHook) -> CellOutcome:
+    def run_cell(self, cell: Cell, progress: ProgressHook, shared: SharedModel | None = None) -> CellOutcome:
         if self._process is None or not self._process.is_alive():
             self._start()
         process, where = self._process, self._where
@@ -187,7 +192,10 @@ class ProcessExecutor:
         started = time.monotonic()
         deadline = math.inf if self.timeout is None else started + self.timeout
         try:
-            _send(self._connection, {"kind": "run", "cell": cell.to_json()})
+            _send(self._connection, {"kind": "run", "cell": cell.to_json(), "shared": shared and {
+                "trainer_id": shared.trainer_id, "training": shared.training}})
+            if shared is not None:
+                self._connection.send_bytes(shared.model)
             while True:
                 wait = min(1.0, max(0.0, deadline - time.monotonic()))
                 if self._connection.poll(wait):

@@ -10,7 +10,7 @@ nothing heavy and commands start fast.
 
 A family has one of three roles:
 
-* a **grid axis** (dataset, field, solver, trace): each cell picks one of
+* a **grid axis** (dataset, field, objective, solver, trace): each cell picks one of
   its components, with every parameter, and the grid is their product;
 * an **evaluation slot** is not a family but a component of an existing
   family in another role (the eval trace is a trace, the reference solver a
@@ -40,6 +40,10 @@ class FamilyRow:
     ``default`` what ``run`` uses without that option; ``meaning`` the
     column's description. A grid axis writes two identity columns: the
     component's name (``column``) and its full spec (``spec_column``).
+
+    ``implicit`` (an axis added after cnfbench 0.1.0) names the parameterless component that cells made
+    before the axis existed used: a cell with it leaves the axis out of its JSON, so its id, its rows and
+    its model files stay those of the earlier release, and a row or cell without the axis reads as it.
     """
 
     key: str
@@ -51,6 +55,7 @@ class FamilyRow:
     default: tuple[str, ...]
     meaning: str
     example: str = ""
+    implicit: str = ""
 
     @property
     def column(self) -> str:
@@ -96,8 +101,11 @@ FAMILY_TABLE: tuple[FamilyRow, ...] = (
               "dataset", "8gaussians,moons[n_train=5000]"),
     FamilyRow("field", "fields", "VectorField", "cnfbench_fields", GRID_AXIS, "--field", ("concatsquash",),
               "vector field", "concatsquash[hidden=64-64,activation=elu]"),
+    FamilyRow("objective", "objectives", "Objective", "cnfbench_objectives", GRID_AXIS, "--objective", ("mle",),
+              "training objective", "mle,rnode[kinetic=0.01,jacobian=0.01],cfm[sigma=0.01]", implicit="mle"),
     FamilyRow("solver", "solvers", "Solver", "cnfbench_solvers", GRID_AXIS, "--solver", ("dopri5",),
-              "training ODE solver", "euler[steps=10],dopri5[rtol=1e-5,atol=1e-5]"),
+              "ODE solver (training when the objective solves, evaluation, sampling)",
+              "euler[steps=10],dopri5[rtol=1e-5,atol=1e-5]"),
     FamilyRow("trace", "traces", "TraceEstimator", "cnfbench_traces", GRID_AXIS, "--trace", ("exact",),
               "training trace estimator", "exact,hutchinson[noise=rademacher]"),
 )

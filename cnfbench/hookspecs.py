@@ -14,7 +14,7 @@ import pluggy
 from torch import Tensor
 
 from cnfbench.columns import Column
-from cnfbench.contracts import Dataset, Solver, TraceEstimator, VectorField
+from cnfbench.contracts import Dataset, Objective, Solver, TraceEstimator, VectorField
 
 PROJECT_NAME = "cnfbench"
 
@@ -36,6 +36,14 @@ def cnfbench_fields() -> Sequence[type[VectorField]]:
     """Return vector-field classes (subclasses of :class:`cnfbench.contracts.VectorField`).
 
     Each class is built as ``Field(dim, **params)`` and maps ``(t, z)`` to ``dz/dt``.
+    """
+
+
+@hookspec
+def cnfbench_objectives() -> Sequence[type[Objective]]:
+    """Return training-objective classes (subclasses of :class:`cnfbench.contracts.Objective`).
+
+    Each class is built as ``Objective(**params)`` and returns a minibatch's loss.
     """
 
 

@@ -1,6 +1,7 @@
 """Trained models of a run folder: a finished cell's field, rebuilt from its spec and loaded from its model file.
 
-Every ``done`` cell's field is kept as ``models/<cell_id>.safetensors`` (see
+Every ``done`` cell that trained keeps its field as ``models/<cell_id>.safetensors``, and cells that share
+its model (``trained_in``) load that file (see
 :mod:`cnfbench.model_file`). :func:`load_model` rebuilds the field from the
 spec recorded in that file through the plugin registry — with the plugins the
 run recorded in ``run.json`` (its config's ``plugin`` list), or those given —
@@ -15,14 +16,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from cnfbench.cells import Cell
 from cnfbench.contracts import VectorField
+from cnfbench.families import GRID_AXES
 from cnfbench.messages import describe_exception, one_line
+from cnfbench.params import ParamError, parse_selection
 from cnfbench.plugin_manager import PluginLoadError
 from cnfbench.registry import Registry, RegistryError, load_registry
 from cnfbench.run_folder import MODEL_SUFFIX, MODELS_DIR, ResultsError, Run, StoredModel, load_run, read_model
@@ -43,13 +46,23 @@ class TrainedModel:
     registry: Registry
 
 
+def trainer_of(run: Run, cell_id: str) -> str:
+    """The id of the cell that trained ``cell_id``'s model (``trained_in``; the cell itself in runs before
+    models were shared)."""
+    if "trained_in" not in run.cells:
+        return cell_id
+    rows = run.cells[run.cells["cell_id"].astype(str) == cell_id]
+    trainer = rows["trained_in"].iloc[0] if len(rows) else None
+    return str(trainer) if isinstance(trainer, str) and trainer else cell_id
+
+
 def model_cells(run: Run) -> list[str]:
-    """The ids of the cells of ``run`` that have a model file, in row order."""
+    """The ids of the cells of ``run`` whose model file (their own, or the one they share) is there, in row order."""
     folder = run.path / MODELS_DIR
     if not folder.is_dir() or "cell_id" not in run.cells:
         return []
     stored = {path.name[: -len(MODEL_SUFFIX)] for path in folder.glob(f"*{MODEL_SUFFIX}")}
-    return [cell_id for cell_id in run.cells["cell_id"].astype(str) if cell_id in stored]
+    return [cell_id for cell_id in run.cells["cell_id"].astype(str) if trainer_of(run, cell_id) in stored]
 
 
 def _listing(ids: list[str]) -> str:
@@ -113,13 +126,32 @@ def _stored(run: Run, cell_id: str) -> StoredModel:
     if status != "done":
         raise ResultsError(f"cell {cell_id} of {run.path} ended {status!r}, not 'done': only finished cells keep a "
                            "model", run.path)
+    trainer = trainer_of(run, cell_id)
     try:
-        stored = read_model(run.path, cell_id)
+        stored = read_model(run.path, trainer)
     except ValueError as exc:  # a hand-edited row whose id cannot name a file
         raise ResultsError(f"{run.path}: {exc}", run.path) from None
     if stored is None:
-        raise ResultsError(f"{run.path / MODELS_DIR / (cell_id + MODEL_SUFFIX)} is missing", run.path)
+        raise ResultsError(f"{run.path / MODELS_DIR / (trainer + MODEL_SUFFIX)} is missing", run.path)
     return stored
+
+
+def _row_cell(run: Run, cell_id: str, trainer_cell: Cell, registry: Registry) -> Cell:
+    """The cell of row ``cell_id``: the trainer's cell with the grid axes the row names differently (the solver
+    and trace a shared model is evaluated with) resolved from the row's spec columns."""
+    if trainer_cell.cell_id == cell_id:
+        return trainer_cell
+    row = run.cells[run.cells["cell_id"].astype(str) == cell_id].iloc[0]
+    axes = dict(trainer_cell.axes)
+    for axis in GRID_AXES:
+        label = row.get(axis.spec_column)
+        if isinstance(label, str) and label != axes[axis.key].label():
+            try:
+                axes[axis.key] = registry.resolve(axis.key, parse_selection(label))
+            except (ParamError, ValueError) as exc:
+                raise ResultsError(f"{run.path}: cell {cell_id} names {axis.key} {label!r}, which cannot be "
+                                   f"resolved here: {one_line(exc, 200)}", run.path) from None
+    return replace(trainer_cell, axes=axes)
 
 
 def _check_dimension(stored: StoredModel, registry: Registry) -> None:
@@ -174,7 +206,8 @@ def load_trained(run: str | os.PathLike[str] | Run, cell_id: str, *, device: str
     registry = registry or _registry(loaded, plugins)
     _check_dimension(stored, registry)
     field = _rebuild(stored, registry).to(target).eval()
-    return TrainedModel(field, stored.spec.cell, stored.spec.dim, stored.path, registry)
+    cell = _row_cell(loaded, str(cell_id), stored.spec.cell, registry)
+    return TrainedModel(field, cell, stored.spec.dim, stored.path, registry)
 
 
 def load_model(run: str | os.PathLike[str] | Run, cell_id: str, *, device: str | torch.device = "cpu",

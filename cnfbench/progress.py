@@ -55,7 +55,7 @@ class Progress:
                         f"train loss {loss:.3f} nats\n")
 
     def phase(self, name: str) -> None:
-        what = {"eval": "test NLL with the training solver", "ref": "test NLL with the reference solve",
+        what = {"eval": "test NLL with the row's solver", "ref": "test NLL with the reference solve",
                 "mass": "the density's mass on a 2D grid"}.get(name)
         if what:
             if self.interactive:

@@ -10,6 +10,7 @@ were running there, with their plugins) are written by this module.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,19 +37,24 @@ PHASE_WHERE: dict[str, tuple[str, tuple[str, ...]]] = {
     "start": ("before the worker began the cell", ()),
     "data": ("while building the dataset and its splits", ("dataset",)),
     "build_field": ("while building the field", ("field",)),
+    "build_objective": ("while building the objective", ("objective",)),
     "build_solver": ("while building the solver", ("solver",)),
     "build_trace": ("while building the trace estimator", ("trace",)),
     "build_eval": ("while building the evaluation trace and the reference solver", ("eval_trace", "ref_solver")),
-    "train_forward": ("in the training forward solve", ("solver", "field", "trace")),
-    "train_backward": ("in the training backward pass", ("solver", "field", "trace")),
-    "eval": ("in the evaluation (test pass with the training solver)", ("solver", "field", "eval_trace")),
+    "load_model": ("while loading the shared trained model", ("field",)),
+    "train_forward": ("in the training forward pass", ("objective", "solver", "field", "trace")),
+    "train_backward": ("in the training backward pass", ("objective", "solver", "field", "trace")),
+    "validate": ("in the validation pass", ("field", "eval_trace")),
+    "eval": ("in the evaluation (test pass with the cell's solver)", ("solver", "field", "eval_trace")),
     "ref": ("in the reference solve (test pass)", ("ref_solver", "field", "eval_trace")),
-    "mass": ("in the mass check (training solver on the grid)", ("solver", "field", "eval_trace")),
+    "mass": ("in the mass check (the cell's solver on the grid)", ("solver", "field", "eval_trace")),
     "mass_ref": ("in the mass check (reference solve on the grid)", ("ref_solver", "field", "eval_trace")),
-    "sampling": ("while sampling the model (training solver)", ("solver", "field", "eval_trace")),
-    "sample_quality": ("while sampling the model for the sample distances (training solver)",
+    "sampling": ("while sampling the model (the cell's solver)", ("solver", "field", "eval_trace")),
+    "sample_quality": ("while sampling the model for the sample distances (the cell's solver)",
                        ("solver", "field", "eval_trace")),
-    "roundtrip": ("in the round-trip check (training solver, data to base and back)",
+    "reverse_kl": ("while sampling the model with the reference solve for the reverse KL",
+                   ("ref_solver", "field", "eval_trace", "dataset")),
+    "roundtrip": ("in the round-trip check (the cell's solver, data to base and back)",
                   ("solver", "field", "eval_trace")),
     "entropy": ("while computing the data's true log-density on the test split", ("dataset",)),
     "metrics": ("in the plugin metrics (cnfbench_cell_metrics)", ("metrics",)),
@@ -73,6 +79,25 @@ class CellOutcome:
     curves: list[dict[str, Any]] = field(default_factory=list)
     density: dict[str, Any] | None = None
     model: bytes | None = None
+
+
+TRAINING_COLUMNS = (
+    "iterations_done", "final_train_loss", "train_loss_unit", "selected_iteration", "best_val_nll",
+    "nfe_forward_mean", "nfe_forward_max", "nfe_backward_mean", "nfe_backward_max", "field_evals_per_iter",
+    "train_time_s", "iter_time_median_s",
+)
+"""The columns a row takes from the training of its model: copied from the trainer's row by the cells that
+share its model."""
+
+
+@dataclass(frozen=True)
+class SharedModel:
+    """A model trained by another cell with the same model key: the trainer's id, its model file's bytes
+    and its row's :data:`TRAINING_COLUMNS`."""
+
+    trainer_id: str
+    model: bytes
+    training: dict[str, Any]
 
 
 class CellInterrupted(KeyboardInterrupt):
@@ -114,11 +139,16 @@ def failure_reason(lead: str, cell: Cell, phase: str, iteration: int = 0, detail
     return one_line(text + (f" — {', '.join(components)}" if components else ""))
 
 
-def iterations_done_at(cell: Cell, phase: str, iteration: int) -> int:
-    """Training iterations certainly completed when a cell was stopped in ``phase`` (at ``iteration``)."""
+def iterations_done_at(cell: Cell, phase: str, iteration: int) -> float:
+    """Training iterations certainly completed when a cell was stopped in ``phase`` (at ``iteration``); ``nan``
+    after a wall-clock budget's training, whose count only the worker knew."""
     if phase in _TRAINING_PHASES:
         return max(iteration - 1, 0)
-    return cell.budget.iterations if CELL_PHASES.index(phase) > CELL_PHASES.index("train_backward") else 0
+    if phase == "validate":
+        return iteration
+    if CELL_PHASES.index(phase) <= CELL_PHASES.index("validate"):
+        return 0
+    return cell.budget.iterations if cell.budget.seconds is None else math.nan
 
 
 def failed_outcome(cell: Cell, status: str, lead: str, seconds: float, phase: str, iteration: int = 0,
@@ -150,6 +180,11 @@ def interrupted_outcome(cell: Cell, exc: BaseException, seconds: float) -> CellO
     return CellOutcome(ordered(row))
 
 
+def trained_with_label(cell: Cell) -> str:
+    """``solver=euler[steps=8]`` for each component the model was trained with instead of the row's; ``""``."""
+    return ",".join(f"{key}={spec.label()}" for key, spec in cell.trained_with.items())
+
+
 def identity_columns(cell: Cell) -> dict[str, Any]:
     """The columns that say which cell a row is: its id and every resolved component and setting."""
     return {
@@ -161,6 +196,11 @@ def identity_columns(cell: Cell) -> dict[str, Any]:
         "batch_size": cell.budget.batch_size,
         "lr": cell.budget.lr,
         "max_nfe": cell.budget.max_nfe,
+        "time_budget_s": math.nan if cell.budget.seconds is None else cell.budget.seconds,
+        "val_every": cell.budget.val_every,
+        "select": cell.budget.select,
+        "val_solver_spec": cell.budget.val_solver.label() if cell.budget.val_solver else "",
+        "trained_with": trained_with_label(cell),
         **{slot.spec_column: cell.evaluation.slots[slot.key].label() for slot in EVAL_SLOTS},
         "ref_dtype": cell.evaluation.ref_dtype,
         "eval_batch_size": cell.evaluation.batch_size,

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cnfbench.cells import EARLIER_MEANING
 from cnfbench.messages import describe_exception, one_line
 from cnfbench.model_file import ModelFileError, ModelSpec, check_model, decode_model
 
@@ -130,6 +131,10 @@ class RunStore:
         ``cells.parquet.damaged-TIME`` (so that no later write overwrites it) and the CSV's rows are used.
         Raises :class:`ResultsError` naming the file when no copy can be read.
         """
+        frame, warnings = self._read_cell_files()
+        return with_earlier_meanings(frame), warnings
+
+    def _read_cell_files(self) -> tuple[pd.DataFrame, list[str]]:
         parquet, csv = self.run_dir / CELLS_PARQUET, self.run_dir / CELLS_CSV
         if not parquet.exists():
             if not csv.exists():
@@ -177,6 +182,20 @@ class RunStore:
         if not isinstance(data, dict):
             raise ResultsError(f"{path} does not hold a JSON object", path)
         return data
+
+
+def with_earlier_meanings(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the identity columns added since cnfbench 0.1.0 filled where a row predates them
+    (:data:`cnfbench.cells.EARLIER_MEANING`: e.g. ``objective`` = ``mle``), so old and new rows compare."""
+    if frame.empty or "cell_id" not in frame:
+        return frame
+    frame = frame.copy()
+    for column, value in EARLIER_MEANING.items():
+        if column not in frame:
+            frame[column] = value
+        elif frame[column].isna().any():
+            frame[column] = frame[column].astype(object).where(frame[column].notna(), value)
+    return frame
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:

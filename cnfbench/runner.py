@@ -1,20 +1,27 @@
 """The runner: executes a run's cells one after another and keeps the run folder current.
 
 Before the first cell it writes ``run.json``; after every cell it writes the
-cell's model file (``models/<cell_id>.safetensors``, for a ``done`` cell) and
-then rewrites ``cells.parquet``/``cells.csv`` and ``curves.parquet``, each
+cell's model file (``models/<cell_id>.safetensors``, for a ``done`` cell that
+trained) and then rewrites ``cells.parquet``/``cells.csv`` and ``curves.parquet``, each
 atomically, so a row never names a model file that is not there. Cells
 already ``done`` in the folder (same cell id) are skipped, and their model
 files kept, so rerunning a command resumes it; failed cells are retried
 unless ``retry_failed`` is off.
 A failing cell becomes a row; it never stops the sweep. On Ctrl-C the cell in
 flight is recorded as ``interrupted`` and the run returns what it has.
+
+Cells with one model key (:func:`cnfbench.execute.model_key_of`: the same
+training, e.g. flow matching evaluated with several solvers) share one
+trained model: the first to finish trains it, every other loads its model
+file and takes its training columns, and its row names the trainer
+(``trained_in``) and that model file.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +30,11 @@ import pandas as pd
 
 from cnfbench.cells import Cell
 from cnfbench.columns import ordered
+from cnfbench.execute import model_key_of
 from cnfbench.executor import Executor
 from cnfbench.progress import Progress
 from cnfbench.registry import Registry
-from cnfbench.rows import interrupted_outcome
+from cnfbench.rows import TRAINING_COLUMNS, SharedModel, interrupted_outcome
 from cnfbench.run_folder import (
     CELLS_CSV,
     CELLS_PARQUET,
@@ -105,6 +113,46 @@ def _write_cells(store: RunStore, frame: pd.DataFrame, progress: Progress) -> No
         progress.message(f"warning: {warning}")
 
 
+def _plain(value: Any) -> Any:
+    """A pandas/numpy scalar as the Python value JSON can carry."""
+    return value.item() if hasattr(value, "item") else value
+
+
+@dataclass(frozen=True)
+class _ModelSource:
+    """A trained model a later cell of the same model key can load: its trainer, file and training columns."""
+
+    trainer_id: str
+    model_file: str
+    training: dict[str, Any]
+
+
+def _sources_in(frame: pd.DataFrame, run_dir: Path) -> dict[str, _ModelSource]:
+    """The models the rows already in the folder offer, by model key: cells done, trained here, file present."""
+    needed = {"model_key", "trained_in", "model_file", "status", "cell_id"}
+    if frame.empty or not needed <= set(frame.columns):
+        return {}
+    sources: dict[str, _ModelSource] = {}
+    for row in frame.to_dict("records"):
+        if row["status"] == "done" and row["trained_in"] == row["cell_id"] and isinstance(row["model_file"], str) \
+                and row["model_file"] and (run_dir / row["model_file"]).is_file():
+            training = {column: _plain(row.get(column)) for column in TRAINING_COLUMNS}
+            sources.setdefault(str(row["model_key"]), _ModelSource(str(row["cell_id"]), row["model_file"], training))
+    return sources
+
+
+def _shared_model(run_dir: Path, source: _ModelSource | None, progress: Progress) -> SharedModel | None:
+    """The bytes of ``source``'s model file for the worker; ``None`` (the cell trains) when unreadable."""
+    if source is None:
+        return None
+    try:
+        data = (run_dir / source.model_file).read_bytes()
+    except OSError as exc:
+        progress.message(f"warning: cannot read {source.model_file} ({exc.strerror or exc}); training anew")
+        return None
+    return SharedModel(source.trainer_id, data, source.training)
+
+
 def _keep_model(run_dir: Path, cell: Cell, model: bytes | None, progress: Progress) -> str:
     """Write a finished cell's model file; return what its row's ``model_file`` says (empty when none)."""
     if model is None:
@@ -134,8 +182,15 @@ def sweep(
     provenance: dict[str, Any],
     progress: Progress,
     retry_failed: bool = True,
+    rerun: bool = False,
+    record: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> RunResult:
-    """Run every cell not already done in ``run_dir`` and return all rows of the folder."""
+    """Run every cell not already done in ``run_dir`` and return all rows of the folder.
+
+    ``rerun`` runs every cell even when done (``cnfbench evaluate``); a rerun that fails then keeps the
+    row that was done. ``record`` builds ``run.json`` from the one in the folder (default: this run's
+    ``provenance`` and cells, with the earlier commands in ``history``).
+    """
     store = RunStore(run_dir)
     remove_stale_temporaries(run_dir)  # left by a writer killed mid-write: this run is now the folder's one writer
     existing = _read_existing_cells(store, progress)
@@ -145,16 +200,22 @@ def sweep(
     except ResultsError as exc:
         progress.message(f"warning: {exc}; writing a new one")
         previous = {}
-    history = list(previous.get("history", []))
-    if previous:
-        history.append({"created": previous.get("created"), "command": previous.get("command")})
-    store.write_run_json({**provenance, "cells": [cell.to_json() | {"cell_id": cell.cell_id} for cell in cells],
-                          "history": history})
+    if record is not None:
+        store.write_run_json(record(previous))
+    else:
+        history = list(previous.get("history", []))
+        if previous:
+            history.append({"created": previous.get("created"), "command": previous.get("command")})
+        store.write_run_json({**provenance, "history": history,
+                              "cells": [cell.to_json() | {"cell_id": cell.cell_id} for cell in cells]})
     finished: set[str] = set()
+    done_before: set[str] = set()
     if not existing.empty and "cell_id" in existing and "status" in existing:
         keep = {"done"} if retry_failed else set(existing["status"].dropna().unique()) - {"interrupted"}
         finished = set(existing.loc[existing["status"].isin(keep), "cell_id"])
-    todo = [cell for cell in cells if cell.cell_id not in finished]
+        done_before = set(existing.loc[existing["status"] == "done", "cell_id"])
+    todo = cells if rerun else [cell for cell in cells if cell.cell_id not in finished]
+    sources = _sources_in(existing, run_dir)
     skipped = len(cells) - len(todo)
     if skipped:
         progress.message(f"resuming {run_dir.name}: skipping {skipped} cell(s) already done, running {len(todo)}")
@@ -171,15 +232,29 @@ def sweep(
     for index, cell in enumerate(todo, start=1):
         progress.start_cell(index, cell)
         started = time.monotonic()
+        key = model_key_of(cell, registry)
+        source = sources.get(key)
+        shared = _shared_model(run_dir, source, progress) if source and (rerun or source.trainer_id != cell.cell_id) \
+            else None
         try:
-            outcome = executor.run_cell(cell, on_progress)
+            outcome = executor.run_cell(cell, on_progress, shared)
         except KeyboardInterrupt as exc:
             row = ordered({**interrupted_outcome(cell, exc, time.monotonic() - started).row, "model_file": ""})
             frame = _upsert(frame, row)
             _write_cells(store, frame, progress)
             progress.end_cell(row)
             return RunResult(run_dir, frame, ran, skipped, interrupted=True)
-        row = ordered({**outcome.row, "model_file": _keep_model(run_dir, cell, outcome.model, progress)})
+        model_file = source.model_file if shared is not None and source else \
+            _keep_model(run_dir, cell, outcome.model, progress)
+        row = ordered({**outcome.row, "model_file": model_file})
+        if rerun and row["status"] != "done" and cell.cell_id in done_before:
+            progress.message(f"warning: cell {cell.cell_id} ended {row['status']} ({row.get('reason', '')}); "
+                             "its earlier row is kept")
+            progress.end_cell(row)
+            continue
+        if row["status"] == "done" and model_file and shared is None:
+            sources[key] = _ModelSource(cell.cell_id, model_file,
+                                        {column: _plain(row.get(column)) for column in TRAINING_COLUMNS})
         frame = _upsert(frame, row)
         if outcome.curves:
             new_curves = pd.DataFrame(outcome.curves)

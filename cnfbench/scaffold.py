@@ -10,8 +10,8 @@
       tests/test_plugin.py      cnfbench's conformance kit on every component
 
 Component names are prefixed with the package name (``my_flows_mlp``,
-``my_flows_heun``, ``my_flows_exact``, ``my_flows_gaussian``) so that two
-scaffolded plugins never collide.
+``my_flows_heun``, ``my_flows_exact``, ``my_flows_gaussian``,
+``my_flows_cfm``) so that two scaffolded plugins never collide.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from string import Template
 
 from cnfbench.families import FAMILIES_BY_KEY
 
-FAMILY_ORDER = ("field", "solver", "trace", "dataset")
+FAMILY_ORDER = ("field", "solver", "trace", "dataset", "objective")
 """The families a template exists for, in the order they appear in ``plugin.py`` (every family of the families
 table needs one: a test checks it)."""
 
@@ -79,7 +79,7 @@ def parse_families(items: str | Iterable[str]) -> tuple[str, ...]:
 def component_names(name: str, families: Iterable[str]) -> dict[str, str]:
     """The registered name of the example component of each family."""
     package = package_name(name)
-    suffix = {"field": "mlp", "solver": "heun", "trace": "exact", "dataset": "gaussian"}
+    suffix = {"field": "mlp", "solver": "heun", "trace": "exact", "dataset": "gaussian", "objective": "cfm"}
     return {family: f"{package}_{suffix[family]}" for family in families}
 
 
@@ -242,6 +242,48 @@ class GaussianDataset(SampledDataset):
         return (-0.5 * white.pow(2).sum(dim=1) - log_det - math.log(2.0 * math.pi)).to(x.dtype)
 '''
 
+_OBJECTIVE = '''
+
+class FlowMatching(Objective):
+    """Conditional flow matching on straight paths: regress ``v(t, x_t)`` on ``x1 - x0``, without an ODE solve.
+
+    cnfbench builds it as ``Objective(**params)`` and calls ``loss(context, x)``
+    once per training minibatch ``x`` ``[B, D]``: the data, at t=1 (the base
+    ``N(0, I)`` is at t=0). It returns an ``ObjectiveLoss``: a differentiable
+    0-dim ``loss`` to minimise, in ``loss_unit``, and its named parts as plain
+    floats (``terms``, for the training curves). Draw every random number from
+    ``context.generator`` (seeded per cell, on the CPU: move the draws to
+    ``x``'s device) and evaluate the field through ``context.velocity(t, z)``
+    (``t`` 0-dim or one time per row), so runs are reproducible and the harness
+    counts the evaluations. An objective that needs the model's log-density
+    keeps ``uses_solver = True`` and ``uses_trace = True`` (the defaults) and
+    calls ``context.log_likelihood(x)``, which solves the CNF with the cell's
+    solver and trace; declaring both False, as here, lets cnfbench train once
+    per seed for all the solvers and traces of a grid.
+    """
+
+    name = "${objective_name}"
+    description = "conditional flow matching on straight paths, no ODE solve (example objective of ${dist})"
+    params = (Param("sigma", "float", 0.0, "std of the Gaussian around each straight path", minimum=0.0),)
+    uses_solver = False
+    uses_trace = False
+    loss_unit = "(data unit/time)²/sample"
+
+    def __init__(self, sigma: float = 0.0) -> None:
+        super().__init__(sigma=sigma)
+        self.sigma = sigma
+
+    def loss(self, context: TrainingContext, x: Tensor) -> ObjectiveLoss:
+        batch, dim = x.shape
+        generator = context.generator
+        x0 = torch.randn(batch, dim, generator=generator, dtype=x.dtype).to(x.device)
+        t = torch.rand(batch, generator=generator, dtype=x.dtype).to(x.device)
+        noise = torch.randn(batch, dim, generator=generator, dtype=x.dtype).to(x.device)
+        x_t = (1 - t[:, None]) * x0 + t[:, None] * x + self.sigma * noise
+        loss = (context.velocity(t, x_t) - (x - x0)).pow(2).sum(dim=1).mean()
+        return ObjectiveLoss(loss, {"flow_matching": loss.item()})
+'''
+
 _HOOKS = {
     "field": '''
 
@@ -271,15 +313,23 @@ def cnfbench_datasets() -> list[type[SampledDataset]]:
     """The datasets this plugin adds: ``cnfbench run --dataset "${dataset_name}[rho=0.9]"``."""
     return [GaussianDataset]
 ''',
+    "objective": '''
+
+@hookimpl
+def cnfbench_objectives() -> list[type[Objective]]:
+    """The training objectives this plugin adds: ``cnfbench run --objective "${objective_name}[sigma=0.01]"``."""
+    return [FlowMatching]
+''',
 }
 
-_BODIES = {"field": _FIELD, "solver": _SOLVER, "trace": _TRACE, "dataset": _DATASET}
+_BODIES = {"field": _FIELD, "solver": _SOLVER, "trace": _TRACE, "dataset": _DATASET, "objective": _OBJECTIVE}
 
 _CONTRACT_NAMES = {
     "field": ["VectorField"],
     "solver": ["Dynamics", "Solver"],
     "trace": ["FieldFunction", "TraceEstimator"],
     "dataset": ["SPLIT_PARAMS", "SampledDataset"],
+    "objective": ["Objective", "ObjectiveLoss", "TrainingContext"],
 }
 
 _PLUGIN_DOC = '''"""The cnfbench plugin of ${dist}. It adds:
@@ -447,8 +497,10 @@ plugins, and return the new classes from the matching hook.
 '''
 
 _RUN_OPTION = {family: FAMILIES_BY_KEY[family].option for family in FAMILY_ORDER}
-_FAMILY_WORD = {"field": "vector field", "solver": "ODE solver", "trace": "trace estimator", "dataset": "dataset"}
-_CLASS = {"field": "MLPField", "solver": "HeunSolver", "trace": "ExactTrace", "dataset": "GaussianDataset"}
+_FAMILY_WORD = {"field": "vector field", "solver": "ODE solver", "trace": "trace estimator", "dataset": "dataset",
+                "objective": "training objective"}
+_CLASS = {"field": "MLPField", "solver": "HeunSolver", "trace": "ExactTrace", "dataset": "GaussianDataset",
+          "objective": "FlowMatching"}
 
 
 def render_plugin(name: str, families: Iterable[str] = DEFAULT_FAMILIES) -> dict[str, str]:

@@ -71,7 +71,12 @@ def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
     frame = cells.copy()
     axes = [row.key for row in GRID_AXES]
     for row in GRID_AXES:
-        frame[f"_{row.key}"] = compact_labels(frame[row.spec_column].astype(str))
+        source = frame[row.spec_column] if row.spec_column in frame \
+            else frame.get(row.column, pd.Series(row.implicit or "—", index=frame.index))
+        frame[f"_{row.key}"] = compact_labels(source.astype(str))
+    if "trained_with" in frame and frame["trained_with"].fillna("").astype(str).ne("").any():
+        axes.append("trained with")  # cnfbench evaluate: models evaluated with a solver they were not trained with
+        frame["_trained with"] = compact_labels(frame["trained_with"].fillna("").astype(str).replace("", "—"))
     rows = []
     for key_values, group in frame.groupby([f"_{axis}" for axis in axes], sort=False, dropna=False):
         done = group[group["status"] == "done"]

@@ -1,12 +1,19 @@
-"""Maximum-likelihood training of one cell's CNF with Adam, measured per iteration.
+"""Training of one cell's CNF with Adam on its objective's loss, measured per iteration.
 
 Randomness comes only from generators derived from the cell's seed: the
-field's initialisation, the minibatch order and the trace estimator's noise.
-Each iteration records its loss, forward and backward NFE and wall-clock.
+field's initialisation, the minibatch order, the trace estimator's noise and
+the objective's own stream. Each iteration records its loss (in the
+objective's unit) and named loss terms, forward and backward NFE of the
+training solve (for an objective that solves), field evaluations (for one
+that does not) and wall-clock. The budget is a number of iterations or a
+wall-clock of training iterations; every ``val_every`` iterations the
+validation NLL is recorded, and ``select="best"`` keeps the parameters of
+the best one.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 from collections.abc import Callable, Iterator
@@ -15,13 +22,24 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from cnfbench.cells import Cell
-from cnfbench.contracts import Solver, TraceEstimator, VectorField, split_generator
-from cnfbench.dynamics import CNFDynamics, NFECounter, PhaseTracker, log_likelihood
+from cnfbench.cells import SELECT_BEST, Cell
+from cnfbench.contracts import (
+    Integrand,
+    Objective,
+    ObjectiveLoss,
+    Solver,
+    TraceEstimator,
+    VectorField,
+    split_generator,
+)
+from cnfbench.dynamics import CNFDynamics, ContractViolation, NFECounter, PhaseTracker, log_likelihood_and_integrals
 from cnfbench.measure import now
 
 IterationCallback = Callable[[int, float], None]
-"""Called after every iteration with ``(iterations done, loss in nats)``."""
+"""Called after every iteration with ``(iterations done, loss in the objective's unit)``."""
+
+Validator = Callable[[VectorField], float]
+"""Returns the validation NLL (nats/sample) of the field as it is now."""
 
 
 class Diverged(RuntimeError):
@@ -29,7 +47,7 @@ class Diverged(RuntimeError):
 
 
 def exploded_above(first_loss: float) -> float:
-    """The loss (nats/sample) beyond which training counts as diverged: far above where it started."""
+    """The loss beyond which training counts as diverged: far above where it started."""
     return max(1e3, 100.0 * abs(first_loss))
 
 
@@ -57,87 +75,203 @@ class TrainingRecord:
     """What training measured, kept even when training stops early."""
 
     losses: list[float] = field(default_factory=list)
+    terms: list[dict[str, float]] = field(default_factory=list)
     nfe_forward: list[int] = field(default_factory=list)
     nfe_backward: list[int] = field(default_factory=list)
+    field_evaluations: list[int] = field(default_factory=list)
     iteration_seconds: list[float] = field(default_factory=list)
+    validation: dict[int, tuple[float, float]] = field(default_factory=dict)  # iteration -> (val NLL, seconds)
+    selected_iteration: int = 0
     total_seconds: float = 0.0
+    loss_unit: str = "nats/sample"
 
     @property
     def iterations(self) -> int:
         return len(self.losses)
+
+    @property
+    def training_seconds(self) -> float:
+        """Wall-clock of the training iterations alone (validation passes excluded)."""
+        return math.fsum(self.iteration_seconds)
 
     def median_iteration_seconds(self) -> float:
         """Median per-iteration wall-clock, excluding the first (warm-up) iteration when there are others."""
         times = self.iteration_seconds[1:] if len(self.iteration_seconds) > 1 else self.iteration_seconds
         return statistics.median(times) if times else math.nan
 
+    def best_validation(self) -> tuple[int, float]:
+        """``(iteration, validation NLL)`` of the best validation pass; ``(0, nan)`` without one."""
+        finite = [(nll, it) for it, (nll, _) in self.validation.items() if math.isfinite(nll)]
+        if not finite:
+            return 0, math.nan
+        nll, iteration = min(finite)
+        return iteration, nll
+
     def curves(self) -> list[dict[str, float]]:
         elapsed = 0.0
         rows = []
+        nats = self.loss_unit == "nats/sample"
         for index, loss in enumerate(self.losses):
             elapsed += self.iteration_seconds[index]
+            iteration = index + 1
+            val_nll, val_seconds = self.validation.get(iteration, (math.nan, math.nan))
             rows.append({
-                "iteration": index + 1,
-                "loss_nats": loss,
+                "iteration": iteration,
+                "loss": loss,
+                "loss_nats": loss if nats else math.nan,
+                **{f"loss_{name}": value for name, value in self.terms[index].items()},
                 "nfe_forward": self.nfe_forward[index],
                 "nfe_backward": self.nfe_backward[index],
+                "field_evaluations": self.field_evaluations[index],
                 "iteration_s": self.iteration_seconds[index],
                 "elapsed_s": elapsed,
+                "val_nll": val_nll,
+                "val_time_s": val_seconds,
             })
         return rows
+
+
+class HarnessContext:
+    """The :class:`~cnfbench.contracts.TrainingContext` the harness gives an objective for a whole training run.
+
+    ``solve`` (``(dynamics, solver, trace noise)``) is ``None`` for an objective that declares it needs no
+    solver: its :meth:`log_likelihood` then raises a contract violation naming the objective.
+    """
+
+    def __init__(self, field_module: VectorField, dim: int, generator: torch.Generator,
+                 solve: tuple[CNFDynamics, Solver, torch.Generator] | None, objective_label: str) -> None:
+        self.field = field_module
+        self.dim = dim
+        self.generator = generator
+        self.evaluations = 0
+        self._solve = solve
+        self._objective_label = objective_label
+        self._checked = False
+
+    def velocity(self, t: Tensor, z: Tensor) -> Tensor:
+        if t.dim() == 0 or getattr(self.field, "per_row_time", False):
+            self.evaluations += 1
+            dz = self.field(t, z)
+        else:  # one call per distinct time: the field only takes a 0-dim t
+            dz = torch.empty_like(z)
+            times, groups = torch.unique(t, return_inverse=True)
+            for index, time in enumerate(times):
+                rows = (groups == index).nonzero(as_tuple=True)[0]
+                self.evaluations += 1
+                dz = dz.index_put((rows,), self.field(time, z.index_select(0, rows)))
+        if not self._checked:
+            if not isinstance(dz, Tensor) or dz.shape != z.shape or dz.dtype != z.dtype:
+                got = f"{tuple(dz.shape)} {dz.dtype}" if isinstance(dz, Tensor) else type(dz).__name__
+                raise ContractViolation(f"field returned dz/dt {got} for times of shape {tuple(t.shape)}; "
+                                        f"expected {tuple(z.shape)} {z.dtype}")
+            self._checked = True
+        return dz
+
+    def log_likelihood(self, x: Tensor, integrands: tuple[Integrand, ...] = ()) -> tuple[Tensor, tuple[Tensor, ...]]:
+        if self._solve is None:
+            raise ContractViolation(f"objective {self._objective_label} solved the CNF in training although it "
+                                    "declares uses_solver = False")
+        dynamics, solver, noise = self._solve
+        return log_likelihood_and_integrals(dynamics, solver, x, "forward", noise, tuple(integrands))
+
+
+def _checked_loss(result: object, objective_label: str) -> ObjectiveLoss:
+    if not isinstance(result, ObjectiveLoss) or not isinstance(result.loss, Tensor) or result.loss.dim() != 0:
+        raise ContractViolation(f"objective {objective_label} returned {type(result).__name__}; expected an "
+                                "ObjectiveLoss with a 0-dim loss tensor")
+    return result
 
 
 def train(
     cell: Cell,
     field_module: VectorField,
+    objective: Objective,
     solver: Solver,
     trace: TraceEstimator,
     train_data: Tensor,
     record: TrainingRecord,
     on_iteration: IterationCallback | None = None,
-    labels: tuple[str, str] | None = None,
+    labels: tuple[str, str, str] | None = None,
     tracker: PhaseTracker | None = None,
+    validate: Validator | None = None,
 ) -> None:
-    """Train ``field_module`` in place, filling ``record``; raise :class:`Diverged` on a non-finite loss.
+    """Train ``field_module`` in place on ``objective``, filling ``record``; raise :class:`Diverged` on a
+    non-finite loss.
 
-    ``labels`` name the field and trace in contract-violation messages; ``tracker`` is told when each
-    iteration's forward solve and backward pass begin (so :class:`Diverged` messages leave the iteration out).
+    ``labels`` name the field, trace and objective in contract-violation messages; ``tracker`` is told when
+    each iteration's forward pass, backward pass and validation begin. ``validate`` (with
+    ``cell.budget.val_every`` > 0) is called every that many iterations and after the last one.
     """
     tracker = tracker or PhaseTracker()
+    budget = cell.budget
     device = train_data.device
-    counter = NFECounter(max_per_solve=cell.budget.max_nfe)
-    field_label, trace_label = labels or (repr(cell.field.name), repr(cell.trace.name))
-    dynamics = CNFDynamics(field_module, trace, counter, differentiable=True,
-                           field_label=field_label, trace_label=trace_label)
-    optimizer = torch.optim.Adam(field_module.parameters(), lr=cell.budget.lr)
-    batches = minibatches(train_data, cell.budget.batch_size, split_generator(cell.seed, "train/batches"))
-    noise = split_generator(cell.seed, "trace/train")
+    counter = NFECounter(max_per_solve=budget.max_nfe)
+    field_label, trace_label, objective_label = labels or (repr(cell.field.name), repr(cell.trace.name),
+                                                           repr(cell.objective.name))
+    solve = None
+    if objective.uses_solver:
+        dynamics = CNFDynamics(field_module, trace, counter, differentiable=True,
+                               field_label=field_label, trace_label=trace_label)
+        solve = (dynamics, solver, split_generator(cell.seed, "trace/train"))
+    context = HarnessContext(field_module, train_data.shape[1], split_generator(cell.seed, "objective"), solve,
+                             objective_label)
+    optimizer = torch.optim.Adam(field_module.parameters(), lr=budget.lr)
+    batches = minibatches(train_data, budget.batch_size, split_generator(cell.seed, "train/batches"))
+    record.loss_unit = objective.loss_unit
+    best: tuple[float, dict[str, Tensor]] | None = None
+
+    def validation_pass(iteration: int) -> None:
+        nonlocal best
+        assert validate is not None
+        tracker.enter("validate", iteration)
+        began = now(device)
+        nll = validate(field_module)
+        record.validation[iteration] = (nll, now(device) - began)
+        field_module.train()
+        if budget.select == SELECT_BEST and math.isfinite(nll) and (best is None or nll < best[0]):
+            best = (nll, copy.deepcopy(field_module.state_dict()))
+
     field_module.train()
     start = now(device)
     try:
-        for iteration in range(1, cell.budget.iterations + 1):
+        for iteration in range(1, budget.iterations + 1):
             tracker.enter("train_forward", iteration)
             began = now(device)
             x = next(batches)
             optimizer.zero_grad(set_to_none=True)
-            loss = -log_likelihood(dynamics, solver, x, "forward", noise).mean()
+            counter.start("forward")
+            evaluations_before = context.evaluations
+            result = _checked_loss(objective.loss(context, x), objective_label)
             forward_nfe = counter.current
-            loss_value = loss.item()
+            loss_value = result.loss.item()
             if not math.isfinite(loss_value):
                 raise Diverged(f"non-finite training loss ({loss_value})")
             if record.losses and loss_value > exploded_above(record.losses[0]):
-                raise Diverged(f"training loss exploded to {loss_value:.4g} nats (first loss {record.losses[0]:.4g})")
+                raise Diverged(f"training loss exploded to {loss_value:.4g} {record.loss_unit} "
+                               f"(first loss {record.losses[0]:.4g})")
             tracker.enter("train_backward", iteration)
             counter.start("backward")
-            loss.backward()
+            result.loss.backward()
             backward_nfe = counter.current
             optimizer.step()
             ended = now(device)
             record.losses.append(loss_value)
+            record.terms.append({name: float(value) for name, value in result.terms.items()})
             record.nfe_forward.append(forward_nfe)
             record.nfe_backward.append(backward_nfe)
+            record.field_evaluations.append(context.evaluations - evaluations_before)
             record.iteration_seconds.append(ended - began)
             if on_iteration is not None:
-                on_iteration(iteration, record.losses[-1])
+                on_iteration(iteration, loss_value)
+            out_of_time = budget.seconds is not None and record.training_seconds >= budget.seconds
+            last = out_of_time or iteration == budget.iterations
+            if validate is not None and budget.val_every and (iteration % budget.val_every == 0 or last):
+                validation_pass(iteration)
+            if out_of_time:
+                break
     finally:
         record.total_seconds = now(device) - start
+    record.selected_iteration = record.iterations
+    if best is not None:
+        field_module.load_state_dict(best[1])
+        record.selected_iteration = record.best_validation()[0]

@@ -2,7 +2,7 @@
 
 A normalized density integrates to 1 and its expected NLL cannot fall below
 the data's entropy. For 2D data the harness integrates ``exp(log p)`` over a
-grid covering the test data (``mass`` with the training solver, ``mass_ref``
+grid covering the test data (``mass`` with the cell's solver, ``mass_ref``
 with the reference solve); a row is flagged when its ``nll`` is below the
 true entropy on the same test samples (by more than two paired standard
 errors) or when its ``mass`` is off 1 by more than :data:`MASS_TOLERANCE`.
@@ -79,10 +79,10 @@ def validity(row: dict[str, Any]) -> tuple[bool, str]:
     if mass is not None and not (isinstance(mass, float) and math.isnan(mass)):
         if grid_resolves(mass_ref):
             if not _finite(mass) or abs(mass - 1.0) > MASS_TOLERANCE:
-                problems.append(f"the training solver's density integrates to {mass:.3f}, not 1 (tolerance "
+                problems.append(f"the solver's density integrates to {mass:.3f}, not 1 (tolerance "
                                 f"{MASS_TOLERANCE})")
         elif not _finite(mass) or abs(mass / mass_ref - 1.0) > MASS_TOLERANCE:
-            problems.append(f"the training solver's density integrates to {mass:.3f} on a grid where the reference "
+            problems.append(f"the solver's density integrates to {mass:.3f} on a grid where the reference "
                             f"solve's integrates to {mass_ref:.3f} (ratio {mass / mass_ref:.3f}, not 1, tolerance "
                             f"{MASS_TOLERANCE}; the grid is too coarse to resolve 1)")
     return (not problems), "; ".join(problems)

@@ -2,6 +2,7 @@
 
 ``concatsquash`` follows FFJORD's ConcatSquashLinear: every layer computes
 ``(W x + b) * sigmoid(a t + c) + d t``. ``mlp`` feeds ``[z, t]`` to every layer.
+Both take one time per row (``per_row_time``), as flow-matching objectives use.
 
 Both also implement the optional ``forward_with_divergence(t, z)`` protocol of
 the ``exact`` trace estimator (see ``plugins/traces.py``): one pass returns
@@ -106,8 +107,8 @@ class ConcatSquashLinear(nn.Module):
         self.hyper_bias = nn.Linear(1, dim_out, bias=False)
 
     def gate_and_shift(self, t: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """``sigmoid(a t + c)`` and ``d t``, each ``[1, out]``."""
-        t_column = t.reshape(1, 1).to(dtype)
+        """``sigmoid(a t + c)`` and ``d t``, each ``[1, out]`` (``[B, out]`` for one time per row)."""
+        t_column = t.reshape(-1, 1).to(dtype)
         return torch.sigmoid(self.hyper_gate(t_column)), self.hyper_bias(t_column)
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
@@ -124,6 +125,7 @@ class LayeredMLP(VectorField):
     """
 
     params = FIELD_PARAMS
+    per_row_time = True
     layers: nn.ModuleList
 
     def __init__(self, dim: int, hidden: tuple[int, ...] = (64, 64, 64), activation: str = "tanh") -> None:
@@ -154,8 +156,8 @@ class LayeredMLP(VectorField):
 
     def forward_with_divergence(self, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor] | None:
         """``(forward(t, z), exact divergence [B])`` in one pass; ``None`` when this class cannot vouch for it."""
-        if type(self).forward is not LayeredMLP.forward:
-            return None
+        if type(self).forward is not LayeredMLP.forward or t.numel() != 1:
+            return None  # a subclass's own forward, or one time per row (the layer Jacobians differ by row)
         h, weights, slopes = z, [], []
         last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
@@ -193,7 +195,7 @@ class TimeConcatMLP(LayeredMLP):
         return nn.Linear(dim_in + 1, dim_out)
 
     def layer_pre(self, layer: nn.Module, t: Tensor, h: Tensor) -> Tensor:
-        return layer(torch.cat([h, t.reshape(1, 1).to(h.dtype).expand(h.shape[0], 1)], dim=1))
+        return layer(torch.cat([h, t.reshape(-1, 1).to(h.dtype).expand(h.shape[0], 1)], dim=1))
 
     def layer_pre_and_weight(self, layer: nn.Module, t: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         return self.layer_pre(layer, t, h), layer.weight[:, :-1]  # the time column does not depend on z

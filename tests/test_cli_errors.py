@@ -90,7 +90,8 @@ def test_random_solver_selectors_never_crash(cli, text: str) -> None:
 def _cell() -> Cell:
     spec = ResolvedComponent("x", ())
     axes = {"dataset": ResolvedComponent("8gaussians", ()), "field": ResolvedComponent("concatsquash", ()),
-            "solver": ResolvedComponent("dopri5", ()), "trace": ResolvedComponent("exact", ())}
+            "objective": ResolvedComponent("mle", ()), "solver": ResolvedComponent("dopri5", ()),
+            "trace": ResolvedComponent("exact", ())}
     return Cell(axes, 0, Budget(1, 1, 1e-3), EvalProtocol({"eval_trace": spec, "ref_solver": spec}, "float64", 1),
                 "cpu")
 

@@ -74,7 +74,7 @@ def test_run_writes_every_result_file(cli, tmp_path: Path) -> None:
     assert "git_commit" in provenance and provenance["command"]
     assert len(provenance["cells"]) == 2
 
-    assert "test NLL, train solver [nats]" in result.output
+    assert "test NLL, solver [nats]" in result.output
     assert "test NLL, ref solve [nats]" in result.output
     assert "median iter [ms]" in result.output
 

@@ -39,7 +39,12 @@ def test_cells_rows_and_config_follow_the_table() -> None:
     registry = load_registry()
     (cell,) = resolve_cells(RunConfig(iterations=1), registry)
     data = cell.to_json()
-    assert [key for key in data if key in AXIS_KEYS] == list(AXIS_KEYS)
+    implicit = [row.key for row in GRID_AXES if row.implicit and cell.axes[row.key].label() == row.implicit]
+    assert implicit == ["objective"]  # the default mle is left out, so ids of 0.1.0 cells stay the same
+    assert [key for key in data if key in AXIS_KEYS] == [key for key in AXIS_KEYS if key not in implicit]
+    (flow,) = resolve_cells(RunConfig(iterations=1, objective=("cfm",)), registry)
+    assert [key for key in flow.to_json() if key in AXIS_KEYS] == list(AXIS_KEYS)
+    assert Cell.from_json(json.loads(json.dumps(flow.to_json()))) == flow and flow.cell_id != cell.cell_id
     assert set(data["evaluation"]) >= {slot.json_key for slot in EVAL_SLOTS}
     assert Cell.from_json(json.loads(json.dumps(data))) == cell
     row = identity_columns(cell)
@@ -63,7 +68,7 @@ def test_the_run_options_and_the_plugin_listing_come_from_the_table() -> None:
 
 @pytest.mark.parametrize("command", [["--help"], ["run", "--help"], ["report", "--help"], ["compare", "--help"],
                                      ["merge", "--help"], ["plugins", "--help"], ["new-plugin", "--help"],
-                                     ["sample", "--help"]])
+                                     ["sample", "--help"], ["evaluate", "--help"]])
 def test_help_imports_no_torch_pandas_or_matplotlib(command: list[str]) -> None:
     code = ("import sys\nfrom cnfbench.cli import main\n"
             f"try:\n    main({command!r})\nexcept SystemExit:\n    pass\n"

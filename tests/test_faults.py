@@ -212,12 +212,12 @@ def test_every_failure_names_its_phase_and_components(cli, tmp_path: Path, fault
 
     nan = rows[("nan_after", "euler")]  # evaluations 1-2 in iteration 1, 3-4 in iteration 2, 6 in iteration 3
     assert nan.status == "diverged" and nan.iterations_done == 2
-    _assert_names(nan.reason, "diverged", "in the training forward solve at iteration 3: non-finite training loss",
+    _assert_names(nan.reason, "diverged", "in the training forward pass at iteration 3: non-finite training loss",
                   "solver 'euler'", "field 'nan_after'", "trace 'exact'")
 
     raiser = rows[("raiser", "euler")]
     assert raiser.status == "error"
-    _assert_names(raiser.reason, "error", "in the training forward solve at iteration 2: ValueError",
+    _assert_names(raiser.reason, "error", "in the training forward pass at iteration 2: ValueError",
                   "solver 'euler'", "field 'raiser'", "trace 'exact'")
     assert "raiser field gave up" in raiser.reason
 
@@ -225,7 +225,7 @@ def test_every_failure_names_its_phase_and_components(cli, tmp_path: Path, fault
     for field in ("concatsquash", "nan_after"):
         hog = rows[(field, "nfe_hog")]
         assert hog.status == "budget", (field, hog.reason)
-        _assert_names(hog.reason, "over budget", "in the training forward solve at iteration 1:",
+        _assert_names(hog.reason, "over budget", "in the training forward pass at iteration 1:",
                       "solver 'nfe_hog'", f"field '{field}'", "trace 'exact'")
         assert "NFE budget of 200" in hog.reason
 
@@ -233,7 +233,7 @@ def test_every_failure_names_its_phase_and_components(cli, tmp_path: Path, fault
         died = rows[("suicide", solver)]
         assert died.status == "error"
         _assert_names(died.reason, "the worker process died: killed by signal 9 (SIGKILL)",
-                      "in the training forward solve at iteration 1", f"solver '{solver}'", "field 'suicide'",
+                      "in the training forward pass at iteration 1", f"solver '{solver}'", "field 'suicide'",
                       "trace 'exact'")
         assert died.iterations_done == 0
 
@@ -251,7 +251,7 @@ def test_timeouts_name_the_phase_the_worker_was_in(cli, tmp_path: Path, faults_p
     lead = "timeout after"
     forward, backward = rows["euler"], rows["bomb"]
     _assert_names(forward.reason, lead, "", "solver 'euler'", "field 'sleeper'", "trace 'exact'")
-    assert "s (--timeout 10 s) in the training forward solve at iteration 2 — " in forward.reason
+    assert "s (--timeout 10 s) in the training forward pass at iteration 2 — " in forward.reason
     assert forward.iterations_done == 1
     _assert_names(backward.reason, lead, "", "solver 'bomb'", "field 'sleeper'", "trace 'exact'")
     assert "s (--timeout 10 s) in the training backward pass at iteration 1 — " in backward.reason
@@ -335,7 +335,7 @@ def test_ctrl_c_in_a_worker_cell_names_the_phase(faults_plugin: Path) -> None:
         executor.close()
     row = caught.value.outcome.row
     assert row["status"] == "interrupted" and row["iterations_done"] == 1
-    _assert_names(row["reason"], INTERRUPTED, "in the training forward solve at iteration 2", "solver 'euler'",
+    _assert_names(row["reason"], INTERRUPTED, "in the training forward pass at iteration 2", "solver 'euler'",
                   "field 'sleeper'", "trace 'exact'")
     assert math.isfinite(row["cell_time_s"])
 

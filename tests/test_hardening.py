@@ -349,7 +349,7 @@ def test_duplicate_grid_items_are_reported_and_kept_once(cli) -> None:
 def test_the_mass_flag_uses_the_reference_mass_when_the_grid_cannot_resolve_one() -> None:
     base = {"nll": 3.0, "entropy": 2.8, "nll_minus_entropy_stderr": 0.01, "mass_grid": 4}
     assert validity({**base, "mass": 1.135, "mass_ref": 1.0}) == (
-        False, f"the training solver's density integrates to 1.135, not 1 (tolerance {MASS_TOLERANCE})")
+        False, f"the solver's density integrates to 1.135, not 1 (tolerance {MASS_TOLERANCE})")
     assert validity({**base, "mass": 0.83, "mass_ref": 0.82})[0]  # a quadrature error, not the solver's
     valid, reason = validity({**base, "mass": 1.0, "mass_ref": 0.82})
     assert not valid and "reference solve's integrates to 0.820" in reason and "too coarse" in reason

@@ -223,7 +223,7 @@ def test_components_breaking_their_contract_fail_their_cell_naming_the_plugin(cl
     cells = read_cells(tmp_path, "breakers")
     for row in cells[cells["field"] == "wrong_shape"].itertuples():
         assert row.status == "error"
-        assert row.reason.startswith("error in the training forward solve at iteration 1: "
+        assert row.reason.startswith("error in the training forward pass at iteration 1: "
                                      "contract violation: field 'wrong_shape' (plugin '")
         assert "breakers.py" in row.reason and "(64, 3)" in row.reason
     undeclared = cells[cells["field"] == "undeclared"].iloc[0]
@@ -270,7 +270,8 @@ def test_every_hook_is_documented_and_exercised_by_a_test() -> None:
         assert f"`{name}`" in readme, f"hook {name} is not documented in README.md"
         assert (getattr(hookspecs, name).__doc__ or "").strip(), f"hook {name} has no docstring"
         assert f"def {name}(" in tests, f"no test implements hook {name}"
-    assert set(HOOK_NAMES) == {"cnfbench_datasets", "cnfbench_fields", "cnfbench_solvers", "cnfbench_traces",
+    assert set(HOOK_NAMES) == {"cnfbench_datasets", "cnfbench_fields", "cnfbench_objectives", "cnfbench_solvers",
+                               "cnfbench_traces",
                                "cnfbench_cell_metrics", "cnfbench_cell_finished", "cnfbench_columns"}
 
 

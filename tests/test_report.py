@@ -334,7 +334,7 @@ def test_cli_report_markdown_to_stdout(tmp_path):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--metric", "nll_rf"], "Error: unknown metric 'nll_rf'; valid metrics: nll, nll_ref, mass"),
-    (["--rows", "solvr"], "Error: unknown column 'solvr'; valid columns: dataset, field, solver"),
+    (["--rows", "solvr"], "Error: unknown column 'solvr'; valid columns: dataset, field, objective, solver"),
 ])
 def test_cli_report_bad_names_exit_2_with_one_line(tmp_path, args, message):
     run_dir = write_run(tmp_path / "r", small_table())

@@ -20,7 +20,7 @@ from click.testing import CliRunner, Result
 
 from cnfbench.cli import main
 from cnfbench.scaffold import FAMILY_ORDER, ScaffoldError, component_names, package_name, render_plugin
-from cnfbench.testing import check_plugin, plugin_components
+from cnfbench.testing import check_objective, check_plugin, plugin_components
 
 try:
     import tomllib
@@ -56,8 +56,8 @@ def import_plugin(monkeypatch: pytest.MonkeyPatch) -> Iterator:
         del sys.modules[name]
 
 
-def test_all_four_families_pass_the_conformance_kit(tmp_path: Path, import_plugin) -> None:
-    result = new_plugin("kit-probe-all", "--family", "field,trace,solver,dataset", "--dir", str(tmp_path))
+def test_every_family_passes_the_conformance_kit(tmp_path: Path, import_plugin) -> None:
+    result = new_plugin("kit-probe-all", "--family", "field,trace,objective,solver,dataset", "--dir", str(tmp_path))
     assert result.exit_code == 0, result.output
     folder = tmp_path / "kit-probe-all"
     assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == [
@@ -66,8 +66,8 @@ def test_all_four_families_pass_the_conformance_kit(tmp_path: Path, import_plugi
     ]
     plugin = import_plugin(folder)
     assert check_plugin(plugin) == [
-        "dataset 'kit_probe_all_gaussian'", "field 'kit_probe_all_mlp'", "solver 'kit_probe_all_heun'",
-        "trace 'kit_probe_all_exact'",
+        "dataset 'kit_probe_all_gaussian'", "field 'kit_probe_all_mlp'", "objective 'kit_probe_all_cfm'",
+        "solver 'kit_probe_all_heun'", "trace 'kit_probe_all_exact'",
     ]
     for name in component_names("kit-probe-all", FAMILY_ORDER).values():
         assert name in result.output  # the next-steps hint names the components
@@ -82,7 +82,8 @@ def test_default_is_one_field(tmp_path: Path, import_plugin) -> None:
     assert "cnfbench run --field kit_probe_default_mlp" in result.output
 
 
-@pytest.mark.parametrize("families", ["solver", "trace", "dataset", "field,trace", "all"])
+@pytest.mark.parametrize("families", ["solver", "trace", "dataset", "objective", "field,trace", "field,objective",
+                                      "all"])
 def test_every_family_combination_is_valid_python(families: str) -> None:
     files = render_plugin("combo", families.split(","))
     for path, text in files.items():
@@ -92,8 +93,34 @@ def test_every_family_combination_is_valid_python(families: str) -> None:
     wanted = FAMILY_ORDER if families == "all" else families.split(",")
     for family in FAMILY_ORDER:
         hook = {"field": "cnfbench_fields", "solver": "cnfbench_solvers", "trace": "cnfbench_traces",
-                "dataset": "cnfbench_datasets"}[family]
+                "dataset": "cnfbench_datasets", "objective": "cnfbench_objectives"}[family]
         assert (f"def {hook}()" in plugin_source) == (family in wanted)
+
+
+def test_the_objective_plugin_passes_its_own_tests_and_trains_a_cell(tmp_path: Path, import_plugin, cli) -> None:
+    result = new_plugin("kit-probe-objective", "--family", "objective", "--dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "cnfbench run --objective kit_probe_objective_cfm" in result.output
+    folder = tmp_path / "kit-probe-objective"
+    plugin = import_plugin(folder)
+    assert [(family, cls.name) for family, cls in plugin_components(plugin)] == [
+        ("objective", "kit_probe_objective_cfm")]
+    check_objective(plugin.FlowMatching, {"sigma": 0.1})
+
+    # Its generated test file passes as written (the entry-point test is skipped: the package is not installed).
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "tests"],
+                           cwd=folder, capture_output=True, text=True, timeout=300, env=CHILD_ENV)
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    assert "1 passed, 1 skipped" in tests.stdout, tests.stdout
+
+    # cnfbench trains with it: a cell per solver, both done.
+    run = cli("run", "--plugin", str(folder / "src" / "kit_probe_objective" / "plugin.py"), "--objective",
+              "kit_probe_objective_cfm[sigma=0.01]", "--solver", "euler[steps=2],rk4[steps=1]", "--name", "fm",
+              "--isolation", "inline")
+    assert run.exit_code == 0, run.output
+    cells = pd.read_parquet(tmp_path / "results" / "fm" / "cells.parquet")
+    assert list(cells["objective"]) == ["kit_probe_objective_cfm"] * 2, cells
+    assert list(cells["status"]) == ["done", "done"], cells[["solver", "status"]]
 
 
 def test_pyproject_readme_and_tests_point_at_the_plugin(tmp_path: Path) -> None:

@@ -73,9 +73,9 @@ def test_summary_aggregates_seeds_and_keeps_units() -> None:
     assert list(table["solver"]) == ["euler[steps=10]", "euler[steps=20]", "dopri5"]
     first = table.iloc[0]
     assert first["n"] == 2
-    assert first["test NLL, train solver [nats]"] == "3.000 ± 1.414"
+    assert first["test NLL, solver [nats]"] == "3.000 ± 1.414"
     assert first["valid"] == "NO (!)"
-    assert table.iloc[1]["test NLL, train solver [nats]"] == "3.000"
+    assert table.iloc[1]["test NLL, solver [nats]"] == "3.000"
     assert table.iloc[2]["status"] == "1 diverged" and table.iloc[2]["n"] == 0
     assert table.iloc[2]["reason"] == "step size underflow"
     assert all("[" in column for column in table.columns if column.startswith("test NLL"))

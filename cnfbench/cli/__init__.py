@@ -85,8 +85,8 @@ def main() -> None:
     """Benchmark continuous normalizing flows: fields x solvers x trace estimators x datasets."""
 
 
-COMMAND_MODULES = ("cnfbench.cli.run", "cnfbench.cli.plugins", "cnfbench.cli.reports", "cnfbench.cli.sample",
-                   "cnfbench.cli.scaffold")
+COMMAND_MODULES = ("cnfbench.cli.run", "cnfbench.cli.evaluate", "cnfbench.cli.plugins", "cnfbench.cli.reports",
+                   "cnfbench.cli.sample", "cnfbench.cli.scaffold")
 """Each registers its commands on :data:`main` when imported."""
 
 for _module in COMMAND_MODULES:

@@ -53,6 +53,18 @@ def _component_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--max-nfe", type=int,
               help=f"dynamics evaluations allowed per solve before a cell fails "
                    f"[default: none; valid: {_valid('max_nfe')}]")
+@click.option("--time-budget", type=float,
+              help=f"train each cell for this many seconds of training iterations instead (--iterations caps "
+                   f"them; the row records how many ran) [valid: {_valid('time_budget')}]")
+@click.option("--val-every", type=int,
+              help=f"record the validation NLL every K iterations in curves.parquet [default: 0 = never; "
+                   f"valid: {_valid('val_every')}]")
+@click.option("--select", type=click.Choice(["last", "best"]),
+              help="keep the last parameters or those of the best validation NLL (needs --val-every) "
+                   "[default: last]")
+@click.option("--val-solver",
+              help="solver of the validation NLL of an objective that trains without solving (flow matching); "
+                   "others validate with their training solver [default: 'rk4[steps=16]']")
 @click.option("--ref-dtype", type=click.Choice(["float64", "float32"]), help="dtype of the reference solve")
 @click.option("--eval-batch-size", type=int,
               help=f"test samples per evaluation solve [default: 4096; valid: {_valid('eval_batch_size')}]")
@@ -75,7 +87,11 @@ def _component_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--dry-run", is_flag=True, help="print the cells that would run; train nothing, write nothing")
 @click.option("--quiet", is_flag=True, help="no progress output")
 def run(config_file: Path | None, dry_run: bool, quiet: bool, plugins: tuple[str, ...], **options: Any) -> int:
-    """Train and evaluate every cell of the grid datasets x fields x solvers x traces x seeds."""
+    """Train and evaluate every cell of the grid datasets x fields x objectives x solvers x traces x seeds.
+
+    An objective that trains without solving (cfm, otcfm) trains one model per seed, shared by the cells
+    that differ only in solver and trace: those then say how the model is evaluated and sampled.
+    """
     from cnfbench.config import resolve_grid
     from cnfbench.executor import Executor, InlineExecutor, ProcessExecutor
     from cnfbench.output_paths import OutputPathError, check_output_dir

@@ -2,7 +2,7 @@
 
 The base draws ``z0 ~ N(0, I)`` come from the seeded stream the run's own
 density samples use (``model/samples`` of the seed), and are pushed from t=0
-to t=1 by the cell's training solver or ``--solver``, with the cell's
+to t=1 by the cell's solver or ``--solver``, with the cell's
 evaluation trace, exactly as :func:`cnfbench.evaluation.sample_model` does in
 a run; the harness counts the solve's dynamics evaluations (NFE). torch,
 numpy and pandas are imported inside the command, so ``--help`` starts at once.
@@ -39,7 +39,7 @@ def _check_number(option: str, value: int | None, bounds: Range) -> None:
                                         "run's only model]")
 @click.option("-n", "--samples", "n", type=int, required=True,
               help=f"number of samples [valid: {SAMPLES.bounds()[0]} to {SAMPLES.bounds()[1]}]")
-@click.option("--solver", help="solver to integrate with, e.g. 'euler[steps=8]' [default: the cell's training solver]")
+@click.option("--solver", help="solver to integrate with, e.g. 'euler[steps=8]' [default: the cell's solver]")
 @click.option("--seed", type=int, help=f"seed of the base draws z0 ~ N(0, I) [default: the cell's seed; valid: "
                                        f"{RANGES['first_seed'].bounds()[0]} to {RANGES['first_seed'].bounds()[1]}]")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")

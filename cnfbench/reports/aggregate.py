@@ -90,7 +90,7 @@ def aggregate(cells: pd.DataFrame, by: Sequence[str], metrics: Sequence[str], st
 
     Columns: the ``by`` axes; ``cells`` (rows in the group), ``done`` (rows with status done),
     ``failed`` (e.g. ``"1 diverged"``, empty when none), ``flagged`` (done rows with ``valid``
-    false: the training solver's density is not normalized); then per metric ``M``, over the done rows
+    false: the solver's density is not normalized); then per metric ``M``, over the done rows
     with a finite value, in the column's own unit: ``M_mean``, ``M_std`` (sample standard
     deviation, ``nan`` for one value) and ``M_n`` with ``stat="mean"``, or ``M_median``, ``M_q1``,
     ``M_q3`` (quartiles, linear interpolation) and ``M_n`` with ``stat="median"``. Groups keep the

@@ -137,7 +137,7 @@ def pivot(cells: pd.DataFrame, rows: Sequence[str] = (), cols: Sequence[str] = (
     _mark_best(result)
     result.notes.extend(failure_notes(cells, rows + cols))
     if any(e.flagged for e in entries.values()):
-        result.notes.append("(!) = a cell of this entry is flagged: its training solver's density is not normalized "
+        result.notes.append("(!) = a cell of this entry is flagged: its solver's density is not normalized "
                             "(nll below the true entropy or mass off 1), so it is never marked best:")
         result.notes.extend(dict.fromkeys(flag_notes(cells)))
     result.notes.extend(grid_notes(cells))

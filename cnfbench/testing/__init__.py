@@ -25,6 +25,12 @@ Plain functions, usable from any test runner or script::
   estimators equal the Jacobian's trace to 1e-6; stochastic ones are
   unbiased within a few standard errors over many probes, reuse one probe per
   solve, and draw it from the generator given to ``begin_solve``.
+* :func:`check_objective` — metadata (``uses_solver``/``uses_trace`` bools,
+  a ``loss_unit``), ``loss(context, x)`` an ``ObjectiveLoss`` with a finite
+  0-dim loss and plain-float terms, differentiable in the field's
+  parameters, seeded (same generator seed, same loss bit for bit; no global
+  RNG), no ``context.log_likelihood`` when ``uses_solver`` is false, every
+  field evaluation counted by the context, and float64 in, float64 out.
 * :func:`check_dataset` — seeded splits (same seed same, other seed
   different), disjoint splits, float32 ``[N, dim]``, no global RNG use, and a
   finite ``[N]`` ``log_prob`` on samples when ``has_density``.
@@ -47,8 +53,8 @@ components against (a seeded MLP field, a linear field, the exact trace by a
 loop and by the full Jacobian, RK4, linear and time-dependent ODEs with their
 closed forms), public for tests to reuse.
 
-The kit is one module per family (``field``, ``solver``, ``trace``,
-``dataset``) plus ``plugin`` (dispatch and whole plugins). Importing it is
+The kit is one module per family (``field``, ``objective``, ``solver``,
+``trace``, ``dataset``) plus ``plugin`` (dispatch and whole plugins). Importing it is
 cheap: torch is imported only when a check runs (or ``reference`` is
 imported). The checks run torch single-threaded (restoring the thread
 count), since their tensors are tiny.
@@ -61,6 +67,7 @@ import sys
 from cnfbench.testing._checker import ConformanceError
 from cnfbench.testing.dataset import DATASET_CHECK_SIZES, check_dataset
 from cnfbench.testing.field import FUSED_DIV_TOLERANCE, FUSED_DZ_TOLERANCE, FUSED_GRADIENT_TOLERANCE, check_field
+from cnfbench.testing.objective import OBJECTIVE_SOLVER_STEPS, check_objective
 from cnfbench.testing.plugin import CHECKS, check_component, check_plugin, conformance_tests, plugin_components
 from cnfbench.testing.solver import (
     ADAPTIVE_MAX_ERROR,
@@ -90,6 +97,7 @@ __all__ = [
     "FUSED_DZ_TOLERANCE",
     "FUSED_GRADIENT_TOLERANCE",
     "LINEAR_ODE_MATRIX",
+    "OBJECTIVE_SOLVER_STEPS",
     "ORDER_EXCESS",
     "ORDER_NOISE_FLOOR",
     "ORDER_SLACK",
@@ -103,6 +111,7 @@ __all__ = [
     "check_component",
     "check_dataset",
     "check_field",
+    "check_objective",
     "check_plugin",
     "check_solver",
     "check_trace",

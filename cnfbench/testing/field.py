@@ -45,6 +45,8 @@ def check_field(cls: type, params: Mapping[str, Any] | None = None, *, dims: Seq
     output and the Jacobian's trace (to 1e-6 in float64), both
     differentiable as autograd would differentiate them; declining (``None``)
     is allowed.
+    A field that declares ``per_row_time`` must give, for ``t`` of shape
+    ``[B]``, row ``i`` equal to ``forward(t[i], z[i:i+1])``.
     ``time_dependent=False`` skips the check that the output changes with
     ``t`` (for a deliberately autonomous field).
     """
@@ -123,6 +125,15 @@ def check_field(cls: type, params: Mapping[str, Any] | None = None, *, dims: Seq
         check.require(torch.allclose(out64.float(), out, rtol=0, atol=1e-4 * scale),
                       "in float64 the output differs from float32 by more than rounding "
                       f"({(out64.float() - out).abs().max().item():.3g})")
+        if getattr(cls, "per_row_time", False):
+            times = torch.linspace(0.0, 1.0, batch, device=device)
+            rows = call(field, times, z, f"{where} and one time per row (per_row_time), t {tuple(times.shape)}")
+            for row in (0, batch // 2, batch - 1):
+                alone = call(field, times[row], z[row : row + 1],
+                             f"with z[{row}:{row + 1}] at t={times[row].item():.3g}")
+                check.require(torch.allclose(rows[row : row + 1], alone, rtol=0, atol=1e-5 * scale),
+                              f"declares per_row_time, but row {row} of forward(t [B], z) differs from "
+                              f"forward(t[{row}], z[{row}:{row + 1}]) (each row must use its own time)")
         if isinstance(field, FusedDivergence):
             _check_fused_divergence(check, field, t, z, where)
             _check_fused_divergence(check, field64, t64, z64, where64, gradients=True)

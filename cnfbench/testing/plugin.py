@@ -9,12 +9,14 @@ from typing import Any
 from cnfbench.testing._checker import ConformanceError, one_line
 from cnfbench.testing.dataset import check_dataset
 from cnfbench.testing.field import check_field
+from cnfbench.testing.objective import check_objective
 from cnfbench.testing.solver import check_solver
 from cnfbench.testing.trace import check_trace
 
 CHECKS: dict[str, Callable[..., None]] = {
     "dataset": check_dataset,
     "field": check_field,
+    "objective": check_objective,
     "solver": check_solver,
     "trace": check_trace,
 }
@@ -22,7 +24,7 @@ CHECKS: dict[str, Callable[..., None]] = {
 
 
 def check_component(family: str, cls: type, params: Mapping[str, Any] | None = None, **options: Any) -> None:
-    """Run the check of ``family`` (``dataset``, ``field``, ``solver`` or ``trace``) on ``cls``."""
+    """Run the check of ``family`` (``dataset``, ``field``, ``objective``, ``solver`` or ``trace``) on ``cls``."""
     if family not in CHECKS:
         raise ValueError(f"unknown component family {family!r}; known: {', '.join(sorted(CHECKS))}")
     CHECKS[family](cls, params, **options)

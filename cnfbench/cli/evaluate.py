@@ -1,0 +1,175 @@
+"""``cnfbench evaluate``: evaluate a run's trained models again, with other solvers or another protocol, no training.
+
+Every finished cell that trained a model (``trained_in`` is its own id) is a
+source. For each source and each ``--solver`` (default: the solver it was
+evaluated with) a cell is built: the source's cell with that solver, the
+evaluation slots ``--eval-trace``/``--ref-solver`` when given, and — for an
+objective that trains with its solver — ``trained_with`` naming the solver
+it was trained with, so its id and row say both. The cells run through the
+same sweep as ``cnfbench run`` (same executor, timeouts and rows), each
+loading its source's model file instead of training, and their rows are
+added to the run folder or replace the same cells' rows. A cell whose
+evaluation fails keeps the row it had; damaged model files are reported and
+skipped, never loaded. ``run.json`` keeps the run's provenance and gains an
+``evaluations`` entry (when, the command, the plugins and versions).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from cnfbench.cli import INTERRUPTED, fail, load_registry_or_fail, load_runs_or_fail, main
+from cnfbench.config import RANGES
+
+if TYPE_CHECKING:
+    from cnfbench.cells import Cell
+    from cnfbench.registry import Registry
+    from cnfbench.run_folder import Run
+
+
+def _sources(run: Run, cell_ids: tuple[str, ...], registry: Registry) -> list[Cell]:
+    """The cells that trained the run's models (those of ``cell_ids`` when given), their files checked."""
+    from cnfbench.models import model_cells, trainer_of
+    from cnfbench.run_folder import ResultsError, read_model
+
+    with_models = model_cells(run)
+    if not with_models:
+        raise fail(f"{run.path} holds no model files (models/ is missing or empty: the run was made before cnfbench "
+                   "kept trained models, or no cell finished)")
+    known = set(run.cells["cell_id"].astype(str))
+    for cell_id in cell_ids:
+        if cell_id not in known:
+            raise fail(f"no cell {cell_id!r} in {run.path}; cells with a model: {', '.join(with_models[:5])}")
+        if cell_id not in with_models:
+            raise fail(f"cell {cell_id} of {run.path} has no model file (it did not finish, or its file is gone)")
+    chosen = list(cell_ids) if cell_ids else with_models
+    trainers = list(dict.fromkeys(trainer_of(run, cell_id) for cell_id in chosen))
+    cells = []
+    for trainer in trainers:
+        try:
+            stored = read_model(run.path, trainer)
+        except (ResultsError, ValueError) as exc:
+            click.echo(f"warning: {exc}; its cells are skipped", err=True)
+            continue
+        if stored is not None:
+            cells.append(stored.spec.cell)
+    if not cells:
+        raise fail(f"no model file of {run.path} is readable; nothing to evaluate")
+    return cells
+
+
+def _evaluation_cells(sources: list[Cell], solvers: tuple[str, ...], eval_trace: str | None, ref_solver: str | None,
+                      allow_loose_ref: bool, registry: Registry) -> tuple[list[Cell], list[str]]:
+    """The cells to evaluate: each source with each solver and the given evaluation slots."""
+    from dataclasses import replace
+
+    from cnfbench.cells import EvalProtocol
+    from cnfbench.config import check_reference, resolve_one
+    from cnfbench.params import parse_selector_list
+
+    notes: list[str] = []
+    chosen = [registry.resolve("solver", item) for item in parse_selector_list(list(solvers), "--solver")] \
+        if solvers else []
+    slots: dict[str, Any] = {}
+    if eval_trace is not None:
+        slots["eval_trace"] = resolve_one(registry, "trace", eval_trace, "--eval-trace")
+        if registry.get("trace", slots["eval_trace"].name).cls.stochastic:
+            raise ValueError(f"--eval-trace must be an exact (deterministic) estimator, not "
+                             f"{slots['eval_trace'].name!r}")
+    if ref_solver is not None:
+        slots["ref_solver"] = resolve_one(registry, "solver", ref_solver, "--ref-solver")
+        check_reference(registry, slots["ref_solver"], allow_loose_ref, notes)
+    cells: dict[str, Cell] = {}
+    for source in sources:
+        ignored = registry.get("objective", source.objective.name).cls.ignored_axes()
+        evaluation = EvalProtocol({**source.evaluation.slots, **slots}, source.evaluation.ref_dtype,
+                                  source.evaluation.batch_size, source.evaluation.mass_grid)
+        for solver in chosen or [source.solver]:
+            trained_with = {} if "solver" in ignored else {"solver": source.solver}
+            cell = replace(source, axes={**source.axes, "solver": solver}, evaluation=evaluation,
+                           trained_with={**source.trained_with, **trained_with})
+            cells.setdefault(cell.cell_id, cell)
+    return list(cells.values()), notes
+
+
+@main.command()
+@click.argument("run_dir", metavar="RUN")
+@click.option("--solver", "solvers", multiple=True,
+              help="solvers to evaluate and sample each model with: comma list, e.g. 'euler[steps=8],dopri5' "
+                   "[default: the solver each model was evaluated with]")
+@click.option("--eval-trace", "--trace", "eval_trace",
+              help="exact trace estimator of the reported NLLs [default: the run's]")
+@click.option("--ref-solver", help="reference solve behind nll_ref [default: the run's]")
+@click.option("--allow-loose-ref", is_flag=True, help="accept a fixed-step or loose --ref-solver")
+@click.option("--cell", "cell_ids", multiple=True, help="evaluate only the model of this cell (repeatable) "
+                                                        "[default: every model of the run]")
+@click.option("--plugin", "plugins", multiple=True,
+              help="extra plugin, e.g. one with new metrics (repeatable) [default: the --plugin list the run recorded]")
+@click.option("--timeout", type=float, help=f"seconds a cell may run before it is stopped [valid: "
+                                             f">{RANGES['timeout'].bounds()[0]} to {RANGES['timeout'].bounds()[1]}]")
+@click.option("--isolation", type=click.Choice(["process", "inline"]), default="process", show_default=True,
+              help="run cells in a worker process (hard timeouts) or in this one")
+@click.option("--quiet", is_flag=True, help="no progress output")
+def evaluate(run_dir: str, solvers: tuple[str, ...], eval_trace: str | None, ref_solver: str | None,
+             allow_loose_ref: bool, cell_ids: tuple[str, ...], plugins: tuple[str, ...], timeout: float | None,
+             isolation: str, quiet: bool) -> int:
+    """Evaluate the trained models of RUN again (test NLL, reference NLL, mass, sample quality), without training.
+
+    \b
+    cnfbench evaluate results/grid1 --solver 'euler[steps=4],euler[steps=16],dopri5'
+    cnfbench evaluate results/grid1 --ref-solver 'dopri5[rtol=1e-9,atol=1e-9]' --cell 3f2a9c0d1e4b5a6f
+    """
+    from cnfbench.config import OPTION_SOURCE, RunConfig, merge
+    from cnfbench.executor import Executor, InlineExecutor, ProcessExecutor
+    from cnfbench.models import recorded_plugins
+    from cnfbench.params import ParamError
+    from cnfbench.progress import Progress
+    from cnfbench.provenance import collect
+    from cnfbench.runner import sweep
+    from cnfbench.summary import render, summary_table, validity_notes
+
+    try:
+        merge(RunConfig(), {"timeout": timeout} if timeout is not None else {}, OPTION_SOURCE)  # run's range check
+    except ParamError as exc:
+        raise fail(str(exc)) from None
+    (run,) = load_runs_or_fail((run_dir,))
+    plugin_list = tuple(recorded_plugins(run)) + plugins
+    registry = load_registry_or_fail(plugin_list)
+    try:
+        sources = _sources(run, cell_ids, registry)
+        cells, notes = _evaluation_cells(sources, solvers, eval_trace, ref_solver, allow_loose_ref, registry)
+    except (ParamError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    entry = collect(sys.argv, {"solver": list(solvers), "eval_trace": eval_trace, "ref_solver": ref_solver,
+                               "cell": list(cell_ids), "plugin": list(plugin_list)},
+                    registry.plugins, cells[0].device,
+                    sorted({library for cell in cells for family, spec in cell.components()
+                            for library in registry.get(family, spec.name).cls.libraries}))
+    entry["cells"] = [cell.cell_id for cell in cells]
+
+    def record(previous: dict[str, Any]) -> dict[str, Any]:
+        known = {item.get("cell_id") for item in previous.get("cells", []) if isinstance(item, dict)}
+        added = [cell.to_json() | {"cell_id": cell.cell_id} for cell in cells if cell.cell_id not in known]
+        return {**previous, "cells": [*previous.get("cells", []), *added],
+                "evaluations": [*previous.get("evaluations", []), entry]}
+
+    progress = Progress(len(cells), quiet=quiet)
+    executor: Executor = (ProcessExecutor(plugin_list, timeout, registry=registry) if isolation == "process"
+                          else InlineExecutor(registry))
+    try:
+        result = sweep(cells, registry, executor, run.path, {}, progress, rerun=True, record=record)
+    finally:
+        executor.close()
+    rows = result.cells[result.cells["cell_id"].isin({cell.cell_id for cell in cells})]
+    click.echo("")
+    if result.interrupted:
+        click.echo("Interrupted: the table shows the cells evaluated so far.")
+    click.echo("Summary of the evaluated cells (test NLL in nats per sample; NFE = dynamics evaluations per solve):")
+    click.echo(render(summary_table(rows), validity_notes(rows)))
+    click.echo(f"\nresults: {run.path} ({result.ran} cell(s) evaluated from {len(sources)} model(s); no training)")
+    return INTERRUPTED if result.interrupted else 0
