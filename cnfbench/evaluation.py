@@ -85,14 +85,7 @@ def sample_model(
     ``counter`` (a fresh one when None) counts the solve's dynamics evaluations: ``counter.current``
     afterwards is the sampling NFE, and its ``max_per_solve`` bounds it.
     """
-    base = torch.randn(n, field_module.dim, generator=generator, dtype=dtype).to(device)
-    counter = counter if counter is not None else NFECounter()
-    counter.start("sample")
-    dynamics = CNFDynamics(field_module.eval(), trace, counter, differentiable=False)
-    trace.begin_solve(base, None)
-    with torch.no_grad():
-        samples, _ = solver.integrate(dynamics, (base, torch.zeros(n, dtype=dtype, device=device)), 0.0, 1.0)
-    return samples.detach()
+    return sample_with_log_prob(field_module, solver, trace, n, generator, device, dtype, counter)[0]
 
 
 def sample_with_log_prob(

@@ -21,6 +21,8 @@ class Progress:
         self.index = 0
         self.iterations = 0
         self.label = ""
+        self.loss_unit = "nats/sample"
+        self.seconds: float | None = None
         self._last_draw = 0.0
         self._last_logged_tenth = -1
 
@@ -29,12 +31,19 @@ class Progress:
             self.stream.write(text)
             self.stream.flush()
 
-    def start_cell(self, index: int, cell: Cell) -> None:
-        self.index, self.iterations = index, cell.budget.iterations
-        self.label = f"{cell.describe()}"
+    def start_cell(self, index: int, cell: Cell, loss_unit: str = "nats/sample", shared: bool = False) -> None:
+        """A cell begins; ``loss_unit`` is its objective's, ``shared`` says it loads a model another cell trained."""
+        self.index, self.iterations, self.seconds = index, cell.budget.iterations, cell.budget.seconds
+        self.loss_unit = loss_unit
+        self.label = f"{cell.describe()}" + (" (shared model: no training)" if shared else "")
         self._last_logged_tenth = -1
         if not self.interactive:
             self._write(f"[cell {index}/{self.total_cells}] start {self.label}\n")
+
+    def _count(self, done: int) -> str:
+        if self.seconds is not None:
+            return f"iter {done} ({self.seconds:g} s budget)"
+        return f"iter {done}/{self.iterations}"
 
     def iteration(self, done: int, loss: float) -> None:
         if self.interactive:
@@ -45,14 +54,14 @@ class Progress:
             width = 24
             filled = int(width * done / max(self.iterations, 1))
             bar = "#" * filled + "-" * (width - filled)
-            self._write(f"\r[cell {self.index}/{self.total_cells}] [{bar}] iter {done}/{self.iterations} "
-                        f"loss {loss:.3f} nats  {self.label[:60]}\033[K")
+            self._write(f"\r[cell {self.index}/{self.total_cells}] [{bar}] {self._count(done)} "
+                        f"loss {loss:.3f} {self.loss_unit}  {self.label[:60]}\033[K")
             return
         tenth = (10 * done) // max(self.iterations, 1)
         if tenth > self._last_logged_tenth:
             self._last_logged_tenth = tenth
-            self._write(f"[cell {self.index}/{self.total_cells}] iter {done}/{self.iterations} "
-                        f"train loss {loss:.3f} nats\n")
+            self._write(f"[cell {self.index}/{self.total_cells}] {self._count(done)} "
+                        f"train loss {loss:.3f} {self.loss_unit}\n")
 
     def phase(self, name: str) -> None:
         what = {"eval": "test NLL with the row's solver", "ref": "test NLL with the reference solve",

@@ -153,6 +153,13 @@ def _shared_model(run_dir: Path, source: _ModelSource | None, progress: Progress
     return SharedModel(source.trainer_id, data, source.training)
 
 
+def _loss_unit(registry: Registry, cell: Cell) -> str:
+    try:
+        return registry.get("objective", cell.objective.name).cls.loss_unit
+    except ValueError:  # not registered here: the cell will fail to build and say so
+        return "?"
+
+
 def _keep_model(run_dir: Path, cell: Cell, model: bytes | None, progress: Progress) -> str:
     """Write a finished cell's model file; return what its row's ``model_file`` says (empty when none)."""
     if model is None:
@@ -230,12 +237,12 @@ def sweep(
             progress.phase(value)
 
     for index, cell in enumerate(todo, start=1):
-        progress.start_cell(index, cell)
-        started = time.monotonic()
         key = model_key_of(cell, registry)
         source = sources.get(key)
         shared = _shared_model(run_dir, source, progress) if source and (rerun or source.trainer_id != cell.cell_id) \
             else None
+        progress.start_cell(index, cell, _loss_unit(registry, cell), shared is not None)
+        started = time.monotonic()
         try:
             outcome = executor.run_cell(cell, on_progress, shared)
         except KeyboardInterrupt as exc:

@@ -24,6 +24,7 @@ SUMMARY_METRICS: tuple[Column, ...] = tuple(COLUMNS_BY_NAME[name] for name in de
 # dataset is where, and the reference solver is what --allow-loose-ref loosened.
 _DATASET = family("dataset")
 _SOLVER = family("solver")
+_OBJECTIVE = family("objective")
 _REF_SOLVER = SLOTS_BY_KEY["ref_solver"]
 
 _SPEC = re.compile(r"^(?P<name>[^\[]+)(?:\[(?P<params>.*)\])?$")
@@ -122,8 +123,19 @@ def flag_notes(cells: pd.DataFrame) -> list[str]:
         return []
     done = cells[cells["status"] == "done"]
     flagged = done[~done["valid"].fillna(True).astype(bool)]
-    return [f"(!) {row[_SOLVER.spec_column]} seed {row['seed']} on {row[_DATASET.column]}: {row['validity_reason']}"
-            for row in flagged.to_dict("records")]
+    return [f"(!) {_trained_by(row)}{row[_SOLVER.spec_column]} seed {row['seed']} on {row[_DATASET.column]}: "
+            f"{row['validity_reason']}" for row in flagged.to_dict("records")]
+
+
+def _trained_by(row: dict[str, object]) -> str:
+    """``cfm[sigma=0.0] model, `` when the row's objective is not the default one (else nothing), with the
+    solver it was trained with when that is not the row's."""
+    objective = row.get(_OBJECTIVE.spec_column)
+    trained_with = row.get("trained_with")
+    parts = [str(objective)] if isinstance(objective, str) and objective != _OBJECTIVE.implicit else []
+    if isinstance(trained_with, str) and trained_with:
+        parts.append(f"trained with {trained_with}")
+    return f"{' '.join(parts)} model, " if parts else ""
 
 
 def grid_notes(cells: pd.DataFrame) -> list[str]:

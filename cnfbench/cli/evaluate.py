@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cnfbench.cli import INTERRUPTED, fail, load_registry_or_fail, load_runs_or_fail, main
+from cnfbench.cli.run import run_cells
 from cnfbench.config import RANGES
 
 if TYPE_CHECKING:
@@ -123,13 +124,11 @@ def evaluate(run_dir: str, solvers: tuple[str, ...], eval_trace: str | None, ref
     cnfbench evaluate results/grid1 --ref-solver 'dopri5[rtol=1e-9,atol=1e-9]' --cell 3f2a9c0d1e4b5a6f
     """
     from cnfbench.config import OPTION_SOURCE, RunConfig, merge
-    from cnfbench.executor import Executor, InlineExecutor, ProcessExecutor
     from cnfbench.models import recorded_plugins
     from cnfbench.params import ParamError
     from cnfbench.progress import Progress
     from cnfbench.provenance import collect
     from cnfbench.runner import sweep
-    from cnfbench.summary import render, summary_table, validity_notes
 
     try:
         merge(RunConfig(), {"timeout": timeout} if timeout is not None else {}, OPTION_SOURCE)  # run's range check
@@ -159,17 +158,9 @@ def evaluate(run_dir: str, solvers: tuple[str, ...], eval_trace: str | None, ref
                 "evaluations": [*previous.get("evaluations", []), entry]}
 
     progress = Progress(len(cells), quiet=quiet)
-    executor: Executor = (ProcessExecutor(plugin_list, timeout, registry=registry) if isolation == "process"
-                          else InlineExecutor(registry))
-    try:
-        result = sweep(cells, registry, executor, run.path, {}, progress, rerun=True, record=record)
-    finally:
-        executor.close()
-    rows = result.cells[result.cells["cell_id"].isin({cell.cell_id for cell in cells})]
-    click.echo("")
-    if result.interrupted:
-        click.echo("Interrupted: the table shows the cells evaluated so far.")
-    click.echo("Summary of the evaluated cells (test NLL in nats per sample; NFE = dynamics evaluations per solve):")
-    click.echo(render(summary_table(rows), validity_notes(rows)))
+    result = run_cells(cells, registry, isolation, plugin_list, timeout,
+                       lambda executor: sweep(cells, registry, executor, run.path, {}, progress, rerun=True,
+                                              record=record),
+                       "Summary of the evaluated cells", "rerun the same command to evaluate the rest")
     click.echo(f"\nresults: {run.path} ({result.ran} cell(s) evaluated from {len(sources)} model(s); no training)")
     return INTERRUPTED if result.interrupted else 0

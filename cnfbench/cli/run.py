@@ -8,9 +8,9 @@ valid ranges from :data:`cnfbench.config.RANGES`.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,6 +18,12 @@ from cnfbench.cli import INTERRUPTED, fail, load_registry_or_fail, main
 from cnfbench.config import OPTION_SOURCE, RANGES, RunConfig, load_toml, merge
 from cnfbench.families import EVAL_SLOTS, GRID_AXES
 from cnfbench.params import ParamError
+
+if TYPE_CHECKING:
+    from cnfbench.cells import Cell
+    from cnfbench.executor import Executor
+    from cnfbench.registry import Registry
+    from cnfbench.runner import RunResult
 
 LIST_HELP = "comma list; items may carry parameters, e.g. {example}"
 
@@ -93,12 +99,10 @@ def run(config_file: Path | None, dry_run: bool, quiet: bool, plugins: tuple[str
     that differ only in solver and trace: those then say how the model is evaluated and sampled.
     """
     from cnfbench.config import resolve_grid
-    from cnfbench.executor import Executor, InlineExecutor, ProcessExecutor
     from cnfbench.output_paths import OutputPathError, check_output_dir
     from cnfbench.progress import Progress
     from cnfbench.provenance import collect
     from cnfbench.runner import default_run_name, run_directory, sweep
-    from cnfbench.summary import render, summary_table, validity_notes
 
     try:
         config = RunConfig()
@@ -137,19 +141,31 @@ def run(config_file: Path | None, dry_run: bool, quiet: bool, plugins: tuple[str
                  for library in registry.get(family, spec.name).cls.libraries}
     provenance = collect(sys.argv, config.to_json() | {"name": name}, registry.plugins, cells[0].device,
                          sorted(libraries))
-    executor: Executor = (ProcessExecutor(config.plugin, config.timeout, registry=registry)
-                          if config.isolation == "process"
-                          else InlineExecutor(registry))
-    try:
-        result = sweep(cells, registry, executor, run_dir, provenance, progress, config.retry_failed)
-    finally:
-        executor.close()
-    ids = {cell.cell_id for cell in cells}
-    rows = result.cells[result.cells["cell_id"].isin(ids)]
-    click.echo("")
-    if result.interrupted:
-        click.echo("Interrupted: the table shows the cells finished so far; rerun the same command to resume.")
-    click.echo("Summary (test NLL in nats per sample; NFE = dynamics evaluations per solve, counted by the harness):")
-    click.echo(render(summary_table(rows), validity_notes(rows)))
+    result = run_cells(cells, registry, config.isolation, config.plugin, config.timeout,
+                       lambda executor: sweep(cells, registry, executor, run_dir, provenance, progress,
+                                              config.retry_failed),
+                       "Summary", "rerun the same command to resume")
     click.echo(f"\nresults: {run_dir} ({result.ran} cell(s) run, {result.skipped} skipped as already done)")
     return INTERRUPTED if result.interrupted else 0
+
+
+def run_cells(cells: list[Cell], registry: Registry, isolation: str, plugins: Sequence[str], timeout: float | None,
+              sweep: Callable[[Executor], RunResult], heading: str, resume_hint: str) -> RunResult:
+    """Run ``sweep`` on the executor ``isolation`` names, then print the summary of ``cells``' rows."""
+    from cnfbench.executor import InlineExecutor, ProcessExecutor
+    from cnfbench.summary import render, summary_table, validity_notes
+
+    executor: Executor = (ProcessExecutor(plugins, timeout, registry=registry) if isolation == "process"
+                          else InlineExecutor(registry))
+    try:
+        result = sweep(executor)
+    finally:
+        executor.close()
+    rows = result.cells[result.cells["cell_id"].isin({cell.cell_id for cell in cells})]
+    click.echo("")
+    if result.interrupted:
+        click.echo(f"Interrupted: the table shows the cells finished so far; {resume_hint}.")
+    click.echo(f"{heading} (test NLL in nats per sample; NFE = dynamics evaluations per solve, counted by the "
+               "harness):")
+    click.echo(render(summary_table(rows), validity_notes(rows)))
+    return result

@@ -51,8 +51,9 @@ REGRESSIONS = ("worse", "newly failing")
 
 BUDGET_COLUMNS: tuple[str, ...] = columns_in(BUDGET)
 
-MATCH_COLUMNS: tuple[str, ...] = (*AXIS_SPEC_COLUMNS, *BUDGET_COLUMNS)
-"""What a configuration is: cells equal on these (any seed) are compared."""
+MATCH_COLUMNS: tuple[str, ...] = (*AXIS_SPEC_COLUMNS, "trained_with", *BUDGET_COLUMNS)
+"""What a configuration is: cells equal on these (any seed) are compared (``trained_with``: a model evaluated by
+``cnfbench evaluate`` with a solver it was not trained with is another configuration)."""
 
 PROTOCOL_COLUMNS: tuple[str, ...] = columns_in(PROTOCOL)
 """How a configuration was evaluated; when these differ the numbers are not comparable."""
