@@ -24,6 +24,7 @@ class Progress:
         self.loss_unit = "nats/sample"
         self.seconds: float | None = None
         self._last_draw = 0.0
+        self._started = time.monotonic()
         self._last_logged_tenth = -1
 
     def _write(self, text: str) -> None:
@@ -36,6 +37,7 @@ class Progress:
         self.index, self.iterations, self.seconds = index, cell.budget.iterations, cell.budget.seconds
         self.loss_unit = loss_unit
         self.label = f"{cell.describe()}" + (" (shared model: no training)" if shared else "")
+        self._started = time.monotonic()
         self._last_logged_tenth = -1
         if not self.interactive:
             self._write(f"[cell {index}/{self.total_cells}] start {self.label}\n")
@@ -57,7 +59,10 @@ class Progress:
             self._write(f"\r[cell {self.index}/{self.total_cells}] [{bar}] {self._count(done)} "
                         f"loss {loss:.3f} {self.loss_unit}  {self.label[:60]}\033[K")
             return
-        tenth = (10 * done) // max(self.iterations, 1)
+        if self.seconds is not None:  # a wall-clock budget: a line per tenth of it
+            tenth = min(int(10 * (time.monotonic() - self._started) / self.seconds), 9)
+        else:
+            tenth = (10 * done) // max(self.iterations, 1)
         if tenth > self._last_logged_tenth:
             self._last_logged_tenth = tenth
             self._write(f"[cell {self.index}/{self.total_cells}] {self._count(done)} "

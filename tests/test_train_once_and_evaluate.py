@@ -175,3 +175,73 @@ def test_reverse_kl_where_the_density_is_known(cli, tmp_path: Path) -> None:
     assert math.isfinite(known["reverse_kl"]) and known["reverse_kl_stderr"] > 0
     assert known["reverse_kl"] > -3 * known["reverse_kl_stderr"]  # a KL divergence, up to its noise
     assert math.isnan(unknown["reverse_kl"])
+
+
+def test_sample_output_has_the_distribution_the_row_measured(cli, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cnfbench.cli import main
+    from cnfbench.registry import load_registry
+    from cnfbench.sample_quality import energy_distance
+
+    assert cli("run", *FLOW, "--iterations", "30", "--name", "smp").exit_code == 0
+    cells = read_cells(tmp_path, "smp")
+    shared = cells[cells["trained_in"] != cells["cell_id"]].iloc[0]  # a row that only evaluates a shared model
+    out = tmp_path / "samples.npy"
+    result = CliRunner().invoke(main, ["sample", str(_run_dir(tmp_path, "smp")), "--cell", shared["cell_id"],
+                                       "-n", "96", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "NFE 8 evaluations" in result.output  # the row's own solver, rk4[steps=2]: 2 steps x 4 stages
+    import torch
+
+    samples = torch.from_numpy(np.load(out, allow_pickle=False))
+    dataset = load_registry().build("dataset", _resolved_dataset(shared["dataset_spec"]))
+    test = dataset.splits(int(shared["seed"])).test
+    distance, stderr = energy_distance(samples, test)
+    assert abs(distance - shared["energy_distance"]) <= 4 * math.hypot(stderr, shared["energy_distance_stderr"])
+
+
+def _resolved_dataset(label: str):
+    from cnfbench.params import parse_selection
+    from cnfbench.registry import load_registry
+
+    return load_registry().resolve("dataset", parse_selection(label))
+
+
+def test_evaluate_skips_a_model_file_that_does_not_match_its_spec(cli, tmp_path: Path) -> None:
+    from safetensors.torch import load, save
+
+    assert cli("run", "--solver", "euler[steps=4]", "--objective", "mle,cfm", "--name", "mis").exit_code == 0
+    run = _run_dir(tmp_path, "mis")
+    cells = read_cells(tmp_path, "mis").set_index("objective")
+    broken = run / cells.loc["mle", "model_file"]
+    data = broken.read_bytes()
+    tensors = load(data)
+    name = next(iter(tensors))
+    tensors[name] = tensors[name][..., :1].contiguous()  # another shape under the same spec
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    broken.write_bytes(save(tensors, metadata=header["__metadata__"]))
+    before = (run / "cells.parquet").read_bytes()
+    result = _evaluate(cli, str(run), "--solver", "rk4[steps=2]")
+    assert result.exit_code == 0
+    assert f"warning: {broken} does not match its spec" in result.stderr
+    after = read_cells(tmp_path, "mis")
+    assert len(after) == 3 and set(after["objective"]) == {"mle", "cfm"}  # only the sound model was evaluated
+    only_broken = _evaluate(cli, str(run), "--cell", cells.loc["mle", "cell_id"])
+    assert only_broken.exit_code == 2 and "no model file of" in only_broken.stderr
+    assert (run / "cells.parquet").read_bytes() != before  # the first evaluation added a row ...
+    rows = (run / "cells.parquet").read_bytes()
+    _evaluate(cli, str(run), "--cell", cells.loc["mle", "cell_id"])
+    assert (run / "cells.parquet").read_bytes() == rows  # ... the refused one wrote nothing
+
+
+def test_merge_keeps_the_model_a_row_shares(cli, tmp_path: Path) -> None:
+    from cnfbench.reports import merge_runs
+
+    assert cli("run", *FLOW, "--name", "m1").exit_code == 0
+    merged = merge_runs(tmp_path / "merged", [_run_dir(tmp_path, "m1")])
+    cells = pd.read_parquet(tmp_path / "merged" / "cells.parquet")
+    assert merged is not None and cells["model_file"].nunique() == 1 and cells["model_file"].iloc[0]
+    assert (tmp_path / "merged" / cells["model_file"].iloc[0]).is_file()
+    for cell_id in cells["cell_id"]:
+        assert load_model(tmp_path / "merged", cell_id).dim == 2

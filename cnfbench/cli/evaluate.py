@@ -32,9 +32,10 @@ if TYPE_CHECKING:
 
 
 def _sources(run: Run, cell_ids: tuple[str, ...], registry: Registry) -> list[Cell]:
-    """The cells that trained the run's models (those of ``cell_ids`` when given), their files checked."""
-    from cnfbench.models import model_cells, trainer_of
-    from cnfbench.run_folder import ResultsError, read_model
+    """The cells that trained the run's models (those of ``cell_ids`` when given), each model file checked by
+    loading it; one that cannot be loaded is reported and skipped."""
+    from cnfbench.models import load_trained, model_cells, trainer_of
+    from cnfbench.run_folder import ResultsError
 
     with_models = model_cells(run)
     if not with_models:
@@ -50,13 +51,10 @@ def _sources(run: Run, cell_ids: tuple[str, ...], registry: Registry) -> list[Ce
     trainers = list(dict.fromkeys(trainer_of(run, cell_id) for cell_id in chosen))
     cells = []
     for trainer in trainers:
-        try:
-            stored = read_model(run.path, trainer)
+        try:  # rebuilt and loaded here, so that a damaged or mismatched file is named before anything runs
+            cells.append(load_trained(run, trainer, registry=registry).cell)
         except (ResultsError, ValueError) as exc:
             click.echo(f"warning: {exc}; its cells are skipped", err=True)
-            continue
-        if stored is not None:
-            cells.append(stored.spec.cell)
     if not cells:
         raise fail(f"no model file of {run.path} is readable; nothing to evaluate")
     return cells

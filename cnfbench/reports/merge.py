@@ -2,7 +2,8 @@
 
 The merged folder is an ordinary run folder (``cells.parquet``/``cells.csv``,
 ``curves.parquet``, ``run.json``, and any ``density/<cell_id>.npz`` and
-``models/<cell_id>.safetensors``, copied from the source whose row is kept), so
+``models/<cell_id>.safetensors`` — the model file each kept row uses, its own or the one
+it shares — copied from the source whose row is kept), so
 ``report``, ``compare`` and a resumed ``run`` read it like any other. Its
 ``run.json`` has a ``merged_from`` list with each source's provenance (folder,
 creation time, command, versions, machine, git commit, cells contributed).
@@ -94,6 +95,29 @@ def _copy_files(runs: list[Run], kept: dict[str, tuple[int, pd.Series]], target:
     return copied
 
 
+def _trainer(row: dict[str, Any] | pd.Series) -> str:
+    """The id of the cell that trained ``row``'s model (``trained_in``; the row's own id before models were shared)."""
+    trainer = row.get("trained_in")
+    return str(trainer) if isinstance(trainer, str) and trainer else str(row["cell_id"])
+
+
+def _copy_models(runs: list[Run], kept: dict[str, tuple[int, pd.Series]], target: Path) -> set[str]:
+    """Copy the model file each kept row uses (its trainer's, from the row's source run); return the trainer ids."""
+    copied: set[str] = set()
+    for index, row in kept.values():
+        trainer = _trainer(row)
+        if trainer in copied:
+            continue
+        try:
+            source = model_path(runs[index].path, trainer)
+        except ValueError:  # not a cell id a file can be named by
+            continue
+        if source.exists():
+            atomic_write(model_path(target, trainer), lambda tmp, source=source: shutil.copyfile(source, tmp))
+            copied.add(trainer)
+    return copied
+
+
 def merge_runs(out: str | os.PathLike[str], sources: Sequence[str | os.PathLike[str]],
                command: list[str] | None = None) -> MergeResult:
     """Combine the run folders ``sources`` into the new run folder ``out``; see the module docstring.
@@ -146,10 +170,11 @@ def merge_runs(out: str | os.PathLike[str], sources: Sequence[str | os.PathLike[
         if not source_curves.empty and "cell_id" in source_curves:
             curves.append(source_curves[source_curves["cell_id"] == cell_id])
     copied = _copy_files(runs, kept, target, density_path)
-    models = _copy_files(runs, kept, target, model_path)
+    models = _copy_models(runs, kept, target)
     if models or any("model_file" in run.cells for run in runs):
-        for row in rows:  # a row names its model file only when the merged folder has it
-            row["model_file"] = model_file_name(str(row["cell_id"])) if str(row["cell_id"]) in models else ""
+        for row in rows:  # a row names its model file (its own, or the one it shares) only when the merge has it
+            trainer = _trainer(row)
+            row["model_file"] = model_file_name(trainer) if trainer in models else ""
     frame = pd.DataFrame([ordered(row) for row in rows])
 
     contributed = {index: 0 for index in range(len(runs))}
