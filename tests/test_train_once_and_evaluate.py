@@ -245,3 +245,25 @@ def test_merge_keeps_the_model_a_row_shares(cli, tmp_path: Path) -> None:
     assert (tmp_path / "merged" / cells["model_file"].iloc[0]).is_file()
     for cell_id in cells["cell_id"]:
         assert load_model(tmp_path / "merged", cell_id).dim == 2
+
+
+def test_evaluate_adds_a_plugins_new_metric_without_training(cli, tmp_path: Path) -> None:
+    assert cli("run", "--solver", "euler[steps=4]", "--name", "met").exit_code == 0
+    plugin = tmp_path / "speed.py"
+    plugin.write_text(
+        "from cnfbench.hookspecs import hookimpl\n\n\n"
+        "@hookimpl\n"
+        "def cnfbench_cell_metrics(cell, field, test):\n"
+        "    return {'mean_speed': float(field(test.new_tensor(0.5), test).norm(dim=1).mean())}\n"
+    )
+    run = _run_dir(tmp_path, "met")
+    before = read_cells(tmp_path, "met")
+    assert "mean_speed" not in before
+    result = _evaluate(cli, str(run), "--plugin", str(plugin))
+    assert result.exit_code == 0, result.output
+    after = read_cells(tmp_path, "met")
+    assert len(after) == 1 and after["mean_speed"].iloc[0] > 0
+    assert after["nll"].iloc[0] == before["nll"].iloc[0]
+    assert after["train_time_s"].iloc[0] == before["train_time_s"].iloc[0]  # not trained again
+    provenance = json.loads((run / "run.json").read_text())
+    assert str(plugin) in provenance["evaluations"][0]["config"]["plugin"]
