@@ -189,6 +189,14 @@ COLUMNS: tuple[Column, ...] = (
     _nats("nll_ref", "test NLL of the same field with the reference solve: the density it defines", goal=LOWEST,
           label="test NLL, ref solve", display_unit="nats", defaults=(REPORT, COMPARE, SUMMARY)),
     _stderr("nll_ref_stderr", "standard error of nll_ref over the test samples"),
+    Column("dim", "dimensions", "dimension of the data", decimals=0),
+    Column("nll_per_dim", "nats/dim", "nll / dim", goal=LOWEST, comparison=DIFFERENCE),
+    Column("nll_ref_per_dim", "nats/dim", "nll_ref / dim", goal=LOWEST, comparison=DIFFERENCE),
+    Column("bits_per_dim", "bits/dim", "(nll_ref + the dataset's discrete_nll_offset) / (dim ln 2): bits per "
+           "dimension of the discrete data by the dequantization bound, from the reference solve (discrete datasets)",
+           goal=LOWEST, comparison=DIFFERENCE, label="bits/dim, ref solve", decimals=3, defaults=(SUMMARY,)),
+    Column("bits_per_dim_solver", "bits/dim", "the same from nll (the row's solver)", goal=LOWEST,
+           comparison=DIFFERENCE, flag_sensitive=True),
     _nats("entropy", "true entropy of the data: mean of -log p_data over the same test samples",
           label="true entropy", display_unit="nats", defaults=(SUMMARY,)),
     _stderr("entropy_stderr", "standard error of entropy over the test samples"),
@@ -201,6 +209,12 @@ COLUMNS: tuple[Column, ...] = (
            defaults=(REPORT, SUMMARY)),
     Column("mass_ref", "1", "the same integral with the reference solve (2D only); 1 for a true density",
            goal=CLOSEST_TO_ONE, comparison=DIFFERENCE, label="mass, ref solve", defaults=(SUMMARY,)),
+    Column("mass_is", "1", "integral of the row's solver's density in any dimension, by importance sampling: mean "
+           "of exp(log p_solver(x) - log p_ref(x)) over 1,000 model samples x drawn with the reference solve",
+           goal=CLOSEST_TO_ONE, comparison=DIFFERENCE, label="mass (IS), solver", decimals=3, flag_sensitive=True,
+           defaults=(REPORT, SUMMARY)),
+    Column("mass_is_stderr", "1", "standard error of mass_is over the samples"),
+    Column("mass_is_ess", "samples", "Kish's effective sample size of mass_is, (Σw)²/Σw² (of 1,000)", decimals=0),
     # sample quality: model samples drawn with the row's solver against the test split
     Column("energy_distance", "data units", "squared energy distance 2E‖X-Y‖ - E‖X-X'‖ - E‖Y-Y'‖ between model "
            "samples (the row's solver) and test points, unbiased; ~0 for a perfect model", goal=LOWEST,
@@ -248,6 +262,7 @@ COLUMNS: tuple[Column, ...] = (
     _seconds("ref_time_s", "wall-clock of the reference test pass"),
     _seconds("mass_time_s", "wall-clock of the mass grid pass with the row's solver"),
     _seconds("mass_ref_time_s", "wall-clock of the mass grid pass with the reference solve"),
+    _seconds("mass_is_time_s", "wall-clock of scoring the model samples with the row's solver for mass_is"),
     _seconds("sample_time_s", "wall-clock of drawing the model samples of the sample distances"),
     _seconds("cell_time_s", "wall-clock of the whole cell: build, train, evaluate"),
     Column("peak_memory_mib", "MiB", "peak memory during the cell (see memory_kind)", goal=LOWEST,

@@ -51,6 +51,7 @@ class RunSettings:
     eval_batch_size: int = 4096
     mass_grid: int = 80
     device: str = "auto"
+    data_dir: str | None = None
     timeout: float | None = None
     isolation: str = "process"
     retry_failed: bool = True
@@ -263,11 +264,23 @@ def check_reference(registry: Registry, ref_solver: ResolvedComponent, allowed: 
                  "and its nll_ref is only as exact as that solve")
 
 
+def pin_dataset(registry: Registry, spec: ResolvedComponent) -> ResolvedComponent:
+    """``spec`` with what its dataset's :meth:`~cnfbench.contracts.Dataset.pin` fills in (a file's SHA-256);
+    :class:`ParamError` naming the dataset when its data cannot be used."""
+    cls = registry.get("dataset", spec.name).cls
+    try:
+        pinned = cls.pin(dict(spec.params))
+    except (ValueError, OSError) as exc:
+        raise ParamError(f"--dataset {spec.label()}: {' '.join(str(exc).split())}") from None
+    return ResolvedComponent(spec.name, tuple((key, pinned[key]) for key, _ in spec.params))
+
+
 def resolve_grid(config: RunConfig, registry: Registry) -> Grid:
     """Validate the whole configuration and expand it into cells; raise :class:`ParamError`."""
     notes: list[str] = []
     axes = {row.key: _resolve_all(registry, row.key, getattr(config, row.config_key), row.option, notes)
             for row in GRID_AXES}
+    axes["dataset"] = [pin_dataset(registry, spec) for spec in axes["dataset"]]
     evaluation = EvalProtocol(
         slots={slot.key: resolve_one(registry, slot.family, getattr(config, slot.config_key), slot.option)
                for slot in EVAL_SLOTS},

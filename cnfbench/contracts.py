@@ -22,9 +22,11 @@ The harness never looks at a concrete component: it only uses these methods.
 from __future__ import annotations
 
 import hashlib
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
@@ -296,6 +298,34 @@ class Dataset(Component, ABC):
     def log_prob(self, x: Tensor) -> Tensor:
         """Exact log-density in nats of ``x`` ``[N, D]``, shape ``[N]``; only when ``has_density``."""
         raise NotImplementedError(f"dataset {self.name!r} does not know its density")
+
+    @property
+    def discrete_nll_offset(self) -> float | None:
+        """For data that are discrete at heart (images with a few grey levels) and dequantized into the continuous
+        samples the model sees: the nats per sample to add to a continuous NLL to get the dequantization bound
+        on the NLL of the discrete data — ``D * ln K`` for ``K`` levels scaled to ``[0, 1)``, plus ``D * ln s``
+        for a further scaling by ``1/s`` (as Glow and FFJORD account for it). Bits per dimension are then
+        ``(nll + offset) / (D ln 2)``. ``None`` (the default) for continuous data."""
+        return None
+
+    @classmethod
+    def pin(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """The resolved ``params`` with whatever identifies the data filled in, called once in the main process
+        when a run resolves its grid (e.g. a file's SHA-256 in a declared parameter, so that two runs on
+        different files never compare as equal). It should check what can be checked before training — a
+        missing or unreadable file, a non-numeric column, missing values, too few rows — and raise
+        ``ValueError`` with one line naming the file or column and what is wrong. Default: unchanged."""
+        return params
+
+
+DATA_ROOT_VARIABLE = "CNFBENCH_DATA"
+DEFAULT_DATA_ROOT = "~/.cache/cnfbench/data"
+
+
+def data_root() -> Path:
+    """Where datasets read their files: ``$CNFBENCH_DATA`` (``cnfbench run --data-dir`` sets it for the run and
+    its workers), else ``~/.cache/cnfbench/data``."""
+    return Path(os.environ.get(DATA_ROOT_VARIABLE) or DEFAULT_DATA_ROOT).expanduser()
 
 
 class SampledDataset(Dataset):

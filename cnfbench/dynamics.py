@@ -76,7 +76,7 @@ class NFECounter:
 CELL_PHASES = (
     "start", "data", "build_field", "build_objective", "build_solver", "build_trace", "build_eval", "load_model",
     "train_forward", "train_backward", "validate", "eval", "ref", "mass", "mass_ref", "sampling", "sample_quality",
-    "reverse_kl", "roundtrip", "entropy", "metrics", "keep_model",
+    "model_density", "mass_is", "roundtrip", "entropy", "metrics", "keep_model",
     "result",
 )
 """The phases of a cell, in the order they run; ``start`` is a cell sent to a worker that has not begun it."""

@@ -52,14 +52,17 @@ DENSITY_SAMPLES = 500
 QUALITY_MAX_SAMPLES = 2000
 """Most model samples (and test points) the sample distances use: energy distance is O(n²) in time and memory."""
 
-REVERSE_KL_SAMPLES = 1000
-"""Model samples (drawn with the reference solve) the reverse KL averages over."""
+PER_DIMENSION_COLUMNS = ("dim", "nll_per_dim", "nll_ref_per_dim", "bits_per_dim", "bits_per_dim_solver")
+
+MODEL_DENSITY_SAMPLES = 1000
+"""Model samples (drawn with the reference solve) the importance-sampling mass and the reverse KL average over."""
 
 QUALITY_PROJECTIONS = 128
 """Random unit directions of the sliced Wasserstein-2 distance."""
 
 QUALITY_COLUMNS = ("energy_distance", "energy_distance_stderr", "sliced_w2", "sliced_w2_stderr",
-                   "reverse_kl", "reverse_kl_stderr", "roundtrip_error", "nfe_sample", "sample_time_s")
+                   "reverse_kl", "reverse_kl_stderr", "mass_is", "mass_is_stderr", "mass_is_ess", "mass_is_time_s",
+                   "roundtrip_error", "nfe_sample", "sample_time_s")
 
 
 def _plugin_frame(exc: BaseException, registry: Registry, cell: Cell) -> str | None:
@@ -216,18 +219,44 @@ def model_key_of(cell: Cell, registry: Registry) -> str:
     return cell.model_key(ignored)
 
 
-def _reverse_kl_columns(cell: Cell, dataset: Any, field_module: Any, ref_solver: Any, trace: Any, n: int,
-                        device: torch.device) -> dict[str, float]:
-    """KL(model || data) from model samples drawn with the reference solve, scored by that solve's log q
-    and the data's exact log-density; nan for a dataset without a known density."""
-    if not dataset.has_density:
-        return {"reverse_kl": math.nan, "reverse_kl_stderr": math.nan}
+def _model_density_columns(cell: Cell, dataset: Any, field_module: Any, solver: Any, ref_solver: Any, trace: Any,
+                           n: int, device: torch.device, labels: tuple[str, str]) -> dict[str, float]:
+    """The mass of the cell's solver's density by importance sampling, in any dimension, and KL(model || data).
+
+    ``n`` model samples x are drawn with the reference solve together with their reference log-density
+    ``log q(x)`` (one solve); the cell's solver then scores them, ``log p(x)``. With weights
+    ``w = exp(log p - log q)``, ``mass_is = mean(w)`` estimates ``∫ p`` (1 for a normalized density), with
+    the standard error of the mean and Kish's effective sample size ``(Σw)² / Σw²``. Where the dataset knows its
+    density, ``reverse_kl`` is the mean of ``log q - log p_data`` over the same samples.
+    """
     samples, log_q = sample_with_log_prob(field_module, ref_solver, trace, n,
                                           split_generator(cell.seed, "model/reverse_kl_samples"), device,
                                           getattr(torch, cell.evaluation.ref_dtype))
-    log_p = dataset.log_prob(samples.to("cpu", torch.float32)).to(torch.float64)
-    kl, stderr = _mean_and_stderr(log_q - log_p)
-    return {"reverse_kl": kl, "reverse_kl_stderr": stderr}
+    columns = {"reverse_kl": math.nan, "reverse_kl_stderr": math.nan}
+    if dataset.has_density:
+        log_data = dataset.log_prob(samples.to("cpu", torch.float32)).to(torch.float64)
+        columns["reverse_kl"], columns["reverse_kl_stderr"] = _mean_and_stderr(log_q - log_data)
+    model_dtype = next(iter(field_module.parameters()), torch.empty(0)).dtype
+    own = evaluate_log_prob(field_module, solver, trace, samples.to(device, model_dtype),
+                            cell.evaluation.batch_size, "eval", max_nfe=cell.budget.max_nfe, labels=labels)
+    weights = torch.exp(own.log_prob - log_q)
+    columns["mass_is"], columns["mass_is_stderr"] = _mean_and_stderr(weights)
+    total, squares = float(weights.sum()), float(weights.pow(2).sum())
+    columns["mass_is_ess"] = total**2 / squares if squares > 0 and math.isfinite(squares) else math.nan
+    columns["mass_is_time_s"] = own.seconds
+    return columns
+
+
+def _per_dimension_columns(dataset: Any, nll: float, nll_ref: float) -> dict[str, float]:
+    """NLLs per dimension, and bits per dimension for a dataset that declares itself discrete."""
+    dim = dataset.dim
+    offset = dataset.discrete_nll_offset
+    columns = {"nll_per_dim": nll / dim, "nll_ref_per_dim": nll_ref / dim,
+               "bits_per_dim": math.nan, "bits_per_dim_solver": math.nan}
+    if offset is not None:
+        columns["bits_per_dim"] = (nll_ref + offset) / (dim * math.log(2))
+        columns["bits_per_dim_solver"] = (nll + offset) / (dim * math.log(2))
+    return columns
 
 
 def _load_shared(field_module: Any, shared: SharedModel) -> None:
@@ -263,6 +292,7 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
                mass=math.nan, mass_ref=math.nan, mass_time_s=math.nan, mass_ref_time_s=math.nan,
                model_key=model_key_of(cell, registry), trained_in=shared.trainer_id if shared else cell.cell_id)
     row.update(dict.fromkeys(QUALITY_COLUMNS, math.nan))
+    row.update(dict.fromkeys(PER_DIMENSION_COLUMNS, math.nan))
     record = TrainingRecord()
     memory = PeakMemory(device)
     memory.reset()
@@ -275,6 +305,7 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
     try:
         enter("data")
         dataset = registry.build("dataset", cell.dataset)
+        row["dim"] = dataset.dim
         splits = dataset.splits(cell.seed)
         train_data, test = splits.train.to(device), splits.test.to(device)
         enter("build_field")
@@ -324,6 +355,7 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
         enter("ref", "ref")
         evaluation["ref"] = evaluate_log_prob(field_module, ref_solver, eval_trace, test, cell.evaluation.batch_size,
                                               "ref", dtype=ref_dtype, labels=labels)
+        row.update(_per_dimension_columns(dataset, evaluation["eval"].nll, evaluation["ref"].nll))
         if dataset.dim == 2 and cell.evaluation.mass_grid > 0:
             enter("mass", "mass")
             resolution = cell.evaluation.mass_grid
@@ -343,9 +375,9 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
                        "data": test[:DENSITY_SAMPLES].cpu().tolist()}
         enter("sample_quality")
         row.update(_sample_quality_columns(cell, field_module, solver, eval_trace, test, device))
-        enter("reverse_kl")
-        row.update(_reverse_kl_columns(cell, dataset, field_module, ref_solver, eval_trace,
-                                       min(test.shape[0], REVERSE_KL_SAMPLES), device))
+        enter("model_density")
+        row.update(_model_density_columns(cell, dataset, field_module, solver, ref_solver, eval_trace,
+                                          MODEL_DENSITY_SAMPLES, device, labels))
         enter("roundtrip")
         row["roundtrip_error"] = float(roundtrip_error(field_module, solver, eval_trace, test,
                                                        cell.evaluation.batch_size, cell.budget.max_nfe, labels).mean())

@@ -52,8 +52,10 @@ PHASE_WHERE: dict[str, tuple[str, tuple[str, ...]]] = {
     "sampling": ("while sampling the model (the cell's solver)", ("solver", "field", "eval_trace")),
     "sample_quality": ("while sampling the model for the sample distances (the cell's solver)",
                        ("solver", "field", "eval_trace")),
-    "reverse_kl": ("while sampling the model with the reference solve for the reverse KL",
-                   ("ref_solver", "field", "eval_trace", "dataset")),
+    "model_density": ("while sampling the model and its log-density with the reference solve (mass by "
+                      "importance sampling, reverse KL)", ("ref_solver", "field", "eval_trace")),
+    "mass_is": ("in the mass check by importance sampling (the cell's solver on model samples)",
+                ("solver", "field", "eval_trace")),
     "roundtrip": ("in the round-trip check (the cell's solver, data to base and back)",
                   ("solver", "field", "eval_trace")),
     "entropy": ("while computing the data's true log-density on the test split", ("dataset",)),

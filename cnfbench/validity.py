@@ -1,4 +1,5 @@
-"""Is a reported likelihood a real one? Mass checks on 2D grids and the validity flag.
+"""Is a reported likelihood a real one? Mass checks, by importance sampling in any dimension and on 2D grids, and
+the validity flag.
 
 A normalized density integrates to 1 and its expected NLL cannot fall below
 the data's entropy. For 2D data the harness integrates ``exp(log p)`` over a
@@ -13,6 +14,12 @@ coarse (or too small) to integrate it. Then ``mass`` cannot be judged against
 1, and is judged against ``mass_ref`` instead (the same grid, the same
 quadrature error): flagged when ``|mass / mass_ref - 1|`` exceeds the
 tolerance. :func:`grid_resolution_note` says which grid to use.
+
+In any dimension, ``mass_is`` estimates the same integral by importance
+sampling with the reference-solved model as the proposal (see
+:mod:`cnfbench.execute`); a row is flagged when it is off 1 by more than
+:data:`MASS_TOLERANCE` and by more than :data:`MASS_SIGMAS` standard errors
+(on 2D cells only when the grid has not flagged the mass already).
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+MASS_SIGMAS = 3.0
+"""How many standard errors ``mass_is`` must also be off 1 by before a row is flagged."""
 
 MASS_TOLERANCE = 0.03
 """Largest ``|mass - 1|`` accepted before a row is flagged (grid truncation and quadrature stay well below it)."""
@@ -85,7 +95,26 @@ def validity(row: dict[str, Any]) -> tuple[bool, str]:
             problems.append(f"the solver's density integrates to {mass:.3f} on a grid where the reference "
                             f"solve's integrates to {mass_ref:.3f} (ratio {mass / mass_ref:.3f}, not 1, tolerance "
                             f"{MASS_TOLERANCE}; the grid is too coarse to resolve 1)")
+    if not any("integrates" in problem for problem in problems):
+        problems.extend(_importance_sampling_problems(row))
     return (not problems), "; ".join(problems)
+
+
+def _importance_sampling_problems(row: dict[str, Any]) -> list[str]:
+    """The flag of the importance-sampling mass: off 1 by more than the tolerance *and* by more than
+    :data:`MASS_SIGMAS` standard errors (so neither noise nor a negligible bias flags a row)."""
+    mass, stderr, ess = row.get("mass_is"), row.get("mass_is_stderr"), row.get("mass_is_ess")
+    if mass is None or (isinstance(mass, float) and math.isnan(mass)):
+        return []
+    if not _finite(mass):
+        return [f"the solver's density has no finite mass (importance sampling gave {mass})"]
+    off = abs(mass - 1.0)
+    if off > MASS_TOLERANCE and (not _finite(stderr) or off > MASS_SIGMAS * stderr):
+        where = f" ± {stderr:.3f}" if _finite(stderr) else ""
+        sample_size = f", effective sample size {ess:.0f}" if _finite(ess) else ""
+        return [f"the solver's density integrates to {mass:.3f}{where} by importance sampling{sample_size}, not 1 "
+                f"(tolerance {MASS_TOLERANCE} and {MASS_SIGMAS:g} standard errors)"]
+    return []
 
 
 def grid_resolves(mass_ref: Any) -> bool:

@@ -68,7 +68,8 @@ def test_the_run_options_and_the_plugin_listing_come_from_the_table() -> None:
 
 @pytest.mark.parametrize("command", [["--help"], ["run", "--help"], ["report", "--help"], ["compare", "--help"],
                                      ["merge", "--help"], ["plugins", "--help"], ["new-plugin", "--help"],
-                                     ["sample", "--help"], ["evaluate", "--help"]])
+                                     ["sample", "--help"], ["evaluate", "--help"],
+                                     ["data", "download", "--help"]])
 def test_help_imports_no_torch_pandas_or_matplotlib(command: list[str]) -> None:
     code = ("import sys\nfrom cnfbench.cli import main\n"
             f"try:\n    main({command!r})\nexcept SystemExit:\n    pass\n"

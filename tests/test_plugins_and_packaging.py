@@ -34,7 +34,7 @@ def test_builtins_are_entry_point_plugins_like_any_other() -> None:
     registry = load_registry()
     builtins = {info.name: info for info in registry.plugins if info.source == "built-in"}
     assert set(builtins) == {"cnfbench:datasets", "cnfbench:fields", "cnfbench:objectives", "cnfbench:solvers",
-                             "cnfbench:traces"}
+                             "cnfbench:traces", "cnfbench:bundled", "cnfbench:tabular"}
     assert all(info.origin.startswith("cnfbench_plugins.") for info in builtins.values())
     assert registry.get("solver", "dopri5").plugin == "cnfbench:solvers"
     assert registry.get("dataset", "8gaussians").plugin == "cnfbench:datasets"
@@ -108,7 +108,8 @@ def test_built_wheel_contains_the_plugins_package(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
-    for module in ("__init__", "torchdiffeq_solvers", "traces", "fields", "toy_datasets"):
+    for module in ("__init__", "torchdiffeq_solvers", "traces", "fields", "toy_datasets", "objectives",
+                   "bundled_datasets", "tabular"):
         assert f"cnfbench_plugins/{module}.py" in names
     assert not any(name.startswith("plugins/") for name in names)
     assert "[cnfbench]" in entry_points and "cnfbench_plugins.torchdiffeq_solvers" in entry_points

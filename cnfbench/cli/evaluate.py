@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cnfbench.cli import INTERRUPTED, fail, load_registry_or_fail, load_runs_or_fail, main
-from cnfbench.cli.run import run_cells
+from cnfbench.cli.run import run_cells, use_data_dir
 from cnfbench.config import RANGES
 
 if TYPE_CHECKING:
@@ -111,10 +111,12 @@ def _evaluation_cells(sources: list[Cell], solvers: tuple[str, ...], eval_trace:
                                              f">{RANGES['timeout'].bounds()[0]} to {RANGES['timeout'].bounds()[1]}]")
 @click.option("--isolation", type=click.Choice(["process", "inline"]), default="process", show_default=True,
               help="run cells in a worker process (hard timeouts) or in this one")
+@click.option("--data-dir", help="folder that dataset files are read from [default: $CNFBENCH_DATA, else "
+                                 "~/.cache/cnfbench/data]")
 @click.option("--quiet", is_flag=True, help="no progress output")
 def evaluate(run_dir: str, solvers: tuple[str, ...], eval_trace: str | None, ref_solver: str | None,
              allow_loose_ref: bool, cell_ids: tuple[str, ...], plugins: tuple[str, ...], timeout: float | None,
-             isolation: str, quiet: bool) -> int:
+             isolation: str, data_dir: str | None, quiet: bool) -> int:
     """Evaluate the trained models of RUN again (test NLL, reference NLL, mass, sample quality), without training.
 
     \b
@@ -132,6 +134,7 @@ def evaluate(run_dir: str, solvers: tuple[str, ...], eval_trace: str | None, ref
         merge(RunConfig(), {"timeout": timeout} if timeout is not None else {}, OPTION_SOURCE)  # run's range check
     except ParamError as exc:
         raise fail(str(exc)) from None
+    use_data_dir(data_dir)
     (run,) = load_runs_or_fail((run_dir,))
     plugin_list = tuple(recorded_plugins(run)) + plugins
     registry = load_registry_or_fail(plugin_list)

@@ -77,6 +77,8 @@ def _component_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--mass-grid", type=int,
               help=f"points per axis of the 2D mass check, 0 = off [default: 80; valid: {_valid('mass_grid')}]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N [default: auto]")
+@click.option("--data-dir", help="folder that dataset files (table[path=...], the MAF archive) are read from "
+                                 "[default: $CNFBENCH_DATA, else ~/.cache/cnfbench/data]")
 @click.option("--timeout", type=float,
               help=f"seconds a cell may run before it is stopped (status timeout) [valid: {_valid('timeout')}]")
 @click.option("--isolation", type=click.Choice(["process", "inline"]),
@@ -115,6 +117,7 @@ def run(config_file: Path | None, dry_run: bool, quiet: bool, plugins: tuple[str
                        OPTION_SOURCE)
     except ParamError as exc:
         raise fail(str(exc)) from None
+    use_data_dir(config.data_dir)
     registry = load_registry_or_fail(config.plugin)
     for info in registry.plugins:
         if info.error:
@@ -147,6 +150,16 @@ def run(config_file: Path | None, dry_run: bool, quiet: bool, plugins: tuple[str
                        "Summary", "rerun the same command to resume")
     click.echo(f"\nresults: {run_dir} ({result.ran} cell(s) run, {result.skipped} skipped as already done)")
     return INTERRUPTED if result.interrupted else 0
+
+
+def use_data_dir(data_dir: str | None) -> None:
+    """Point this process and the workers it starts at ``data_dir`` for dataset files (``$CNFBENCH_DATA``)."""
+    import os
+
+    from cnfbench.contracts import DATA_ROOT_VARIABLE
+
+    if data_dir:
+        os.environ[DATA_ROOT_VARIABLE] = str(Path(data_dir).expanduser().resolve())
 
 
 def run_cells(cells: list[Cell], registry: Registry, isolation: str, plugins: Sequence[str], timeout: float | None,
