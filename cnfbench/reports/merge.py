@@ -21,7 +21,7 @@ import os
 import shutil
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,11 +80,14 @@ def _consensus(values: list[Any]) -> Any:
     return distinct[0] if len(distinct) == 1 else {"mixed": distinct}
 
 
-def _copy_files(runs: list[Run], kept: dict[str, tuple[int, pd.Series]], target: Path,
+def _copy_files(runs: list[Run], wanted: Iterable[tuple[int, str]], target: Path,
                 where: Callable[[Path, str], Path]) -> set[str]:
-    """Copy each kept cell's file at ``where(run folder, cell id)`` from its source run; return the cell ids copied."""
+    """Copy the file at ``where(run folder, cell id)`` of each ``(source run index, cell id)`` in ``wanted``
+    (the first source named for an id); return the cell ids copied."""
     copied: set[str] = set()
-    for cell_id, (index, _) in kept.items():
+    for index, cell_id in wanted:
+        if cell_id in copied:
+            continue
         try:
             source = where(runs[index].path, cell_id)
         except ValueError:  # not a cell id a file can be named by
@@ -99,23 +102,6 @@ def _trainer(row: dict[str, Any] | pd.Series) -> str:
     """The id of the cell that trained ``row``'s model (``trained_in``; the row's own id before models were shared)."""
     trainer = row.get("trained_in")
     return str(trainer) if isinstance(trainer, str) and trainer else str(row["cell_id"])
-
-
-def _copy_models(runs: list[Run], kept: dict[str, tuple[int, pd.Series]], target: Path) -> set[str]:
-    """Copy the model file each kept row uses (its trainer's, from the row's source run); return the trainer ids."""
-    copied: set[str] = set()
-    for index, row in kept.values():
-        trainer = _trainer(row)
-        if trainer in copied:
-            continue
-        try:
-            source = model_path(runs[index].path, trainer)
-        except ValueError:  # not a cell id a file can be named by
-            continue
-        if source.exists():
-            atomic_write(model_path(target, trainer), lambda tmp, source=source: shutil.copyfile(source, tmp))
-            copied.add(trainer)
-    return copied
 
 
 def merge_runs(out: str | os.PathLike[str], sources: Sequence[str | os.PathLike[str]],
@@ -169,8 +155,8 @@ def merge_runs(out: str | os.PathLike[str], sources: Sequence[str | os.PathLike[
         source_curves = runs[index].curves
         if not source_curves.empty and "cell_id" in source_curves:
             curves.append(source_curves[source_curves["cell_id"] == cell_id])
-    copied = _copy_files(runs, kept, target, density_path)
-    models = _copy_models(runs, kept, target)
+    copied = _copy_files(runs, [(index, cell_id) for cell_id, (index, _) in kept.items()], target, density_path)
+    models = _copy_files(runs, [(index, _trainer(row)) for index, row in kept.values()], target, model_path)
     if models or any("model_file" in run.cells for run in runs):
         for row in rows:  # a row names its model file (its own, or the one it shares) only when the merge has it
             trainer = _trainer(row)
