@@ -268,6 +268,13 @@ COLUMNS: tuple[Column, ...] = (
     Column("peak_memory_mib", "MiB", "peak memory during the cell (see memory_kind)", goal=LOWEST,
            label="peak mem", decimals=0, machine=True, defaults=(SUMMARY,)),
     _outcome("memory_kind", "cuda_max_allocated on a GPU, else process_peak_rss (reset per cell)"),
+    Column("host", NO_UNIT, "machine the run's main process ran on", comparison=None, machine=True),
+    Column("executor", NO_UNIT, "executor that ran the cell, with its parameters (--executor)", comparison=None,
+           machine=True),
+    Column("concurrency", "cells", "cells the executor ran at once (its workers): times from different values "
+           "are not comparable", comparison=None, machine=True, decimals=0),
+    Column("torch_threads", "threads", "torch threads of the process that ran the cell", comparison=None,
+           machine=True, decimals=0),
 )
 """Every column cnfbench writes, in row order."""
 

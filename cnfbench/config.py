@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnfbench.cells import SELECT_BEST, SELECT_LAST, Budget, Cell, EvalProtocol, expand_grid
 from cnfbench.families import EVAL_SLOTS, GRID_AXES
-from cnfbench.params import ParamError, parse_selector_list
+from cnfbench.params import Param, ParamError, parse_selector_list, resolve_params
 from cnfbench.specs import ResolvedComponent
 
 if TYPE_CHECKING:
@@ -53,7 +53,8 @@ class RunSettings:
     device: str = "auto"
     data_dir: str | None = None
     timeout: float | None = None
-    isolation: str = "process"
+    isolation: str | None = None
+    executor: str = "process"
     retry_failed: bool = True
     allow_loose_ref: bool = False
     out: str = "results"
@@ -79,6 +80,34 @@ comma list of selectors per grid axis (``dataset``, ``field``, ...) and one sele
 
 _LIST_KEYS = {*(row.config_key for row in GRID_AXES), "plugin"}
 _BOOL_KEYS = {"retry_failed", "allow_loose_ref"}
+
+
+EXECUTOR_PARAMS: dict[str, tuple[Param, ...]] = {
+    "process": (
+        Param("workers", "int", 1, "worker processes, each running one cell at a time", minimum=1, maximum=256),
+        Param("threads", "int", 0, "torch threads per worker (0: torch's default divided by the workers)",
+              minimum=0, maximum=1024),
+    ),
+    "inline": (),
+}
+"""The executors ``--executor`` chooses from, with their parameters."""
+
+
+def resolve_executor(text: str) -> tuple[str, dict[str, Any]]:
+    """``(name, params)`` of an ``--executor`` selector such as ``process[workers=2]``; :class:`ParamError` when
+    the name or a parameter is unknown or out of range."""
+    selections = parse_selector_list(text, "--executor")
+    if len(selections) != 1:
+        raise ParamError(f"--executor takes exactly one executor, got {len(selections)}")
+    (selection,) = selections
+    if selection.name not in EXECUTOR_PARAMS:
+        raise ParamError(f"unknown executor {selection.name!r}; known executors: {', '.join(EXECUTOR_PARAMS)}")
+    return selection.name, resolve_params(f"executor {selection.name!r}", EXECUTOR_PARAMS[selection.name],
+                                          selection.raw_params)
+
+
+def executor_label(name: str, params: dict[str, Any]) -> str:
+    return f"{name}[{','.join(f'{key}={value}' for key, value in params.items())}]" if params else name
 
 
 @dataclass(frozen=True)
@@ -153,6 +182,11 @@ def _check_value(key: str, value: Any, source: str) -> Any:
     if key == "isolation":
         if value not in ("process", "inline"):
             raise ParamError(f"{_named(key, source)} must be process or inline")
+        return value
+    if key == "executor":
+        if not isinstance(value, str):
+            raise ParamError(f"{_named(key, source)} must be a string such as process[workers=2]")
+        resolve_executor(value)
         return value
     if key in _BOOL_KEYS:
         if not isinstance(value, bool):

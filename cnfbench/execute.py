@@ -306,6 +306,7 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
         enter("data")
         dataset = registry.build("dataset", cell.dataset)
         row["dim"] = dataset.dim
+        row["torch_threads"] = torch.get_num_threads()
         splits = dataset.splits(cell.seed)
         train_data, test = splits.train.to(device), splits.test.to(device)
         enter("build_field")

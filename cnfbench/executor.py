@@ -23,7 +23,9 @@ import json
 import math
 import multiprocessing
 import multiprocessing.connection
+import queue
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -39,7 +41,12 @@ ProgressHook = Callable[[str, Any], None]
 
 
 class Executor(Protocol):
-    """Runs one cell and returns its outcome; never raises for a failing cell."""
+    """Runs one cell and returns its outcome; never raises for a failing cell.
+
+    ``slots`` is how many cells it runs at once: the sweep calls :meth:`run_cell` from that many threads.
+    """
+
+    slots: int
 
     def run_cell(self, cell: Cell, progress: ProgressHook, shared: SharedModel | None = None) -> CellOutcome: ...
 
@@ -48,6 +55,8 @@ class Executor(Protocol):
 
 class InlineExecutor:
     """Runs cells in this process: no isolation, no hard timeout (for debugging and profiling)."""
+
+    slots = 1
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
@@ -69,8 +78,9 @@ def _receive(connection: multiprocessing.connection.Connection) -> dict[str, Any
 
 
 def _worker_main(connection: multiprocessing.connection.Connection, plugins: list[str], autoload: bool | None,
-                 where: SharedInt | None = None) -> None:
+                 where: SharedInt | None = None, workers: int = 1, threads: int = 0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    set_torch_threads(workers, threads)
     registry = load_registry(plugins, autoload)
     tracker = PhaseTracker(where)
     _send(connection, {"kind": "ready"})
@@ -106,6 +116,17 @@ def _worker_main(connection: multiprocessing.connection.Connection, plugins: lis
             connection.send_bytes(outcome.model)
 
 
+def set_torch_threads(workers: int, threads: int) -> None:
+    """Limit torch's threads in a worker: ``threads`` when given, else torch's default shared by ``workers``
+    (untouched for one worker, so a default run computes exactly as it always did)."""
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    elif workers > 1:
+        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+
+
 def _exit_description(process: multiprocessing.process.BaseProcess) -> str:
     """How a worker process ended: ``killed by signal 9 (SIGKILL)`` or ``exited with code 1``."""
     process.join(5)  # the exit code is only known once the dead process is reaped
@@ -128,8 +149,11 @@ class ProcessExecutor:
     in the reasons the parent writes; without it one is loaded when first needed.
     """
 
+    slots = 1
+
     def __init__(self, plugins: Sequence[str] = (), timeout: float | None = None, autoload: bool | None = None,
-                 registry: Registry | None = None) -> None:
+                 registry: Registry | None = None, workers: int = 1, threads: int = 0) -> None:
+        self.workers, self.threads = workers, threads
         self.plugins = list(plugins)
         self.timeout = timeout
         self.autoload = autoload
@@ -142,7 +166,8 @@ class ProcessExecutor:
     def _start(self) -> None:
         parent, child = self._context.Pipe()
         self._where = self._context.RawValue("q", 0)  # lock-free: one writer (the worker), one 8-byte store
-        process = self._context.Process(target=_worker_main, args=(child, self.plugins, self.autoload, self._where),
+        process = self._context.Process(target=_worker_main, args=(child, self.plugins, self.autoload, self._where,
+                                                                   self.workers, self.threads),
                                         name="cnfbench-worker", daemon=True)
         process.start()
         child.close()
@@ -232,3 +257,55 @@ class ProcessExecutor:
             except (OSError, ValueError):
                 pass
         self._kill()
+
+
+class ProcessPool:
+    """``workers`` worker processes (each a :class:`ProcessExecutor`, with its own hard timeout), running that
+    many cells at once; :meth:`run_cell` may be called from ``workers`` threads."""
+
+    def __init__(self, workers: int, threads: int, plugins: Sequence[str] = (), timeout: float | None = None,
+                 registry: Registry | None = None) -> None:
+        self.slots = workers
+        self._idle: queue.SimpleQueue[ProcessExecutor] = queue.SimpleQueue()
+        self._all = [ProcessExecutor(plugins, timeout, registry=registry, workers=workers, threads=threads)
+                     for _ in range(workers)]
+        for executor in self._all:
+            self._idle.put(executor)
+        self._running: dict[str, tuple[Cell, ProcessExecutor, float]] = {}
+        self._lock = threading.Lock()
+
+    def run_cell(self, cell: Cell, progress: ProgressHook, shared: SharedModel | None = None) -> CellOutcome:
+        executor = self._idle.get()
+        with self._lock:
+            self._running[cell.cell_id] = (cell, executor, time.monotonic())
+        try:
+            return executor.run_cell(cell, progress, shared)
+        finally:
+            with self._lock:
+                self._running.pop(cell.cell_id, None)
+            self._idle.put(executor)
+
+    def interrupt(self) -> list[CellOutcome]:
+        """Stop every cell in flight (Ctrl-C): their ``interrupted`` rows, each at the phase its worker was in."""
+        with self._lock:
+            running = list(self._running.values())
+            self._running.clear()
+        outcomes = []
+        for cell, executor, started in running:
+            outcomes.append(executor._failed(cell, "interrupted", INTERRUPTED, time.monotonic() - started))
+            executor._kill()
+        return outcomes
+
+    def close(self) -> None:
+        for executor in self._all:
+            executor.close()
+
+
+def make_executor(name: str, params: dict[str, Any], plugins: Sequence[str], timeout: float | None,
+                  registry: Registry) -> Executor:
+    """The executor ``name`` with ``params`` (from :func:`resolve_executor`)."""
+    if name == "inline":
+        return InlineExecutor(registry)
+    if params["workers"] == 1:
+        return ProcessExecutor(plugins, timeout, registry=registry, threads=params["threads"])
+    return ProcessPool(params["workers"], params["threads"], plugins, timeout, registry)

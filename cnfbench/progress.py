@@ -86,6 +86,17 @@ class Progress:
         self._write(f"{prefix}[cell {self.index}/{self.total_cells}] {status}: {self.label} — {detail}"
                     f"{chr(27) + '[K' if self.interactive else ''}\n")
 
+    def finished(self, cell: Cell, row: dict[str, Any]) -> None:
+        """A cell ended while others run (parallel executors): one line naming it, whatever ran last."""
+        self.done_cells = getattr(self, "done_cells", 0) + 1
+        status = row.get("status", "?")
+        detail = f"nll={row.get('nll', float('nan')):.3f} nll_ref={row.get('nll_ref', float('nan')):.3f} nats"
+        if status != "done":
+            detail = str(row.get("reason", ""))[:120]
+        prefix = "\r" if self.interactive else ""
+        self._write(f"{prefix}[{self.done_cells}/{self.total_cells} finished] {status}: {cell.describe()} — {detail}"
+                    f"{chr(27) + '[K' if self.interactive else ''}\n")
+
     def message(self, text: str) -> None:
         """A line that matters even with ``--quiet`` (resume counts, warnings)."""
         prefix = "\r" if self.interactive else ""

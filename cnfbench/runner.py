@@ -20,6 +20,9 @@ file and takes its training columns, and its row names the trainer
 from __future__ import annotations
 
 import datetime as dt
+import queue
+import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +37,7 @@ from cnfbench.execute import model_key_of
 from cnfbench.executor import Executor
 from cnfbench.progress import Progress
 from cnfbench.registry import Registry
-from cnfbench.rows import TRAINING_COLUMNS, SharedModel, interrupted_outcome
+from cnfbench.rows import TRAINING_COLUMNS, CellOutcome, SharedModel, failed_outcome, interrupted_outcome
 from cnfbench.run_folder import (
     CELLS_CSV,
     CELLS_PARQUET,
@@ -191,6 +194,7 @@ def sweep(
     retry_failed: bool = True,
     rerun: bool = False,
     record: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    executor_name: str = "",
 ) -> RunResult:
     """Run every cell not already done in ``run_dir`` and return all rows of the folder.
 
@@ -229,6 +233,7 @@ def sweep(
     progress.total_cells = len(todo)
     frame = existing
     ran = 0
+    placement = {"host": socket.gethostname(), "executor": executor_name, "concurrency": getattr(executor, "slots", 1)}
 
     def on_progress(kind: str, value: Any) -> None:
         if kind == "iteration":
@@ -236,29 +241,24 @@ def sweep(
         elif kind == "phase":
             progress.phase(value)
 
-    for index, cell in enumerate(todo, start=1):
+    def prepare(cell: Cell) -> tuple[str, _ModelSource | None, SharedModel | None]:
         key = model_key_of(cell, registry)
         source = sources.get(key)
         shared = _shared_model(run_dir, source, progress) if source and (rerun or source.trainer_id != cell.cell_id) \
             else None
-        progress.start_cell(index, cell, _loss_unit(registry, cell), shared is not None)
-        started = time.monotonic()
-        try:
-            outcome = executor.run_cell(cell, on_progress, shared)
-        except KeyboardInterrupt as exc:
-            row = ordered({**interrupted_outcome(cell, exc, time.monotonic() - started).row, "model_file": ""})
-            frame = _upsert(frame, row)
-            _write_cells(store, frame, progress)
-            progress.end_cell(row)
-            return RunResult(run_dir, frame, ran, skipped, interrupted=True)
+        return key, source, shared
+
+    def keep_outcome(cell: Cell, key: str, source: _ModelSource | None, shared: SharedModel | None,
+                     outcome: CellOutcome) -> dict[str, Any] | None:
+        """Write ``cell``'s outcome to the folder; the row written (``None`` when an earlier row is kept)."""
+        nonlocal frame, curves, ran
         model_file = source.model_file if shared is not None and source else \
             _keep_model(run_dir, cell, outcome.model, progress)
-        row = ordered({**outcome.row, "model_file": model_file})
+        row = ordered({**outcome.row, "model_file": model_file, **placement})
         if rerun and row["status"] != "done" and cell.cell_id in done_before:
             progress.message(f"warning: cell {cell.cell_id} ended {row['status']} ({row.get('reason', '')}); "
                              "its earlier row is kept")
-            progress.end_cell(row)
-            continue
+            return None
         if row["status"] == "done" and model_file and shared is None:
             sources[key] = _ModelSource(cell.cell_id, model_file,
                                         {column: _plain(row.get(column)) for column in TRAINING_COLUMNS})
@@ -273,6 +273,79 @@ def sweep(
             write_density_artifacts(run_dir, cell.cell_id, **outcome.density)
         _write_cells(store, frame, progress)
         ran += 1
-        progress.end_cell(row)
         _notify_finished(registry, row, run_dir, progress)
+        return row
+
+    def record_interrupted(outcomes: list[CellOutcome]) -> RunResult:
+        nonlocal frame
+        for outcome in outcomes:
+            row = ordered({**outcome.row, "model_file": "", **placement})
+            frame = _upsert(frame, row)
+            progress.end_cell(row)
+        _write_cells(store, frame, progress)
+        return RunResult(run_dir, frame, ran, skipped, interrupted=True)
+
+    if getattr(executor, "slots", 1) > 1:
+        return _sweep_in_parallel(todo, executor, prepare, keep_outcome, record_interrupted, progress, registry,
+                                  lambda: RunResult(run_dir, frame, ran, skipped))
+    for index, cell in enumerate(todo, start=1):
+        key, source, shared = prepare(cell)
+        progress.start_cell(index, cell, _loss_unit(registry, cell), shared is not None)
+        started = time.monotonic()
+        try:
+            outcome = executor.run_cell(cell, on_progress, shared)
+        except KeyboardInterrupt as exc:
+            return record_interrupted([interrupted_outcome(cell, exc, time.monotonic() - started)])
+        row = keep_outcome(cell, key, source, shared, outcome)
+        progress.end_cell(row if row is not None else outcome.row)
     return RunResult(run_dir, frame, ran, skipped)
+
+
+def _sweep_in_parallel(todo: list[Cell], executor: Executor, prepare: Callable[..., Any], keep: Callable[..., Any],
+                       record_interrupted: Callable[[list[CellOutcome]], RunResult], progress: Progress,
+                       registry: Registry, result: Callable[[], RunResult]) -> RunResult:
+    """Run ``todo`` on ``executor.slots`` threads, each handing one cell at a time to the executor; only this
+    (the main) thread writes the run folder, as each outcome arrives. A cell whose model another cell in flight
+    is training waits for it, so that it loads that model instead of training its own."""
+    pending = list(enumerate(todo, start=1))
+    in_flight: dict[str, Cell] = {}
+    training: set[str] = set()
+    results: queue.SimpleQueue[tuple[Cell, Any, Any]] = queue.SimpleQueue()
+
+    def work(cell: Cell, prepared: tuple[str, Any, Any]) -> None:
+        try:
+            outcome: Any = executor.run_cell(cell, lambda kind, value: None, prepared[2])
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which decides
+            outcome = exc
+        results.put((cell, prepared, outcome))
+
+    try:
+        while pending or in_flight:
+            while len(in_flight) < executor.slots:
+                choice = next((position for position, (_, cell) in enumerate(pending)
+                               if model_key_of(cell, registry) not in training), None)
+                if choice is None:
+                    break
+                index, cell = pending.pop(choice)
+                prepared = prepare(cell)
+                if prepared[2] is None:
+                    training.add(prepared[0])
+                in_flight[cell.cell_id] = cell
+                progress.start_cell(index, cell, _loss_unit(registry, cell), prepared[2] is not None)
+                threading.Thread(target=work, args=(cell, prepared), daemon=True).start()
+            try:
+                cell, prepared, outcome = results.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            del in_flight[cell.cell_id]
+            training.discard(prepared[0])
+            if isinstance(outcome, BaseException):
+                outcome = interrupted_outcome(cell, outcome, 0.0) if isinstance(outcome, KeyboardInterrupt) \
+                    else failed_outcome(cell, "error", f"the executor failed: {type(outcome).__name__}: {outcome}",
+                                        0.0, "start")
+            row = keep(cell, *prepared, outcome)
+            progress.finished(cell, row if row is not None else outcome.row)
+    except KeyboardInterrupt:
+        stopped = executor.interrupt() if hasattr(executor, "interrupt") else []
+        return record_interrupted(stopped)
+    return result()

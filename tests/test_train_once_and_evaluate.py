@@ -72,7 +72,7 @@ def _evaluate(cli, *args: str):
 
     from cnfbench.cli import main
 
-    return CliRunner().invoke(main, ["evaluate", *args, "--quiet", "--isolation", "inline"], catch_exceptions=False)
+    return CliRunner().invoke(main, ["evaluate", *args, "--quiet", "--executor", "inline"], catch_exceptions=False)
 
 
 def test_evaluate_reproduces_the_stored_nll_bit_for_bit_and_adds_other_solvers(cli, tmp_path: Path) -> None:

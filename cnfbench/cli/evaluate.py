@@ -109,14 +109,15 @@ def _evaluation_cells(sources: list[Cell], solvers: tuple[str, ...], eval_trace:
               help="extra plugin, e.g. one with new metrics (repeatable) [default: the --plugin list the run recorded]")
 @click.option("--timeout", type=float, help=f"seconds a cell may run before it is stopped [valid: "
                                              f">{RANGES['timeout'].bounds()[0]} to {RANGES['timeout'].bounds()[1]}]")
-@click.option("--isolation", type=click.Choice(["process", "inline"]), default="process", show_default=True,
-              help="run cells in a worker process (hard timeouts) or in this one")
+@click.option("--executor", default="process", show_default=True,
+              help="where cells run: process[workers=N,threads=T] or inline")
+@click.option("--isolation", type=click.Choice(["process", "inline"]), help="deprecated: --executor")
 @click.option("--data-dir", help="folder that dataset files are read from [default: $CNFBENCH_DATA, else "
                                  "~/.cache/cnfbench/data]")
 @click.option("--quiet", is_flag=True, help="no progress output")
 def evaluate(run_dir: str, solvers: tuple[str, ...], eval_trace: str | None, ref_solver: str | None,
              allow_loose_ref: bool, cell_ids: tuple[str, ...], plugins: tuple[str, ...], timeout: float | None,
-             isolation: str, data_dir: str | None, quiet: bool) -> int:
+             executor: str, isolation: str | None, data_dir: str | None, quiet: bool) -> int:
     """Evaluate the trained models of RUN again (test NLL, reference NLL, mass, sample quality), without training.
 
     \b
@@ -130,8 +131,12 @@ def evaluate(run_dir: str, solvers: tuple[str, ...], eval_trace: str | None, ref
     from cnfbench.provenance import collect
     from cnfbench.runner import sweep
 
-    try:
-        merge(RunConfig(), {"timeout": timeout} if timeout is not None else {}, OPTION_SOURCE)  # run's range check
+    if isolation is not None:
+        click.echo(f"note: --isolation is deprecated; use --executor {isolation}", err=True)
+        executor = isolation
+    try:  # the run's own checks of --timeout and --executor
+        merge(RunConfig(), {"executor": executor, **({"timeout": timeout} if timeout is not None else {})},
+              OPTION_SOURCE)
     except ParamError as exc:
         raise fail(str(exc)) from None
     use_data_dir(data_dir)
@@ -159,9 +164,9 @@ def evaluate(run_dir: str, solvers: tuple[str, ...], eval_trace: str | None, ref
                 "evaluations": [*previous.get("evaluations", []), entry]}
 
     progress = Progress(len(cells), quiet=quiet)
-    result = run_cells(cells, registry, isolation, plugin_list, timeout,
-                       lambda executor: sweep(cells, registry, executor, run.path, {}, progress, rerun=True,
-                                              record=record),
+    result = run_cells(cells, registry, executor, plugin_list, timeout,
+                       lambda engine, label: sweep(cells, registry, engine, run.path, {}, progress, rerun=True,
+                                                   record=record, executor_name=label),
                        "Summary of the evaluated cells", "rerun the same command to evaluate the rest")
     click.echo(f"\nresults: {run.path} ({result.ran} cell(s) evaluated from {len(sources)} model(s); no training)")
     return INTERRUPTED if result.interrupted else 0

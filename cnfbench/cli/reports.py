@@ -146,11 +146,14 @@ def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...
 @click.option("--alpha", type=float, default=0.05, show_default=True,
               help="with 2+ seeds per side, Welch's t-test must also give p < alpha")
 @click.option("--ignore-versions", is_flag=True, help="compare even when torch/torchdiffeq/cnfbench versions differ")
+@click.option("--ignore-concurrency", is_flag=True,
+              help="compare time and memory even when the runs' cells ran with different concurrency or threads")
 @click.option("--fail-on-regression", is_flag=True, help="exit 1 when a configuration is worse or newly failing")
 @click.option("--markdown", "markdown_path", metavar="FILE", help=FORMAT_HELP.format(what="Markdown"))
 @click.option("--json", "json_path", metavar="FILE", help=FORMAT_HELP.format(what="JSON"))
 def compare(base: str, new: str, metrics: tuple[str, ...], factor: float, alpha: float, ignore_versions: bool,
-            fail_on_regression: bool, markdown_path: str | None, json_path: str | None) -> int:
+            ignore_concurrency: bool, fail_on_regression: bool, markdown_path: str | None,
+            json_path: str | None) -> int:
     """Compare run NEW with run BASE configuration by configuration (seeds aggregated).
 
     Each row is better, worse, unchanged, newly failing, fixed or not comparable.
@@ -165,7 +168,8 @@ def compare(base: str, new: str, metrics: tuple[str, ...], factor: float, alpha:
     _check_outputs({"Markdown": markdown_path, "JSON": json_path})
     base_run, new_run = load_runs_or_fail((base, new))
     try:
-        comparison = cmp.compare_runs(base_run, new_run, split_list(metrics) or None, factor, alpha, ignore_versions)
+        comparison = cmp.compare_runs(base_run, new_run, split_list(metrics) or None, factor, alpha, ignore_versions,
+                                      ignore_concurrency)
     except ReportError as exc:
         raise fail(str(exc)) from None
     to_stdout = _emit(markdown_path, lambda: cmp.to_markdown(comparison), "Markdown")

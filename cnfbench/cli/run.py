@@ -81,8 +81,11 @@ def _component_options(command: Callable[..., Any]) -> Callable[..., Any]:
                                  "[default: $CNFBENCH_DATA, else ~/.cache/cnfbench/data]")
 @click.option("--timeout", type=float,
               help=f"seconds a cell may run before it is stopped (status timeout) [valid: {_valid('timeout')}]")
+@click.option("--executor",
+              help="where cells run: process[workers=N,threads=T] (N worker processes with hard timeouts, T torch "
+                   "threads each) or inline (in this process) [default: process, i.e. one worker]")
 @click.option("--isolation", type=click.Choice(["process", "inline"]),
-              help="run cells in a worker process (hard timeouts) or in this one [default: process]")
+              help="deprecated: --executor process or --executor inline")
 @click.option("--retry-failed/--no-retry-failed", default=None,
               help="on resume, rerun cells that failed before [default: retry]")
 @click.option("--allow-loose-ref", is_flag=True, default=None,
@@ -117,6 +120,10 @@ def run(config_file: Path | None, dry_run: bool, quiet: bool, plugins: tuple[str
                        OPTION_SOURCE)
     except ParamError as exc:
         raise fail(str(exc)) from None
+    if config.isolation is not None:
+        click.echo(f"note: --isolation is deprecated; use --executor {config.isolation}", err=True)
+        if "executor" not in given:
+            config = merge(config, {"executor": config.isolation}, OPTION_SOURCE)
     use_data_dir(config.data_dir)
     registry = load_registry_or_fail(config.plugin)
     for info in registry.plugins:
@@ -144,9 +151,9 @@ def run(config_file: Path | None, dry_run: bool, quiet: bool, plugins: tuple[str
                  for library in registry.get(family, spec.name).cls.libraries}
     provenance = collect(sys.argv, config.to_json() | {"name": name}, registry.plugins, cells[0].device,
                          sorted(libraries))
-    result = run_cells(cells, registry, config.isolation, config.plugin, config.timeout,
-                       lambda executor: sweep(cells, registry, executor, run_dir, provenance, progress,
-                                              config.retry_failed),
+    result = run_cells(cells, registry, config.executor, config.plugin, config.timeout,
+                       lambda executor, label: sweep(cells, registry, executor, run_dir, provenance, progress,
+                                                     config.retry_failed, executor_name=label),
                        "Summary", "rerun the same command to resume")
     click.echo(f"\nresults: {run_dir} ({result.ran} cell(s) run, {result.skipped} skipped as already done)")
     return INTERRUPTED if result.interrupted else 0
@@ -162,16 +169,18 @@ def use_data_dir(data_dir: str | None) -> None:
         os.environ[DATA_ROOT_VARIABLE] = str(Path(data_dir).expanduser().resolve())
 
 
-def run_cells(cells: list[Cell], registry: Registry, isolation: str, plugins: Sequence[str], timeout: float | None,
-              sweep: Callable[[Executor], RunResult], heading: str, resume_hint: str) -> RunResult:
-    """Run ``sweep`` on the executor ``isolation`` names, then print the summary of ``cells``' rows."""
-    from cnfbench.executor import InlineExecutor, ProcessExecutor
+def run_cells(cells: list[Cell], registry: Registry, executor_spec: str, plugins: Sequence[str],
+              timeout: float | None, sweep: Callable[[Executor, str], RunResult], heading: str,
+              resume_hint: str) -> RunResult:
+    """Run ``sweep`` on the executor ``executor_spec`` names, then print the summary of ``cells``' rows."""
+    from cnfbench.config import executor_label, resolve_executor
+    from cnfbench.executor import make_executor
     from cnfbench.summary import render, summary_table, validity_notes
 
-    executor: Executor = (ProcessExecutor(plugins, timeout, registry=registry) if isolation == "process"
-                          else InlineExecutor(registry))
+    name, params = resolve_executor(executor_spec)
+    executor = make_executor(name, params, plugins, timeout, registry)
     try:
-        result = sweep(executor)
+        result = sweep(executor, executor_label(name, params))
     finally:
         executor.close()
     rows = result.cells[result.cells["cell_id"].isin({cell.cell_id for cell in cells})]

@@ -212,14 +212,35 @@ def _machine(run: Run) -> str:
     return " ".join(str(machine[k]) for k in ("gpu", "cpu") if machine.get(k))
 
 
+def _sharing(run: Run) -> str:
+    """How the run's cells shared their machine: ``2 cells at a time, 1 torch thread`` (``""`` when unrecorded)."""
+    parts = []
+    for column, unit in (("concurrency", "cells at a time"), ("torch_threads", "torch threads")):
+        if column in run.cells:
+            values = sorted({format_value(v) for v in run.cells[column] if not pd.isna(v)})
+            if values:
+                parts.append(f"{'/'.join(values)} {unit}")
+    return ", ".join(parts)
+
+
+def _sharing_problem(base: Run, new: Run) -> str:
+    """A sentence when BASE's and NEW's cells ran under different concurrency or threads, else ``""``."""
+    before, after = _sharing(base), _sharing(new)
+    if not before or not after or before == after:
+        return ""
+    return f"BASE ran {before}, NEW {after}"
+
+
 def compare_runs(base: Run | str | os.PathLike[str], new: Run | str | os.PathLike[str],
                  metrics: Sequence[str] | None = None, factor: float = 1.05, alpha: float = 0.05,
-                 ignore_versions: bool = False) -> Comparison:
+                 ignore_versions: bool = False, ignore_concurrency: bool = False) -> Comparison:
     """Match NEW's configurations to BASE's and give each a verdict (see the module docstring).
 
     ``base``/``new`` are :class:`~cnfbench.run_folder.Run` objects or run folders; ``metrics`` default to
     the column catalogue's compare metrics (machine-independent; those with a value). ``factor`` 1.05 means a 5% change;
-    ``ignore_versions`` compares runs made with different torch/torchdiffeq/cnfbench versions.
+    ``ignore_versions`` compares runs made with different torch/torchdiffeq/cnfbench versions;
+    ``ignore_concurrency`` compares wall-clock and memory metrics of runs whose cells ran with different
+    concurrency or torch threads (otherwise those metrics are left out, with a note saying why).
     """
     base = base if isinstance(base, Run) else load_run(base)
     new = new if isinstance(new, Run) else load_run(new)
@@ -231,6 +252,19 @@ def compare_runs(base: Run | str | os.PathLike[str], new: Run | str | os.PathLik
     metrics = check_metrics(combined, metrics) if metrics else default_metrics(combined, COMPARE)
     infos = [metric_info(m) for m in metrics]
     notes: list[str] = []
+    sharing = _sharing_problem(base, new)
+    if sharing and any(m.machine for m in infos):
+        if ignore_concurrency:
+            notes.append(f"{sharing}; time and memory compared anyway (--ignore-concurrency)")
+        else:
+            left_out = [m.name for m in infos if m.machine]
+            metrics = [name for name, info in zip(metrics, infos, strict=True) if not info.machine]
+            infos = [info for info in infos if not info.machine]
+            if not metrics:
+                raise ReportError(f"{sharing}: {', '.join(left_out)} are not comparable (use --ignore-concurrency to "
+                                  "compare them anyway)")
+            notes.append(f"{sharing}: {', '.join(left_out)} left out as not comparable (--ignore-concurrency "
+                         "compares them anyway)")
     version_problem = _version_problem(base, new, notes)
     if version_problem and ignore_versions:
         notes.append(f"{version_problem}; compared anyway (--ignore-versions)")
