@@ -85,3 +85,38 @@ def test_compare_keeps_times_from_different_concurrency_apart(cli, tmp_path: Pat
     assert forced.exit_code == 0 and "compared anyway (--ignore-concurrency)" in forced.output
     only_times = CliRunner().invoke(main, ["compare", *runs, "--metric", "train_time_s"])
     assert only_times.exit_code == 2 and "not comparable" in only_times.stderr
+
+
+def test_ctrl_c_stops_every_cell_in_flight_at_its_phase(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from test_faults import _one_cell
+
+    from cnfbench.dynamics import unpack_phase
+    from cnfbench.executor import ProcessPool
+
+    plugin = tmp_path / "faults.py"
+    plugin.write_text(FAULTS_PLUGIN)
+    _, first = _one_cell("sleeper[after=2]", 50, [str(plugin)])
+    _, second = _one_cell("sleeper[after=4]", 50, [str(plugin)])
+    pool = ProcessPool(2, 1, [str(plugin)])
+    try:
+        threads = [threading.Thread(target=pool.run_cell, args=(cell, lambda kind, value: None), daemon=True)
+                   for cell in (first, second)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # both workers hang in their sleeper's forward pass
+            phases = [unpack_phase(executor._where.value) if executor._where is not None else ("start", 0)
+                      for executor in pool._all]
+            if sorted(phase for phase, _ in phases) == ["train_forward", "train_forward"]:
+                break
+            time.sleep(0.05)
+        outcomes = pool.interrupt()
+    finally:
+        pool.close()
+    assert sorted(outcome.row["cell_id"] for outcome in outcomes) == sorted([first.cell_id, second.cell_id])
+    for outcome in outcomes:
+        assert outcome.row["status"] == "interrupted"
+        assert "in the training forward pass at iteration" in outcome.row["reason"]
