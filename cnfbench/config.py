@@ -82,6 +82,35 @@ _LIST_KEYS = {*(row.config_key for row in GRID_AXES), "plugin"}
 _BOOL_KEYS = {"retry_failed", "allow_loose_ref"}
 
 
+CLUSTER_EXECUTOR_PARAMS: dict[str, tuple[Param, ...]] = {
+    "dask": (
+        Param("address", "str", "", "scheduler to connect to, such as tcp://host:8786 (empty: start a local "
+              "cluster of `workers` processes)"),
+        Param("workers", "int", 2, "worker processes of the local cluster (with an address: the scheduler's)",
+              minimum=1, maximum=256),
+        Param("threads", "int", 0, "torch threads per worker (0: torch's default divided by the local workers; "
+              "on a remote cluster, the worker's own default)", minimum=0, maximum=1024),
+        Param("connect_timeout", "float", 10.0, "seconds to wait for the scheduler and its first worker",
+              minimum=0.1, maximum=3600),
+    ),
+    "submitit": (
+        Param("cluster", "str", "local", "slurm: jobs through sbatch; local: jobs as processes on this machine",
+              choices=("local", "slurm")),
+        Param("partition", "str", "", "SLURM partition (empty: the cluster's default)"),
+        Param("gpus_per_task", "int", 0, "GPUs per job (one task per job)", minimum=0, maximum=64),
+        Param("cpus_per_task", "int", 0, "CPUs per job, and torch threads per cell (0: the cluster's default)",
+              minimum=0, maximum=1024),
+        Param("timeout_min", "int", 0, "a job's time limit in minutes (0: --timeout rounded up plus 2, else 60)",
+              minimum=0, maximum=10**6),
+        Param("array_parallelism", "int", 0, "jobs (cells) at once (0: 2 on local, 16 on slurm)",
+              minimum=0, maximum=10_000),
+        Param("mem_gb", "float", 0.0, "memory per job in GB (0: the cluster's default)", minimum=0, maximum=10**6),
+        Param("folder", "str", "", "folder for the jobs' pickles and logs, which the nodes must see (empty: a "
+              "temporary folder on local, ./cnfbench-jobs on slurm)"),
+    ),
+}
+"""The cluster executors (:mod:`cnfbench.cluster`) ``--executor`` chooses from, with their parameters."""
+
 EXECUTOR_PARAMS: dict[str, tuple[Param, ...]] = {
     "process": (
         Param("workers", "int", 1, "worker processes, each running one cell at a time", minimum=1, maximum=256),
@@ -89,6 +118,7 @@ EXECUTOR_PARAMS: dict[str, tuple[Param, ...]] = {
               minimum=0, maximum=1024),
     ),
     "inline": (),
+    **CLUSTER_EXECUTOR_PARAMS,
 }
 """The executors ``--executor`` chooses from, with their parameters."""
 

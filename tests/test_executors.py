@@ -53,7 +53,7 @@ def test_a_shared_model_is_trained_once_with_cells_in_flight(cli, tmp_path: Path
 
 
 @pytest.mark.parametrize(("executor", "says"), [
-    ("nosuch", "unknown executor 'nosuch'; known executors: process, inline"),
+    ("nosuch", "unknown executor 'nosuch'; known executors: process, inline, dask, submitit"),
     ("process[workers=0]", "workers"),
     ("process[cores=2]", "unknown parameter 'cores'"),
 ])

@@ -173,12 +173,20 @@ def run_cells(cells: list[Cell], registry: Registry, executor_spec: str, plugins
               timeout: float | None, sweep: Callable[[Executor, str], RunResult], heading: str,
               resume_hint: str) -> RunResult:
     """Run ``sweep`` on the executor ``executor_spec`` names, then print the summary of ``cells``' rows."""
-    from cnfbench.config import executor_label, resolve_executor
+    from cnfbench.config import CLUSTER_EXECUTOR_PARAMS, executor_label, resolve_executor
     from cnfbench.executor import make_executor
     from cnfbench.summary import render, summary_table, validity_notes
 
     name, params = resolve_executor(executor_spec)
-    executor = make_executor(name, params, plugins, timeout, registry)
+    try:
+        if name in CLUSTER_EXECUTOR_PARAMS:
+            from cnfbench.cluster import make_cluster_executor
+
+            executor = make_cluster_executor(name, params, plugins, timeout, registry)
+        else:
+            executor = make_executor(name, params, plugins, timeout, registry)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     try:
         result = sweep(executor, executor_label(name, params))
     finally:
