@@ -44,7 +44,7 @@ def run(executor: str, iterations: int, out: Path, name: str) -> tuple[float, pd
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=2, help="rounds of (1 worker, 2 workers), ABBA order")
-    parser.add_argument("--iterations", type=int, default=60, help="training iterations per cell")
+    parser.add_argument("--iterations", type=int, default=400, help="training iterations per cell")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     args = parser.parse_args()
     executors = {1: f"process[workers=1,threads={args.threads}]", 2: f"process[workers=2,threads={args.threads}]"}
