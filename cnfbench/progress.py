@@ -19,6 +19,7 @@ class Progress:
         self.quiet = quiet
         self.total_cells = total_cells
         self.index = 0
+        self.done_cells = 0
         self.iterations = 0
         self.label = ""
         self.loss_unit = "nats/sample"
@@ -78,24 +79,20 @@ class Progress:
                 self._write(f"[cell {self.index}/{self.total_cells}] evaluating {what}\n")
 
     def end_cell(self, row: dict[str, Any]) -> None:
-        status = row.get("status", "?")
-        detail = f"nll={row.get('nll', float('nan')):.3f} nll_ref={row.get('nll_ref', float('nan')):.3f} nats"
-        if status != "done":
-            detail = str(row.get("reason", ""))[:120]
-        prefix = "\r" if self.interactive else ""
-        self._write(f"{prefix}[cell {self.index}/{self.total_cells}] {status}: {self.label} — {detail}"
-                    f"{chr(27) + '[K' if self.interactive else ''}\n")
+        self._ended(f"[cell {self.index}/{self.total_cells}]", self.label, row)
 
     def finished(self, cell: Cell, row: dict[str, Any]) -> None:
         """A cell ended while others run (parallel executors): one line naming it, whatever ran last."""
-        self.done_cells = getattr(self, "done_cells", 0) + 1
+        self.done_cells += 1
+        self._ended(f"[{self.done_cells}/{self.total_cells} finished]", cell.describe(), row)
+
+    def _ended(self, lead: str, label: str, row: dict[str, Any]) -> None:
         status = row.get("status", "?")
         detail = f"nll={row.get('nll', float('nan')):.3f} nll_ref={row.get('nll_ref', float('nan')):.3f} nats"
         if status != "done":
             detail = str(row.get("reason", ""))[:120]
         prefix = "\r" if self.interactive else ""
-        self._write(f"{prefix}[{self.done_cells}/{self.total_cells} finished] {status}: {cell.describe()} — {detail}"
-                    f"{chr(27) + '[K' if self.interactive else ''}\n")
+        self._write(f"{prefix}{lead} {status}: {label} — {detail}{chr(27) + '[K' if self.interactive else ''}\n")
 
     def message(self, text: str) -> None:
         """A line that matters even with ``--quiet`` (resume counts, warnings)."""
