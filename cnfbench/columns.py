@@ -268,7 +268,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("peak_memory_mib", "MiB", "peak memory during the cell (see memory_kind)", goal=LOWEST,
            label="peak mem", decimals=0, machine=True, defaults=(SUMMARY,)),
     _outcome("memory_kind", "cuda_max_allocated on a GPU, else process_peak_rss (reset per cell)"),
-    Column("host", NO_UNIT, "machine the run's main process ran on", comparison=None, machine=True),
+    Column("host", NO_UNIT, "machine the cell ran on (its worker's; empty when the worker was lost before it "
+           "answered)", comparison=None, machine=True),
     Column("executor", NO_UNIT, "executor that ran the cell, with its parameters (--executor)", comparison=None,
            machine=True),
     Column("concurrency", "cells", "cells the executor ran at once (its workers): times from different values "

@@ -11,6 +11,7 @@ Ctrl-C) are built here too, so they read the same.
 from __future__ import annotations
 
 import math
+import socket
 import statistics
 import traceback
 from collections.abc import Callable
@@ -307,6 +308,7 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
         dataset = registry.build("dataset", cell.dataset)
         row["dim"] = dataset.dim
         row["torch_threads"] = torch.get_num_threads()
+        row["host"] = socket.gethostname()
         splits = dataset.splits(cell.seed)
         train_data, test = splits.train.to(device), splits.test.to(device)
         enter("build_field")

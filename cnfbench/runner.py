@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -233,7 +232,7 @@ def sweep(
     progress.total_cells = len(todo)
     frame = existing
     ran = 0
-    placement = {"host": socket.gethostname(), "executor": executor_name, "concurrency": getattr(executor, "slots", 1)}
+    placement = {"executor": executor_name, "concurrency": getattr(executor, "slots", 1)}
 
     def on_progress(kind: str, value: Any) -> None:
         if kind == "iteration":
@@ -254,7 +253,7 @@ def sweep(
         nonlocal frame, curves, ran
         model_file = source.model_file if shared is not None and source else \
             _keep_model(run_dir, cell, outcome.model, progress)
-        row = ordered({**outcome.row, "model_file": model_file, **placement})
+        row = ordered({"host": "", **outcome.row, "model_file": model_file, **placement})
         if rerun and row["status"] != "done" and cell.cell_id in done_before:
             progress.message(f"warning: cell {cell.cell_id} ended {row['status']} ({row.get('reason', '')}); "
                              "its earlier row is kept")
@@ -279,7 +278,7 @@ def sweep(
     def record_interrupted(outcomes: list[CellOutcome]) -> RunResult:
         nonlocal frame
         for outcome in outcomes:
-            row = ordered({**outcome.row, "model_file": "", **placement})
+            row = ordered({"host": "", **outcome.row, "model_file": "", **placement})
             frame = _upsert(frame, row)
             progress.end_cell(row)
         _write_cells(store, frame, progress)
