@@ -136,8 +136,9 @@ def test_time_budget_trains_for_seconds_and_records_the_iterations(cli, tmp_path
     curves = pd.read_parquet(_run_dir(tmp_path, "tb") / "curves.parquet")
     assert row["status"] == "done" and row["time_budget_s"] == 0.3
     assert 1 <= row["iterations_done"] < 1000000 and len(curves) == row["iterations_done"]
-    assert curves["iteration_s"].sum() >= 0.3  # it stopped because the budget was spent, not before
-    assert curves["iteration_s"].iloc[:-1].sum() < 0.3  # ... and at the first iteration past it
+    # the loop's own rule, summed as the loop sums (not a timing assertion: it holds on any machine)
+    assert math.fsum(curves["iteration_s"]) >= 0.3  # it stopped because the budget was spent, not before
+    assert math.fsum(curves["iteration_s"].iloc[:-1]) < 0.3  # ... and at the first iteration past it
 
 
 def test_validation_curves_and_best_checkpoint(cli, tmp_path: Path) -> None:
