@@ -34,6 +34,7 @@ from cnfbench.cells import Cell
 from cnfbench.columns import ordered
 from cnfbench.execute import model_key_of
 from cnfbench.executor import Executor
+from cnfbench.model_file import ModelFileError, check_model
 from cnfbench.progress import Progress
 from cnfbench.registry import Registry
 from cnfbench.rows import TRAINING_COLUMNS, CellOutcome, SharedModel, failed_outcome, interrupted_outcome
@@ -120,6 +121,15 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+class _NoModel(Exception):
+    """A cell that may not train (``cnfbench evaluate``) has no model in the folder to load."""
+
+    def __init__(self, cell: Cell) -> None:
+        super().__init__(cell.cell_id)
+        self.outcome = failed_outcome(cell, "error", "no readable trained model in the run folder for this cell "
+                                      "(evaluate never trains)", 0.0, "load_model")
+
+
 @dataclass(frozen=True)
 class _ModelSource:
     """A trained model a later cell of the same model key can load: its trainer, file and training columns."""
@@ -129,17 +139,29 @@ class _ModelSource:
     training: dict[str, Any]
 
 
-def _sources_in(frame: pd.DataFrame, run_dir: Path) -> dict[str, _ModelSource]:
-    """The models the rows already in the folder offer, by model key: cells done, trained here, file present."""
-    needed = {"model_key", "trained_in", "model_file", "status", "cell_id"}
-    if frame.empty or not needed <= set(frame.columns):
+def _sources_in(frame: pd.DataFrame, run_dir: Path, registry: Registry) -> dict[str, _ModelSource]:
+    """The models the rows already in the folder offer, by model key: cells done, trained here, file present.
+
+    A row written before models were shared (no ``model_key``/``trained_in``) trained its own model; its key
+    comes from the cell its model file records."""
+    if frame.empty or not {"model_file", "status", "cell_id"} <= set(frame.columns):
         return {}
     sources: dict[str, _ModelSource] = {}
     for row in frame.to_dict("records"):
-        if row["status"] == "done" and row["trained_in"] == row["cell_id"] and isinstance(row["model_file"], str) \
-                and row["model_file"] and (run_dir / row["model_file"]).is_file():
-            training = {column: _plain(row.get(column)) for column in TRAINING_COLUMNS}
-            sources.setdefault(str(row["model_key"]), _ModelSource(str(row["cell_id"]), row["model_file"], training))
+        trainer = row.get("trained_in")
+        trainer = trainer if isinstance(trainer, str) and trainer else row["cell_id"]
+        model_file = row["model_file"]
+        if row["status"] != "done" or trainer != row["cell_id"] or not isinstance(model_file, str) or not model_file \
+                or not (run_dir / model_file).is_file():
+            continue
+        key = row.get("model_key")
+        if not isinstance(key, str) or not key:
+            try:
+                key = model_key_of(check_model((run_dir / model_file).read_bytes(), str(row["cell_id"])).cell, registry)
+            except (ModelFileError, OSError):
+                continue  # a damaged file offers nothing; the cell trains (or, in evaluate, is reported)
+        training = {column: _plain(row.get(column)) for column in TRAINING_COLUMNS}
+        sources.setdefault(key, _ModelSource(str(row["cell_id"]), model_file, training))
     return sources
 
 
@@ -194,12 +216,14 @@ def sweep(
     rerun: bool = False,
     record: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     executor_name: str = "",
+    may_train: bool = True,
 ) -> RunResult:
     """Run every cell not already done in ``run_dir`` and return all rows of the folder.
 
     ``rerun`` runs every cell even when done (``cnfbench evaluate``); a rerun that fails then keeps the
     row that was done. ``record`` builds ``run.json`` from the one in the folder (default: this run's
-    ``provenance`` and cells, with the earlier commands in ``history``).
+    ``provenance`` and cells, with the earlier commands in ``history``). With ``may_train`` off
+    (``cnfbench evaluate``) a cell whose model the folder does not offer ends ``error`` instead of training.
     """
     store = RunStore(run_dir)
     remove_stale_temporaries(run_dir)  # left by a writer killed mid-write: this run is now the folder's one writer
@@ -225,7 +249,7 @@ def sweep(
         finished = set(existing.loc[existing["status"].isin(keep), "cell_id"])
         done_before = set(existing.loc[existing["status"] == "done", "cell_id"])
     todo = cells if rerun else [cell for cell in cells if cell.cell_id not in finished]
-    sources = _sources_in(existing, run_dir)
+    sources = _sources_in(existing, run_dir, registry)
     skipped = len(cells) - len(todo)
     if skipped:
         progress.message(f"resuming {run_dir.name}: skipping {skipped} cell(s) already done, running {len(todo)}")
@@ -245,6 +269,8 @@ def sweep(
         source = sources.get(key)
         shared = _shared_model(run_dir, source, progress) if source and (rerun or source.trainer_id != cell.cell_id) \
             else None
+        if shared is None and not may_train:
+            raise _NoModel(cell)
         return key, source, shared
 
     def keep_outcome(cell: Cell, key: str, source: _ModelSource | None, shared: SharedModel | None,
@@ -288,7 +314,13 @@ def sweep(
         return _sweep_in_parallel(todo, executor, prepare, keep_outcome, record_interrupted, progress, registry,
                                   lambda: RunResult(run_dir, frame, ran, skipped))
     for index, cell in enumerate(todo, start=1):
-        key, source, shared = prepare(cell)
+        try:
+            key, source, shared = prepare(cell)
+        except _NoModel as missing:
+            progress.start_cell(index, cell, _loss_unit(registry, cell))
+            row = keep_outcome(cell, "", None, None, missing.outcome)
+            progress.end_cell(row if row is not None else missing.outcome.row)
+            continue
         progress.start_cell(index, cell, _loss_unit(registry, cell), shared is not None)
         started = time.monotonic()
         try:
@@ -326,7 +358,12 @@ def _sweep_in_parallel(todo: list[Cell], executor: Executor, prepare: Callable[.
                 if choice is None:
                     break
                 index, cell = pending.pop(choice)
-                prepared = prepare(cell)
+                try:
+                    prepared = prepare(cell)
+                except _NoModel as missing:
+                    row = keep(cell, "", None, None, missing.outcome)
+                    progress.finished(cell, row if row is not None else missing.outcome.row)
+                    continue
                 if prepared[2] is None:
                     training.add(prepared[0])
                 in_flight[cell.cell_id] = cell

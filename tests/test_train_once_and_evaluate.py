@@ -268,3 +268,19 @@ def test_evaluate_adds_a_plugins_new_metric_without_training(cli, tmp_path: Path
     assert after["train_time_s"].iloc[0] == before["train_time_s"].iloc[0]  # not trained again
     provenance = json.loads((run / "run.json").read_text())
     assert str(plugin) in provenance["evaluations"][0]["config"]["plugin"]
+
+
+def test_evaluate_uses_models_of_rows_written_before_sharing_and_never_trains(cli, tmp_path: Path) -> None:
+    assert cli("run", "--solver", "euler[steps=4]", "--name", "old").exit_code == 0
+    run = _run_dir(tmp_path, "old")
+    cells = read_cells(tmp_path, "old").drop(columns=["model_key", "trained_in"])  # as the previous release wrote
+    cells.to_parquet(run / "cells.parquet", index=False)
+    cells.to_csv(run / "cells.csv", index=False)
+    curves_before = (run / "curves.parquet").read_bytes()
+    result = _evaluate(cli, str(run), "--solver", "euler[steps=4],rk4[steps=2]")
+    assert result.exit_code == 0, result.output
+    after = read_cells(tmp_path, "old").set_index("solver")
+    assert set(after["status"]) == {"done"} and len(after) == 2
+    assert after.loc["euler", "nll"] == cells["nll"].iloc[0]  # evaluated from the kept model, not retrained
+    assert after.loc["rk4", "trained_in"] == cells["cell_id"].iloc[0]
+    assert (run / "curves.parquet").read_bytes() == curves_before  # no training curve was written

@@ -166,7 +166,7 @@ def evaluate(run_dir: str, solvers: tuple[str, ...], eval_trace: str | None, ref
     progress = Progress(len(cells), quiet=quiet)
     result = run_cells(cells, registry, executor, plugin_list, timeout,
                        lambda engine, label: sweep(cells, registry, engine, run.path, {}, progress, rerun=True,
-                                                   record=record, executor_name=label),
+                                                   record=record, executor_name=label, may_train=False),
                        "Summary of the evaluated cells", "rerun the same command to evaluate the rest")
     click.echo(f"\nresults: {run.path} ({result.ran} cell(s) evaluated from {len(sources)} model(s); no training)")
     return INTERRUPTED if result.interrupted else 0
