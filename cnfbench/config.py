@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnfbench.cells import SELECT_BEST, SELECT_LAST, Budget, Cell, EvalProtocol, expand_grid
 from cnfbench.families import EVAL_SLOTS, GRID_AXES
-from cnfbench.params import Param, ParamError, parse_selector_list, resolve_params
+from cnfbench.params import ParamError, parse_selector_list
 from cnfbench.specs import ResolvedComponent
 
 if TYPE_CHECKING:
@@ -80,64 +80,6 @@ comma list of selectors per grid axis (``dataset``, ``field``, ...) and one sele
 
 _LIST_KEYS = {*(row.config_key for row in GRID_AXES), "plugin"}
 _BOOL_KEYS = {"retry_failed", "allow_loose_ref"}
-
-
-CLUSTER_EXECUTOR_PARAMS: dict[str, tuple[Param, ...]] = {
-    "dask": (
-        Param("address", "str", "", "scheduler to connect to, such as tcp://host:8786 (empty: start a local "
-              "cluster of `workers` processes)"),
-        Param("workers", "int", 2, "worker processes of the local cluster (with an address: the scheduler's)",
-              minimum=1, maximum=256),
-        Param("threads", "int", 0, "torch threads per worker (0: torch's default divided by the local workers; "
-              "on a remote cluster, the worker's own default)", minimum=0, maximum=1024),
-        Param("connect_timeout", "float", 10.0, "seconds to wait for the scheduler and its first worker",
-              minimum=0.1, maximum=3600),
-    ),
-    "submitit": (
-        Param("cluster", "str", "local", "slurm: jobs through sbatch; local: jobs as processes on this machine",
-              choices=("local", "slurm")),
-        Param("partition", "str", "", "SLURM partition (empty: the cluster's default)"),
-        Param("gpus_per_task", "int", 0, "GPUs per job (one task per job)", minimum=0, maximum=64),
-        Param("cpus_per_task", "int", 0, "CPUs per job, and torch threads per cell (0: the cluster's default)",
-              minimum=0, maximum=1024),
-        Param("timeout_min", "int", 0, "a job's time limit in minutes (0: --timeout rounded up plus 2, else 60)",
-              minimum=0, maximum=10**6),
-        Param("array_parallelism", "int", 0, "jobs (cells) at once (0: 2 on local, 16 on slurm)",
-              minimum=0, maximum=10_000),
-        Param("mem_gb", "float", 0.0, "memory per job in GB (0: the cluster's default)", minimum=0, maximum=10**6),
-        Param("folder", "str", "", "folder for the jobs' pickles and logs, which the nodes must see (empty: a "
-              "temporary folder on local, ./cnfbench-jobs on slurm)"),
-    ),
-}
-"""The cluster executors (:mod:`cnfbench.cluster`) ``--executor`` chooses from, with their parameters."""
-
-EXECUTOR_PARAMS: dict[str, tuple[Param, ...]] = {
-    "process": (
-        Param("workers", "int", 1, "worker processes, each running one cell at a time", minimum=1, maximum=256),
-        Param("threads", "int", 0, "torch threads per worker (0: torch's default divided by the workers)",
-              minimum=0, maximum=1024),
-    ),
-    "inline": (),
-    **CLUSTER_EXECUTOR_PARAMS,
-}
-"""The executors ``--executor`` chooses from, with their parameters."""
-
-
-def resolve_executor(text: str) -> tuple[str, dict[str, Any]]:
-    """``(name, params)`` of an ``--executor`` selector such as ``process[workers=2]``; :class:`ParamError` when
-    the name or a parameter is unknown or out of range."""
-    selections = parse_selector_list(text, "--executor")
-    if len(selections) != 1:
-        raise ParamError(f"--executor takes exactly one executor, got {len(selections)}")
-    (selection,) = selections
-    if selection.name not in EXECUTOR_PARAMS:
-        raise ParamError(f"unknown executor {selection.name!r}; known executors: {', '.join(EXECUTOR_PARAMS)}")
-    return selection.name, resolve_params(f"executor {selection.name!r}", EXECUTOR_PARAMS[selection.name],
-                                          selection.raw_params)
-
-
-def executor_label(name: str, params: dict[str, Any]) -> str:
-    return f"{name}[{','.join(f'{key}={value}' for key, value in params.items())}]" if params else name
 
 
 @dataclass(frozen=True)
@@ -214,9 +156,9 @@ def _check_value(key: str, value: Any, source: str) -> Any:
             raise ParamError(f"{_named(key, source)} must be process or inline")
         return value
     if key == "executor":
-        if not isinstance(value, str):
+        if not isinstance(value, str) or not value.strip():
             raise ParamError(f"{_named(key, source)} must be a string such as process[workers=2]")
-        resolve_executor(value)
+        parse_selector_list(value, "--executor")  # the name and parameters are checked against the plugins
         return value
     if key in _BOOL_KEYS:
         if not isinstance(value, bool):

@@ -16,6 +16,12 @@ of declared :class:`~cnfbench.params.Param`. Five families exist:
 * :class:`Dataset` — ``Dataset(**params)``; dimension, seeded splits and
   optionally its exact log-density.
 
+And one run-level family, chosen once per run and never part of a cell:
+
+* :class:`Executor` — ``Executor(context, **params)``; runs cells handed to it
+  as plain JSON (:class:`CellJob`) and returns their outcomes, ``slots`` at a
+  time, and cancels those in flight.
+
 The harness never looks at a concrete component: it only uses these methods.
 """
 
@@ -25,7 +31,7 @@ import hashlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -352,6 +358,130 @@ SPLIT_PARAMS: tuple[Param, ...] = (
     Param("n_test", "int", 2000, "test samples (the NLL is averaged over these)", minimum=1, maximum=10**8),
 )
 """The split-size parameters shared by sampled datasets."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Executors: where the cells of a run execute (run-level, never part of a cell).
+
+INTERRUPTED = "interrupted by the user (Ctrl-C)"
+"""The reason of a cell stopped by Ctrl-C (the harness adds where it was)."""
+
+
+@dataclass
+class CellOutcome:
+    """The result row of one cell, its training curve rows, for 2D cells its density picture and, for a
+    finished cell, its trained field.
+
+    ``density`` holds plain lists (so the outcome travels as JSON): ``grid_x``, ``grid_y``,
+    ``log_prob_grid`` (reference solve), ``samples`` (from the model) and ``data`` (test samples).
+    ``model`` is the model file's bytes (safetensors with the cell spec in its metadata), which the runner
+    writes to ``models/<cell_id>.safetensors``.
+    """
+
+    row: dict[str, Any]
+    curves: list[dict[str, Any]] = field(default_factory=list)
+    density: dict[str, Any] | None = None
+    model: bytes | None = None
+
+
+@dataclass(frozen=True)
+class SharedModel:
+    """A model trained by another cell with the same model key: the trainer's id, its model file's bytes
+    and its row's training columns."""
+
+    trainer_id: str
+    model: bytes
+    training: dict[str, Any]
+
+
+class CellInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a cell; ``outcome`` is its ``interrupted`` row, with the phase and what was measured."""
+
+    def __init__(self, outcome: CellOutcome) -> None:
+        super().__init__(outcome.row.get("reason", INTERRUPTED))
+        self.outcome = outcome
+
+
+@dataclass(frozen=True)
+class CellJob:
+    """One cell handed to an executor: its id, its spec as plain JSON, a label for messages, and the model
+    it evaluates instead of training its own (``None``: it trains)."""
+
+    cell_id: str
+    cell: dict[str, Any]
+    label: str
+    shared: SharedModel | None = None
+
+
+ProgressHook = Callable[[str, Any], None]
+"""``progress(kind, value)``: ``("iteration", (done, loss))`` or ``("phase", name)``, from any thread."""
+
+
+class ExecutorContext(Protocol):
+    """What the harness gives an executor: the run's plugins and ``--timeout``, and the pieces every engine
+    needs, so that an executor never builds a row or a payload itself.
+
+    The worker side is :func:`cnfbench.worker.run_cell_payload`: an engine runs it, wherever it runs cells,
+    on :meth:`payload`'s plain data and hands what it returns to :meth:`outcome`. While a cell runs, that
+    function reports messages with ``where`` (the cell's packed phase, opaque: keep the last one for
+    :meth:`failed`), ``shown`` (the phase to display), ``iteration`` (``[done, loss]``), ``host`` and ``pid``.
+    """
+
+    plugins: tuple[str, ...]
+    """The user's plugins (``$CNFBENCH_PLUGINS`` then ``--plugin``), in load order."""
+    timeout: float | None
+    """``--timeout``: seconds a cell may run once it began (None: no limit)."""
+
+    def payload(self, job: CellJob, workers: int = 1, threads: int = 0) -> dict[str, Any]:
+        """The plain (picklable, JSON-able but for the model bytes) payload of ``run_cell_payload`` for ``job``:
+        the cell, the plugins (``.py`` files by content) and their versions, the data folder, the shared model,
+        and the torch-thread policy: ``threads`` per worker, or torch's default divided by ``workers``."""
+        ...
+
+    def outcome(self, job: CellJob, result: dict[str, Any]) -> CellOutcome:
+        """The outcome of what ``run_cell_payload`` returned for ``job``."""
+        ...
+
+    def failed(self, job: CellJob, status: str, lead: str, seconds: float, where: int | None = None
+               ) -> CellOutcome:
+        """The row of a cell its worker did not finish (``timeout``, ``error``, ``interrupted``): ``lead`` says
+        what happened (one line), the reason adds the phase ``where`` (the last one its worker reported; None:
+        it had not begun) and the components running there."""
+        ...
+
+    def run_here(self, job: CellJob, report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """``run_cell_payload`` for ``job`` in this process, with the run's own plugins (no copies loaded)."""
+        ...
+
+
+class Executor(Component, ABC):
+    """Run-level family: where the cells of a run execute. Built once per run as ``Executor(context,
+    **params)``; a constructor whose engine is missing or unreachable raises ``ValueError`` with one line
+    for the user (which extra to install, which address did not answer).
+
+    ``slots`` cells run at once: the runner calls :meth:`run_cell` from that many threads, one cell each,
+    and writes every outcome to the run folder (it alone) in completion order. A cell's failures — a
+    timeout, a dead worker, an engine that lost it — are rows (:meth:`ExecutorContext.failed`), never
+    exceptions; the sweep goes on.
+    """
+
+    slots: int = 1
+
+    def __init__(self, context: ExecutorContext, **params: Any) -> None:
+        self.context = context
+        self.config = dict(params)
+
+    @abstractmethod
+    def run_cell(self, job: CellJob, progress: ProgressHook) -> CellOutcome:
+        """Run ``job`` to its end and return its outcome, reporting its progress to ``progress``. On Ctrl-C
+        raise :class:`CellInterrupted` with the cell's ``interrupted`` row."""
+
+    def cancel(self) -> list[CellOutcome]:
+        """Stop every cell in flight (Ctrl-C reached the runner): their ``interrupted`` rows."""
+        return []
+
+    def close(self) -> None:
+        """Release the workers (called once, after the last cell)."""
 
 
 @dataclass(frozen=True)

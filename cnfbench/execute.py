@@ -21,7 +21,15 @@ import torch
 
 from cnfbench.cells import Cell
 from cnfbench.columns import COLUMN_NAMES, ordered
-from cnfbench.contracts import StepCapReached, StepSizeUnderflow, split_generator
+from cnfbench.contracts import (
+    INTERRUPTED,
+    CellInterrupted,
+    CellOutcome,
+    SharedModel,
+    StepCapReached,
+    StepSizeUnderflow,
+    split_generator,
+)
 from cnfbench.dynamics import ContractViolation, NFEBudgetExceeded, NFECounter, PhaseTracker
 from cnfbench.evaluation import (
     EvaluationPass,
@@ -34,15 +42,7 @@ from cnfbench.measure import PeakMemory, now
 from cnfbench.messages import describe_exception, one_line
 from cnfbench.model_file import decode_model, encode_model
 from cnfbench.registry import ComponentBuildError, Registry
-from cnfbench.rows import (
-    INTERRUPTED,
-    REASON_LIMIT,
-    CellInterrupted,
-    CellOutcome,
-    SharedModel,
-    failure_reason,
-    identity_columns,
-)
+from cnfbench.rows import REASON_LIMIT, failure_reason, identity_columns
 from cnfbench.sample_quality import energy_distance, sliced_wasserstein2
 from cnfbench.training import Diverged, IterationCallback, TrainingRecord, seeded_field, train
 from cnfbench.validity import integrate_mass, loose_reference, mass_grid, validity

@@ -15,8 +15,8 @@ A family has one of three roles:
 * an **evaluation slot** is not a family but a component of an existing
   family in another role (the eval trace is a trace, the reference solver a
   solver), listed in :data:`EVAL_SLOTS`;
-* **run-level** (executors, trackers: none yet): chosen once per run, never
-  part of a cell.
+* **run-level** (executors): chosen once per run with one component (``--executor process[workers=2]``),
+  never part of a cell, its id or its identity columns.
 
 Adding a family is: its contract in :mod:`cnfbench.contracts`, its row
 here, its built-in plugin module, its conformance checks, its docs.
@@ -108,6 +108,8 @@ FAMILY_TABLE: tuple[FamilyRow, ...] = (
               "euler[steps=10],dopri5[rtol=1e-5,atol=1e-5]"),
     FamilyRow("trace", "traces", "TraceEstimator", "cnfbench_traces", GRID_AXIS, "--trace", ("exact",),
               "training trace estimator", "exact,hutchinson[noise=rademacher]"),
+    FamilyRow("executor", "executors", "Executor", "cnfbench_executors", RUN_LEVEL, "--executor", ("process",),
+              "where the cells run", "process[workers=2]"),
 )
 """Every component family, in the order a cell and a row list them."""
 
@@ -128,6 +130,9 @@ GRID_AXES: tuple[FamilyRow, ...] = tuple(row for row in FAMILY_TABLE if row.role
 AXIS_KEYS: tuple[str, ...] = tuple(row.key for row in GRID_AXES)
 AXIS_SPEC_COLUMNS: tuple[str, ...] = tuple(row.spec_column for row in GRID_AXES)
 SLOT_SPEC_COLUMNS: tuple[str, ...] = tuple(slot.spec_column for slot in EVAL_SLOTS)
+
+RUN_LEVEL_FAMILIES: tuple[FamilyRow, ...] = tuple(row for row in FAMILY_TABLE if row.role == RUN_LEVEL)
+"""The families chosen once per run (one component each), never part of a cell."""
 
 
 def family(key: str) -> FamilyRow:

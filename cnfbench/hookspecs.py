@@ -14,7 +14,7 @@ import pluggy
 from torch import Tensor
 
 from cnfbench.columns import Column
-from cnfbench.contracts import Dataset, Objective, Solver, TraceEstimator, VectorField
+from cnfbench.contracts import Dataset, Executor, Objective, Solver, TraceEstimator, VectorField
 
 PROJECT_NAME = "cnfbench"
 
@@ -61,6 +61,15 @@ def cnfbench_traces() -> Sequence[type[TraceEstimator]]:
     """Return trace-estimator classes (subclasses of :class:`cnfbench.contracts.TraceEstimator`).
 
     Each class is built as ``Trace(**params)`` and returns ``(dz, div)``.
+    """
+
+
+@hookspec
+def cnfbench_executors() -> Sequence[type[Executor]]:
+    """Return executor classes (subclasses of :class:`cnfbench.contracts.Executor`).
+
+    Each class is built once per run as ``Executor(context, **params)`` and runs the run's cells; the
+    worker side of every engine is :func:`cnfbench.worker.run_cell_payload`.
     """
 
 

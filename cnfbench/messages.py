@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 def one_line(text: object, limit: int | None = None) -> str:
     """``text`` with all whitespace runs folded to one space, cut to ``limit`` characters with an ellipsis."""
@@ -15,3 +18,9 @@ def describe_exception(exc: BaseException, limit: int | None = None) -> str:
     """``Type: message`` on one line (just ``Type`` when the message is empty)."""
     text = one_line(exc, limit)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``"; did you mean 'dopri5'?"`` when a known name is close to ``name``, else ``""``."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""

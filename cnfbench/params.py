@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cnfbench.messages import did_you_mean
+
 
 class ParamError(ValueError):
     """A selector or parameter value is invalid; the message is one line for the user."""
@@ -276,7 +278,8 @@ def resolve_params(
         param = declared_by_name.get(key)
         if param is None:
             valid = ", ".join(sorted(declared_by_name)) or "none"
-            raise ParamError(f"unknown parameter {key!r} for {owner}; valid parameters: {valid}")
+            raise ParamError(f"unknown parameter {key!r} for {owner}; valid parameters: {valid}"
+                             f"{did_you_mean(key, declared_by_name)}")
         try:
             resolved[key] = param.coerce(raw)
         except ValueError as exc:

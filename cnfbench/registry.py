@@ -14,7 +14,7 @@ from typing import Any
 import pluggy
 
 from cnfbench.contracts import FAMILIES, Component
-from cnfbench.messages import describe_exception
+from cnfbench.messages import describe_exception, did_you_mean
 from cnfbench.params import ParamError, Selection, resolve_params
 from cnfbench.plugin_manager import PluginInfo, create_plugin_manager
 from cnfbench.specs import ResolvedComponent
@@ -96,7 +96,8 @@ class Registry:
         entry = self._components[family].get(name)
         if entry is None:
             known = ", ".join(self.names(family)) or "none"
-            raise ParamError(f"unknown {family} {name!r}; known {FAMILIES[family].plural}: {known}")
+            raise ParamError(f"unknown {family} {name!r}; known {FAMILIES[family].plural}: {known}"
+                             f"{did_you_mean(name, self.names(family))}")
         return entry
 
     def resolve(self, family: str, selection: Selection) -> ResolvedComponent:

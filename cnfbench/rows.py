@@ -11,11 +11,11 @@ were running there, with their plugins) are written by this module.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 from cnfbench.cells import Cell
 from cnfbench.columns import ordered
+from cnfbench.contracts import INTERRUPTED, CellInterrupted, CellOutcome
 from cnfbench.dynamics import CELL_PHASES
 from cnfbench.families import EVAL_SLOTS, GRID_AXES, SLOTS_BY_KEY
 from cnfbench.messages import one_line
@@ -26,7 +26,6 @@ REASON_LIMIT = 300
 
 STATUSES = ("done", "diverged", "budget", "timeout", "error", "interrupted", "skipped")
 
-INTERRUPTED = "interrupted by the user (Ctrl-C)"
 """How an ``interrupted`` reason begins."""
 
 
@@ -66,23 +65,6 @@ PHASE_WHERE: dict[str, tuple[str, tuple[str, ...]]] = {
 """For every phase of :data:`~cnfbench.dynamics.CELL_PHASES`: how a reason says where, and which components ran."""
 
 
-@dataclass
-class CellOutcome:
-    """The result row of one cell, its training curve rows, for 2D cells its density picture and, for a
-    finished cell, its trained field.
-
-    ``density`` holds plain lists (so the outcome travels as JSON): ``grid_x``, ``grid_y``,
-    ``log_prob_grid`` (reference solve), ``samples`` (from the model) and ``data`` (test samples).
-    ``model`` is the model file's bytes (:func:`cnfbench.run_folder.encode_model`: safetensors with the
-    cell spec in its metadata), which the runner writes to ``models/<cell_id>.safetensors``.
-    """
-
-    row: dict[str, Any]
-    curves: list[dict[str, Any]] = field(default_factory=list)
-    density: dict[str, Any] | None = None
-    model: bytes | None = None
-
-
 TRAINING_COLUMNS = (
     "iterations_done", "final_train_loss", "train_loss_unit", "selected_iteration", "best_val_nll",
     "nfe_forward_mean", "nfe_forward_max", "nfe_backward_mean", "nfe_backward_max", "field_evals_per_iter",
@@ -90,24 +72,6 @@ TRAINING_COLUMNS = (
 )
 """The columns a row takes from the training of its model: copied from the trainer's row by the cells that
 share its model."""
-
-
-@dataclass(frozen=True)
-class SharedModel:
-    """A model trained by another cell with the same model key: the trainer's id, its model file's bytes
-    and its row's :data:`TRAINING_COLUMNS`."""
-
-    trainer_id: str
-    model: bytes
-    training: dict[str, Any]
-
-
-class CellInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped a cell; ``outcome`` is its ``interrupted`` row, with the phase and what was measured."""
-
-    def __init__(self, outcome: CellOutcome) -> None:
-        super().__init__(outcome.row.get("reason", INTERRUPTED))
-        self.outcome = outcome
 
 
 def _slot_component(slot: str, cell: Cell, registry: Registry | None) -> str | None:

@@ -32,12 +32,13 @@ import pandas as pd
 
 from cnfbench.cells import Cell
 from cnfbench.columns import ordered
+from cnfbench.contracts import CellOutcome, Executor, SharedModel
 from cnfbench.execute import model_key_of
-from cnfbench.executor import Executor
+from cnfbench.executor import job_for
 from cnfbench.model_file import ModelFileError, check_model
 from cnfbench.progress import Progress
 from cnfbench.registry import Registry
-from cnfbench.rows import TRAINING_COLUMNS, CellOutcome, SharedModel, failed_outcome, interrupted_outcome
+from cnfbench.rows import TRAINING_COLUMNS, failed_outcome, interrupted_outcome
 from cnfbench.run_folder import (
     CELLS_CSV,
     CELLS_PARQUET,
@@ -256,7 +257,7 @@ def sweep(
     progress.total_cells = len(todo)
     frame = existing
     ran = 0
-    placement = {"executor": executor_name, "concurrency": getattr(executor, "slots", 1)}
+    placement = {"executor": executor_name, "concurrency": executor.slots}
 
     def on_progress(kind: str, value: Any) -> None:
         if kind == "iteration":
@@ -310,7 +311,7 @@ def sweep(
         _write_cells(store, frame, progress)
         return RunResult(run_dir, frame, ran, skipped, interrupted=True)
 
-    if getattr(executor, "slots", 1) > 1:
+    if executor.slots > 1:
         return _sweep_in_parallel(todo, executor, prepare, keep_outcome, record_interrupted, progress, registry,
                                   lambda: RunResult(run_dir, frame, ran, skipped))
     for index, cell in enumerate(todo, start=1):
@@ -324,7 +325,7 @@ def sweep(
         progress.start_cell(index, cell, _loss_unit(registry, cell), shared is not None)
         started = time.monotonic()
         try:
-            outcome = executor.run_cell(cell, on_progress, shared)
+            outcome = executor.run_cell(job_for(cell, shared), on_progress)
         except KeyboardInterrupt as exc:
             return record_interrupted([interrupted_outcome(cell, exc, time.monotonic() - started)])
         row = keep_outcome(cell, key, source, shared, outcome)
@@ -345,7 +346,7 @@ def _sweep_in_parallel(todo: list[Cell], executor: Executor, prepare: Callable[.
 
     def work(cell: Cell, prepared: tuple[str, Any, Any]) -> None:
         try:
-            outcome: Any = executor.run_cell(cell, lambda kind, value: None, prepared[2])
+            outcome: Any = executor.run_cell(job_for(cell, prepared[2]), lambda kind, value: None)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which decides
             outcome = exc
         results.put((cell, prepared, outcome))
@@ -382,6 +383,6 @@ def _sweep_in_parallel(todo: list[Cell], executor: Executor, prepare: Callable[.
             row = keep(cell, *prepared, outcome)
             progress.finished(cell, row if row is not None else outcome.row)
     except KeyboardInterrupt:
-        stopped = executor.interrupt() if hasattr(executor, "interrupt") else []
+        stopped = executor.cancel()
         return record_interrupted(stopped)
     return result()

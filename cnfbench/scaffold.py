@@ -25,7 +25,7 @@ from string import Template
 
 from cnfbench.families import FAMILIES_BY_KEY
 
-FAMILY_ORDER = ("field", "solver", "trace", "dataset", "objective")
+FAMILY_ORDER = ("field", "solver", "trace", "dataset", "objective", "executor")
 """The families a template exists for, in the order they appear in ``plugin.py`` (every family of the families
 table needs one: a test checks it)."""
 
@@ -79,7 +79,8 @@ def parse_families(items: str | Iterable[str]) -> tuple[str, ...]:
 def component_names(name: str, families: Iterable[str]) -> dict[str, str]:
     """The registered name of the example component of each family."""
     package = package_name(name)
-    suffix = {"field": "mlp", "solver": "heun", "trace": "exact", "dataset": "gaussian", "objective": "cfm"}
+    suffix = {"field": "mlp", "solver": "heun", "trace": "exact", "dataset": "gaussian", "objective": "cfm",
+              "executor": "pool"}
     return {family: f"{package}_{suffix[family]}" for family in families}
 
 
@@ -284,7 +285,60 @@ class FlowMatching(Objective):
         return ObjectiveLoss(loss, {"flow_matching": loss.item()})
 '''
 
+_EXECUTOR = '''
+
+class PoolExecutor(Executor):
+    """Runs cells on a ``concurrent.futures`` pool of ``workers`` spawned processes.
+
+    cnfbench builds it once per run as ``Executor(context, **params)`` and calls
+    ``run_cell(job, progress)`` from ``slots`` threads at once; it writes each
+    outcome to the run folder itself. ``job.cell`` is the cell as plain JSON:
+    ship ``context.payload(job)`` (plain data, the plugins by content) to a
+    worker, run ``cnfbench.worker.run_cell_payload`` there, and hand what it
+    returns to ``context.outcome``. A cell that does not finish is a row from
+    ``context.failed``, never an exception. A pool cannot stop a running task,
+    so a cell past ``--timeout`` is reported but its worker runs on: the
+    built-in ``process`` executor kills it instead.
+    """
+
+    name = "${executor_name}"
+    description = "cells on a concurrent.futures process pool, no hard timeout (example executor of ${dist})"
+    params = (Param("workers", "int", 2, "worker processes", minimum=1, maximum=256),)
+
+    def __init__(self, context: ExecutorContext, workers: int = 2) -> None:
+        super().__init__(context, workers=workers)
+        self.slots = workers
+        self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def run_cell(self, job: CellJob, progress: ProgressHook) -> CellOutcome:
+        started = time.monotonic()
+        future = self._pool.submit(run_cell_payload, self.context.payload(job, workers=self.slots))
+        try:
+            return self.context.outcome(job, future.result(timeout=self.context.timeout))
+        except TimeoutError:
+            return self.context.failed(job, "timeout", f"timeout after {time.monotonic() - started:.1f} s "
+                                                       f"(--timeout {self.context.timeout:g} s)",
+                                       time.monotonic() - started)
+        except BrokenProcessPool:
+            self._pool = ProcessPoolExecutor(self.slots, mp_context=multiprocessing.get_context("spawn"))
+            return self.context.failed(job, "error", "the worker process died", time.monotonic() - started)
+        except KeyboardInterrupt:
+            future.cancel()
+            raise CellInterrupted(self.context.failed(job, "interrupted", INTERRUPTED,
+                                                      time.monotonic() - started)) from None
+
+    def close(self) -> None:
+        self._pool.shutdown(cancel_futures=True)
+'''
+
 _HOOKS = {
+    "executor": '''
+
+@hookimpl
+def cnfbench_executors() -> list[type[Executor]]:
+    """The executors this plugin adds: ``cnfbench run --executor "${executor_name}[workers=2]"``."""
+    return [PoolExecutor]
+''',
     "field": '''
 
 @hookimpl
@@ -322,7 +376,8 @@ def cnfbench_objectives() -> list[type[Objective]]:
 ''',
 }
 
-_BODIES = {"field": _FIELD, "solver": _SOLVER, "trace": _TRACE, "dataset": _DATASET, "objective": _OBJECTIVE}
+_BODIES = {"field": _FIELD, "solver": _SOLVER, "trace": _TRACE, "dataset": _DATASET, "objective": _OBJECTIVE,
+           "executor": _EXECUTOR}
 
 _CONTRACT_NAMES = {
     "field": ["VectorField"],
@@ -330,6 +385,8 @@ _CONTRACT_NAMES = {
     "trace": ["FieldFunction", "TraceEstimator"],
     "dataset": ["SPLIT_PARAMS", "SampledDataset"],
     "objective": ["Objective", "ObjectiveLoss", "TrainingContext"],
+    "executor": ["INTERRUPTED", "CellInterrupted", "CellJob", "CellOutcome", "Executor", "ExecutorContext",
+                 "ProgressHook"],
 }
 
 _PLUGIN_DOC = '''"""The cnfbench plugin of ${dist}. It adds:
@@ -359,8 +416,12 @@ def _from_import(module: str, names: list[str]) -> str:
 
 def _imports(families: tuple[str, ...]) -> str:
     stdlib = []
+    if "executor" in families:
+        stdlib += ["import multiprocessing", "import time", "from concurrent.futures import ProcessPoolExecutor",
+                   "from concurrent.futures.process import BrokenProcessPool"]
     if "dataset" in families:
-        stdlib = ["import math", "from typing import Any"]
+        stdlib += ["import math", "from typing import Any"]
+    stdlib = sorted(stdlib, key=lambda line: (line.startswith("from"), line))
     contracts = sorted({name for family in families for name in _CONTRACT_NAMES[family]},
                        key=lambda name: (0 if name.isupper() else 1, name))
     params = ["Param", "resolve_params"] if "dataset" in families else ["Param"]
@@ -372,6 +433,10 @@ def _imports(families: tuple[str, ...]) -> str:
         _from_import("cnfbench.params", params),
         _from_import("torch", torch_names),
     ]
+    if "executor" in families:
+        third_party.insert(4, "from cnfbench.worker import run_cell_payload")
+    if set(families) <= {"executor"}:
+        third_party = [line for line in third_party if "torch" not in line.split(" import ")[0].split()[-1]]
     if families == ("trace",):
         third_party.remove("from cnfbench.params import Param")
     blocks = ["from __future__ import annotations", "\n".join(stdlib), "\n".join(third_party)]
@@ -498,9 +563,9 @@ plugins, and return the new classes from the matching hook.
 
 _RUN_OPTION = {family: FAMILIES_BY_KEY[family].option for family in FAMILY_ORDER}
 _FAMILY_WORD = {"field": "vector field", "solver": "ODE solver", "trace": "trace estimator", "dataset": "dataset",
-                "objective": "training objective"}
+                "objective": "training objective", "executor": "executor"}
 _CLASS = {"field": "MLPField", "solver": "HeunSolver", "trace": "ExactTrace", "dataset": "GaussianDataset",
-          "objective": "FlowMatching"}
+          "objective": "FlowMatching", "executor": "PoolExecutor"}
 
 
 def render_plugin(name: str, families: Iterable[str] = DEFAULT_FAMILIES) -> dict[str, str]:

@@ -21,24 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cnfbench_plugins.cluster_executors import DaskExecutor, SubmititExecutor, _submitit_job
 from test_faults import FAULTS_PLUGIN
 
 from cnfbench.cells import Cell
-from cnfbench.cluster import (
-    CLUSTER_EXECUTOR_PARAMS,
-    DaskExecutor,
-    SubmititExecutor,
-    _submitit_job,
-    make_cluster_executor,
-    plugin_shipment,
-    run_cell_payload,
-)
 from cnfbench.config import RunConfig, resolve_cells
+from cnfbench.contracts import INTERRUPTED, CellInterrupted, CellOutcome, Executor, SharedModel
 from cnfbench.dynamics import unpack_phase
-from cnfbench.executor import InlineExecutor
-from cnfbench.params import resolve_params
+from cnfbench.executor import job_for, make_executor
 from cnfbench.registry import Registry, load_registry
-from cnfbench.rows import INTERRUPTED, TRAINING_COLUMNS, CellInterrupted, CellOutcome, SharedModel
+from cnfbench.rows import TRAINING_COLUMNS
+from cnfbench.worker import plugin_shipment, run_cell_payload
 
 HANG_TIMEOUT = 15.0
 """Generous: a tiny cell reaches its hanging field within a second or two of its worker beginning it."""
@@ -63,20 +56,26 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Reg
     yield plugin, registry, {**cells, "healthy": cells["concatsquash"]}
 
 
+def _executor(registry: Registry, spec: str, plugin: Path, timeout: float | None = None) -> Executor:
+    """The executor ``spec`` as ``cnfbench run --executor spec --plugin plugin --timeout timeout`` builds it."""
+    return make_executor(registry, spec, [str(plugin)], timeout)[0]
+
+
 @pytest.fixture(scope="module")
 def inline_outcome(faults: tuple[Path, Registry, dict[str, Cell]]) -> CellOutcome:
-    _, registry, cells = faults
-    return InlineExecutor(registry).run_cell(cells["healthy"], lambda kind, value: None)
+    plugin, registry, cells = faults
+    return _executor(registry, "inline", plugin).run_cell(job_for(cells["healthy"]), lambda kind, value: None)
 
 
-def _sweep(executor: DaskExecutor | SubmititExecutor, cells: list[Cell],
+def _sweep(executor: Executor, cells: list[Cell],
            heard: dict[str, list[tuple[str, Any]]] | None = None) -> list[CellOutcome]:
     """Run ``cells`` as the parallel sweep does: ``slots`` threads, each handing the executor one cell at a time;
     ``heard`` collects each cell's progress messages by cell id."""
     heard = {} if heard is None else heard
 
     def run(cell: Cell) -> CellOutcome:
-        return executor.run_cell(cell, lambda kind, value: heard.setdefault(cell.cell_id, []).append((kind, value)))
+        return executor.run_cell(job_for(cell),
+                                 lambda kind, value: heard.setdefault(cell.cell_id, []).append((kind, value)))
 
     with ThreadPoolExecutor(executor.slots) as pool:
         return list(pool.map(run, cells))
@@ -98,17 +97,18 @@ def _assert_fault_rows(outcomes: dict[str, CellOutcome], inline: CellOutcome, di
     assert dead["reason"].startswith(f"the worker process died: {died}") and "\n" not in dead["reason"]
 
 
-def _interrupt_a_hanging_cell(executor: DaskExecutor | SubmititExecutor, cell: Cell) -> list[CellOutcome]:
+def _interrupt_a_hanging_cell(executor: Executor, cell: Cell) -> list[CellOutcome]:
     """Start ``cell`` (which hangs at iteration 2) in a thread, wait until its worker reports the hang, interrupt."""
     returned: list[CellOutcome] = []
-    thread = threading.Thread(target=lambda: returned.append(executor.run_cell(cell, lambda kind, value: None)))
+    thread = threading.Thread(
+        target=lambda: returned.append(executor.run_cell(job_for(cell), lambda kind, value: None)))
     thread.start()
     for _ in range(1200):
-        flights = list(executor._flights.values())
+        flights = executor.in_flight()
         if flights and unpack_phase(flights[0].where) == ("train_forward", 2):
             break
         time.sleep(0.1)
-    stopped = executor.interrupt()
+    stopped = executor.cancel()
     thread.join(60)
     assert not thread.is_alive() and returned and returned[0].row["status"] == "interrupted"
     return stopped
@@ -116,7 +116,7 @@ def _interrupt_a_hanging_cell(executor: DaskExecutor | SubmititExecutor, cell: C
 
 def test_dask_local_cluster_runs_hangs_and_loses_workers(faults, inline_outcome) -> None:
     plugin, registry, cells = faults
-    executor = DaskExecutor(None, 2, [str(plugin)], HANG_TIMEOUT, registry)
+    executor = _executor(registry, "dask[workers=2]", plugin, HANG_TIMEOUT)
     try:
         assert executor.slots == 2 and executor.threads == 1
         heard: dict[str, list[tuple[str, Any]]] = {}
@@ -130,8 +130,8 @@ def test_dask_local_cluster_runs_hangs_and_loses_workers(faults, inline_outcome)
         trained = outcomes[1]
         shared = SharedModel(cells["healthy"].cell_id, trained.model,
                              {key: trained.row[key] for key in TRAINING_COLUMNS})
-        again = executor.run_cell(cells["healthy"], lambda kind, value: None)
-        loaded = executor.run_cell(cells["healthy"], lambda kind, value: None, shared)
+        again = executor.run_cell(job_for(cells["healthy"]), lambda kind, value: None)
+        loaded = executor.run_cell(job_for(cells["healthy"], shared), lambda kind, value: None)
         assert again.row["status"] == "done" and again.row["nll"] == inline_outcome.row["nll"]
         assert loaded.row["status"] == "done" and loaded.row["trained_in"] == cells["healthy"].cell_id
         assert loaded.row["nll"] == inline_outcome.row["nll"] and loaded.model is None
@@ -145,7 +145,7 @@ def test_dask_local_cluster_runs_hangs_and_loses_workers(faults, inline_outcome)
                 raise KeyboardInterrupt
 
         with pytest.raises(CellInterrupted) as interrupted:
-            executor.run_cell(cells["sleeper"], ctrl_c)
+            executor.run_cell(job_for(cells["sleeper"]), ctrl_c)
         assert interrupted.value.outcome.row["status"] == "interrupted"
         assert interrupted.value.outcome.row["reason"].startswith(f"{INTERRUPTED} in the training")
     finally:
@@ -156,11 +156,10 @@ def test_dask_executor_on_a_scheduler_address(faults, inline_outcome) -> None:
     distributed = pytest.importorskip("distributed")
     plugin, registry, cells = faults
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        executor = make_cluster_executor("dask", {**_defaults("dask"), "address": cluster.scheduler_address},
-                                         [str(plugin)], None, registry)
+        executor = _executor(registry, f"dask[address={cluster.scheduler_address}]", plugin)
         try:
             assert isinstance(executor, DaskExecutor) and executor.slots == 1
-            outcome = executor.run_cell(cells["healthy"], lambda kind, value: None)
+            outcome = executor.run_cell(job_for(cells["healthy"]), lambda kind, value: None)
             assert outcome.row["status"] == "done" and outcome.row["nll"] == inline_outcome.row["nll"]
         finally:
             executor.close()
@@ -169,14 +168,15 @@ def test_dask_executor_on_a_scheduler_address(faults, inline_outcome) -> None:
 def test_an_unreachable_scheduler_is_one_line(faults) -> None:
     plugin, registry, _ = faults
     with pytest.raises(ValueError, match=r"^cannot reach the dask scheduler at tcp://127\.0\.0\.1:9 within 1 s") as e:
-        DaskExecutor("tcp://127.0.0.1:9", 1, [str(plugin)], None, registry, connect_timeout=1)
+        _executor(registry, "dask[address=tcp://127.0.0.1:9,connect_timeout=1]", plugin)
     assert "\n" not in str(e.value)
 
 
 def test_submitit_local_runs_hangs_and_loses_jobs(faults, inline_outcome, tmp_path: Path) -> None:
     plugin, registry, cells = faults
-    executor = SubmititExecutor("local", array_parallelism=2, folder=str(tmp_path / "jobs"), plugins=[str(plugin)],
-                                timeout=HANG_TIMEOUT, registry=registry)
+    executor = _executor(registry, f"submitit[cluster=local,array_parallelism=2,folder={tmp_path / 'jobs'}]", plugin,
+                         HANG_TIMEOUT)
+    assert isinstance(executor, SubmititExecutor)
     try:
         assert executor.slots == 2 and executor.timeout_min == 3  # --timeout rounded up to minutes, plus 2
         assert executor.parameters["timeout_min"] == 3
@@ -249,10 +249,6 @@ def test_a_job_at_its_time_limit_ends_with_a_timeout_row(faults, tmp_path: Path)
     assert "s (the job's time limit of 1 min) in the training forward pass at iteration 2 — " in row["reason"]
 
 
-def _defaults(name: str) -> dict:
-    return resolve_params(f"executor {name!r}", CLUSTER_EXECUTOR_PARAMS[name], ())
-
-
 def test_slurm_parameters_map_to_sbatch(faults, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     plugin, registry, _ = faults
     bin_dir = tmp_path / "bin"
@@ -261,10 +257,9 @@ def test_slurm_parameters_map_to_sbatch(faults, tmp_path: Path, monkeypatch: pyt
         (bin_dir / command).write_text("#!/bin/sh\nexit 1\n")
         (bin_dir / command).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{Path(sys.executable).parent}")
-    params = {**_defaults("submitit"), "cluster": "slurm", "partition": "gpu", "gpus_per_task": 1,
-              "cpus_per_task": 4, "timeout_min": 30, "array_parallelism": 8, "mem_gb": 16.0,
-              "folder": str(tmp_path / "jobs")}
-    executor = make_cluster_executor("submitit", params, [str(plugin)], 600.0, registry)
+    params = (f"cluster=slurm,partition=gpu,gpus_per_task=1,cpus_per_task=4,array_parallelism=8,mem_gb=16,"
+              f"folder={tmp_path / 'jobs'}")
+    executor = _executor(registry, f"submitit[{params},timeout_min=30]", plugin, 600.0)
     assert isinstance(executor, SubmititExecutor) and executor.slots == 8 and executor.threads == 4
     parameters = executor.parameters
     assert parameters["partition"] == "gpu" and parameters["gpus_per_node"] == 1
@@ -274,7 +269,8 @@ def test_slurm_parameters_map_to_sbatch(faults, tmp_path: Path, monkeypatch: pyt
     for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=4",
                  "#SBATCH --time=30", "#SBATCH --mem=16GB"):
         assert line in script, line
-    derived = make_cluster_executor("submitit", {**params, "timeout_min": 0}, [str(plugin)], 600.0, registry)
+    derived = _executor(registry, f"submitit[{params}]", plugin, 600.0)
+    assert isinstance(derived, SubmititExecutor)
     assert derived.parameters["time"] == 12  # --timeout 600 s: 10 minutes, plus 2 for the job's start
     executor.close()
     derived.close()
@@ -284,11 +280,10 @@ def test_slurm_without_sbatch_and_engines_without_their_extra(faults, monkeypatc
     plugin, registry, _ = faults
     monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
     with pytest.raises(ValueError, match=r"^submitit\[cluster=slurm\] needs SLURM's sbatch and srun, which are not"):
-        make_cluster_executor("submitit", {**_defaults("submitit"), "cluster": "slurm"}, [str(plugin)], None,
-                              registry)
+        _executor(registry, "submitit[cluster=slurm]", plugin)
     monkeypatch.setitem(sys.modules, "distributed", None)
     monkeypatch.setitem(sys.modules, "submitit", None)
     with pytest.raises(ValueError, match=r"needs the optional extra: pip install cnfbench\[dask\]"):
-        make_cluster_executor("dask", _defaults("dask"), [str(plugin)], None, registry)
+        _executor(registry, "dask", plugin)
     with pytest.raises(ValueError, match=r"needs the optional extra: pip install cnfbench\[slurm\]"):
-        make_cluster_executor("submitit", _defaults("submitit"), [str(plugin)], None, registry)
+        _executor(registry, "submitit", plugin)

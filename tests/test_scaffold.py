@@ -57,7 +57,8 @@ def import_plugin(monkeypatch: pytest.MonkeyPatch) -> Iterator:
 
 
 def test_every_family_passes_the_conformance_kit(tmp_path: Path, import_plugin) -> None:
-    result = new_plugin("kit-probe-all", "--family", "field,trace,objective,solver,dataset", "--dir", str(tmp_path))
+    result = new_plugin("kit-probe-all", "--family", "field,trace,objective,solver,dataset,executor", "--dir",
+                        str(tmp_path))
     assert result.exit_code == 0, result.output
     folder = tmp_path / "kit-probe-all"
     assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == [
@@ -67,7 +68,7 @@ def test_every_family_passes_the_conformance_kit(tmp_path: Path, import_plugin) 
     plugin = import_plugin(folder)
     assert check_plugin(plugin) == [
         "dataset 'kit_probe_all_gaussian'", "field 'kit_probe_all_mlp'", "objective 'kit_probe_all_cfm'",
-        "solver 'kit_probe_all_heun'", "trace 'kit_probe_all_exact'",
+        "solver 'kit_probe_all_heun'", "trace 'kit_probe_all_exact'", "executor 'kit_probe_all_pool'",
     ]
     for name in component_names("kit-probe-all", FAMILY_ORDER).values():
         assert name in result.output  # the next-steps hint names the components
@@ -82,8 +83,8 @@ def test_default_is_one_field(tmp_path: Path, import_plugin) -> None:
     assert "cnfbench run --field kit_probe_default_mlp" in result.output
 
 
-@pytest.mark.parametrize("families", ["solver", "trace", "dataset", "objective", "field,trace", "field,objective",
-                                      "all"])
+@pytest.mark.parametrize("families", ["solver", "trace", "dataset", "objective", "executor", "field,trace",
+                                      "field,objective", "all"])
 def test_every_family_combination_is_valid_python(families: str) -> None:
     files = render_plugin("combo", families.split(","))
     for path, text in files.items():
@@ -93,7 +94,8 @@ def test_every_family_combination_is_valid_python(families: str) -> None:
     wanted = FAMILY_ORDER if families == "all" else families.split(",")
     for family in FAMILY_ORDER:
         hook = {"field": "cnfbench_fields", "solver": "cnfbench_solvers", "trace": "cnfbench_traces",
-                "dataset": "cnfbench_datasets", "objective": "cnfbench_objectives"}[family]
+                "dataset": "cnfbench_datasets", "objective": "cnfbench_objectives",
+                "executor": "cnfbench_executors"}[family]
         assert (f"def {hook}()" in plugin_source) == (family in wanted)
 
 
@@ -121,6 +123,26 @@ def test_the_objective_plugin_passes_its_own_tests_and_trains_a_cell(tmp_path: P
     cells = pd.read_parquet(tmp_path / "results" / "fm" / "cells.parquet")
     assert list(cells["objective"]) == ["kit_probe_objective_cfm"] * 2, cells
     assert list(cells["status"]) == ["done", "done"], cells[["solver", "status"]]
+
+
+def test_the_executor_plugin_passes_the_kit_and_runs_a_sweep(tmp_path: Path, import_plugin, cli) -> None:
+    from cnfbench.testing import check_executor
+
+    result = new_plugin("kit-probe-executor", "--family", "executor", "--dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "cnfbench run --executor kit_probe_executor_pool" in result.output
+    folder = tmp_path / "kit-probe-executor"
+    plugin = import_plugin(folder)
+    assert [(family, cls.name) for family, cls in plugin_components(plugin)] == [
+        ("executor", "kit_probe_executor_pool")]
+    check_executor(plugin.PoolExecutor, {"workers": 2})
+
+    run = cli("run", "--plugin", str(folder / "src" / "kit_probe_executor" / "plugin.py"), "--executor",
+              "kit_probe_executor_pool[workers=2]", "--solver", "euler[steps=2],rk4[steps=1]", "--name", "pool")
+    assert run.exit_code == 0, run.output
+    cells = pd.read_parquet(tmp_path / "results" / "pool" / "cells.parquet")
+    assert list(cells["status"]) == ["done", "done"], cells[["solver", "status", "reason"]]
+    assert set(cells["executor"]) == {"kit_probe_executor_pool[workers=2]"} and set(cells["concurrency"]) == {2}
 
 
 def test_pyproject_readme_and_tests_point_at_the_plugin(tmp_path: Path) -> None:

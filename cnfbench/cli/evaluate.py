@@ -110,7 +110,8 @@ def _evaluation_cells(sources: list[Cell], solvers: tuple[str, ...], eval_trace:
 @click.option("--timeout", type=float, help=f"seconds a cell may run before it is stopped [valid: "
                                              f">{RANGES['timeout'].bounds()[0]} to {RANGES['timeout'].bounds()[1]}]")
 @click.option("--executor", default="process", show_default=True,
-              help="where cells run: process[workers=N,threads=T] or inline")
+              help="where cells run: process[workers=N,threads=T], inline, dask[...] or submitit[...]; "
+                   "`cnfbench plugins` lists every executor and its parameters")
 @click.option("--isolation", type=click.Choice(["process", "inline"]), help="deprecated: --executor")
 @click.option("--data-dir", help="folder that dataset files are read from [default: $CNFBENCH_DATA, else "
                                  "~/.cache/cnfbench/data]")

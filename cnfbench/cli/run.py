@@ -21,7 +21,7 @@ from cnfbench.params import ParamError
 
 if TYPE_CHECKING:
     from cnfbench.cells import Cell
-    from cnfbench.executor import Executor
+    from cnfbench.contracts import Executor
     from cnfbench.registry import Registry
     from cnfbench.runner import RunResult
 
@@ -83,7 +83,9 @@ def _component_options(command: Callable[..., Any]) -> Callable[..., Any]:
               help=f"seconds a cell may run before it is stopped (status timeout) [valid: {_valid('timeout')}]")
 @click.option("--executor",
               help="where cells run: process[workers=N,threads=T] (N worker processes with hard timeouts, T torch "
-                   "threads each) or inline (in this process) [default: process, i.e. one worker]")
+                   "threads each), inline (in this process), dask[address=...,workers=N] or "
+                   "submitit[cluster=slurm|local,...]; `cnfbench plugins` lists every executor and its parameters "
+                   "[default: process, i.e. one worker]")
 @click.option("--isolation", type=click.Choice(["process", "inline"]),
               help="deprecated: --executor process or --executor inline")
 @click.option("--retry-failed/--no-retry-failed", default=None,
@@ -173,22 +175,15 @@ def run_cells(cells: list[Cell], registry: Registry, executor_spec: str, plugins
               timeout: float | None, sweep: Callable[[Executor, str], RunResult], heading: str,
               resume_hint: str) -> RunResult:
     """Run ``sweep`` on the executor ``executor_spec`` names, then print the summary of ``cells``' rows."""
-    from cnfbench.config import CLUSTER_EXECUTOR_PARAMS, executor_label, resolve_executor
     from cnfbench.executor import make_executor
     from cnfbench.summary import render, summary_table, validity_notes
 
-    name, params = resolve_executor(executor_spec)
     try:
-        if name in CLUSTER_EXECUTOR_PARAMS:
-            from cnfbench.cluster import make_cluster_executor
-
-            executor = make_cluster_executor(name, params, plugins, timeout, registry)
-        else:
-            executor = make_executor(name, params, plugins, timeout, registry)
-    except ValueError as exc:
+        executor, _, label = make_executor(registry, executor_spec, plugins, timeout)
+    except (ParamError, ValueError) as exc:
         raise fail(str(exc)) from None
     try:
-        result = sweep(executor, executor_label(name, params))
+        result = sweep(executor, label)
     finally:
         executor.close()
     rows = result.cells[result.cells["cell_id"].isin({cell.cell_id for cell in cells})]

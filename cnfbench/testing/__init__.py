@@ -31,6 +31,10 @@ Plain functions, usable from any test runner or script::
   parameters, seeded (same generator seed, same loss bit for bit; no global
   RNG), no ``context.log_likelihood`` when ``uses_solver`` is false, every
   field evaluation counted by the context, and float64 in, float64 out.
+* :func:`check_executor` — built with the harness's context, it runs two tiny
+  cells from ``slots`` threads with exactly the NLLs and NFE they give in this
+  process, returns their model files and curves, evaluates a cell given
+  another's model instead of training, and ``cancel()``/``close()`` behave.
 * :func:`check_dataset` — seeded splits (same seed same, other seed
   different), disjoint splits, float32 ``[N, dim]``, no global RNG use, and a
   finite ``[N]`` ``log_prob`` on samples when ``has_density``.
@@ -54,7 +58,7 @@ loop and by the full Jacobian, RK4, linear and time-dependent ODEs with their
 closed forms), public for tests to reuse.
 
 The kit is one module per family (``field``, ``objective``, ``solver``,
-``trace``, ``dataset``) plus ``plugin`` (dispatch and whole plugins). Importing it is
+``trace``, ``dataset``, ``executor``) plus ``plugin`` (dispatch and whole plugins). Importing it is
 cheap: torch is imported only when a check runs (or ``reference`` is
 imported). The checks run torch single-threaded (restoring the thread
 count), since their tensors are tiny.
@@ -66,6 +70,7 @@ import sys
 
 from cnfbench.testing._checker import ConformanceError
 from cnfbench.testing.dataset import DATASET_CHECK_SIZES, check_dataset
+from cnfbench.testing.executor import check_executor
 from cnfbench.testing.field import FUSED_DIV_TOLERANCE, FUSED_DZ_TOLERANCE, FUSED_GRADIENT_TOLERANCE, check_field
 from cnfbench.testing.objective import OBJECTIVE_SOLVER_STEPS, check_objective
 from cnfbench.testing.plugin import CHECKS, check_component, check_plugin, conformance_tests, plugin_components
@@ -111,6 +116,7 @@ __all__ = [
     "check_component",
     "check_dataset",
     "check_field",
+    "check_executor",
     "check_objective",
     "check_plugin",
     "check_solver",

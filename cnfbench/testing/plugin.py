@@ -8,6 +8,7 @@ from typing import Any
 
 from cnfbench.testing._checker import ConformanceError, one_line
 from cnfbench.testing.dataset import check_dataset
+from cnfbench.testing.executor import check_executor
 from cnfbench.testing.field import check_field
 from cnfbench.testing.objective import check_objective
 from cnfbench.testing.solver import check_solver
@@ -19,12 +20,14 @@ CHECKS: dict[str, Callable[..., None]] = {
     "objective": check_objective,
     "solver": check_solver,
     "trace": check_trace,
+    "executor": check_executor,
 }
 """The check of each component family, by family key."""
 
 
 def check_component(family: str, cls: type, params: Mapping[str, Any] | None = None, **options: Any) -> None:
-    """Run the check of ``family`` (``dataset``, ``field``, ``objective``, ``solver`` or ``trace``) on ``cls``."""
+    """Run the check of ``family`` (``dataset``, ``field``, ``objective``, ``solver``, ``trace`` or ``executor``)
+    on ``cls``."""
     if family not in CHECKS:
         raise ValueError(f"unknown component family {family!r}; known: {', '.join(sorted(CHECKS))}")
     CHECKS[family](cls, params, **options)
