@@ -310,7 +310,7 @@ def start_baseline(setup: Setup, iterations: int, count_nfe: bool = False) -> tu
     return record, steps
 
 
-def run_harness(setup: Setup, iterations: int, on_iteration: Callable[[int, float], None] | None = None) -> Block:
+def run_harness(setup: Setup, iterations: int, on_iteration: Callable[[int, float, int], None] | None = None) -> Block:
     """One ``cnfbench.training.train`` call from the initial weights; times from its ``TrainingRecord``."""
     setup.field_module.load_state_dict(setup.initial_state)
     record = TrainingRecord()
@@ -344,12 +344,12 @@ def run_interleaved(setup: Setup, iterations: int, baseline_first: bool) -> tupl
     if baseline_first:
         next(steps)
 
-        def on_iteration(iteration: int, _loss: float) -> None:
+        def on_iteration(iteration: int, _loss: float, _nfe: int) -> None:
             if iteration < iterations:
                 next(steps)
     else:
 
-        def on_iteration(_iteration: int, _loss: float) -> None:
+        def on_iteration(_iteration: int, _loss: float, _nfe: int) -> None:
             next(steps)
 
     harness = run_harness(setup, iterations, on_iteration=on_iteration)

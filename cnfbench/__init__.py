@@ -8,9 +8,9 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-# Public API for notebooks: ``cnfbench.load_results(path)``, ``cnfbench.load_model(run, cell_id)`` and the
-# report functions. They are imported on first use, so that ``import cnfbench`` stays light (no torch, pandas
-# or matplotlib).
+# Public API for notebooks: ``cnfbench.run(...)`` (a sweep, as the command runs it),
+# ``cnfbench.load_results(path)``, ``cnfbench.load_model(run, cell_id)`` and the report functions. They are
+# imported on first use, so that ``import cnfbench`` stays light (no torch, pandas or matplotlib).
 _EXPORTS = {
     "load_results": "cnfbench.run_folder",
     "load_run": "cnfbench.run_folder",
@@ -28,6 +28,7 @@ _EXPORTS = {
     "write_density_artifacts": "cnfbench.run_folder",
     "load_model": "cnfbench.models",
     "write_html_report": "cnfbench.reports",
+    "run": "cnfbench.cli.from_python",
 }
 
 __all__ = ["__version__", *_EXPORTS]

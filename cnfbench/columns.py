@@ -67,7 +67,8 @@ class Column:
     ``decimals`` decimals under ``label [display_unit]`` (defaults: the name and the unit).
     ``machine`` marks numbers that depend on the machine (times, memory); ``flag_sensitive`` those
     of the solver's density, which a row's ``valid = false`` declares untrustworthy;
-    ``defaults`` the tables of :data:`DEFAULT_USES` the column is shown in when none are asked for.
+    ``defaults`` the tables of :data:`DEFAULT_USES` the column is shown in when none are asked for;
+    ``short`` the label of the end-of-run summary, which must fit a 100-column terminal (default: ``label``).
     """
 
     name: str
@@ -83,6 +84,7 @@ class Column:
     machine: bool = False
     flag_sensitive: bool = False
     defaults: tuple[str, ...] = ()
+    short: str = ""
 
     @property
     def shown_unit(self) -> str:
@@ -95,6 +97,12 @@ class Column:
     def header(self) -> str:
         """``label [unit]``: how a table heads this column."""
         label = self.label or self.name
+        return f"{label} [{self.shown_unit}]" if self.shown_unit else label
+
+    @property
+    def short_header(self) -> str:
+        """``short [unit]``: how the end-of-run summary heads this column."""
+        label = self.short or self.label or self.name
         return f"{label} [{self.shown_unit}]" if self.shown_unit else label
 
     def badness(self, value: float) -> float:
@@ -184,35 +192,38 @@ COLUMNS: tuple[Column, ...] = (
     _nats("best_val_nll", "lowest validation NLL recorded in training (--val-every)", goal=LOWEST),
     _nats("nll", "test NLL with the row's solver and the exact trace: what this pipeline reports", goal=LOWEST,
           label="test NLL, solver", display_unit="nats", flag_sensitive=True,
-          defaults=(REPORT, COMPARE, SUMMARY)),
+          defaults=(REPORT, COMPARE, SUMMARY), short="NLL solver"),
     _stderr("nll_stderr", "standard error of nll over the test samples"),
     _nats("nll_ref", "test NLL of the same field with the reference solve: the density it defines", goal=LOWEST,
-          label="test NLL, ref solve", display_unit="nats", defaults=(REPORT, COMPARE, SUMMARY)),
+          label="test NLL, ref solve", display_unit="nats", defaults=(REPORT, COMPARE, SUMMARY),
+          short="NLL ref"),
     _stderr("nll_ref_stderr", "standard error of nll_ref over the test samples"),
     Column("dim", "dimensions", "dimension of the data", decimals=0),
     Column("nll_per_dim", "nats/dim", "nll / dim", goal=LOWEST, comparison=DIFFERENCE),
     Column("nll_ref_per_dim", "nats/dim", "nll_ref / dim", goal=LOWEST, comparison=DIFFERENCE),
     Column("bits_per_dim", "bits/dim", "(nll_ref + the dataset's discrete_nll_offset) / (dim ln 2): bits per "
            "dimension of the discrete data by the dequantization bound, from the reference solve (discrete datasets)",
-           goal=LOWEST, comparison=DIFFERENCE, label="bits/dim, ref solve", decimals=3, defaults=(SUMMARY,)),
+           goal=LOWEST, comparison=DIFFERENCE, label="bits/dim, ref solve", decimals=3, defaults=(SUMMARY,),
+           short="bits/dim ref"),
     Column("bits_per_dim_solver", "bits/dim", "the same from nll (the row's solver)", goal=LOWEST,
            comparison=DIFFERENCE, flag_sensitive=True),
     _nats("entropy", "true entropy of the data: mean of -log p_data over the same test samples",
-          label="true entropy", display_unit="nats", defaults=(SUMMARY,)),
+          label="true entropy", display_unit="nats"),
     _stderr("entropy_stderr", "standard error of entropy over the test samples"),
     _nats("excess_nll", "nll_ref - entropy: a paired estimate of KL(data || model), >= 0 in expectation", goal=LOWEST,
-          label="excess NLL = ref - entropy", display_unit="nats", defaults=(REPORT, SUMMARY)),
+          label="excess NLL = ref - entropy", display_unit="nats", defaults=(REPORT, SUMMARY),
+          short="excess NLL"),
     _stderr("excess_nll_stderr", "paired standard error of excess_nll"),
     _stderr("nll_minus_entropy_stderr", "paired standard error of nll - entropy (used by the flag)"),
     Column("mass", "1", "integral of the solver's density over a grid covering the test data (2D only)",
            goal=CLOSEST_TO_ONE, comparison=DIFFERENCE, label="mass, solver", flag_sensitive=True,
-           defaults=(REPORT, SUMMARY)),
+           defaults=(REPORT,)),
     Column("mass_ref", "1", "the same integral with the reference solve (2D only); 1 for a true density",
-           goal=CLOSEST_TO_ONE, comparison=DIFFERENCE, label="mass, ref solve", defaults=(SUMMARY,)),
+           goal=CLOSEST_TO_ONE, comparison=DIFFERENCE, label="mass, ref solve"),
     Column("mass_is", "1", "integral of the row's solver's density in any dimension, by importance sampling: mean "
            "of exp(log p_solver(x) - log p_ref(x)) over 1,000 model samples x drawn with the reference solve",
            goal=CLOSEST_TO_ONE, comparison=DIFFERENCE, label="mass (IS), solver", decimals=3, flag_sensitive=True,
-           defaults=(REPORT, SUMMARY)),
+           defaults=(REPORT,)),
     Column("mass_is_stderr", "1", "standard error of mass_is over the samples"),
     Column("mass_is_ess", "samples", "Kish's effective sample size of mass_is, (Σw)²/Σw² (of 1,000)", decimals=0),
     # sample quality: model samples drawn with the row's solver against the test split
@@ -238,27 +249,25 @@ COLUMNS: tuple[Column, ...] = (
     # work
     _evaluations("nfe_expected_per_solve", "steps x stages for a fixed-grid Runge-Kutta solver, else empty"),
     _evaluations("nfe_forward_mean", "dynamics evaluations per training forward solve, mean over iterations",
-                 label="NFE fwd/iter", display_unit="evals", defaults=(REPORT, COMPARE, SUMMARY)),
+                 label="NFE fwd/iter", display_unit="evals", defaults=(REPORT, COMPARE)),
     _evaluations("nfe_forward_max", "the same, maximum over iterations"),
     _evaluations("nfe_backward_mean", "dynamics evaluations per backward pass (non-zero with the adjoint)",
-                 label="NFE bwd/iter", display_unit="evals", defaults=(SUMMARY,)),
+                 label="NFE bwd/iter", display_unit="evals"),
     _evaluations("nfe_backward_max", "the same, maximum over iterations"),
     _evaluations("field_evals_per_iter", "field evaluations per training iteration of an objective that trains "
                  "without solving (flow matching); empty for one that solves (see nfe_forward_mean)"),
     _evaluations("nfe_eval", "dynamics evaluations of the test pass with the row's solver (all chunks)",
-                 label="NFE test pass", display_unit="evals", decimals=0, defaults=(SUMMARY,)),
+                 label="NFE test pass", display_unit="evals", decimals=0, defaults=(SUMMARY,), short="NFE test"),
     _evaluations("nfe_eval_max_chunk", "the most evaluations one test chunk's solve needed"),
     _evaluations("nfe_ref", "dynamics evaluations of the reference test pass (all chunks)"),
     _evaluations("nfe_sample", "dynamics evaluations of the solve that draws the model samples of the sample "
                  "distances (the row's solver)"),
     # time and memory
     _seconds("train_time_s", "wall-clock of the whole training of this row's model (validation passes included; "
-             "once per model_key)", label="train time", decimals=1,
-             defaults=(REPORT, SUMMARY)),
+             "once per model_key)", label="train time", decimals=1, defaults=(REPORT, SUMMARY), short="train"),
     _seconds("iter_time_median_s", "median wall-clock of one training iteration, warm-up iteration excluded",
-             label="median iter", display_unit="ms", scale=1000.0, decimals=1, defaults=(SUMMARY,)),
-    _seconds("eval_time_s", "wall-clock of the test pass with the row's solver", label="eval time", decimals=2,
-             defaults=(SUMMARY,)),
+             label="median iter", display_unit="ms", scale=1000.0, decimals=1),
+    _seconds("eval_time_s", "wall-clock of the test pass with the row's solver", label="eval time", decimals=2),
     _seconds("ref_time_s", "wall-clock of the reference test pass"),
     _seconds("mass_time_s", "wall-clock of the mass grid pass with the row's solver"),
     _seconds("mass_ref_time_s", "wall-clock of the mass grid pass with the reference solve"),
@@ -266,7 +275,7 @@ COLUMNS: tuple[Column, ...] = (
     _seconds("sample_time_s", "wall-clock of drawing the model samples of the sample distances"),
     _seconds("cell_time_s", "wall-clock of the whole cell: build, train, evaluate"),
     Column("peak_memory_mib", "MiB", "peak memory during the cell (see memory_kind)", goal=LOWEST,
-           label="peak mem", decimals=0, machine=True, defaults=(SUMMARY,)),
+           label="peak mem", decimals=0, machine=True),
     _outcome("memory_kind", "cuda_max_allocated on a GPU, else process_peak_rss (reset per cell)"),
     Column("host", NO_UNIT, "machine the cell ran on (its worker's; empty when the worker was lost before it "
            "answered)", comparison=None, machine=True),

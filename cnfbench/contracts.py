@@ -414,7 +414,7 @@ class CellJob:
 
 
 ProgressHook = Callable[[str, Any], None]
-"""``progress(kind, value)``: ``("iteration", (done, loss))`` or ``("phase", name)``, from any thread."""
+"""``progress(kind, value)``: ``("iteration", (done, loss, nfe))`` or ``("phase", name)``, from any thread."""
 
 
 class ExecutorContext(Protocol):
@@ -424,7 +424,8 @@ class ExecutorContext(Protocol):
     The worker side is :func:`cnfbench.worker.run_cell_payload`: an engine runs it, wherever it runs cells,
     on :meth:`payload`'s plain data and hands what it returns to :meth:`outcome`. While a cell runs, that
     function reports messages with ``where`` (the cell's packed phase, opaque: keep the last one for
-    :meth:`failed`), ``shown`` (the phase to display), ``iteration`` (``[done, loss]``), ``host`` and ``pid``.
+    :meth:`failed`), ``shown`` (the phase to display), ``iteration`` (``[done, loss, nfe]``, ``nfe`` the
+    iteration's dynamics evaluations), ``host`` and ``pid``.
     """
 
     plugins: tuple[str, ...]

@@ -254,16 +254,10 @@ def sweep(
     skipped = len(cells) - len(todo)
     if skipped:
         progress.message(f"resuming {run_dir.name}: skipping {skipped} cell(s) already done, running {len(todo)}")
-    progress.total_cells = len(todo)
+    progress.begin(len(todo), executor_name, executor.slots)
     frame = existing
     ran = 0
     placement = {"executor": executor_name, "concurrency": executor.slots}
-
-    def on_progress(kind: str, value: Any) -> None:
-        if kind == "iteration":
-            progress.iteration(*value)
-        elif kind == "phase":
-            progress.phase(value)
 
     def prepare(cell: Cell) -> tuple[str, _ModelSource | None, SharedModel | None]:
         key = model_key_of(cell, registry)
@@ -320,16 +314,17 @@ def sweep(
         except _NoModel as missing:
             progress.start_cell(index, cell, _loss_unit(registry, cell))
             row = keep_outcome(cell, "", None, None, missing.outcome)
-            progress.end_cell(row if row is not None else missing.outcome.row)
+            progress.end_cell(row if row is not None else missing.outcome.row, cell)
             continue
         progress.start_cell(index, cell, _loss_unit(registry, cell), shared is not None)
         started = time.monotonic()
         try:
-            outcome = executor.run_cell(job_for(cell, shared), on_progress)
+            outcome = executor.run_cell(job_for(cell, shared),
+                                        lambda kind, value, cell_id=cell.cell_id: progress.update(cell_id, kind, value))
         except KeyboardInterrupt as exc:
             return record_interrupted([interrupted_outcome(cell, exc, time.monotonic() - started)])
         row = keep_outcome(cell, key, source, shared, outcome)
-        progress.end_cell(row if row is not None else outcome.row)
+        progress.end_cell(row if row is not None else outcome.row, cell)
     return RunResult(run_dir, frame, ran, skipped)
 
 
@@ -346,7 +341,8 @@ def _sweep_in_parallel(todo: list[Cell], executor: Executor, prepare: Callable[.
 
     def work(cell: Cell, prepared: tuple[str, Any, Any]) -> None:
         try:
-            outcome: Any = executor.run_cell(job_for(cell, prepared[2]), lambda kind, value: None)
+            outcome: Any = executor.run_cell(job_for(cell, prepared[2]),
+                                             lambda kind, value: progress.update(cell.cell_id, kind, value))
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which decides
             outcome = exc
         results.put((cell, prepared, outcome))
@@ -363,7 +359,7 @@ def _sweep_in_parallel(todo: list[Cell], executor: Executor, prepare: Callable[.
                     prepared = prepare(cell)
                 except _NoModel as missing:
                     row = keep(cell, "", None, None, missing.outcome)
-                    progress.finished(cell, row if row is not None else missing.outcome.row)
+                    progress.end_cell(row if row is not None else missing.outcome.row, cell)
                     continue
                 if prepared[2] is None:
                     training.add(prepared[0])
@@ -381,7 +377,7 @@ def _sweep_in_parallel(todo: list[Cell], executor: Executor, prepare: Callable[.
                     else failed_outcome(cell, "error", f"the executor failed: {type(outcome).__name__}: {outcome}",
                                         0.0, "start")
             row = keep(cell, *prepared, outcome)
-            progress.finished(cell, row if row is not None else outcome.row)
+            progress.end_cell(row if row is not None else outcome.row, cell)
     except KeyboardInterrupt:
         stopped = executor.cancel()
         return record_interrupted(stopped)

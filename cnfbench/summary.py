@@ -1,9 +1,12 @@
 """The summary table printed at the end of a run: one line per configuration, units in every header.
 
 Rows that differ only by seed are aggregated: a metric shows ``mean ± std``
-over the seeds that finished, and ``n`` says how many that was. Component
-labels show only the parameters that vary within the run, so the table stays
-narrow while still telling configurations apart.
+over the seeds that finished, and ``n`` says how many that was (``done/all``
+when some did not finish; their reasons follow the table). The table names
+the dataset and only the axes that vary, shows only the parameters that vary
+within the run, and only the catalogue's summary metrics under their short
+headers, so that it fits a 100-column terminal (rich folds what does not);
+every other column is in ``cnfbench report``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ import pandas as pd
 from cnfbench.columns import COLUMNS_BY_NAME, SUMMARY, Column, default_metrics
 from cnfbench.families import GRID_AXES, SLOTS_BY_KEY, family
 from cnfbench.validity import grid_resolution_note
+
+AXIS_NAMES = (*(row.key for row in GRID_AXES), "trained with")
+"""The label columns of :func:`summary_table` (left-aligned; the rest are numbers)."""
 
 SUMMARY_METRICS: tuple[Column, ...] = tuple(COLUMNS_BY_NAME[name] for name in default_metrics(SUMMARY))
 """The catalogue's summary metrics, in row order; each is shown under its header, scaled, with its decimals."""
@@ -62,11 +68,12 @@ def _format(values: pd.Series, scale: float, decimals: int) -> str:
     if len(finite) == 1:
         return f"{mean:.{decimals}f}"
     std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
-    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+    return f"{mean:.{decimals}f}±{std:.{decimals}f}"
 
 
 def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration (seeds aggregated) with unit-carrying headers."""
+    """One row per configuration (seeds aggregated) with unit-carrying headers: the dataset and the axes that
+    vary, ``n``, ``valid`` and the summary metrics; ``reason`` (the first failure's) where a cell did not finish."""
     if cells.empty:
         return pd.DataFrame()
     frame = cells.copy()
@@ -84,10 +91,10 @@ def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
         row = dict(zip(axes, key_values, strict=True))
         statuses = group["status"].value_counts()
         row["status"] = ", ".join(f"{count} {status}" for status, count in statuses.items())
-        row["n"] = len(done)
+        row["n"] = str(len(done)) if len(done) == len(group) else f"{len(done)}/{len(group)}"
         for metric in SUMMARY_METRICS:
             if metric.name in done and done[metric.name].notna().any():
-                row[metric.header] = _format(done[metric.name], metric.scale, metric.decimals)
+                row[metric.short_header] = _format(done[metric.name], metric.scale, metric.decimals)
         if "valid" in done and len(done):
             row["valid"] = "yes" if done["valid"].astype(bool).all() else "NO (!)"
         failed = group[group["status"] != "done"]
@@ -95,8 +102,9 @@ def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
             row["reason"] = str(failed["reason"].iloc[0])[:80]
         rows.append(row)
     table = pd.DataFrame(rows)
-    present = [metric.header for metric in SUMMARY_METRICS if metric.header in table]
-    ordered = [*axes, "status", "n", *(["valid"] if "valid" in table else []), *present]
+    present = [metric.short_header for metric in SUMMARY_METRICS if metric.short_header in table]
+    shown = [axis for axis in axes if axis == _DATASET.key or table[axis].nunique() > 1]
+    ordered = [*shown, "n", *(["valid"] if "valid" in table else []), *present]
     if "reason" in table:
         ordered.append("reason")
     return table[ordered].fillna("—")
@@ -154,10 +162,42 @@ def grid_notes(cells: pd.DataFrame) -> list[str]:
     return [note for _, note in worst.values()]
 
 
-def render(table: pd.DataFrame, notes: list[str] | None = None) -> str:
-    """Plain-text rendering of :func:`summary_table` (and flagged-cell notes) for the terminal."""
+SUMMARY_WIDTH = 100
+"""Columns the summary fits when it is not printed to a terminal (a terminal's own width otherwise)."""
+
+
+def render(table: pd.DataFrame, notes: list[str] | None = None, width: int | None = None,
+           color: bool = False) -> str:
+    """:func:`summary_table` as text at most ``width`` columns wide (default :data:`SUMMARY_WIDTH`; rich folds
+    cells that do not fit), then the reasons of cells that did not finish and the flagged-cell ``notes``.
+    ``color``: ANSI styles (a terminal; ``NO_COLOR`` still wins)."""
     if table.empty:
         return "(no cells)"
-    with pd.option_context("display.max_columns", None, "display.width", 250, "display.max_colwidth", 60):
-        text = table.to_string(index=False)
-    return "\n".join([text, *(notes or [])])
+    import io
+    import os
+
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    shown = table.drop(columns=["reason"]) if "reason" in table else table
+    rich_table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False, show_edge=False,
+                       header_style="bold")
+    for column in shown.columns:
+        numeric = column not in (*AXIS_NAMES, "valid")
+        rich_table.add_column(Text(str(column)), justify="right" if numeric else "left", overflow="fold")
+    for record in shown.to_dict("records"):
+        cells = [str(value) for value in record.values()]
+        style = "red" if record.get("valid") == "NO (!)" else None
+        rich_table.add_row(*(Text(cell) for cell in cells), style=style)
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width or SUMMARY_WIDTH, force_terminal=color,
+                      no_color=not color or bool(os.environ.get("NO_COLOR")), highlight=False)
+    console.print(rich_table)
+    reasons = [f"not done: {record.get('reason')}" for record in table.to_dict("records")
+               if isinstance(record.get("reason"), str) and record.get("reason") not in ("", "—")]
+    lines = [*reasons, *(notes or [])]
+    if lines:
+        console.print("\n".join(lines), markup=False, overflow="fold")
+    return "\n".join(line.rstrip() for line in buffer.getvalue().rstrip("\n").splitlines())

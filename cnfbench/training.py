@@ -35,8 +35,9 @@ from cnfbench.contracts import (
 from cnfbench.dynamics import CNFDynamics, ContractViolation, NFECounter, PhaseTracker, log_likelihood_and_integrals
 from cnfbench.measure import now
 
-IterationCallback = Callable[[int, float], None]
-"""Called after every iteration with ``(iterations done, loss in the objective's unit)``."""
+IterationCallback = Callable[[int, float, int], None]
+"""Called after every iteration with ``(iterations done, loss in the objective's unit, dynamics evaluations of
+the iteration: forward and backward)``."""
 
 Validator = Callable[[VectorField], float]
 """Returns the validation NLL (nats/sample) of the field as it is now."""
@@ -262,7 +263,7 @@ def train(
             record.field_evaluations.append(context.evaluations - evaluations_before)
             record.iteration_seconds.append(ended - began)
             if on_iteration is not None:
-                on_iteration(iteration, loss_value)
+                on_iteration(iteration, loss_value, forward_nfe + backward_nfe)
             out_of_time = budget.seconds is not None and record.training_seconds >= budget.seconds
             last = out_of_time or iteration == budget.iterations
             if validate is not None and budget.val_every and (iteration % budget.val_every == 0 or last):

@@ -274,7 +274,7 @@ def run_cell_payload(payload: dict[str, Any], report: Callable[[dict[str, Any]],
     Returns ``{"row", "curves", "density", "model", "host"}`` (plain, picklable data); a worker whose plugins
     or plugin versions differ from the main process's refuses the cell with an ``error`` row. Only a payload
     whose cell cannot be read returns ``{"row": None, "error": reason}``. ``report`` hears progress messages
-    (``where``: the packed phase, ``iteration``: ``[done, loss]``, ``shown``: the display's phase);
+    (``where``: the packed phase, ``iteration``: ``[done, loss, nfe]``, ``shown``: the display's phase);
     ``scratch`` is a folder for the shipped plugin files (an engine's own scratch space, which it cleans up even
     after a worker was killed; the system's temporary folder when None). ``registry``: run with these plugins
     instead of the payload's (a cell run in the main process, which loaded them already). ``time_limit``: the
@@ -308,9 +308,9 @@ def run_cell_payload(payload: dict[str, Any], report: Callable[[dict[str, Any]],
                                          0.0, "start", registry=registry))
         tracker = PhaseTracker(reporter)
 
-        def on_iteration(done: int, loss: float) -> None:
+        def on_iteration(done: int, loss: float, nfe: int) -> None:
             if reporter is not None:
-                reporter.iteration = [done, loss]
+                reporter.iteration = [done, loss, nfe]
 
         def on_phase(name: str) -> None:
             if reporter is not None:

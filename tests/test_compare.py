@@ -1,9 +1,10 @@
-"""cnfbench compare (every verdict, Welch's test) and cnfbench merge, on hand-built runs."""
+"""cnfbench compare (every verdict, differences in nats, paired and Welch tests) and merge, on hand-built runs."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -12,15 +13,17 @@ from click.testing import CliRunner
 from test_report import cell, frame, write_run
 
 from cnfbench.cli import main
-from cnfbench.reports import merge_runs, metric_info
+from cnfbench.reports import ReportError, merge_runs, metric_info
 from cnfbench.reports.compare import (
+    Threshold,
     compare_runs,
     metric_change,
+    parse_thresholds,
     to_json,
     to_markdown,
     to_text,
 )
-from cnfbench.reports.statistics import t_two_sided_p, welch_t_test
+from cnfbench.reports.statistics import paired_t_test, t_two_sided_p, welch_t_test
 from cnfbench.run_folder import Run, load_run
 
 VERSIONS = {"cnfbench": "0.1.0", "torch": "2.13.0", "torchdiffeq": "0.2.5"}
@@ -56,34 +59,65 @@ def test_welch_t_test_matches_reference_values():
         welch_t_test([1.0], [1.0, 2.0])
 
 
-def test_welch_agrees_with_scipy_when_installed():
-    stats = pytest.importorskip("scipy.stats")
+def test_the_tests_are_scipys():
+    from scipy import stats
+
     samples = [([3.0, 3.1, 2.95], [3.3, 3.5]), ([10, 11, 12, 13, 9], [20, 21, 19]), ([0.1, 0.2], [0.15, 0.3, 0.1])]
     for a, b in samples:
         expected = stats.ttest_ind(b, a, equal_var=False)
         result = welch_t_test(a, b)
         assert result.t == pytest.approx(expected.statistic, rel=1e-10)
         assert result.p == pytest.approx(expected.pvalue, rel=1e-9)
+    paired = paired_t_test([3.0, 3.1, 2.9], [3.05, 3.2, 2.93])
+    expected = stats.ttest_rel([3.05, 3.2, 2.93], [3.0, 3.1, 2.9])
+    assert (paired.test, paired.p) == ("paired t-test", pytest.approx(expected.pvalue, rel=1e-9))
+    assert paired_t_test([1.0, 2.0], [1.5, 2.5]).p == 0.0  # identical differences: a certain move
+    assert paired_t_test([1.0, 2.0], [1.0, 2.0]).p == 1.0
 
 
-def test_metric_change_rules():
+def test_nll_moves_are_differences_in_nats_whatever_the_sign():
     nll = metric_info("nll_ref")
-    # one seed each: the factor alone decides
-    assert metric_change(nll, [3.0], [3.2], 1.05, 0.05).change == "worse"  # +6.7%
-    assert metric_change(nll, [3.0], [3.1], 1.05, 0.05).change == "unchanged"  # +3.3%
-    assert metric_change(nll, [3.0], [2.8], 1.05, 0.05).change == "better"
-    # two seeds: also significant (p = 0.129, see test_welch) -> unchanged, although +13%
-    change = metric_change(nll, [3.0, 3.1], [3.3, 3.5], 1.05, 0.05)
-    assert (change.change, change.beyond_factor) == ("unchanged", True)
-    assert change.p_value == pytest.approx(0.1290478355482834, rel=1e-10)
-    assert change.ratio == pytest.approx(3.4 / 3.05)
-    assert metric_change(nll, [3.0, 3.1], [3.3, 3.5], 1.05, 0.2).change == "worse"
-    # mass: |mass - 1| moved by more than factor - 1
+    default = Threshold("difference", 0.02)
+    # one seed each: the threshold alone decides, and says the move is untested
+    worse = metric_change(nll, [3.0], [3.03], default, 0.05)
+    assert (worse.change, worse.tested) == ("worse", False)
+    assert metric_change(nll, [3.0], [3.01], default, 0.05).change == "unchanged"
+    # a negative NLL (POWER, GAS, BSDS300): the same 0.03-nat move is the same change; no ratio
+    negative = metric_change(nll, [-12.0], [-11.97], default, 0.05)
+    assert negative.change == "worse" and math.isnan(negative.ratio) and negative.difference == pytest.approx(0.03)
+    assert metric_change(nll, [0.1], [0.115], default, 0.05).change == "unchanged"  # +15%, but 0.015 nats
+    # the same seeds on both sides pair: a consistent small move is significant where Welch's test is not
+    base, new = {"0": 3.0, "1": 3.3, "2": 2.7}, {"0": 3.05, "1": 3.34, "2": 2.76}
+    paired = metric_change(nll, base, new, default, 0.05)
+    assert (paired.change, paired.test) == ("worse", "paired t-test") and paired.p_value < 0.05
+    unpaired = metric_change(nll, list(base.values()), list(new.values()), default, 0.05)
+    assert (unpaired.change, unpaired.test, unpaired.beyond_factor) == ("unchanged", "Welch's t-test", True)
+    # seeds on one side only: Welch
+    other = metric_change(nll, {"0": 3.0, "1": 3.1}, {"5": 3.3, "6": 3.5}, default, 0.05)
+    assert other.test == "Welch's t-test" and other.p_value == pytest.approx(0.1290478355482834, rel=1e-9)
+    # mass: |mass - 1| moved by more than the threshold
     mass = metric_info("mass")
-    assert metric_change(mass, [1.01], [0.93], 1.05, 0.05).change == "worse"  # 0.01 -> 0.07
-    assert metric_change(mass, [1.01], [0.97], 1.05, 0.05).change == "unchanged"  # 0.01 -> 0.03
-    assert metric_change(mass, [1.10], [1.00], 1.05, 0.05).change == "better"
-    assert metric_change(nll, [], [3.0], 1.05, 0.05).change == "n/a"
+    assert metric_change(mass, [1.01], [0.96], default, 0.05).change == "worse"  # 0.01 -> 0.04
+    assert metric_change(mass, [1.01], [0.98], default, 0.05).change == "unchanged"  # 0.01 -> 0.02
+    assert metric_change(mass, [1.10], [1.00], default, 0.05).change == "better"
+    assert metric_change(nll, [], [3.0], default, 0.05).change == "n/a"
+
+
+def test_times_are_ratios():
+    time = metric_info("train_time_s")
+    assert metric_change(time, [10.0], [11.0], Threshold("ratio", 1.05), 0.05).change == "worse"
+    assert metric_change(time, [10.0], [10.4], Threshold("ratio", 1.05), 0.05).change == "unchanged"
+    assert metric_change(time, [10.0], [9.0], Threshold("ratio", 1.05), 0.05).change == "better"
+    assert metric_change(time, [10.0], [11.0], Threshold("ratio", 1.2), 0.05).ratio == pytest.approx(1.1)
+
+
+def test_thresholds_parse_and_refuse_in_one_line():
+    assert parse_thresholds("nll_ref:+0.02, train_time_s:x1.10") == {
+        "nll_ref": Threshold("difference", 0.02), "train_time_s": Threshold("ratio", 1.1)}
+    for bad, says in [("nll_ref:0.02", "must be METRIC:+D"), ("nll_ref:x0.9", "must be METRIC:+D"),
+                      ("nll_rf:+0.1", "unknown metric 'nll_rf' in threshold 'nll_rf:+0.1'; did you mean 'nll_ref'?")]:
+        with pytest.raises(ReportError, match=re.escape(says)):
+            parse_thresholds(bad, ["nll_ref", "train_time_s"])
 
 
 # --------------------------------------------------------------------------------------------------- verdicts
@@ -99,6 +133,21 @@ def test_better_worse_unchanged():
     result = verdicts(base, new)
     assert result == {"euler[steps=4]": ("worse", "nll_ref worse"), "euler[steps=10]": ("better", "nll_ref better"),
                       "dopri5": ("unchanged", "")}
+    comparison = compare_runs(run(base), run(new), metrics=["nll_ref"])
+    assert [r.verdict for r in comparison.rows] == ["worse", "better", "unchanged"]  # worst first
+    assert any(note.startswith("low power: 3 of 3 configuration(s) rest on fewer than 3 seeds") for note in
+               comparison.notes)
+
+
+def test_a_one_seed_move_is_never_plain_worse():
+    base = frame(cell("euler4", 0, nll_ref=3.0), cell("dopri5", 0, nll_ref=3.0))
+    new = frame(cell("euler4", 0, nll_ref=3.5), cell("dopri5", 0, nll_ref=2.5))
+    result = verdicts(base, new)
+    assert result["euler"][0] == "worse (untested)" and "too few seeds" in result["euler"][1]
+    assert result["dopri5"][0] == "better (untested)"
+    text = to_text(compare_runs(run(base), run(new), metrics=["nll_ref"]))
+    assert "3.000 → 3.500 (Δ +0.500 nats) worse, untested (1 seed)" in text
+    assert "REGRESSED: 1 of 2 configuration(s) worse or newly failing" in text
 
 
 def test_matching_is_by_configuration_not_row_order_or_cell_id():
@@ -158,13 +207,15 @@ def test_outputs_text_markdown_json():
     new = frame(*two("euler4", (3.5, 3.52)), *two("dopri5", (3.0, 3.02)))
     comparison = compare_runs(run(base), run(new), metrics=["nll_ref"])
     text = to_text(comparison)
-    assert "3.010 → 3.510 (×1.166) worse p=" in text and "2 configurations: 1 worse, 1 unchanged" in text
-    assert "test NLL, ref solve [nats]" in text
+    assert "3.010 → 3.510 (Δ +0.500 nats) worse (paired t-test p=0)" in text  # seeds pair: identical moves
+    assert "2 configurations: 1 worse, 1 unchanged" in text and "REGRESSED: 1 of 2" in text
+    assert "test NLL, ref solve [nats]" in text and "nll_ref moved by > 0.02 nats" in text
     assert "| **worse** |" in to_markdown(comparison)
     data = json.loads(to_json(comparison))
-    assert data["counts"]["worse"] == 1
+    assert data["counts"]["worse"] == 1 and data["thresholds"] == {"nll_ref": "+0.02"}
     worse = next(r for r in data["rows"] if r["verdict"] == "worse")
-    assert worse["metrics"]["nll_ref"]["ratio"] == pytest.approx(3.51 / 3.01)
+    assert worse["metrics"]["nll_ref"]["difference"] == pytest.approx(0.5)
+    assert worse["metrics"]["nll_ref"]["test"] == "paired t-test"
 
 
 def test_cli_compare_exit_codes(tmp_path):
@@ -177,9 +228,17 @@ def test_cli_compare_exit_codes(tmp_path):
     assert result.exit_code == 1 and "regression: 1 configuration(s)" in result.output
     result = runner.invoke(main, ["compare", str(base), str(base), "--fail-on-regression"], catch_exceptions=False)
     assert result.exit_code == 0 and "1 unchanged" in result.output
-    result = runner.invoke(main, ["compare", str(base), str(new), "--factor", "1.2", "--fail-on-regression"],
+    result = runner.invoke(main, ["compare", str(base), str(new), "--difference", "0.6", "--fail-on-regression"],
                            catch_exceptions=False)
     assert result.exit_code == 0
+    result = runner.invoke(main, ["compare", str(base), str(new), "--fail-on", "nll_ref:+0.6"], catch_exceptions=False)
+    assert result.exit_code == 0  # a 0.5-nat move is within this gate
+    result = runner.invoke(main, ["compare", str(base), str(new), "--fail-on", "nll_ref:+0.1,nfe_forward_mean:x1.1"],
+                           catch_exceptions=False)
+    assert result.exit_code == 1 and "regression: 1 configuration(s) newly failing or worse in nll_ref (+0.1)" \
+        in result.output
+    result = runner.invoke(main, ["compare", str(base), str(new), "--fail-on", "nll_ref:0.1"], catch_exceptions=False)
+    assert result.exit_code == 2 and "must be METRIC:+D" in result.output
     result = runner.invoke(main, ["compare", str(base), str(new), "--metric", "nll_rf"], catch_exceptions=False)
     assert result.exit_code == 2 and result.output.startswith("Error: unknown metric 'nll_rf'; valid metrics: ")
     result = runner.invoke(main, ["compare", str(base), str(tmp_path / "gone")], catch_exceptions=False)
@@ -248,3 +307,14 @@ def test_merge_uses_the_csv_of_a_damaged_source_and_says_so(tmp_path):
     merged = load_run(tmp_path / "m")
     assert sorted(merged.cells["seed"]) == [0, 1]
     assert merged.provenance["merged_from"][1]["warnings"][0].startswith(f"{b / 'cells.parquet'} is unreadable")
+
+
+def test_a_comparison_gives_a_frame_and_a_notebook_view():
+    base = frame(*two("euler4", (3.0, 3.02)), *two("dopri5", (3.0, 3.02)))
+    new = frame(*two("euler4", (3.5, 3.52)), *two("dopri5", (3.0, 3.02)))
+    comparison = compare_runs(run(base), run(new), metrics=["nll_ref"])
+    numbers = comparison.to_frame()
+    assert list(numbers["verdict"]) == ["worse", "unchanged"]
+    assert numbers.loc[0, "nll_ref_difference"] == pytest.approx(0.5) and numbers.loc[0, "nll_ref_p"] == 0.0
+    page = comparison._repr_html_()
+    assert page.startswith("<p><b>REGRESSED: 1 of 2 configuration(s)") and "<table" in page

@@ -353,3 +353,28 @@ def test_cli_report_missing_folder_and_damaged_parquet(tmp_path):
     assert result.exit_code == 0
     assert "warning: " in result.output and "cells.parquet is unreadable" in result.output
     assert "3.000 ± 0.141" in result.output
+
+
+def test_aggregate_never_averages_datasets_together_unless_told():
+    cells = frame(cell("dopri5", 0, nll_ref=3.0), cell("dopri5", 0, dataset="moons", nll_ref=1.0),
+                  cell("euler4", 0, nll_ref=4.0), cell("euler4", 0, dataset="moons", nll_ref=2.0))
+    kept = aggregate(cells, ["solver"], ["nll_ref"])
+    assert list(kept.columns[:2]) == ["solver", "dataset"] and len(kept) == 4
+    assert sorted(kept["nll_ref_mean"]) == [1.0, 2.0, 3.0, 4.0]
+    pooled = aggregate(cells, ["solver"], ["nll_ref"], pool=["dataset"])
+    assert list(pooled["nll_ref_mean"]) == [2.0, 3.0] and "dataset" not in pooled
+    assert list(aggregate(cells, ["solver"], ["nll_ref"], pool=True)["nll_ref_mean"]) == [2.0, 3.0]
+
+
+def test_pivot_tables_give_a_frame_and_a_notebook_view():
+    cells = frame(cell("dopri5", 0, nll_ref=3.0), cell("dopri5", 1, nll_ref=3.2), cell("euler4", 0, nll_ref=4.0),
+                  cell("euler4", 1, nll_ref=4.4))
+    table = pivot(cells, rows=["solver"], metrics=["nll_ref"])
+    numbers = table.to_frame()
+    assert list(numbers.index) == ["dopri5", "euler"] and numbers.index.name == "solver"
+    assert numbers.loc["dopri5", ("nll_ref", "mean")] == pytest.approx(3.1)
+    assert numbers.loc["euler", ("nll_ref", "n")] == 2
+    across = pivot(cells, rows=["dataset"], cols=["solver"], metrics=["nll_ref"]).to_frame()
+    assert across.loc["8gaussians", ("euler", "nll_ref", "mean")] == pytest.approx(4.2)
+    page = table._repr_html_()
+    assert "<table" in page and "3.100 ± 0.141 *" in page and "test NLL, ref solve [nats]" in page

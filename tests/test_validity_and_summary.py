@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cnfbench.run_folder import RunStore, check_run_name, load_results
-from cnfbench.summary import compact_labels, summary_table, validity_notes
+from cnfbench.summary import compact_labels, render, summary_table, validity_notes
 from cnfbench.validity import MASS_TOLERANCE, integrate_mass, mass_grid, validity
 
 
@@ -70,17 +70,37 @@ def _rows() -> pd.DataFrame:
 
 def test_summary_aggregates_seeds_and_keeps_units() -> None:
     table = summary_table(_rows())
+    assert list(table.columns[:2]) == ["dataset", "solver"]  # the dataset, and the only axis that varies
     assert list(table["solver"]) == ["euler[steps=10]", "euler[steps=20]", "dopri5"]
     first = table.iloc[0]
-    assert first["n"] == 2
-    assert first["test NLL, solver [nats]"] == "3.000 ± 1.414"
+    assert first["n"] == "2"
+    assert first["NLL solver [nats]"] == "3.000±1.414"
     assert first["valid"] == "NO (!)"
-    assert table.iloc[1]["test NLL, solver [nats]"] == "3.000"
-    assert table.iloc[2]["status"] == "1 diverged" and table.iloc[2]["n"] == 0
-    assert table.iloc[2]["reason"] == "step size underflow"
-    assert all("[" in column for column in table.columns if column.startswith("test NLL"))
+    assert table.iloc[1]["NLL solver [nats]"] == "3.000"
+    assert table.iloc[2]["n"] == "0/1" and table.iloc[2]["reason"] == "step size underflow"
+    assert all("[" in column for column in table.columns if column.startswith("NLL"))
     notes = validity_notes(_rows())
     assert notes == ["(!) euler[steps=10,adjoint=false] seed 0 on 8gaussians: nll below entropy"]
+
+
+@pytest.mark.parametrize("width", [60, 100, 160])
+def test_the_summary_fits_the_terminal(width: int) -> None:
+    """Every line at most ``width`` columns (rich folds what does not fit), units kept, no colour codes off a
+    terminal; the reason of a cell that did not finish follows the table."""
+    rows = pd.concat([_rows(), _rows().assign(dataset="checkerboard", dataset_spec="checkerboard[n_train=20000]",
+                                             seed=lambda frame: frame["seed"] + 5)], ignore_index=True)
+    text = render(summary_table(rows), validity_notes(rows), width=width)
+    assert max(len(line) for line in text.splitlines()) <= width, text
+    assert "[nats]" in text and "\x1b[" not in text
+    assert "not done: step size underflow" in text and "(!) euler[steps=10,adjoint=false] seed 0" in text
+
+
+def test_the_summary_is_coloured_only_when_asked_and_never_under_no_color(monkeypatch: pytest.MonkeyPatch
+                                                                          ) -> None:
+    table = summary_table(_rows())
+    assert "\x1b[31m" in render(table, width=100, color=True)  # a flagged row in red
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert "\x1b[31m" not in render(table, width=100, color=True)  # bold headers stay: NO_COLOR is about colour
 
 
 def test_compact_labels_drop_constant_parameters() -> None:

@@ -164,8 +164,9 @@ def evaluate(run_dir: str, solvers: tuple[str, ...], eval_trace: str | None, ref
         return {**previous, "cells": [*previous.get("cells", []), *added],
                 "evaluations": [*previous.get("evaluations", []), entry]}
 
-    progress = Progress(len(cells), quiet=quiet)
-    result = run_cells(cells, registry, executor, plugin_list, timeout,
+    progress = Progress(cells, quiet=quiet, run_dir=run.path)
+    progress.header(f"evaluating {len(cells)} cell(s) from {len(sources)} model(s)")
+    result = run_cells(cells, registry, executor, plugin_list, timeout, progress,
                        lambda engine, label: sweep(cells, registry, engine, run.path, {}, progress, rerun=True,
                                                    record=record, executor_name=label, may_train=False),
                        "Summary of the evaluated cells", "rerun the same command to evaluate the rest")

@@ -142,25 +142,38 @@ def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...
 @click.option("--metric", "metrics", multiple=True,
               help=f"comma list of metrics to compare [default: {', '.join(default_metrics(COMPARE))}]")
 @click.option("--factor", type=float, default=1.05, show_default=True,
-              help="a metric has changed when NEW/BASE moves past this (1.05 = 5%)")
+              help="a ratio metric (times, NFE, memory) has changed when NEW/BASE moves past this (1.05 = 5%)")
+@click.option("--difference", type=float, default=0.02, show_default=True,
+              help="a difference metric (NLLs in nats, bits/dim, mass) has changed when its mean moves by more "
+                   "than this, in its unit")
+@click.option("--threshold", "thresholds", multiple=True, metavar="METRIC:+D|METRIC:xF",
+              help="a metric's own threshold, e.g. nll_ref:+0.05,train_time_s:x1.10 (compared even when not in "
+                   "--metric)")
+@click.option("--fail-on", "fail_on", multiple=True, metavar="METRIC:+D|METRIC:xF",
+              help="for CI: these thresholds, and exit 1 when one of these metrics got worse past it or a "
+                   "configuration newly fails, e.g. nll_ref:+0.02,train_time_s:x1.10")
 @click.option("--alpha", type=float, default=0.05, show_default=True,
-              help="with 2+ seeds per side, Welch's t-test must also give p < alpha")
+              help="a move must also be significant: p < alpha in a paired t-test over the seeds both runs have, "
+                   "else Welch's (2+ seeds a side)")
 @click.option("--ignore-versions", is_flag=True, help="compare even when torch/torchdiffeq/cnfbench versions differ")
 @click.option("--ignore-concurrency", is_flag=True,
               help="compare time and memory even when the runs' cells ran with different concurrency or threads")
 @click.option("--fail-on-regression", is_flag=True, help="exit 1 when a configuration is worse or newly failing")
 @click.option("--markdown", "markdown_path", metavar="FILE", help=FORMAT_HELP.format(what="Markdown"))
 @click.option("--json", "json_path", metavar="FILE", help=FORMAT_HELP.format(what="JSON"))
-def compare(base: str, new: str, metrics: tuple[str, ...], factor: float, alpha: float, ignore_versions: bool,
+def compare(base: str, new: str, metrics: tuple[str, ...], factor: float, difference: float,
+            thresholds: tuple[str, ...], fail_on: tuple[str, ...], alpha: float, ignore_versions: bool,
             ignore_concurrency: bool, fail_on_regression: bool, markdown_path: str | None,
             json_path: str | None) -> int:
     """Compare run NEW with run BASE configuration by configuration (seeds aggregated).
 
-    Each row is better, worse, unchanged, newly failing, fixed or not comparable.
+    Each row is better, worse, unchanged, newly failing, fixed or not comparable; a move past its threshold
+    with too few seeds for a test is worse (untested) or better (untested). Log-likelihoods are compared as
+    differences in nats, times and NFE as ratios.
 
     \b
     cnfbench compare results/reference results/my-run
-    cnfbench compare results/main results/branch --metric nll_ref,train_time_s --fail-on-regression
+    cnfbench compare results/main results/branch --fail-on nll_ref:+0.02,train_time_s:x1.10
     """
     from cnfbench.reports import ReportError, split_list
     from cnfbench.reports import compare as cmp
@@ -168,8 +181,15 @@ def compare(base: str, new: str, metrics: tuple[str, ...], factor: float, alpha:
     _check_outputs({"Markdown": markdown_path, "JSON": json_path})
     base_run, new_run = load_runs_or_fail((base, new))
     try:
+        import pandas as pd
+
+        from cnfbench.reports.metrics import available_metrics
+
+        known = available_metrics(pd.concat([base_run.cells, new_run.cells], ignore_index=True))
+        gates = cmp.parse_thresholds(",".join(fail_on), known)
+        chosen = {**cmp.parse_thresholds(",".join(thresholds), known), **gates}
         comparison = cmp.compare_runs(base_run, new_run, split_list(metrics) or None, factor, alpha, ignore_versions,
-                                      ignore_concurrency)
+                                      ignore_concurrency, chosen, difference)
     except ReportError as exc:
         raise fail(str(exc)) from None
     to_stdout = _emit(markdown_path, lambda: cmp.to_markdown(comparison), "Markdown")
@@ -179,6 +199,13 @@ def compare(base: str, new: str, metrics: tuple[str, ...], factor: float, alpha:
     if fail_on_regression and comparison.regressions:
         click.echo(f"regression: {len(comparison.regressions)} configuration(s) worse or newly failing", err=True)
         return REGRESSION
+    if gates:
+        failed = [row for row in comparison.rows if row.verdict == "newly failing"
+                  or any(c.metric.name in gates and c.change == "worse" for c in row.changes)]
+        if failed:
+            click.echo(f"regression: {len(failed)} configuration(s) newly failing or worse in "
+                       f"{', '.join(f'{name} ({t.text()})' for name, t in gates.items())}", err=True)
+            return REGRESSION
     return 0
 
 

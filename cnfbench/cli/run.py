@@ -7,6 +7,7 @@ valid ranges from :data:`cnfbench.config.RANGES`.
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from cnfbench.params import ParamError
 if TYPE_CHECKING:
     from cnfbench.cells import Cell
     from cnfbench.contracts import Executor
+    from cnfbench.progress import Progress
     from cnfbench.registry import Registry
     from cnfbench.runner import RunResult
 
@@ -148,12 +150,13 @@ def run(config_file: Path | None, dry_run: bool, quiet: bool, plugins: tuple[str
         for cell in cells:
             click.echo(f"  {cell.cell_id}  {cell.describe()}")
         return 0
-    progress = Progress(len(cells), quiet=quiet)
+    progress = Progress(cells, quiet=quiet, run_dir=run_dir)
+    progress.header(f"{len(cells)} cell(s) = {_grid_size(grid.cells)}")
     libraries = {library for cell in cells for family, spec in cell.components()
                  for library in registry.get(family, spec.name).cls.libraries}
     provenance = collect(sys.argv, config.to_json() | {"name": name}, registry.plugins, cells[0].device,
                          sorted(libraries))
-    result = run_cells(cells, registry, config.executor, config.plugin, config.timeout,
+    result = run_cells(cells, registry, config.executor, config.plugin, config.timeout, progress,
                        lambda executor, label: sweep(cells, registry, executor, run_dir, provenance, progress,
                                                      config.retry_failed, executor_name=label),
                        "Summary", "rerun the same command to resume")
@@ -171,8 +174,18 @@ def use_data_dir(data_dir: str | None) -> None:
         os.environ[DATA_ROOT_VARIABLE] = str(Path(data_dir).expanduser().resolve())
 
 
+def _grid_size(cells: list[Cell]) -> str:
+    """``2 solvers × 3 seeds``: the axes that vary, with their sizes (``1 configuration`` when none does)."""
+    sizes = [(len({cell.axes[row.key].label() for cell in cells}), row.key, row.plural) for row in GRID_AXES]
+    parts = [f"{count} {plural}" for count, _, plural in sizes if count > 1]
+    seeds = len({cell.seed for cell in cells})
+    if seeds > 1:
+        parts.append(f"{seeds} seeds")
+    return " × ".join(parts) or "1 configuration"
+
+
 def run_cells(cells: list[Cell], registry: Registry, executor_spec: str, plugins: Sequence[str],
-              timeout: float | None, sweep: Callable[[Executor, str], RunResult], heading: str,
+              timeout: float | None, progress: Progress, sweep: Callable[[Executor, str], RunResult], heading: str,
               resume_hint: str) -> RunResult:
     """Run ``sweep`` on the executor ``executor_spec`` names, then print the summary of ``cells``' rows."""
     from cnfbench.executor import make_executor
@@ -185,6 +198,7 @@ def run_cells(cells: list[Cell], registry: Registry, executor_spec: str, plugins
     try:
         result = sweep(executor, label)
     finally:
+        progress.close()
         executor.close()
     rows = result.cells[result.cells["cell_id"].isin({cell.cell_id for cell in cells})]
     click.echo("")
@@ -192,5 +206,7 @@ def run_cells(cells: list[Cell], registry: Registry, executor_spec: str, plugins
         click.echo(f"Interrupted: the table shows the cells finished so far; {resume_hint}.")
     click.echo(f"{heading} (test NLL in nats per sample; NFE = dynamics evaluations per solve, counted by the "
                "harness):")
-    click.echo(render(summary_table(rows), validity_notes(rows)))
+    terminal = sys.stdout.isatty()
+    width = shutil.get_terminal_size().columns if terminal else None
+    click.echo(render(summary_table(rows), validity_notes(rows), width=width, color=terminal))
     return result

@@ -23,7 +23,15 @@ from __future__ import annotations
 from typing import Any
 
 from cnfbench.reports.aggregate import aggregate, axis_labels, combine, combine_curves, format_value, varying_axes
-from cnfbench.reports.compare import Comparison, MetricChange, RowComparison, compare_runs, metric_change
+from cnfbench.reports.compare import (
+    Comparison,
+    MetricChange,
+    RowComparison,
+    Threshold,
+    compare_runs,
+    metric_change,
+    parse_thresholds,
+)
 from cnfbench.reports.html import REPORT_HTML, render_html, write_html_report
 from cnfbench.reports.merge import MergeResult, merge_runs
 from cnfbench.reports.metrics import (
@@ -51,17 +59,18 @@ from cnfbench.reports.render import (
     to_markdown,
     to_text,
 )
-from cnfbench.reports.statistics import WelchResult, t_two_sided_p, welch_t_test
+from cnfbench.reports.statistics import TestResult, WelchResult, paired_t_test, t_two_sided_p, welch_t_test
 
 _LAZY = {"write_plots": "cnfbench.reports.plots", "PlotResult": "cnfbench.reports.plots"}
 
 __all__ = [
     "AXES", "DEFAULT_METRICS", "METRIC_GOALS", "REPORT_HTML", "Comparison", "Entry", "MergeResult", "Metric",
-    "MetricChange", "PivotTable", "ReportError", "RowComparison", "WelchResult", "aggregate", "available_metrics",
-    "axis_labels", "check_axes", "check_metrics", "combine", "combine_curves", "compare_runs", "declared_columns",
-    "default_metrics", "entry_text", "failure_notes", "format_value", "latex_escape", "merge_runs", "metric_change",
-    "metric_info", "pivot", "render_html", "split_list", "t_two_sided_p", "text_table", "to_csv", "to_json",
-    "to_latex", "to_markdown", "to_text", "varying_axes", "welch_t_test", "write_html_report", *_LAZY,
+    "MetricChange", "PivotTable", "ReportError", "RowComparison", "TestResult", "Threshold", "WelchResult",
+    "aggregate", "available_metrics", "axis_labels", "check_axes", "check_metrics", "combine", "combine_curves",
+    "compare_runs", "declared_columns", "default_metrics", "entry_text", "failure_notes", "format_value",
+    "latex_escape", "merge_runs", "metric_change", "metric_info", "paired_t_test", "parse_thresholds", "pivot",
+    "render_html", "split_list", "t_two_sided_p", "text_table", "to_csv", "to_json", "to_latex", "to_markdown",
+    "to_text", "varying_axes", "welch_t_test", "write_html_report", *_LAZY,
 ]
 
 

@@ -85,8 +85,14 @@ def flagged(cells: pd.DataFrame) -> pd.Series:
     return cells["valid"].map(lambda v: str(v).strip().lower() in ("false", "0", "0.0"))
 
 
-def aggregate(cells: pd.DataFrame, by: Sequence[str], metrics: Sequence[str], stat: str = "mean") -> pd.DataFrame:
+def aggregate(cells: pd.DataFrame, by: Sequence[str], metrics: Sequence[str], stat: str = "mean",
+              pool: Sequence[str] | bool = ()) -> pd.DataFrame:
     """One row per distinct combination of ``by`` (labels as in :func:`axis_labels`), seeds aggregated.
+
+    Configurations are never averaged together by accident: every configuration axis that varies in
+    ``cells`` (dataset, field, objective, solver, trace, budget, protocol, run) and is not in ``by`` is added
+    to it, after ``by``, unless ``pool`` names it (those are averaged over); ``pool=True`` averages over
+    every axis not in ``by``, as an earlier release did.
 
     Columns: the ``by`` axes; ``cells`` (rows in the group), ``done`` (rows with status done),
     ``failed`` (e.g. ``"1 diverged"``, empty when none), ``flagged`` (done rows with ``valid``
@@ -99,6 +105,9 @@ def aggregate(cells: pd.DataFrame, by: Sequence[str], metrics: Sequence[str], st
     if stat not in ("mean", "median"):
         raise ReportError(f"unknown statistic {stat!r}; valid: mean, median")
     by = check_axes(cells, by)
+    if pool is not True:
+        pooled = set(check_axes(cells, list(pool))) if pool else set()
+        by = [*by, *(axis for axis in varying_axes(cells, by) if axis not in pooled)]
     metrics = check_metrics(cells, metrics)
     frame = cells.copy()
     for axis in by:

@@ -11,17 +11,18 @@ seeds are aggregated on each side. A matched pair is
   ``run.json`` differ (a local build tag such as ``+cpu`` is ignored), the
   configuration is in one run only, or no seed
   finished on either side;
-- else ``worse``, ``better`` or ``unchanged`` from the chosen metrics. How a
-  metric is compared is its comparison kind in the column catalogue
-  (:mod:`cnfbench.columns`), and which way is better its goal (for a
-  closest-to-1 goal such as ``mass``, what moves is ``|value - 1|``). A
-  *ratio* metric (times, NFE, memory) has changed when its mean moved by more
-  than ``factor - 1`` of BASE's mean; a *difference* metric (log-likelihoods in
-  nats, mass) when its mean moved by more than ``factor - 1`` times BASE's
-  mean, and at least ``factor - 1`` in its own unit, so that a value near 0
-  does not turn noise into a change (:func:`change_threshold`). In both cases,
-  when both sides have at least two seeds, Welch's t-test must also reject
-  equal means at level ``alpha``. Any worse metric makes the row worse.
+- else ``worse``, ``better`` or ``unchanged`` from the chosen metrics.
+
+How a metric is compared is its comparison kind in the column catalogue (:mod:`cnfbench.columns`), and
+which way is better its goal (for a closest-to-1 goal such as ``mass``, what moves is ``|value - 1|``). A
+*difference* metric (log-likelihoods in nats, bits/dim, mass) has changed when its mean moved by more than
+a threshold in its own unit (default ``+0.02``: 0.02 nats, whatever the NLL's size or sign); a *ratio*
+metric (times, NFE, memory) when NEW/BASE moved past a factor (default ``x1.05``). Per-metric thresholds
+(``nll_ref:+0.05,train_time_s:x1.10``) replace the defaults. A move past the threshold must also be
+significant at level ``alpha``: seeds present on both sides are paired (paired t-test over them, when there
+are two or more), otherwise Welch's t-test compares the two sides (two seeds or more each). With fewer seeds
+no test is possible: such a move is ``worse (untested)`` or ``better (untested)``, never plain ``worse``.
+Any worse metric makes the row worse. Rows are sorted worst first, then by the size of their largest change.
 """
 
 from __future__ import annotations
@@ -38,16 +39,25 @@ import pandas as pd
 
 from cnfbench.columns import BUDGET, CLOSEST_TO_ONE, COMPARE, DIFFERENCE, PROTOCOL, RATIO, columns_in
 from cnfbench.families import AXIS_SPEC_COLUMNS, GRID_AXES
+from cnfbench.messages import did_you_mean
 from cnfbench.reports.aggregate import format_value
 from cnfbench.reports.metrics import Metric, ReportError, check_metrics, default_metrics, metric_info
 from cnfbench.reports.render import text_table
-from cnfbench.reports.statistics import welch_t_test
+from cnfbench.reports.statistics import TestResult, paired_t_test, welch_t_test
 from cnfbench.run_folder import Run, load_run
 from cnfbench.summary import compact_labels
 
-VERDICTS = ("better", "worse", "unchanged", "newly failing", "fixed", "not comparable")
-REGRESSIONS = ("worse", "newly failing")
+VERDICTS = ("newly failing", "worse", "worse (untested)", "better", "better (untested)", "unchanged", "fixed",
+            "not comparable")
+"""Every verdict, worst first (the order rows are sorted in)."""
+REGRESSIONS = ("newly failing", "worse", "worse (untested)")
 """Verdicts that make ``cnfbench compare --fail-on-regression`` exit 1."""
+
+DEFAULT_DIFFERENCE = 0.02
+"""How far (in its own unit) a difference metric's mean must move to have changed, by default."""
+
+LOW_POWER_SEEDS = 3
+"""Fewer finished seeds than this on a side, and ``compare`` warns that its verdict has little power."""
 
 BUDGET_COLUMNS: tuple[str, ...] = columns_in(BUDGET)
 
@@ -69,6 +79,50 @@ def compared_packages(*runs: Run) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class Threshold:
+    """When a metric has changed: its mean moved by more than ``value`` in its unit (``kind`` difference) or
+    NEW/BASE moved past the factor ``value`` either way (``kind`` ratio)."""
+
+    kind: str
+    value: float
+
+    def text(self) -> str:
+        return f"+{self.value:g}" if self.kind == DIFFERENCE else f"x{self.value:g}"
+
+
+def default_threshold(metric: Metric, factor: float = 1.05, difference: float = DEFAULT_DIFFERENCE) -> Threshold:
+    """The threshold of a metric nobody set one for: by its comparison kind in the catalogue."""
+    return Threshold(DIFFERENCE, difference) if metric.comparison == DIFFERENCE else Threshold(RATIO, factor)
+
+
+def parse_thresholds(text: str, known: Sequence[str] | None = None) -> dict[str, Threshold]:
+    """``nll_ref:+0.02,train_time_s:x1.10`` as thresholds by metric; :class:`ReportError` (one line) when a part
+    is malformed or names no known metric."""
+    thresholds: dict[str, Threshold] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, _, value = part.partition(":")
+        name, value = name.strip(), value.strip().replace("×", "x")
+        if known is not None and name not in known:
+            raise ReportError(f"unknown metric {name!r} in threshold {part!r}{did_you_mean(name, known)}")
+        try:
+            if value.startswith("+"):
+                threshold = Threshold(DIFFERENCE, float(value[1:]))
+                ok = threshold.value >= 0
+            elif value.lower().startswith("x"):
+                threshold = Threshold(RATIO, float(value[1:]))
+                ok = threshold.value >= 1
+            else:
+                ok = False
+        except ValueError:
+            ok = False
+        if not ok or not math.isfinite(threshold.value):
+            raise ReportError(f"threshold {part!r} must be METRIC:+D (a move of D in the metric's unit, D >= 0) "
+                              "or METRIC:xF (NEW/BASE past the factor F >= 1), e.g. nll_ref:+0.02,train_time_s:x1.10")
+        thresholds[name] = threshold
+    return thresholds
+
+
+@dataclass(frozen=True)
 class MetricChange:
     """One metric of one compared configuration (means over the finished seeds, in the column's unit)."""
 
@@ -81,9 +135,16 @@ class MetricChange:
     new_n: int
     ratio: float  # new_mean / base_mean; nan when base_mean is 0 or the signs differ
     difference: float  # new_mean - base_mean, in the column's unit
-    p_value: float | None  # Welch's test when both sides have >= 2 seeds
+    p_value: float | None  # the test's, when one was possible
     change: str  # better, worse, unchanged, changed (metric without a goal), n/a (no value on a side)
     beyond_factor: bool = False  # the mean moved by more than the threshold (whatever the test said)
+    threshold: Threshold | None = None
+    test: str = ""  # "paired t-test", "Welch's t-test", or "" (too few seeds)
+    size: float = 0.0  # the move over the threshold (1 = at the threshold), for sorting
+
+    @property
+    def tested(self) -> bool:
+        return bool(self.test)
 
 
 @dataclass
@@ -109,6 +170,7 @@ class Comparison:
     alpha: float
     rows: list[RowComparison]
     notes: list[str] = field(default_factory=list)
+    thresholds: dict[str, Threshold] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         return {verdict: sum(r.verdict == verdict for r in self.rows) for verdict in VERDICTS}
@@ -117,44 +179,90 @@ class Comparison:
     def regressions(self) -> list[RowComparison]:
         return [r for r in self.rows if r.verdict in REGRESSIONS]
 
+    def to_frame(self) -> pd.DataFrame:
+        """One row per configuration, for a notebook: its labels, seeds, verdict and reason, and per metric
+        ``M_base``, ``M_new`` (means, in the column's unit), ``M_difference``, ``M_ratio``, ``M_p`` and
+        ``M_change``."""
+        records = []
+        for row in self.rows:
+            record: dict[str, Any] = {**row.labels, "seeds_base": row.base_seeds, "seeds_new": row.new_seeds,
+                                      "verdict": row.verdict, "reason": row.reason}
+            for change in row.changes:
+                name = change.metric.name
+                record.update({f"{name}_base": change.base_mean, f"{name}_new": change.new_mean,
+                               f"{name}_difference": change.difference, f"{name}_ratio": change.ratio,
+                               f"{name}_p": change.p_value if change.p_value is not None else math.nan,
+                               f"{name}_change": change.change})
+            records.append(record)
+        return pd.DataFrame(records)
 
-def change_threshold(metric: Metric, base: float, factor: float) -> float:
-    """How far a mean must move from ``base`` (BASE's mean, of ``|value - 1|`` for a closest-to-1 goal) to change.
+    def _repr_html_(self) -> str:
+        """The comparison as a notebook shows it: the headline, the table as ``compare`` prints it, the notes."""
+        import html
 
-    A ratio metric: ``factor - 1`` of ``|base|``. A difference metric: the same, but at least ``factor - 1`` in
-    the column's unit (nats for a log-likelihood; for ``mass``, whose ``|mass - 1|`` is near 0, that is the rule).
-    """
-    slack = factor - 1.0
-    if metric.comparison == DIFFERENCE:
-        return slack * max(abs(base), 1.0)
-    return slack * abs(base)
+        headers, body, _ = _table(self)
+        notes = "".join(f"<br>note: {html.escape(note)}" for note in self.notes)
+        return (f"<p><b>{html.escape(headline(self))}</b><br>{html.escape(rule_line(self))}</p>"
+                f"{pd.DataFrame(body, columns=headers).to_html(index=False)}<p>{html.escape(summary_line(self))}"
+                f"{notes}</p>")
 
 
-def metric_change(metric: Metric, base: Sequence[float], new: Sequence[float], factor: float,
-                  alpha: float) -> MetricChange:
-    """Compare one metric's finished-seed values; see the module docstring for the rule."""
-    b = np.asarray([v for v in base if v is not None and math.isfinite(v)], dtype=float)
-    n = np.asarray([v for v in new if v is not None and math.isfinite(v)], dtype=float)
+def _values(values: Sequence[float] | dict[str, float]) -> dict[str, float]:
+    """Finite values by seed (a plain sequence: by position, never paired)."""
+    items = values.items() if isinstance(values, dict) else ((f"#{i}", v) for i, v in enumerate(values))
+    return {str(k): float(v) for k, v in items if v is not None and math.isfinite(float(v))}
 
-    def stats(values: np.ndarray) -> tuple[float, float]:
-        if not len(values):
+
+def significance(base: dict[str, float], new: dict[str, float], paired: bool) -> TestResult | None:
+    """The paired t-test over the seeds both sides have (two or more), else Welch's (two seeds or more a side),
+    else None."""
+    common = [seed for seed in base if seed in new] if paired else []
+    if len(common) >= 2:
+        return paired_t_test([base[s] for s in common], [new[s] for s in common])
+    if len(base) >= 2 and len(new) >= 2:
+        return welch_t_test(list(base.values()), list(new.values()))
+    return None
+
+
+def metric_change(metric: Metric, base: Sequence[float] | dict[str, float], new: Sequence[float] | dict[str, float],
+                  threshold: Threshold | float, alpha: float) -> MetricChange:
+    """Compare one metric's finished-seed values (by seed when given as dicts, so that seeds pair); see the module
+    docstring for the rule. A float ``threshold`` is a factor for a ratio metric's default."""
+    if not isinstance(threshold, Threshold):
+        threshold = default_threshold(metric, factor=threshold)
+    b, n = _values(base), _values(new)
+
+    def stats(values: dict[str, float]) -> tuple[float, float]:
+        array = np.asarray(list(values.values()), dtype=float)
+        if not len(array):
             return math.nan, math.nan
-        return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan
+        return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else math.nan
 
     (bm, bs), (nm, ns) = stats(b), stats(n)
-    if not len(b) or not len(n):
-        return MetricChange(metric, bm, bs, len(b), nm, ns, len(n), math.nan, math.nan, None, "n/a")
-    ratio = nm / bm if bm != 0 and (nm / bm) >= 0 else math.nan
-    bad_b = np.array([metric.badness(v) for v in b]) if metric.goal else b
-    bad_n = np.array([metric.badness(v) for v in n]) if metric.goal else n
-    moved = float(bad_n.mean() - bad_b.mean())
-    p = welch_t_test(bad_b, bad_n).p if len(b) > 1 and len(n) > 1 else None
-    beyond = abs(moved) > change_threshold(metric, float(bad_b.mean()), factor)
+    if not b or not n:
+        return MetricChange(metric, bm, bs, len(b), nm, ns, len(n), math.nan, math.nan, None, "n/a",
+                            threshold=threshold)
+    ratio = nm / bm if metric.comparison == RATIO and bm != 0 and (nm / bm) >= 0 else math.nan
+    bad_b = {k: metric.badness(v) for k, v in b.items()} if metric.goal else b
+    bad_n = {k: metric.badness(v) for k, v in n.items()} if metric.goal else n
+    before, after = float(np.mean(list(bad_b.values()))), float(np.mean(list(bad_n.values())))
+    moved = after - before
+    if threshold.kind == DIFFERENCE:
+        size = abs(moved) / threshold.value if threshold.value > 0 else (math.inf if moved else 0.0)
+    elif before > 0 and after > 0:
+        size = abs(math.log(after / before)) / math.log(threshold.value) if threshold.value > 1 else \
+            (math.inf if after != before else 0.0)
+    else:
+        size = math.inf if after != before else 0.0
+    beyond = size > 1.0
+    test = significance(bad_b, bad_n, paired=isinstance(base, dict) and isinstance(new, dict))
+    p = test.p if test is not None else None
     if beyond and (p is None or p < alpha):
         change = ("worse" if moved > 0 else "better") if metric.goal else "changed"
     else:
         change = "unchanged"
-    return MetricChange(metric, bm, bs, len(b), nm, ns, len(n), ratio, nm - bm, p, change, beyond)
+    return MetricChange(metric, bm, bs, len(b), nm, ns, len(n), ratio, nm - bm, p, change, beyond, threshold,
+                        test.test if test is not None else "", size if beyond else 0.0)
 
 
 def _key(frame: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
@@ -233,11 +341,15 @@ def _sharing_problem(base: Run, new: Run) -> str:
 
 def compare_runs(base: Run | str | os.PathLike[str], new: Run | str | os.PathLike[str],
                  metrics: Sequence[str] | None = None, factor: float = 1.05, alpha: float = 0.05,
-                 ignore_versions: bool = False, ignore_concurrency: bool = False) -> Comparison:
+                 ignore_versions: bool = False, ignore_concurrency: bool = False,
+                 thresholds: dict[str, Threshold] | None = None, difference: float = DEFAULT_DIFFERENCE
+                 ) -> Comparison:
     """Match NEW's configurations to BASE's and give each a verdict (see the module docstring).
 
     ``base``/``new`` are :class:`~cnfbench.run_folder.Run` objects or run folders; ``metrics`` default to
-    the column catalogue's compare metrics (machine-independent; those with a value). ``factor`` 1.05 means a 5% change;
+    the column catalogue's compare metrics (machine-independent; those with a value), plus any metric ``thresholds``
+    names. ``factor`` (1.05 = a 5% change) is the default threshold of ratio metrics and ``difference`` (0.02) that
+    of difference metrics, in their unit; ``thresholds`` set a metric's own;
     ``ignore_versions`` compares runs made with different torch/torchdiffeq/cnfbench versions;
     ``ignore_concurrency`` compares wall-clock and memory metrics of runs whose cells ran with different
     concurrency or torch threads (otherwise those metrics are left out, with a note saying why).
@@ -248,9 +360,15 @@ def compare_runs(base: Run | str | os.PathLike[str], new: Run | str | os.PathLik
         raise ReportError(f"factor must be at least 1 (1.05 = a 5% change), got {factor}")
     if not 0.0 < alpha < 1.0:
         raise ReportError(f"alpha must be between 0 and 1, got {alpha}")
+    if not difference >= 0.0:
+        raise ReportError(f"the difference threshold must be at least 0, got {difference}")
     combined = pd.concat([base.cells.assign(_side="base"), new.cells.assign(_side="new")], ignore_index=True)
     metrics = check_metrics(combined, metrics) if metrics else default_metrics(combined, COMPARE)
+    if thresholds:
+        metrics = [*metrics, *(name for name in check_metrics(combined, list(thresholds)) if name not in metrics)]
     infos = [metric_info(m) for m in metrics]
+    chosen = {info.name: (thresholds or {}).get(info.name) or default_threshold(info, factor, difference)
+              for info in infos}
     notes: list[str] = []
     sharing = _sharing_problem(base, new)
     if sharing and any(m.machine for m in infos):
@@ -303,13 +421,20 @@ def compare_runs(base: Run | str | os.PathLike[str], new: Run | str | os.PathLik
             if key not in used:
                 pairs.append((next(iter(base_groups.values()), None), group))
         for base_group, new_group in pairs:
-            rows.append(_compare_pair(label, base_group, new_group, protocol_columns, infos, factor, alpha,
+            rows.append(_compare_pair(label, base_group, new_group, protocol_columns, infos, chosen, alpha,
                                       version_problem))
-    return Comparison(base, new, infos, factor, alpha, rows, notes)
+    rows.sort(key=lambda r: (VERDICTS.index(r.verdict), -max((c.size for c in r.changes), default=0.0)))
+    low = [r for r in rows if r.changes and min(c.base_n for c in r.changes if c.change != "n/a") < LOW_POWER_SEEDS
+           or r.changes and min(c.new_n for c in r.changes if c.change != "n/a") < LOW_POWER_SEEDS] \
+        if any(c.change != "n/a" for r in rows for c in r.changes) else []
+    if low:
+        notes.append(f"low power: {len(low)} of {len(rows)} configuration(s) rest on fewer than {LOW_POWER_SEEDS} "
+                     "seeds a side; run more seeds (--seeds) before trusting a small change")
+    return Comparison(base, new, infos, factor, alpha, rows, notes, chosen)
 
 
 def _compare_pair(labels: dict[str, str], base: pd.DataFrame | None, new: pd.DataFrame | None,
-                  protocol_columns: list[str], metrics: list[Metric], factor: float, alpha: float,
+                  protocol_columns: list[str], metrics: list[Metric], thresholds: dict[str, Threshold], alpha: float,
                   version_problem: str) -> RowComparison:
     row = RowComparison(labels, "not comparable", "", _seeds_text(base), _seeds_text(new))
     if base is None or new is None:
@@ -338,32 +463,40 @@ def _compare_pair(labels: dict[str, str], base: pd.DataFrame | None, new: pd.Dat
             side, group = ("BASE", base) if base_done.empty else ("NEW", new)
             row.reason = f"no finished seed in {side} ({_first_reason(group)})"
         return row
-    row.changes = [metric_change(m, pd.to_numeric(base_done[m.name], errors="coerce").tolist() if m.name in base_done
-                                 else [], pd.to_numeric(new_done[m.name], errors="coerce").tolist()
-                                 if m.name in new_done else [], factor, alpha) for m in metrics]
+    def by_seed(done: pd.DataFrame, name: str) -> dict[str, float]:
+        if name not in done:
+            return {}
+        seeds = done["seed"].map(format_value) if "seed" in done else done.index.map(str)
+        return dict(zip(seeds, pd.to_numeric(done[name], errors="coerce"), strict=True))
+
+    row.changes = [metric_change(m, by_seed(base_done, m.name), by_seed(new_done, m.name), thresholds[m.name], alpha)
+                   for m in metrics]
     if fixed:
         row.verdict, row.reason = "fixed", f"seed {', '.join(fixed)} now done (BASE {_first_reason(base)})"
         return row
-    changes = {c.change for c in row.changes}
-    if changes <= {"n/a"}:
-        row.reason = "no value of the chosen metrics on both sides"
-    elif "worse" in changes:
-        row.verdict = "worse"
-        row.reason = ", ".join(c.metric.name for c in row.changes if c.change == "worse") + " worse"
-    elif "better" in changes:
-        row.verdict = "better"
-        row.reason = ", ".join(c.metric.name for c in row.changes if c.change == "better") + " better"
+    for direction in ("worse", "better"):
+        moved = [c for c in row.changes if c.change == direction]
+        if not moved:
+            continue
+        tested = [c for c in moved if c.tested]
+        row.verdict = direction if tested else f"{direction} (untested)"
+        row.reason = ", ".join(c.metric.name for c in (tested or moved)) + f" {direction}"
+        if not tested:
+            row.reason += " by more than the threshold, with too few seeds for a test (2+ a side)"
+        break
     else:
-        row.verdict = "unchanged"
-    if row.verdict in ("better", "worse", "unchanged") and min(len(base_done), len(new_done)) < 2:
-        row.reason = (row.reason + "; " if row.reason else "") + "1 seed: no significance test"
+        if {c.change for c in row.changes} <= {"n/a"}:
+            row.reason = "no value of the chosen metrics on both sides"
+        else:
+            row.verdict = "unchanged"
     return row
 
 
 # --------------------------------------------------------------------------------------------------- rendering
 
 def change_text(change: MetricChange) -> str:
-    """``BASE → NEW (×ratio)``, the change and Welch's p when it moved, and ``Δ NEW - BASE`` for a difference metric."""
+    """``BASE → NEW`` with ``Δ NEW - BASE`` in the unit (difference metrics) or ``×NEW/BASE`` (ratio metrics), the
+    change, and the test behind it: ``worse (paired t-test p=0.003)``, ``worse, untested (1 seed)``."""
     d = change.metric.decimals
     scale = change.metric.scale
     if change.change == "n/a":
@@ -372,16 +505,20 @@ def change_text(change: MetricChange) -> str:
         side = "BASE" if not change.base_n else "NEW"
         return f"no value in {side}"
     text = f"{change.base_mean * scale:.{d}f} → {change.new_mean * scale:.{d}f}"
-    text += f" (×{change.ratio:.3f})" if math.isfinite(change.ratio) else ""
+    if change.metric.comparison == DIFFERENCE or not math.isfinite(change.ratio):
+        unit = change.metric.unit
+        text += f" (Δ {change.difference * scale:+.{d}f}{' ' + unit if unit and unit != '1' else ''})"
+    else:
+        text += f" (×{change.ratio:.3f})"
     if change.change != "unchanged":
         text += f" {change.change}"
     elif change.beyond_factor:
         text += " not significant"
-    if change.p_value is not None and change.beyond_factor:
-        text += f" p={change.p_value:.2g}"
-    if change.metric.comparison == DIFFERENCE:
-        unit = f" {change.metric.unit}" if change.metric.unit not in ("", "1") else ""
-        text += f", Δ {change.difference * scale:+.{d}f}{unit}"
+    if change.beyond_factor:
+        if change.tested:
+            text += f" ({change.test} p={change.p_value:.2g})"
+        else:
+            text += f", untested ({min(change.base_n, change.new_n)} seed)"
     return text
 
 
@@ -405,32 +542,43 @@ def _run_line(role: str, run: Run) -> str:
 
 
 def summary_line(comparison: Comparison) -> str:
+    """``12 configurations: 1 worse, 11 unchanged``, in :data:`VERDICTS` order."""
     counts = comparison.counts()
     return f"{len(comparison.rows)} configurations: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n)
 
 
+def headline(comparison: Comparison) -> str:
+    """One line to read first, as asv's: whether anything got worse, got better, or nothing changed."""
+    worse = len(comparison.regressions)
+    better = sum(r.verdict.startswith("better") for r in comparison.rows)
+    if worse:
+        return f"REGRESSED: {worse} of {len(comparison.rows)} configuration(s) worse or newly failing"
+    if better:
+        return f"IMPROVED: {better} of {len(comparison.rows)} configuration(s) better, none worse"
+    return f"NOT SIGNIFICANTLY CHANGED: {len(comparison.rows)} configuration(s)"
+
+
 def rule_line(comparison: Comparison) -> str:
-    """How ``changed`` was decided, for the compared metrics' comparison kinds (see :func:`change_threshold`)."""
-    slack = comparison.factor - 1.0
-    by_kind = {kind: [m.name for m in comparison.metrics if m.comparison == kind] for kind in (RATIO, DIFFERENCE)}
-    rules = []
-    if by_kind[RATIO]:
-        rules.append(f"{', '.join(by_kind[RATIO])}: the mean moved by more than {slack * 100:g}%")
-    if by_kind[DIFFERENCE]:
-        rules.append(f"{', '.join(by_kind[DIFFERENCE])}: the mean moved by more than {slack * 100:g}% and at least "
-                     f"{slack:g} in its unit")
-    ones = [m.name for m in comparison.metrics if m.goal == CLOSEST_TO_ONE]
-    if ones:
-        rules.append(f"for {', '.join(ones)} the value's distance to 1 moves")
-    return (f"changed (--factor {comparison.factor:g}) = {'; '.join(rules) or 'no metric'}; and, with 2+ seeds on "
-            f"both sides, Welch's t-test p < {comparison.alpha:g}")
+    """How ``changed`` was decided: each metric's threshold, and the tests."""
+    parts = []
+    for metric in comparison.metrics:
+        threshold = comparison.thresholds.get(metric.name) or default_threshold(metric, comparison.factor)
+        if threshold.kind == DIFFERENCE:
+            unit = metric.unit if metric.unit not in ("", "1", "—") else "its unit"
+            what = f"|value - 1| moved by > {threshold.value:g}" if metric.goal == CLOSEST_TO_ONE else \
+                f"moved by > {threshold.value:g} {unit}"
+        else:
+            what = f"NEW/BASE past x{threshold.value:g}"
+        parts.append(f"{metric.name} {what}")
+    return (f"changed = {'; '.join(parts) or 'no metric'}; and significant at p < {comparison.alpha:g}: paired "
+            "t-test over the seeds both runs have, else Welch's t-test (2+ seeds a side), else untested")
 
 
 def to_text(comparison: Comparison) -> str:
     """What ``cnfbench compare`` prints."""
     headers, body, left = _table(comparison)
     lines = [_run_line("BASE", comparison.base), _run_line("NEW ", comparison.new), rule_line(comparison), "",
-             text_table(headers, body, left), "", summary_line(comparison)]
+             text_table(headers, body, left), "", headline(comparison), summary_line(comparison)]
     return "\n".join([*lines, *(f"note: {n}" for n in comparison.notes)])
 
 
@@ -448,7 +596,8 @@ def to_markdown(comparison: Comparison) -> str:
         cells = [esc(v) for v in row]
         cells[-2] = f"**{cells[-2]}**" if row[-2] in REGRESSIONS else cells[-2]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", summary_line(comparison), *(f"- note: {esc(n)}" for n in comparison.notes)]
+    lines += ["", f"**{headline(comparison)}**", "", summary_line(comparison),
+              *(f"- note: {esc(n)}" for n in comparison.notes)]
     return "\n".join(lines) + "\n"
 
 
@@ -459,7 +608,8 @@ def to_json(comparison: Comparison) -> str:
 
     data: dict[str, Any] = {
         "base": str(comparison.base.path), "new": str(comparison.new.path),
-        "factor": comparison.factor, "alpha": comparison.alpha,
+        "factor": comparison.factor, "alpha": comparison.alpha, "headline": headline(comparison),
+        "thresholds": {name: t.text() for name, t in comparison.thresholds.items()},
         "counts": comparison.counts(), "notes": comparison.notes,
         "rows": [{"labels": r.labels, "verdict": r.verdict, "reason": r.reason, "base_seeds": r.base_seeds,
                   "new_seeds": r.new_seeds,
@@ -469,7 +619,8 @@ def to_json(comparison: Comparison) -> str:
                                               "new_mean": number(c.new_mean), "new_std": number(c.new_std),
                                               "new_n": c.new_n, "ratio": number(c.ratio),
                                               "difference": number(c.difference),
-                                              "p_value": number(c.p_value), "change": c.change}
+                                              "p_value": number(c.p_value), "test": c.test or None,
+                                              "change": c.change}
                               for c in r.changes}}
                  for r in comparison.rows],
     }

@@ -85,6 +85,68 @@ class PivotTable:
         best = f"; best per {DATASET.key} {marked} ({' / '.join(goals)})" if goals else ""
         return f"{what}: {how} over seeds, {seeds}{best}"
 
+    def to_frame(self) -> pd.DataFrame:
+        """The numbers, for a notebook: one row per row key (indexed by the row axes), one column per (column
+        label, metric, statistic) — ``mean``/``std`` or ``median``/``q1``/``q3``, and ``n`` — in the metric's
+        display unit."""
+        stats = ("mean", "std", "n") if self.stat == "mean" else ("median", "q1", "q3", "n")
+        columns, data = [], []
+        for col_key, metric in self.value_columns():
+            for stat in stats:
+                columns.append((", ".join(col_key), metric.name, stat))
+        for row_key in self.row_keys:
+            values = []
+            for col_key, metric in self.value_columns():
+                entry = self.entries.get((row_key, col_key, metric.name))
+                numbers = (entry.center, entry.low, entry.high, entry.n) if entry is not None else \
+                    (math.nan, math.nan, math.nan, 0)
+                values += [numbers[0], numbers[1], numbers[3]] if self.stat == "mean" else list(numbers)
+            data.append(values)
+        if len(self.rows) == 1:
+            index: Any = pd.Index([key[0] for key in self.row_keys], name=self.rows[0])
+        else:
+            index = pd.MultiIndex.from_tuples(self.row_keys, names=self.rows) if self.rows else None
+        frame = pd.DataFrame(data, index=index, columns=pd.MultiIndex.from_tuples(
+            columns, names=["column", "metric", "statistic"]))
+        return frame.droplevel("column", axis=1) if not self.cols else frame
+
+    def _repr_html_(self) -> str:
+        """The table as a notebook shows it: the entries as the text report writes them, caption and notes."""
+        import html
+
+        def text(row_key: tuple[str, ...], col_key: tuple[str, ...], metric: Metric) -> str:
+            entry = self.entries.get((row_key, col_key, metric.name))
+            return entry_text(self, entry, metric) + (" *" if entry is not None and entry.best else "")
+
+        frame = pd.DataFrame([[*row_key, *(text(row_key, k, m) for k, m in self.value_columns())]
+                              for row_key in self.row_keys],
+                             columns=[*self.rows, *(self.header(k, m) for k, m in self.value_columns())])
+        notes = "".join(f"<br>note: {html.escape(note)}" for note in self.notes)
+        return f"<p>{html.escape(self.caption(marked='marked *'))}</p>{frame.to_html(index=False)}" + \
+            (f"<p>{notes}</p>" if notes else "")
+
+
+def _number(value: float, decimals: int) -> str:
+    return f"{value:.{decimals}f}" if math.isfinite(value) else "—"
+
+
+def entry_text(table: PivotTable, entry: Entry | None, metric: Metric, pm: str = "±",
+               interval: tuple[str, str, str] = ("[", "–", "]")) -> str:
+    """``mean ± std`` or ``median [q1–q3]`` with the metric's decimals, ``(n=k)`` when seeds differ."""
+    if entry is None:
+        return ""
+    if not entry.n:
+        return entry.failed or "—"
+    d = metric.decimals
+    text = _number(entry.center, d)
+    if table.stat == "mean" and math.isfinite(entry.low):
+        text += f" {pm} {_number(entry.low, d)}"
+    elif table.stat == "median" and entry.n > 1:
+        text += f" {interval[0]}{_number(entry.low, d)}{interval[1]}{_number(entry.high, d)}{interval[2]}"
+    if table.common_n is None or entry.n != entry.cells:
+        text += f" (n={entry.n})"
+    return text + (" (!)" if entry.flagged else "")
+
 
 def pivot(cells: pd.DataFrame, rows: Sequence[str] = (), cols: Sequence[str] = (),
           metrics: Sequence[str] | None = None, stat: str = "mean") -> PivotTable:

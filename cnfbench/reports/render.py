@@ -14,29 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cnfbench.reports.metrics import Metric
-from cnfbench.reports.pivot import Entry, PivotTable
-
-
-def _number(value: float, decimals: int) -> str:
-    return f"{value:.{decimals}f}" if math.isfinite(value) else "—"
-
-
-def entry_text(table: PivotTable, entry: Entry | None, metric: Metric, pm: str = "±",
-               interval: tuple[str, str, str] = ("[", "–", "]")) -> str:
-    """``mean ± std`` or ``median [q1–q3]`` with the metric's decimals, ``(n=k)`` when seeds differ."""
-    if entry is None:
-        return ""
-    if not entry.n:
-        return entry.failed or "—"
-    d = metric.decimals
-    text = _number(entry.center, d)
-    if table.stat == "mean" and math.isfinite(entry.low):
-        text += f" {pm} {_number(entry.low, d)}"
-    elif table.stat == "median" and entry.n > 1:
-        text += f" {interval[0]}{_number(entry.low, d)}{interval[1]}{_number(entry.high, d)}{interval[2]}"
-    if table.common_n is None or entry.n != entry.cells:
-        text += f" (n={entry.n})"
-    return text + (" (!)" if entry.flagged else "")
+from cnfbench.reports.pivot import Entry, PivotTable, _number, entry_text
 
 
 def _grid(table: PivotTable, cell: Any) -> tuple[list[str], list[list[Any]]]:

@@ -26,7 +26,7 @@ def check_executor(cls: type, params: Mapping[str, Any] | None = None, *, timeou
       exactly (where a cell runs never changes its numbers), with its model file and training curves;
     * a cell given another cell's model (:class:`~cnfbench.contracts.SharedModel`) loads it: its row says
       which cell trained it, it returns no model of its own, and its NLL is the trainer's;
-    * progress messages, if any, are ``("phase", str)`` or ``("iteration", (done, loss))``;
+    * progress messages, if any, are ``("phase", str)`` or ``("iteration", (done, loss, nfe))``;
     * ``cancel()`` with nothing in flight returns an empty list; ``close()`` returns.
     """
     from cnfbench.config import RunConfig, resolve_cells
@@ -87,9 +87,9 @@ def check_executor(cls: type, params: Mapping[str, Any] | None = None, *, timeou
                           "a finished cell came back without its model file or its training curves")
         for kind, value in heard:
             check.require((kind == "phase" and isinstance(value, str))
-                          or (kind == "iteration" and len(value) == 2),
+                          or (kind == "iteration" and len(value) in (2, 3)),
                           f"reported the progress message {(kind, value)!r}; expected ('phase', name) or "
-                          "('iteration', (done, loss))")
+                          "('iteration', (done, loss, nfe))")
         trainer = outcomes[cells[0].cell_id]
         shared = SharedModel(cells[0].cell_id, trainer.model,
                              {column: trainer.row.get(column) for column in TRAINING_COLUMNS})
