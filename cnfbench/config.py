@@ -55,6 +55,7 @@ class RunSettings:
     timeout: float | None = None
     isolation: str | None = None
     executor: str = "process"
+    tracker: tuple[str, ...] = ()
     retry_failed: bool = True
     allow_loose_ref: bool = False
     out: str = "results"
@@ -78,7 +79,7 @@ comma list of selectors per grid axis (``dataset``, ``field``, ...) and one sele
 (``eval_trace``, ``ref_solver``), as the families table lists them."""
 
 
-_LIST_KEYS = {*(row.config_key for row in GRID_AXES), "plugin"}
+_LIST_KEYS = {*(row.config_key for row in GRID_AXES), "plugin", "tracker"}
 _BOOL_KEYS = {"retry_failed", "allow_loose_ref"}
 
 

@@ -16,11 +16,14 @@ of declared :class:`~cnfbench.params.Param`. Five families exist:
 * :class:`Dataset` — ``Dataset(**params)``; dimension, seeded splits and
   optionally its exact log-density.
 
-And one run-level family, chosen once per run and never part of a cell:
+And two run-level families, chosen once per run and never part of a cell:
 
 * :class:`Executor` — ``Executor(context, **params)``; runs cells handed to it
   as plain JSON (:class:`CellJob`) and returns their outcomes, ``slots`` at a
   time, and cancels those in flight.
+* :class:`Tracker` — ``Tracker(run_dir, **params)``; an experiment tracker
+  (MLflow, TensorBoard) that hears every finished cell's training curve,
+  iteration by iteration, and its row.
 
 The harness never looks at a concrete component: it only uses these methods.
 """
@@ -483,6 +486,43 @@ class Executor(Component, ABC):
 
     def close(self) -> None:
         """Release the workers (called once, after the last cell)."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Trackers: experiment trackers a run logs to (run-level, never part of a cell).
+
+
+class Tracker(Component, ABC):
+    """Run-level family: an experiment tracker (MLflow, TensorBoard, ...) the run logs every cell to. Built once
+    per run, in the main process, as ``Tracker(run_dir, **params)``, before anything is written: the constructor
+    only checks (a missing library raises ``ValueError`` with one line naming the extra to install) and writes
+    nothing; :meth:`start` opens the store.
+
+    When a cell's outcome reaches the main process (from any executor), the runner calls :meth:`log_iteration`
+    for every training iteration of its curve, in order, then :meth:`log_cell`; so remote workers need no
+    access to the tracker. ``cell`` is ``{"cell_id", "label", "spec"}`` (``spec``: the cell as JSON). An
+    exception from any method is a warning naming the tracker, which is then left out for the rest of the
+    run: a tracker never fails a cell.
+    """
+
+    def __init__(self, run_dir: str, **params: Any) -> None:
+        self.run_dir = run_dir
+        self.config = dict(params)
+
+    def start(self, run: dict[str, Any]) -> None:
+        """The run begins (its folder exists): open the store. ``run`` has its ``name``, ``command`` and
+        ``config``."""
+
+    def log_iteration(self, cell: dict[str, Any], step: int, values: dict[str, float]) -> None:
+        """One training iteration (``step``, from 1) of ``cell``: its curve's finite values — ``loss`` (the
+        objective's unit), ``loss_nats``, ``nfe_forward``, ``nfe_backward``, ``iteration_s``, ``elapsed_s``, and
+        ``val_nll``/``val_time_s`` at validation iterations — by name."""
+
+    def log_cell(self, cell: dict[str, Any], row: dict[str, Any]) -> None:
+        """``cell`` ended with ``row`` (its status, reason and every metric, as ``cells.parquet`` stores it)."""
+
+    def close(self) -> None:
+        """The run ended (also after Ctrl-C)."""
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ A family has one of three roles:
 * an **evaluation slot** is not a family but a component of an existing
   family in another role (the eval trace is a trace, the reference solver a
   solver), listed in :data:`EVAL_SLOTS`;
-* **run-level** (executors): chosen once per run with one component (``--executor process[workers=2]``),
-  never part of a cell, its id or its identity columns.
+* **run-level** (executors, trackers): chosen once per run (one executor, ``--executor process[workers=2]``;
+  any number of trackers, ``--tracker mlflow,tensorboard``), never part of a cell, its id or its identity
+  columns.
 
 Adding a family is: its contract in :mod:`cnfbench.contracts`, its row
 here, its built-in plugin module, its conformance checks, its docs.
@@ -110,6 +111,8 @@ FAMILY_TABLE: tuple[FamilyRow, ...] = (
               "training trace estimator", "exact,hutchinson[noise=rademacher]"),
     FamilyRow("executor", "executors", "Executor", "cnfbench_executors", RUN_LEVEL, "--executor", ("process",),
               "where the cells run", "process[workers=2]"),
+    FamilyRow("tracker", "trackers", "Tracker", "cnfbench_trackers", RUN_LEVEL, "--tracker", (),
+              "experiment tracker the run logs every cell to", "mlflow,tensorboard"),
 )
 """Every component family, in the order a cell and a row list them."""
 

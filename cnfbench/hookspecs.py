@@ -14,7 +14,7 @@ import pluggy
 from torch import Tensor
 
 from cnfbench.columns import Column
-from cnfbench.contracts import Dataset, Executor, Objective, Solver, TraceEstimator, VectorField
+from cnfbench.contracts import Dataset, Executor, Objective, Solver, TraceEstimator, Tracker, VectorField
 
 PROJECT_NAME = "cnfbench"
 
@@ -70,6 +70,15 @@ def cnfbench_executors() -> Sequence[type[Executor]]:
 
     Each class is built once per run as ``Executor(context, **params)`` and runs the run's cells; the
     worker side of every engine is :func:`cnfbench.worker.run_cell_payload`.
+    """
+
+
+@hookspec
+def cnfbench_trackers() -> Sequence[type[Tracker]]:
+    """Return experiment-tracker classes (subclasses of :class:`cnfbench.contracts.Tracker`).
+
+    Each class is built once per run, in the main process, as ``Tracker(run_dir, **params)`` and hears every
+    finished cell's curve (``log_iteration``) and row (``log_cell``).
     """
 
 

@@ -50,6 +50,7 @@ from cnfbench.run_folder import (
     write_density_artifacts,
     write_model,
 )
+from cnfbench.tracking import Trackers
 
 
 @dataclass
@@ -218,6 +219,7 @@ def sweep(
     record: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     executor_name: str = "",
     may_train: bool = True,
+    trackers: Trackers | None = None,
 ) -> RunResult:
     """Run every cell not already done in ``run_dir`` and return all rows of the folder.
 
@@ -225,7 +227,20 @@ def sweep(
     row that was done. ``record`` builds ``run.json`` from the one in the folder (default: this run's
     ``provenance`` and cells, with the earlier commands in ``history``). With ``may_train`` off
     (``cnfbench evaluate``) a cell whose model the folder does not offer ends ``error`` instead of training.
+    ``trackers`` hear each finished cell's curve and row (and are closed at the end).
     """
+    try:
+        return _sweep(cells, registry, executor, run_dir, provenance, progress, retry_failed, rerun, record,
+                      executor_name, may_train, trackers or Trackers([], str(run_dir), progress.message))
+    finally:
+        if trackers is not None:
+            trackers.close()
+
+
+def _sweep(cells: list[Cell], registry: Registry, executor: Executor, run_dir: Path, provenance: dict[str, Any],
+           progress: Progress, retry_failed: bool, rerun: bool,
+           record: Callable[[dict[str, Any]], dict[str, Any]] | None, executor_name: str, may_train: bool,
+           trackers: Trackers) -> RunResult:
     store = RunStore(run_dir)
     remove_stale_temporaries(run_dir)  # left by a writer killed mid-write: this run is now the folder's one writer
     existing = _read_existing_cells(store, progress)
@@ -243,6 +258,7 @@ def sweep(
             history.append({"created": previous.get("created"), "command": previous.get("command")})
         store.write_run_json({**provenance, "history": history,
                               "cells": [cell.to_json() | {"cell_id": cell.cell_id} for cell in cells]})
+    trackers.start({"name": run_dir.name, "command": provenance.get("command"), "config": provenance.get("config")})
     finished: set[str] = set()
     done_before: set[str] = set()
     if not existing.empty and "cell_id" in existing and "status" in existing:
@@ -294,6 +310,7 @@ def sweep(
         _write_cells(store, frame, progress)
         ran += 1
         _notify_finished(registry, row, run_dir, progress)
+        trackers.cell_finished(cell, outcome.curves, row)
         return row
 
     def record_interrupted(outcomes: list[CellOutcome]) -> RunResult:

@@ -25,7 +25,7 @@ from string import Template
 
 from cnfbench.families import FAMILIES_BY_KEY
 
-FAMILY_ORDER = ("field", "solver", "trace", "dataset", "objective", "executor")
+FAMILY_ORDER = ("field", "solver", "trace", "dataset", "objective", "executor", "tracker")
 """The families a template exists for, in the order they appear in ``plugin.py`` (every family of the families
 table needs one: a test checks it)."""
 
@@ -80,7 +80,7 @@ def component_names(name: str, families: Iterable[str]) -> dict[str, str]:
     """The registered name of the example component of each family."""
     package = package_name(name)
     suffix = {"field": "mlp", "solver": "heun", "trace": "exact", "dataset": "gaussian", "objective": "cfm",
-              "executor": "pool"}
+              "executor": "pool", "tracker": "csv"}
     return {family: f"{package}_{suffix[family]}" for family in families}
 
 
@@ -331,7 +331,48 @@ class PoolExecutor(Executor):
         self._pool.shutdown(cancel_futures=True)
 '''
 
+_TRACKER = '''
+
+class CsvTracker(Tracker):
+    \"\"\"Appends every training iteration of every cell to ``<run folder>/${tracker_name}.csv``.
+
+    cnfbench builds it once per run, in the main process, as
+    ``Tracker(run_dir, **params)`` — the constructor only checks and writes
+    nothing — then calls ``start`` (open the store), for each finished cell
+    ``log_iteration(cell, step, values)`` per iteration of its training curve
+    and ``log_cell(cell, row)``, and ``close``. ``cell`` is ``{"cell_id",
+    "label", "spec"}``. What a tracker raises is a warning; the run goes on.
+    \"\"\"
+
+    name = "${tracker_name}"
+    description = "every iteration of every cell as CSV lines (example tracker of ${dist})"
+    params = (Param("file", "str", "${tracker_name}.csv", "file name in the run folder"),)
+
+    def __init__(self, run_dir: str, file: str = "${tracker_name}.csv") -> None:
+        super().__init__(run_dir, file=file)
+        self.path = Path(run_dir) / file
+
+    def start(self, run: dict[str, Any]) -> None:
+        with self.path.open("a", newline="") as stream:
+            csv.writer(stream).writerow(["cell_id", "step", "name", "value"])
+
+    def log_iteration(self, cell: dict[str, Any], step: int, values: dict[str, float]) -> None:
+        with self.path.open("a", newline="") as stream:
+            csv.writer(stream).writerows([cell["cell_id"], step, name, value] for name, value in values.items())
+
+    def log_cell(self, cell: dict[str, Any], row: dict[str, Any]) -> None:
+        with self.path.open("a", newline="") as stream:
+            csv.writer(stream).writerow([cell["cell_id"], "final", "status", row.get("status")])
+'''
+
 _HOOKS = {
+    "tracker": '''
+
+@hookimpl
+def cnfbench_trackers() -> list[type[Tracker]]:
+    \"\"\"The trackers this plugin adds: ``cnfbench run --tracker ${tracker_name}``.\"\"\"
+    return [CsvTracker]
+''',
     "executor": '''
 
 @hookimpl
@@ -377,7 +418,7 @@ def cnfbench_objectives() -> list[type[Objective]]:
 }
 
 _BODIES = {"field": _FIELD, "solver": _SOLVER, "trace": _TRACE, "dataset": _DATASET, "objective": _OBJECTIVE,
-           "executor": _EXECUTOR}
+           "executor": _EXECUTOR, "tracker": _TRACKER}
 
 _CONTRACT_NAMES = {
     "field": ["VectorField"],
@@ -387,6 +428,7 @@ _CONTRACT_NAMES = {
     "objective": ["Objective", "ObjectiveLoss", "TrainingContext"],
     "executor": ["INTERRUPTED", "CellInterrupted", "CellJob", "CellOutcome", "Executor", "ExecutorContext",
                  "ProgressHook"],
+    "tracker": ["Tracker"],
 }
 
 _PLUGIN_DOC = '''"""The cnfbench plugin of ${dist}. It adds:
@@ -419,8 +461,11 @@ def _imports(families: tuple[str, ...]) -> str:
     if "executor" in families:
         stdlib += ["import multiprocessing", "import time", "from concurrent.futures import ProcessPoolExecutor",
                    "from concurrent.futures.process import BrokenProcessPool"]
+    if "tracker" in families:
+        stdlib += ["import csv", "from pathlib import Path", "from typing import Any"]
     if "dataset" in families:
         stdlib += ["import math", "from typing import Any"]
+    stdlib = list(dict.fromkeys(stdlib))
     stdlib = sorted(stdlib, key=lambda line: (line.startswith("from"), line))
     contracts = sorted({name for family in families for name in _CONTRACT_NAMES[family]},
                        key=lambda name: (0 if name.isupper() else 1, name))
@@ -435,7 +480,7 @@ def _imports(families: tuple[str, ...]) -> str:
     ]
     if "executor" in families:
         third_party.insert(4, "from cnfbench.worker import run_cell_payload")
-    if set(families) <= {"executor"}:
+    if set(families) <= {"executor", "tracker"}:
         third_party = [line for line in third_party if "torch" not in line.split(" import ")[0].split()[-1]]
     if families == ("trace",):
         third_party.remove("from cnfbench.params import Param")
@@ -563,9 +608,9 @@ plugins, and return the new classes from the matching hook.
 
 _RUN_OPTION = {family: FAMILIES_BY_KEY[family].option for family in FAMILY_ORDER}
 _FAMILY_WORD = {"field": "vector field", "solver": "ODE solver", "trace": "trace estimator", "dataset": "dataset",
-                "objective": "training objective", "executor": "executor"}
+                "objective": "training objective", "executor": "executor", "tracker": "experiment tracker"}
 _CLASS = {"field": "MLPField", "solver": "HeunSolver", "trace": "ExactTrace", "dataset": "GaussianDataset",
-          "objective": "FlowMatching", "executor": "PoolExecutor"}
+          "objective": "FlowMatching", "executor": "PoolExecutor", "tracker": "CsvTracker"}
 
 
 def render_plugin(name: str, families: Iterable[str] = DEFAULT_FAMILIES) -> dict[str, str]:

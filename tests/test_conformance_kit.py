@@ -89,8 +89,8 @@ def test_importing_the_kit_does_not_import_torch() -> None:
 
 
 def test_unknown_family_is_a_value_error() -> None:
-    with pytest.raises(ValueError, match="unknown component family 'tracker'"):
-        check_component("tracker", object)
+    with pytest.raises(ValueError, match="unknown component family 'sampler'"):
+        check_component("sampler", object)
 
 
 # --------------------------------------------------------------------------- good components (bases of the broken ones)

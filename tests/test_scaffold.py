@@ -57,8 +57,7 @@ def import_plugin(monkeypatch: pytest.MonkeyPatch) -> Iterator:
 
 
 def test_every_family_passes_the_conformance_kit(tmp_path: Path, import_plugin) -> None:
-    result = new_plugin("kit-probe-all", "--family", "field,trace,objective,solver,dataset,executor", "--dir",
-                        str(tmp_path))
+    result = new_plugin("kit-probe-all", "--family", "all", "--dir", str(tmp_path))
     assert result.exit_code == 0, result.output
     folder = tmp_path / "kit-probe-all"
     assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == [
@@ -69,6 +68,7 @@ def test_every_family_passes_the_conformance_kit(tmp_path: Path, import_plugin) 
     assert check_plugin(plugin) == [
         "dataset 'kit_probe_all_gaussian'", "field 'kit_probe_all_mlp'", "objective 'kit_probe_all_cfm'",
         "solver 'kit_probe_all_heun'", "trace 'kit_probe_all_exact'", "executor 'kit_probe_all_pool'",
+        "tracker 'kit_probe_all_csv'",
     ]
     for name in component_names("kit-probe-all", FAMILY_ORDER).values():
         assert name in result.output  # the next-steps hint names the components
@@ -83,8 +83,8 @@ def test_default_is_one_field(tmp_path: Path, import_plugin) -> None:
     assert "cnfbench run --field kit_probe_default_mlp" in result.output
 
 
-@pytest.mark.parametrize("families", ["solver", "trace", "dataset", "objective", "executor", "field,trace",
-                                      "field,objective", "all"])
+@pytest.mark.parametrize("families", ["solver", "trace", "dataset", "objective", "executor", "tracker",
+                                      "field,trace", "field,objective", "all"])
 def test_every_family_combination_is_valid_python(families: str) -> None:
     files = render_plugin("combo", families.split(","))
     for path, text in files.items():
@@ -95,7 +95,7 @@ def test_every_family_combination_is_valid_python(families: str) -> None:
     for family in FAMILY_ORDER:
         hook = {"field": "cnfbench_fields", "solver": "cnfbench_solvers", "trace": "cnfbench_traces",
                 "dataset": "cnfbench_datasets", "objective": "cnfbench_objectives",
-                "executor": "cnfbench_executors"}[family]
+                "executor": "cnfbench_executors", "tracker": "cnfbench_trackers"}[family]
         assert (f"def {hook}()" in plugin_source) == (family in wanted)
 
 
@@ -143,6 +143,21 @@ def test_the_executor_plugin_passes_the_kit_and_runs_a_sweep(tmp_path: Path, imp
     cells = pd.read_parquet(tmp_path / "results" / "pool" / "cells.parquet")
     assert list(cells["status"]) == ["done", "done"], cells[["solver", "status", "reason"]]
     assert set(cells["executor"]) == {"kit_probe_executor_pool[workers=2]"} and set(cells["concurrency"]) == {2}
+
+
+def test_the_tracker_plugin_logs_every_iteration_of_a_sweep(tmp_path: Path, import_plugin, cli) -> None:
+    from cnfbench.testing import check_tracker
+
+    result = new_plugin("kit-probe-tracker", "--family", "tracker", "--dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    plugin = import_plugin(tmp_path / "kit-probe-tracker")
+    check_tracker(plugin.CsvTracker)
+    run = cli("run", "--plugin", str(tmp_path / "kit-probe-tracker" / "src" / "kit_probe_tracker" / "plugin.py"),
+              "--tracker", "kit_probe_tracker_csv", "--solver", "euler[steps=2]", "--name", "csv")
+    assert run.exit_code == 0, run.output
+    lines = (tmp_path / "results" / "csv" / "kit_probe_tracker_csv.csv").read_text().splitlines()
+    curves = pd.read_parquet(tmp_path / "results" / "csv" / "curves.parquet")
+    assert sum(",loss_nats," in line for line in lines) == len(curves)
 
 
 def test_pyproject_readme_and_tests_point_at_the_plugin(tmp_path: Path) -> None:

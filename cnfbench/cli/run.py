@@ -88,6 +88,9 @@ def _component_options(command: Callable[..., Any]) -> Callable[..., Any]:
                    "threads each), inline (in this process), dask[address=...,workers=N] or "
                    "submitit[cluster=slurm|local,...]; `cnfbench plugins` lists every executor and its parameters "
                    "[default: process, i.e. one worker]")
+@click.option("--tracker", multiple=True,
+              help="experiment trackers every cell is logged to: comma list, e.g. 'mlflow,tensorboard' or "
+                   "'mlflow[uri=http://host:5000]' (extras cnfbench[mlflow], cnfbench[tensorboard]) [default: none]")
 @click.option("--isolation", type=click.Choice(["process", "inline"]),
               help="deprecated: --executor process or --executor inline")
 @click.option("--retry-failed/--no-retry-failed", default=None,
@@ -112,6 +115,7 @@ def run(config_file: Path | None, dry_run: bool, quiet: bool, plugins: tuple[str
     from cnfbench.progress import Progress
     from cnfbench.provenance import collect
     from cnfbench.runner import default_run_name, run_directory, sweep
+    from cnfbench.tracking import Trackers, resolve_trackers
 
     try:
         config = RunConfig()
@@ -140,6 +144,8 @@ def run(config_file: Path | None, dry_run: bool, quiet: bool, plugins: tuple[str
         run_dir = run_directory(config.out, name)
         if not dry_run:
             check_output_dir(run_dir, "the run")
+        trackers = Trackers(resolve_trackers(registry, config.tracker), str(run_dir),
+                            lambda text: click.echo(text, err=True))
     except (ParamError, OutputPathError, ValueError) as exc:
         raise fail(str(exc)) from None
     cells = grid.cells
@@ -151,6 +157,7 @@ def run(config_file: Path | None, dry_run: bool, quiet: bool, plugins: tuple[str
             click.echo(f"  {cell.cell_id}  {cell.describe()}")
         return 0
     progress = Progress(cells, quiet=quiet, run_dir=run_dir)
+    trackers.warn = progress.message
     progress.header(f"{len(cells)} cell(s) = {_grid_size(grid.cells)}")
     libraries = {library for cell in cells for family, spec in cell.components()
                  for library in registry.get(family, spec.name).cls.libraries}
@@ -158,7 +165,8 @@ def run(config_file: Path | None, dry_run: bool, quiet: bool, plugins: tuple[str
                          sorted(libraries))
     result = run_cells(cells, registry, config.executor, config.plugin, config.timeout, progress,
                        lambda executor, label: sweep(cells, registry, executor, run_dir, provenance, progress,
-                                                     config.retry_failed, executor_name=label),
+                                                     config.retry_failed, executor_name=label,
+                                                     trackers=trackers),
                        "Summary", "rerun the same command to resume")
     click.echo(f"\nresults: {run_dir} ({result.ran} cell(s) run, {result.skipped} skipped as already done)")
     return INTERRUPTED if result.interrupted else 0

@@ -35,6 +35,8 @@ Plain functions, usable from any test runner or script::
   cells from ``slots`` threads with exactly the NLLs and NFE they give in this
   process, returns their model files and curves, evaluates a cell given
   another's model instead of training, and ``cancel()``/``close()`` behave.
+* :func:`check_tracker` — writes nothing until started, then takes a cell's
+  curve iteration by iteration, its row, a failed cell and ``close``.
 * :func:`check_dataset` — seeded splits (same seed same, other seed
   different), disjoint splits, float32 ``[N, dim]``, no global RNG use, and a
   finite ``[N]`` ``log_prob`` on samples when ``has_density``.
@@ -58,7 +60,7 @@ loop and by the full Jacobian, RK4, linear and time-dependent ODEs with their
 closed forms), public for tests to reuse.
 
 The kit is one module per family (``field``, ``objective``, ``solver``,
-``trace``, ``dataset``, ``executor``) plus ``plugin`` (dispatch and whole plugins). Importing it is
+``trace``, ``dataset``, ``executor``, ``tracker``) plus ``plugin`` (dispatch and whole plugins). Importing it is
 cheap: torch is imported only when a check runs (or ``reference`` is
 imported). The checks run torch single-threaded (restoring the thread
 count), since their tensors are tiny.
@@ -90,6 +92,7 @@ from cnfbench.testing.solver import (
     check_solver,
 )
 from cnfbench.testing.trace import UNBIASED_ROWS, UNBIASED_SOLVES, check_trace
+from cnfbench.testing.tracker import check_tracker
 
 __all__ = [
     "ADAPTIVE_MAX_ERROR",
@@ -121,6 +124,7 @@ __all__ = [
     "check_plugin",
     "check_solver",
     "check_trace",
+    "check_tracker",
     "conformance_tests",
     "plugin_components",
 ]

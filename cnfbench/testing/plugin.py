@@ -13,6 +13,7 @@ from cnfbench.testing.field import check_field
 from cnfbench.testing.objective import check_objective
 from cnfbench.testing.solver import check_solver
 from cnfbench.testing.trace import check_trace
+from cnfbench.testing.tracker import check_tracker
 
 CHECKS: dict[str, Callable[..., None]] = {
     "dataset": check_dataset,
@@ -21,13 +22,14 @@ CHECKS: dict[str, Callable[..., None]] = {
     "solver": check_solver,
     "trace": check_trace,
     "executor": check_executor,
+    "tracker": check_tracker,
 }
 """The check of each component family, by family key."""
 
 
 def check_component(family: str, cls: type, params: Mapping[str, Any] | None = None, **options: Any) -> None:
-    """Run the check of ``family`` (``dataset``, ``field``, ``objective``, ``solver``, ``trace`` or ``executor``)
-    on ``cls``."""
+    """Run the check of ``family`` (``dataset``, ``field``, ``objective``, ``solver``, ``trace``, ``executor`` or
+    ``tracker``) on ``cls``."""
     if family not in CHECKS:
         raise ValueError(f"unknown component family {family!r}; known: {', '.join(sorted(CHECKS))}")
     CHECKS[family](cls, params, **options)
