@@ -18,6 +18,7 @@ import pandas as pd
 
 from cnfbench.columns import COLUMNS_BY_NAME, SUMMARY, Column, default_metrics
 from cnfbench.families import GRID_AXES, SLOTS_BY_KEY, family
+from cnfbench.text_tables import TEXT_WIDTH, fold_table, wrap_text
 from cnfbench.validity import grid_resolution_note
 
 AXIS_NAMES = (*(row.key for row in GRID_AXES), "trained with")
@@ -162,7 +163,7 @@ def grid_notes(cells: pd.DataFrame) -> list[str]:
     return [note for _, note in worst.values()]
 
 
-SUMMARY_WIDTH = 100
+SUMMARY_WIDTH = TEXT_WIDTH
 """Columns the summary fits when it is not printed to a terminal (a terminal's own width otherwise)."""
 
 
@@ -173,31 +174,11 @@ def render(table: pd.DataFrame, notes: list[str] | None = None, width: int | Non
     ``color``: ANSI styles (a terminal; ``NO_COLOR`` still wins)."""
     if table.empty:
         return "(no cells)"
-    import io
-    import os
-
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
     shown = table.drop(columns=["reason"]) if "reason" in table else table
-    rich_table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False, show_edge=False,
-                       header_style="bold")
-    for column in shown.columns:
-        numeric = column not in (*AXIS_NAMES, "valid")
-        rich_table.add_column(Text(str(column)), justify="right" if numeric else "left", overflow="fold")
-    for record in shown.to_dict("records"):
-        cells = [str(value) for value in record.values()]
-        style = "red" if record.get("valid") == "NO (!)" else None
-        rich_table.add_row(*(Text(cell) for cell in cells), style=style)
-    buffer = io.StringIO()
-    console = Console(file=buffer, width=width or SUMMARY_WIDTH, force_terminal=color,
-                      no_color=not color or bool(os.environ.get("NO_COLOR")), highlight=False)
-    console.print(rich_table)
+    records = shown.to_dict("records")
+    left = sum(column in (*AXIS_NAMES, "valid") for column in shown.columns)  # labels lead, numbers follow
+    text = fold_table([str(c) for c in shown.columns], [[str(v) for v in r.values()] for r in records], left,
+                      width, ["red" if r.get("valid") == "NO (!)" else None for r in records], color)
     reasons = [f"not done: {record.get('reason')}" for record in table.to_dict("records")
                if isinstance(record.get("reason"), str) and record.get("reason") not in ("", "—")]
-    lines = [*reasons, *(notes or [])]
-    if lines:
-        console.print("\n".join(lines), markup=False, overflow="fold")
-    return "\n".join(line.rstrip() for line in buffer.getvalue().rstrip("\n").splitlines())
+    return "\n".join([text, *(wrap_text(line, width) for line in [*reasons, *(notes or [])])])

@@ -145,7 +145,7 @@ def test_a_one_seed_move_is_never_plain_worse():
     result = verdicts(base, new)
     assert result["euler"][0] == "worse (untested)" and "too few seeds" in result["euler"][1]
     assert result["dopri5"][0] == "better (untested)"
-    text = to_text(compare_runs(run(base), run(new), metrics=["nll_ref"]))
+    text = to_text(compare_runs(run(base), run(new), metrics=["nll_ref"]), width=400)
     assert "3.000 → 3.500 (Δ +0.500 nats) worse, untested (1 seed)" in text
     assert "REGRESSED: 1 of 2 configuration(s) worse or newly failing" in text
 
@@ -206,7 +206,8 @@ def test_outputs_text_markdown_json():
     base = frame(*two("euler4", (3.0, 3.02)), *two("dopri5", (3.0, 3.02)))
     new = frame(*two("euler4", (3.5, 3.52)), *two("dopri5", (3.0, 3.02)))
     comparison = compare_runs(run(base), run(new), metrics=["nll_ref"])
-    text = to_text(comparison)
+    assert max(len(line) for line in to_text(comparison).splitlines()) <= 100  # a 100-column terminal
+    text = to_text(comparison, width=400)
     assert "3.010 → 3.510 (Δ +0.500 nats) worse (paired t-test p=0)" in text  # seeds pair: identical moves
     assert "2 configurations: 1 worse, 1 unchanged" in text and "REGRESSED: 1 of 2" in text
     assert "test NLL, ref solve [nats]" in text and "nll_ref moved by > 0.02 nats" in text

@@ -151,7 +151,7 @@ def test_flagged_training_solver_nll_is_marked_and_never_best():
     assert (euler.flagged, euler.best, dopri.best) == (True, False, True)
     assert not table.entries[(("euler",), (), "nll_ref")].flagged  # the reference solve is not concerned
     text = to_text(table)
-    assert "2.600 (!)" in text and "3.000 *" in text
+    assert "2.600 (!)" in text and "3.000 *" not in text  # one seed: best, but untested, so not marked
     assert any("euler[steps=4,adjoint=false] seed 0 on 8gaussians: nll 2.600 is below" in n for n in table.notes)
 
 
@@ -182,18 +182,19 @@ def test_failed_cells_are_counted_and_named():
 
 
 def small_table() -> pd.DataFrame:
-    return frame(cell("euler4", 0, nll_ref=3.5), cell("euler4", 1, nll_ref=3.7),
-                 cell("dopri5", 0, nll_ref=2.9), cell("dopri5", 1, nll_ref=3.1))
+    return frame(cell("euler4", 0, nll_ref=3.55), cell("euler4", 1, nll_ref=3.65),
+                 cell("dopri5", 0, nll_ref=2.95), cell("dopri5", 1, nll_ref=3.05))
 
 
 def test_markdown_output_exact():
     text = to_markdown(pivot(small_table(), rows=["dataset"], cols=["solver"], metrics=["nll_ref"]))
     assert text == (
         "*test NLL, ref solve [nats]: mean ± std over seeds, n = 2 seeds per entry; best per dataset in bold "
-        "(lowest)*\n\n"
+        "(lowest) where it is better than every other entry by Welch's t-test over the seeds (p < 0.05; with fewer "
+        "than 2 seeds, untested: not marked)*\n\n"
         "| dataset | euler [nats] | dopri5 [nats] |\n"
         "| --- | ---: | ---: |\n"
-        "| 8gaussians | 3.600 ± 0.141 | **3.000 ± 0.141** |\n")
+        "| 8gaussians | 3.600 ± 0.071 | **3.000 ± 0.071** |\n")
 
 
 def test_latex_output_exact_booktabs_and_bold():
@@ -203,13 +204,16 @@ def test_latex_output_exact_booktabs_and_bold():
         "\\begin{table}[t]\n"
         "\\centering\n"
         "\\caption{test NLL, ref solve [nats]: mean $\\pm$ std over seeds, n = 2 seeds per entry; best per dataset "
-        "in bold (lowest)}\n"
+        "in bold (lowest) where it is better than every other entry by Welch's t-test over the seeds (p $<$ 0.05; "
+        "with fewer than 2 seeds, untested: not marked)}\n"
         "\\label{tab:cnfbench}\n"
         "\\begin{tabular}{lrr}\n"
         "\\toprule\n"
-        "dataset & euler [nats] & dopri5 [nats] \\\\\n"
+        " & \\multicolumn{2}{c}{test NLL, ref solve [nats]} \\\\\n"
+        "\\cmidrule(lr){2-3}\n"
+        "dataset & euler & dopri5 \\\\\n"
         "\\midrule\n"
-        "8gaussians & $3.600 \\pm 0.141$ & $\\mathbf{3.000 \\pm 0.141}$ \\\\\n"
+        "8gaussians & $3.600 \\pm 0.071$ & $\\mathbf{3.000 \\pm 0.071}$ \\\\\n"
         "\\bottomrule\n"
         "\\end{tabular}\n"
         "\\end{table}\n")
@@ -228,7 +232,7 @@ def test_csv_output_has_numbers_and_units():
     assert rows[0] == ["dataset", "euler mean [nats]", "euler std [nats]", "euler n", "euler best",
                        "dopri5 mean [nats]", "dopri5 std [nats]", "dopri5 n", "dopri5 best"]
     assert rows[1][0] == "8gaussians"
-    assert float(rows[1][1]) == pytest.approx(3.6) and float(rows[1][2]) == pytest.approx(math.sqrt(0.02))
+    assert float(rows[1][1]) == pytest.approx(3.6) and float(rows[1][2]) == pytest.approx(math.sqrt(0.005))
     assert rows[1][3:5] == ["2", "False"] and rows[1][7:9] == ["2", "True"]
 
 
@@ -238,13 +242,13 @@ def test_json_output():
     assert data["stat"] == "median" and data["metrics"][0]["unit"] == "nats" and data["metrics"][0]["goal"] == "min"
     entry = next(e for e in data["entries"] if e["col"] == {"solver": "dopri5"})
     assert entry == {"row": {"dataset": "8gaussians"}, "col": {"solver": "dopri5"}, "metric": "nll_ref",
-                     "median": pytest.approx(3.0), "q1": pytest.approx(2.95), "q3": pytest.approx(3.05), "n": 2,
-                     "cells": 2, "failed": "", "best": True, "flagged": False}
+                     "median": pytest.approx(3.0), "q1": pytest.approx(2.975), "q3": pytest.approx(3.025), "n": 2,
+                     "cells": 2, "failed": "", "best": True, "significant": True, "flagged": False}
 
 
 def test_median_text_shows_the_interquartile_range():
     text = to_text(pivot(small_table(), rows=["solver"], metrics=["nll_ref"], stat="median"))
-    assert "3.000 [2.950–3.050] *" in text and "median [first–third quartile]" in text
+    assert "3.000 [2.975–3.025] *" in text and "median [first–third quartile]" in text
 
 
 def test_bad_names_raise_one_line_listing_valid_ones():
@@ -316,11 +320,13 @@ def test_cli_report_writes_every_format(tmp_path):
     out = tmp_path / "out"
     result = invoke("report", str(run_dir), "--rows", "dataset", "--cols", "solver,trace", "--metric", "nll_ref",
                     "--markdown", str(out / "t.md"), "--csv", str(out / "t.csv"), "--latex", str(out / "t.tex"),
-                    "--json", str(out / "t.json"))
+                    "--json", str(out / "t.json"), "--caption", "Solvers & traces", "--label", "tab:solvers")
     assert result.exit_code == 0, result.output
     assert "dopri5, exact [nats]" in result.output and "2.900" not in result.output
-    assert (out / "t.md").read_text().count("**") == 4
-    assert "\\toprule" in (out / "t.tex").read_text()
+    assert (out / "t.md").read_text().count("**") == 0  # no best value beats the runner-up significantly here
+    tex = (out / "t.tex").read_text()
+    assert "\\toprule" in tex and "\\caption{Solvers \\& traces}" in tex and "\\label{tab:solvers}" in tex
+    assert "\\label{tab:r}" in invoke("report", str(run_dir), "--latex", "-").output  # default: the run's name
     assert json.loads((out / "t.json").read_text())["rows"] == ["dataset"]
     assert (out / "t.csv").read_text().startswith("dataset,")
 
@@ -352,7 +358,7 @@ def test_cli_report_missing_folder_and_damaged_parquet(tmp_path):
     result = invoke("report", str(run_dir))
     assert result.exit_code == 0
     assert "warning: " in result.output and "cells.parquet is unreadable" in result.output
-    assert "3.000 ± 0.141" in result.output
+    assert "3.000 ± 0.071" in result.output
 
 
 def test_aggregate_never_averages_datasets_together_unless_told():
@@ -377,4 +383,4 @@ def test_pivot_tables_give_a_frame_and_a_notebook_view():
     across = pivot(cells, rows=["dataset"], cols=["solver"], metrics=["nll_ref"]).to_frame()
     assert across.loc["8gaussians", ("euler", "nll_ref", "mean")] == pytest.approx(4.2)
     page = table._repr_html_()
-    assert "<table" in page and "3.100 ± 0.141 *" in page and "test NLL, ref solve [nats]" in page
+    assert "<table" in page and "3.100 ± 0.141" in page and "test NLL, ref solve [nats]" in page

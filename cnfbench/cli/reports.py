@@ -11,15 +11,18 @@ file that has an intact copy gives a ``warning:`` line and the copy is used.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from cnfbench.cli import fail, load_runs_or_fail, main
 from cnfbench.columns import COMPARE, REPORT, default_metrics
 from cnfbench.output_paths import OutputPathError, check_output_dir, check_output_file
+from cnfbench.text_tables import terminal_width
 
 FORMAT_HELP = "write the table as {what} to this file ('-' = standard output)"
 REGRESSION = 1
@@ -70,6 +73,8 @@ def _emit(path: str | None, render: Callable[[], str], what: str) -> bool:
 @click.option("--markdown", "markdown_path", metavar="FILE", help=FORMAT_HELP.format(what="Markdown"))
 @click.option("--csv", "csv_path", metavar="FILE", help=FORMAT_HELP.format(what="CSV (numbers)"))
 @click.option("--latex", "latex_path", metavar="FILE", help=FORMAT_HELP.format(what="LaTeX (booktabs)"))
+@click.option("--caption", help="caption of the LaTeX table [default: what the entries are and how they are marked]")
+@click.option("--label", help="\\label of the LaTeX table [default: tab:<run name>]")
 @click.option("--json", "json_path", metavar="FILE", help=FORMAT_HELP.format(what="JSON"))
 @click.option("--plots", is_flag=True, help="write PNG plots (NLL vs NFE and wall-clock, training curves, 2D "
                                             "densities) into OUT/plots/")
@@ -78,7 +83,8 @@ def _emit(path: str | None, render: Callable[[], str], what: str) -> bool:
               help="folder for --plots and --html [default: the run folder, when there is one run]")
 def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...], cols: tuple[str, ...],
            stat: str, markdown_path: str | None, csv_path: str | None, latex_path: str | None,
-           json_path: str | None, plots: bool, html: bool, out_dir: Path | None) -> None:
+           caption: str | None, label: str | None, json_path: str | None, plots: bool, html: bool,
+           out_dir: Path | None) -> None:
     """Aggregate the seeds of one or more run folders and print a table (units in every header).
 
     \b
@@ -107,11 +113,16 @@ def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...
     except rep.ReportError as exc:
         raise fail(str(exc)) from None
     to_stdout = False
+    label = label or "tab:" + re.sub(r"[^A-Za-z0-9:._-]+", "-", "+".join(run.name for run in loaded))
+
+    def latex(table: Any) -> str:
+        return rep.to_latex(table, label, caption)
+
     for path, render, what in ((markdown_path, rep.to_markdown, "Markdown"), (csv_path, rep.to_csv, "CSV"),
-                               (latex_path, rep.to_latex, "LaTeX"), (json_path, rep.to_json, "JSON")):
+                               (latex_path, latex, "LaTeX"), (json_path, rep.to_json, "JSON")):
         to_stdout |= _emit(path, lambda render=render: render(table), what)
     if not to_stdout:
-        click.echo(rep.to_text(table))
+        click.echo(rep.to_text(table, terminal_width()))
     if not (plots or html):
         return
     from cnfbench.reports.plots import write_plots
@@ -195,7 +206,7 @@ def compare(base: str, new: str, metrics: tuple[str, ...], factor: float, differ
     to_stdout = _emit(markdown_path, lambda: cmp.to_markdown(comparison), "Markdown")
     to_stdout |= _emit(json_path, lambda: cmp.to_json(comparison), "JSON")
     if not to_stdout:
-        click.echo(cmp.to_text(comparison))
+        click.echo(cmp.to_text(comparison, terminal_width()))
     if fail_on_regression and comparison.regressions:
         click.echo(f"regression: {len(comparison.regressions)} configuration(s) worse or newly failing", err=True)
         return REGRESSION

@@ -7,7 +7,6 @@ valid ranges from :data:`cnfbench.config.RANGES`.
 
 from __future__ import annotations
 
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -198,6 +197,7 @@ def run_cells(cells: list[Cell], registry: Registry, executor_spec: str, plugins
     """Run ``sweep`` on the executor ``executor_spec`` names, then print the summary of ``cells``' rows."""
     from cnfbench.executor import make_executor
     from cnfbench.summary import render, summary_table, validity_notes
+    from cnfbench.text_tables import terminal_width
 
     try:
         executor, _, label = make_executor(registry, executor_spec, plugins, timeout)
@@ -214,7 +214,6 @@ def run_cells(cells: list[Cell], registry: Registry, executor_spec: str, plugins
         click.echo(f"Interrupted: the table shows the cells finished so far; {resume_hint}.")
     click.echo(f"{heading} (test NLL in nats per sample; NFE = dynamics evaluations per solve, counted by the "
                "harness):")
-    terminal = sys.stdout.isatty()
-    width = shutil.get_terminal_size().columns if terminal else None
-    click.echo(render(summary_table(rows), validity_notes(rows), width=width, color=terminal))
+    click.echo(render(summary_table(rows), validity_notes(rows), width=terminal_width(),
+                      color=sys.stdout.isatty()))
     return result

@@ -46,6 +46,7 @@ from cnfbench.reports.render import text_table
 from cnfbench.reports.statistics import TestResult, paired_t_test, welch_t_test
 from cnfbench.run_folder import Run, load_run
 from cnfbench.summary import compact_labels
+from cnfbench.text_tables import wrap_text
 
 VERDICTS = ("newly failing", "worse", "worse (untested)", "better", "better (untested)", "unchanged", "fixed",
             "not comparable")
@@ -507,7 +508,9 @@ def change_text(change: MetricChange) -> str:
     text = f"{change.base_mean * scale:.{d}f} → {change.new_mean * scale:.{d}f}"
     if change.metric.comparison == DIFFERENCE or not math.isfinite(change.ratio):
         unit = change.metric.unit
-        text += f" (Δ {change.difference * scale:+.{d}f}{' ' + unit if unit and unit != '1' else ''})"
+        delta = change.difference * scale
+        delta = 0.0 if abs(delta) < 0.5 * 10.0 ** -d else delta  # no "-0.000"
+        text += f" (Δ {delta:+.{d}f}{' ' + unit if unit and unit != '1' else ''})"
     else:
         text += f" (×{change.ratio:.3f})"
     if change.change != "unchanged":
@@ -574,12 +577,18 @@ def rule_line(comparison: Comparison) -> str:
             "t-test over the seeds both runs have, else Welch's t-test (2+ seeds a side), else untested")
 
 
-def to_text(comparison: Comparison) -> str:
-    """What ``cnfbench compare`` prints."""
+def to_text(comparison: Comparison, width: int | None = None) -> str:
+    """What ``cnfbench compare`` prints, its table folded to ``width`` columns (default 100)."""
     headers, body, left = _table(comparison)
-    lines = [_run_line("BASE", comparison.base), _run_line("NEW ", comparison.new), rule_line(comparison), "",
-             text_table(headers, body, left), "", headline(comparison), summary_line(comparison)]
-    return "\n".join([*lines, *(f"note: {n}" for n in comparison.notes)])
+    constant = [i for i in range(left) if len({row[i] for row in body}) == 1 and len(body) > 1]
+    same = ", ".join(f"{headers[i]} {body[0][i]}" for i in constant)
+    keep = [i for i in range(len(headers)) if i not in constant]
+    headers, body, left = [headers[i] for i in keep], [[row[i] for i in keep] for row in body], left - len(constant)
+    prose = [_run_line("BASE", comparison.base), _run_line("NEW ", comparison.new), rule_line(comparison),
+             *([f"in every row: {same}"] if same else [])]
+    lines = [*(wrap_text(line, width) for line in prose), "", text_table(headers, body, left, width), "",
+             headline(comparison), summary_line(comparison)]
+    return "\n".join([*lines, *(wrap_text(f"note: {n}", width) for n in comparison.notes)])
 
 
 def to_markdown(comparison: Comparison) -> str:

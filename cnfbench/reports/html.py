@@ -48,7 +48,7 @@ def table_html(table: PivotTable) -> str:
         cells = [f"<td>{_e(v)}</td>" for v in row_key]
         for col_key, metric in table.value_columns():
             entry = table.entries.get((row_key, col_key, metric.name))
-            klass = "num best" if entry is not None and entry.best else "num"
+            klass = "num best" if entry is not None and entry.marked else "num"
             cells.append(f'<td class="{klass}">{_e(entry_text(table, entry, metric))}</td>')
         lines.append("<tr>" + "".join(cells) + "</tr>")
     lines += ["</tbody>", "</table>"]

@@ -43,6 +43,12 @@ class Entry:
     failed: str  # e.g. "1 diverged"
     best: bool = False
     flagged: bool = False  # a flag-sensitive metric with a cell whose density is flagged invalid
+    significant: bool = False  # best, and better than every other entry of its dataset by Welch's t-test
+
+    @property
+    def marked(self) -> bool:
+        """Whether renderers mark the entry (bold, ``*``): the best, significantly."""
+        return self.best and self.significant
 
 
 @dataclass
@@ -82,7 +88,10 @@ class PivotTable:
         n = self.common_n
         seeds = f"n = {n} seed{'s' if n != 1 else ''} per entry" if n else "n seeds per entry in parentheses"
         goals = sorted({GOAL_TEXT[m.goal] for m in self.metrics if m.goal})
-        best = f"; best per {DATASET.key} {marked} ({' / '.join(goals)})" if goals else ""
+        tested = (f" where it is better than every other entry by Welch's t-test over the seeds (p < "
+                  f"{SIGNIFICANCE:g}; with fewer than 2 seeds, untested: not marked)") if self.stat == "mean" \
+            else " (medians: the best value, not tested for significance)"
+        best = f"; best per {DATASET.key} {marked} ({' / '.join(goals)}){tested}" if goals else ""
         return f"{what}: {how} over seeds, {seeds}{best}"
 
     def to_frame(self) -> pd.DataFrame:
@@ -116,7 +125,7 @@ class PivotTable:
 
         def text(row_key: tuple[str, ...], col_key: tuple[str, ...], metric: Metric) -> str:
             entry = self.entries.get((row_key, col_key, metric.name))
-            return entry_text(self, entry, metric) + (" *" if entry is not None and entry.best else "")
+            return entry_text(self, entry, metric) + (" *" if entry is not None and entry.marked else "")
 
         frame = pd.DataFrame([[*row_key, *(text(row_key, k, m) for k, m in self.value_columns())]
                               for row_key in self.row_keys],
@@ -229,9 +238,31 @@ def _mark_best(table: PivotTable) -> None:
         if len(candidates) < 2 or not eligible:
             continue
         best = min(score for _, score in eligible)
-        for key, score in eligible:
-            if math.isclose(score, best, rel_tol=1e-12, abs_tol=1e-12):
-                table.entries[key] = dataclasses.replace(table.entries[key], best=True)
+        winners = [key for key, score in eligible if math.isclose(score, best, rel_tol=1e-12, abs_tol=1e-12)]
+        others = [key for key, _, _ in candidates if key not in winners]
+        for key in winners:
+            significant = table.stat != "mean" or (len(winners) == 1 and all(
+                _beats(table, key, other) for other in others))
+            table.entries[key] = dataclasses.replace(table.entries[key], best=True, significant=significant)
+
+
+SIGNIFICANCE = 0.05
+"""A best entry is marked only when Welch's t-test against every other entry of its dataset gives p below this."""
+
+
+def _beats(table: PivotTable, key: tuple[Any, ...], other: tuple[Any, ...]) -> bool:
+    """Whether entry ``key`` is better than ``other`` by Welch's t-test from their means, stds and seed counts."""
+    from scipy import stats
+
+    info = next(m for m in table.metrics if m.name == key[2])
+    a, b = table.entries[key], table.entries[other]
+    if a.n < 2 or b.n < 2 or not math.isfinite(a.low) or not math.isfinite(b.low):
+        return False
+    # for a closest-to-1 goal the test is on the values, which is right when both lie on the same side of 1
+    if a.low == 0 and b.low == 0:
+        return info.badness(a.center) < info.badness(b.center)
+    p = stats.ttest_ind_from_stats(a.center, a.low, a.n, b.center, b.low, b.n, equal_var=False).pvalue
+    return bool(p < SIGNIFICANCE)
 
 
 def failure_notes(cells: pd.DataFrame, by: Sequence[str] = ()) -> list[str]:

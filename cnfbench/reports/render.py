@@ -15,6 +15,7 @@ from typing import Any
 
 from cnfbench.reports.metrics import Metric
 from cnfbench.reports.pivot import Entry, PivotTable, _number, entry_text
+from cnfbench.text_tables import fold_table, wrap_text
 
 
 def _grid(table: PivotTable, cell: Any) -> tuple[list[str], list[list[Any]]]:
@@ -27,25 +28,21 @@ def _grid(table: PivotTable, cell: Any) -> tuple[list[str], list[list[Any]]]:
     return headers, body
 
 
-def to_text(table: PivotTable) -> str:
-    """A plain-text table for the terminal; the best entries end in ``*``."""
+def to_text(table: PivotTable, width: int | None = None) -> str:
+    """A plain-text table for the terminal, folded to ``width`` columns (default 100); the best entries end in
+    ``*``."""
     def cell(entry: Entry | None, metric: Metric) -> str:
-        return entry_text(table, entry, metric) + (" *" if entry is not None and entry.best else "")
+        return entry_text(table, entry, metric) + (" *" if entry is not None and entry.marked else "")
 
     headers, body = _grid(table, cell)
-    lines = [table.caption(marked="marked *"), text_table(headers, body, len(table.rows))]
-    return "\n".join([*lines, *(f"note: {n}" for n in table.notes)])
+    lines = [wrap_text(table.caption(marked="marked *"), width), text_table(headers, body, len(table.rows), width)]
+    return "\n".join([*lines, *(wrap_text(f"note: {n}", width) for n in table.notes)])
 
 
-def text_table(headers: Sequence[str], body: Sequence[Sequence[Any]], left: int) -> str:
-    """Columns padded to their widest cell; the first ``left`` columns left-aligned, the others right-aligned."""
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in body)) for i, h in enumerate(headers)]
-
-    def line(values: Sequence[Any]) -> str:
-        return "  ".join(str(v).ljust(w) if i < left else str(v).rjust(w)
-                         for i, (v, w) in enumerate(zip(values, widths, strict=True))).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in body)])
+def text_table(headers: Sequence[str], body: Sequence[Sequence[Any]], left: int, width: int | None = None) -> str:
+    """The first ``left`` columns left-aligned, the others right-aligned, folded to fit ``width`` columns
+    (:func:`cnfbench.text_tables.fold_table`)."""
+    return fold_table(headers, body, left, width)
 
 
 def _md_escape(text: str) -> str:
@@ -56,7 +53,7 @@ def to_markdown(table: PivotTable) -> str:
     """A GitHub-flavoured Markdown table with an italic caption; best entries in ``**bold**``."""
     def cell(entry: Entry | None, metric: Metric) -> str:
         text = entry_text(table, entry, metric)
-        return f"**{text}**" if entry is not None and entry.best else text
+        return f"**{text}**" if entry is not None and entry.marked else text
 
     headers, body = _grid(table, cell)
     align = ["---"] * len(table.rows) + ["---:"] * (len(headers) - len(table.rows))
@@ -78,8 +75,31 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
 
 
-def to_latex(table: PivotTable, label: str = "tab:cnfbench") -> str:
-    """A ``table`` environment with a booktabs ``tabular``; best entries in bold. Needs ``\\usepackage{booktabs}``."""
+def _latex_header(table: PivotTable) -> list[str]:
+    """The header rows: with column axes, a grouped first row (``\\multicolumn`` over each group, ``\\cmidrule``
+    under it) — the column labels over their metrics, or the one metric over the column labels — then the names."""
+    left = len(table.rows)
+    rows = [latex_escape(axis) for axis in table.rows]
+    if not table.cols:
+        return [" & ".join([*rows, *(latex_escape(m.header) for m in table.metrics)]) + r" \\"]
+    if len(table.metrics) > 1:
+        groups = [(", ".join(key), len(table.metrics)) for key in table.col_keys]
+        names = [latex_escape(m.header) for _ in table.col_keys for m in table.metrics]
+    else:
+        groups = [(table.metrics[0].header, len(table.col_keys))]
+        names = [latex_escape(", ".join(key)) for key in table.col_keys]
+    top, rules, column = [""] * left, [], left + 1
+    for label, span in groups:
+        top.append(rf"\multicolumn{{{span}}}{{c}}{{{latex_escape(label)}}}")
+        rules.append(rf"\cmidrule(lr){{{column}-{column + span - 1}}}")
+        column += span
+    return [" & ".join(top) + r" \\", " ".join(rules), " & ".join([*rows, *names]) + r" \\"]
+
+
+def to_latex(table: PivotTable, label: str = "tab:cnfbench", caption: str | None = None) -> str:
+    """A ``table`` environment with a booktabs ``tabular``: grouped headers for several metrics or column axes,
+    best entries (significantly) in bold. ``caption`` replaces the generated one (which says how entries are
+    aggregated and marked) and ``label`` is the ``\\label``. Needs ``\\usepackage{booktabs}``."""
     def cell(entry: Entry | None, metric: Metric) -> str:
         if entry is None:
             return ""
@@ -91,7 +111,7 @@ def to_latex(table: PivotTable, label: str = "tab:cnfbench") -> str:
             math_text += rf" \pm {_number(entry.low, d)}"
         elif table.stat == "median" and entry.n > 1:
             math_text += rf"\ [{_number(entry.low, d)}, {_number(entry.high, d)}]"
-        text = rf"$\mathbf{{{math_text}}}$" if entry.best else f"${math_text}$"
+        text = rf"$\mathbf{{{math_text}}}$" if entry.marked else f"${math_text}$"
         if table.common_n is None or entry.n != entry.cells:
             text += f" ($n={entry.n}$)"
         return text + (" (!)" if entry.flagged else "")
@@ -103,11 +123,11 @@ def to_latex(table: PivotTable, label: str = "tab:cnfbench") -> str:
         r"% generated by cnfbench report; needs \usepackage{booktabs}",
         r"\begin{table}[t]",
         r"\centering",
-        rf"\caption{{{latex_escape(table.caption())}}}",
+        rf"\caption{{{latex_escape(caption if caption is not None else table.caption())}}}",
         rf"\label{{{label}}}",
         rf"\begin{{tabular}}{{{spec}}}",
         r"\toprule",
-        " & ".join(latex_escape(h) for h in headers) + r" \\",
+        *_latex_header(table),
         r"\midrule",
     ]
     for row in body:
@@ -161,7 +181,8 @@ def to_json(table: PivotTable) -> str:
                                 names[0]: number(entry.center), names[1]: number(entry.low)}
         if names[2]:
             item[names[2]] = number(entry.high)
-        item.update(n=entry.n, cells=entry.cells, failed=entry.failed, best=entry.best, flagged=entry.flagged)
+        item.update(n=entry.n, cells=entry.cells, failed=entry.failed, best=entry.best, significant=entry.significant,
+                    flagged=entry.flagged)
         entries.append(item)
     data = {"caption": table.caption(), "stat": table.stat, "rows": table.rows, "cols": table.cols,
             "metrics": [{"name": m.name, "header": m.header, "unit": m.unit, "scale": m.scale, "goal": m.goal}
