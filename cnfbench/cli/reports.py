@@ -143,7 +143,7 @@ def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...
             tables.append(("All default metrics", overview))
         title = "cnfbench report: " + ", ".join(run.name for run in loaded)
         notes = [*(w for run in loaded for w in run.warnings), *result.notes]
-        page = write_html_report(target / REPORT_HTML, title, loaded, tables, result.files, notes)
+        page = write_html_report(target / REPORT_HTML, title, loaded, tables, result.files, notes, cells)
         click.echo(f"wrote {page}", err=True)
 
 

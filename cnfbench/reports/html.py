@@ -1,6 +1,6 @@
-"""One self-contained HTML page for a report: tables, plots as embedded base64 PNGs, provenance.
+"""One self-contained HTML page for a report: tables, an interactive chart, plots as embedded PNGs, provenance.
 
-The page loads nothing from the network (no scripts, fonts or style sheets from
+The page loads nothing from the network (plotly.js and the data are inlined; no fonts or style sheets from
 elsewhere), so it can be mailed, archived or opened offline.
 """
 
@@ -11,6 +11,9 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
+
+from cnfbench.reports.explorer import explorer_html
 from cnfbench.reports.pivot import PivotTable
 from cnfbench.reports.render import entry_text
 from cnfbench.run_folder import Run, atomic_write
@@ -31,6 +34,7 @@ figure { margin: 1em 0; } figcaption { font-size: 0.9em; color: #555; }
 img { max-width: 100%; border: 1px solid #eee; }
 .notes li, .warnings li { font-size: 0.85em; } .warnings { color: #a33; }
 dl.prov { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; font-size: 0.85em; }
+.explorer label { margin-right: 1.2em; font-size: 0.9em; }
 dl.prov dt { font-weight: bold; } dl.prov dd { margin: 0; font-family: monospace; word-break: break-all; }
 """
 
@@ -90,8 +94,10 @@ def _provenance(run: Run) -> str:
 
 
 def render_html(title: str, runs: Sequence[Run], tables: Sequence[tuple[str, PivotTable]],
-                images: Sequence[tuple[str, Path | bytes]], notes: Sequence[str] = ()) -> str:
-    """The whole page: tables, then plots (files or PNG bytes, embedded), then provenance and notes."""
+                images: Sequence[tuple[str, Path | bytes]], notes: Sequence[str] = (),
+                cells: pd.DataFrame | None = None) -> str:
+    """The whole page: tables, the interactive chart of ``cells`` (when given), then plots (files or PNG bytes,
+    embedded), then provenance and notes."""
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
              f"<title>{_e(title)}</title>", f"<style>{_STYLE}</style>", "</head>", "<body>", f"<h1>{_e(title)}</h1>",
              "<p>Test NLL in nats per sample (exact trace); <em>ref solve</em> = the tight reference solve, the "
@@ -99,6 +105,9 @@ def render_html(title: str, runs: Sequence[Run], tables: Sequence[tuple[str, Piv
              "Aggregated over seeds; only finished cells enter the numbers.</p>"]
     for heading, table in tables:
         parts += [f"<h2>{_e(heading)}</h2>", table_html(table)]
+    if cells is not None:
+        parts += ["<h2>Explore</h2>", "<p>Choose the dataset and the metric on each axis; hover over a point for its "
+                  "configuration's full spec; click a legend entry to hide or show it.</p>", explorer_html(cells)]
     if images:
         parts.append("<h2>Plots</h2>")
         for caption, image in images:
@@ -113,9 +122,10 @@ def render_html(title: str, runs: Sequence[Run], tables: Sequence[tuple[str, Piv
 
 
 def write_html_report(path: str | Path, title: str, runs: Sequence[Run], tables: Sequence[tuple[str, PivotTable]],
-                      images: Sequence[tuple[str, Path | bytes]], notes: Sequence[str] = ()) -> Path:
+                      images: Sequence[tuple[str, Path | bytes]], notes: Sequence[str] = (),
+                      cells: pd.DataFrame | None = None) -> Path:
     """Write :func:`render_html`'s page to ``path`` atomically and return the path."""
     target = Path(path)
-    page = render_html(title, runs, tables, images, notes)
+    page = render_html(title, runs, tables, images, notes, cells)
     atomic_write(target, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return target
