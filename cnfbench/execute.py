@@ -375,6 +375,7 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
                                    split_generator(cell.seed, "model/samples"), device)
             density = {"grid_x": grid[::resolution, 0].tolist(), "grid_y": grid[:resolution, 1].tolist(),
                        "log_prob_grid": ref_grid.log_prob.tolist(), "samples": samples.cpu().tolist(),
+                       "log_prob_solver_grid": own_grid.log_prob.tolist(),
                        "data": test[:DENSITY_SAMPLES].cpu().tolist()}
         enter("sample_quality")
         row.update(_sample_quality_columns(cell, field_module, solver, eval_trace, test, device))

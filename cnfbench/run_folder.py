@@ -303,16 +303,20 @@ class DensityArtifacts:
     log_prob: np.ndarray
     samples: np.ndarray
     data: np.ndarray
+    log_prob_solver: np.ndarray | None = None
+    """The log-density the row's own solver reports on the same grid (files written before it existed: None)."""
 
 
 def write_density_artifacts(run_dir: str | Path, cell_id: str, grid_x: Any, grid_y: Any, log_prob_grid: Any,
-                            samples: Any, data: Any) -> Path:
+                            samples: Any, data: Any, log_prob_solver_grid: Any = None) -> Path:
     """Write ``<run_dir>/density/<cell_id>.npz`` atomically (float32 arrays, no pickle); return its path.
 
     ``grid_x`` ``[nx]`` and ``grid_y`` ``[ny]`` are the grid's cell centres; ``log_prob_grid`` is the
     model's log-density there, shape ``[nx, ny]`` (or flat ``[nx*ny]`` in the "ij" order of
     :func:`cnfbench.validity.mass_grid`, which is reshaped); ``samples`` ``[n, 2]`` are drawn from
-    the model and ``data`` ``[m, 2]`` are test samples. Arrays may be numpy arrays or torch tensors.
+    the model and ``data`` ``[m, 2]`` are test samples; ``log_prob_solver_grid`` (optional, same shape as
+    ``log_prob_grid``) is the log-density the row's own solver reports there. Arrays may be numpy arrays or
+    torch tensors.
     A few hundred samples and points and an 80x80 grid make a file of about 30 KB.
     """
     gx, gy = _array(grid_x, "grid_x", 1), _array(grid_y, "grid_y", 1)
@@ -323,6 +327,11 @@ def write_density_artifacts(run_dir: str | Path, cell_id: str, grid_x: Any, grid
         raise ValueError(f"log_prob_grid must have shape ({gx.size}, {gy.size}), got {log_prob.shape}")
     arrays = {"format_version": np.int64(DENSITY_FORMAT_VERSION), "grid_x": gx, "grid_y": gy, "log_prob": log_prob,
               "samples": _array(samples, "samples", 2), "data": _array(data, "data", 2)}
+    if log_prob_solver_grid is not None:
+        own = _array(log_prob_solver_grid, "log_prob_solver_grid")
+        arrays["log_prob_solver"] = own.reshape(log_prob.shape) if own.size == log_prob.size else own
+        if arrays["log_prob_solver"].shape != log_prob.shape:
+            raise ValueError(f"log_prob_solver_grid must have the shape of log_prob_grid, got {own.shape}")
     for name in ("samples", "data"):
         if arrays[name].shape[1] != 2:
             raise ValueError(f"{name} must have shape [n, 2], got {arrays[name].shape}")
@@ -344,6 +353,7 @@ def read_density_artifacts(run_dir: str | Path, cell_id: str) -> DensityArtifact
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: np.asarray(archive[name]) for name in DENSITY_ARRAYS}
+            own = np.asarray(archive["log_prob_solver"]) if "log_prob_solver" in archive.files else None
     except Exception as exc:  # noqa: BLE001 - zipfile/numpy raise many kinds for a damaged file
         raise ResultsError(f"{path} is unreadable: {type(exc).__name__}: {' '.join(str(exc).split())[:150]}",
                            path) from None
@@ -353,8 +363,10 @@ def read_density_artifacts(run_dir: str | Path, cell_id: str) -> DensityArtifact
     nx, ny = arrays["grid_x"].size, arrays["grid_y"].size
     if arrays["log_prob"].shape != (nx, ny) or arrays["samples"].ndim != 2 or arrays["data"].ndim != 2:
         raise ResultsError(f"{path} has arrays of inconsistent shapes", path)
+    if own is not None and own.shape != (nx, ny):
+        raise ResultsError(f"{path} has arrays of inconsistent shapes", path)
     return DensityArtifacts(arrays["grid_x"], arrays["grid_y"], arrays["log_prob"], arrays["samples"],
-                            arrays["data"])
+                            arrays["data"], own)
 
 
 

@@ -203,4 +203,6 @@ class TimeConcatMLP(LayeredMLP):
 
 @hookimpl
 def cnfbench_fields() -> list[type[VectorField]]:
-    return [ConcatSquashMLP, TimeConcatMLP]
+    from cnfbench_plugins.hollow_field import HollowField
+
+    return [ConcatSquashMLP, TimeConcatMLP, HollowField]

@@ -17,7 +17,7 @@ from cnfbench.registry import ResolvedComponent, load_registry
 BAD_INPUTS = [
     (["--solver", "eulr"], "unknown solver 'eulr'; known solvers: adaptive_heun, bosh3, dopri5"),
     (["--dataset", "9gaussians"], "unknown dataset '9gaussians'; known datasets: 2spirals, 8gaussians"),
-    (["--field", "resnet"], "unknown field 'resnet'; known fields: concatsquash, mlp"),
+    (["--field", "resnet"], "unknown field 'resnet'; known fields: concatsquash, hollow, mlp"),
     (["--trace", "hutch"], "unknown trace 'hutch'; known traces: exact, exact_loop, hutchinson, hutchpp"),
     (["--solver", "euler[step=3]"], "unknown parameter 'step' for solver 'euler'; valid parameters: adjoint, steps"),
     (["--solver", "dopri5[rtol=small]"], "bad value 'small' for solver 'dopri5' parameter 'rtol': expected number"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import read_cells
 from torch import Tensor
 
 from cnfbench.contracts import VectorField
@@ -51,7 +52,9 @@ def reference_forward(field: VectorField, name: str, activation: str, t: Tensor,
 
 
 def test_registered_fields_and_defaults() -> None:
-    assert REGISTRY.names("field") == FIELDS
+    assert REGISTRY.names("field") == sorted([*FIELDS, "hollow"])
+    assert REGISTRY.resolve("field", parse_selection("hollow")).kwargs == {"hidden": (64, 64), "embed": 32,
+                                                                          "activation": "tanh"}
     for name in FIELDS:
         resolved = REGISTRY.resolve("field", parse_selection(name))
         assert resolved.kwargs == {"hidden": (64, 64, 64), "activation": "tanh"}
@@ -135,3 +138,28 @@ def test_negative_hidden_width_is_rejected() -> None:
 def test_unknown_field_parameter_is_rejected() -> None:
     with pytest.raises(ParamError, match="valid parameters: activation, hidden"):
         REGISTRY.resolve("field", parse_selection("mlp[width=5]"))
+
+
+def test_the_hollow_field_passes_the_kit_and_its_divergence_is_the_jacobians_trace():
+    from cnfbench_plugins.hollow_field import HollowField
+
+    from cnfbench.testing import check_field
+
+    check_field(HollowField, {"hidden": (16, 16), "embed": 8})
+    field = HollowField(6, hidden=(16, 16), embed=8).double()
+    z = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(0.3, dtype=torch.float64)
+    dz, div = field.forward_with_divergence(t, z)
+    jacobian = torch.autograd.functional.jacobian(lambda x: field(t, x).sum(0), z)  # [D, B, D]
+    trace = torch.stack([jacobian[:, row, :].diagonal().sum() for row in range(5)])
+    assert torch.allclose(div, trace, atol=1e-12) and torch.equal(dz, field(t, z))
+    per_row = field.forward_with_divergence(torch.rand(5, dtype=torch.float64), z)  # one time per row
+    assert per_row is not None and per_row[1].shape == (5,)
+
+
+def test_a_hollow_cell_trains_and_evaluates(cli, tmp_path):
+    result = cli("run", "--field", "hollow[hidden=16-16,embed=8]", "--solver", "euler[steps=2]", "--name", "hollow")
+    assert result.exit_code == 0, result.output
+    rows = read_cells(tmp_path, "hollow")
+    hollow = rows[rows["field"] == "hollow"].iloc[0]
+    assert hollow["status"] == "done" and hollow["nll"] == hollow["nll"]

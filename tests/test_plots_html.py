@@ -153,3 +153,22 @@ def test_cli_report_html_with_several_runs_needs_out(tmp_path):
     a, b = write_run(tmp_path / "a", cells), write_run(tmp_path / "b", cells)
     result = CliRunner().invoke(main, ["report", str(a), str(b), "--html"], catch_exceptions=False)
     assert result.exit_code == 2 and "need --out DIR" in result.output
+
+
+def test_paper_plots_aggregate_seeds_and_come_in_three_formats(tmp_path):
+    from cnfbench.reports.plots import FORMATS, _configurations
+
+    rows = [cell(solver, seed, nll_ref=value, nfe_forward_mean=nfe, train_time_s=1.0 + seed)
+            for solver, nfe, values in (("euler4", 4.0, (3.2, 3.4)), ("dopri5", 30.0, (3.0, 3.1)))
+            for seed, value in enumerate(values)]
+    cells = frame(*rows)
+    table = _configurations(cells, ["nll_ref"])
+    assert list(table["n"]) == [2, 2] and table["nll_ref_mean"].tolist() == pytest.approx([3.3, 3.05])
+    assert table["nll_ref_std"].tolist() == pytest.approx([0.1414213, 0.0707107], rel=1e-5)
+    result = write_plots(tmp_path, cells)
+    for name in ("pareto_nfe_8gaussians", "pareto_time_8gaussians"):
+        for kind in FORMATS:
+            assert (tmp_path / "plots" / f"{name}.{kind}").stat().st_size > 1000, (name, kind)
+        assert (tmp_path / "plots" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+        assert "<svg" in (tmp_path / "plots" / f"{name}.svg").read_text()[:1000]
+    assert [path.suffix for _, path in result.files] == [".png", ".png"]  # what the HTML report embeds
