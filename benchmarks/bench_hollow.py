@@ -13,7 +13,7 @@ The pairs are timed interleaved in one process, in a fresh random order each rep
 table gives the median milliseconds per evaluation and the ratios, each the median over repeats of the ratio
 measured within the repeat. Ratios, not absolute times, are what carries to another machine.
 
-    python benchmarks/bench_hollow.py [--dims 2,16,64,128] [--batch 256] [--repeats 9] [--threads 1]
+    python benchmarks/bench_hollow.py [--dims 2,16,64,128] [--batch 256] [--repeats 9] [--threads 1] [--device cpu]
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ from cnfbench.params import parse_selection
 from cnfbench.registry import load_registry
 
 
-def _evaluation(registry, field_spec: str, trace_spec: str, dim: int, batch: int, plain: bool
-                ) -> Callable[[], None]:
+def _evaluation(registry, field_spec: str, trace_spec: str, dim: int, batch: int, plain: bool,
+                device: torch.device) -> Callable[[], None]:
     torch.manual_seed(0)
     field_selection, trace_selection = parse_selection(field_spec), parse_selection(trace_spec)
-    field = registry.build("field", registry.resolve("field", field_selection), dim)
+    field = registry.build("field", registry.resolve("field", field_selection), dim).to(device)
     trace = registry.build("trace", registry.resolve("trace", trace_selection))
-    z0 = torch.randn(batch, dim)
-    t = torch.tensor(0.5)
+    z0 = torch.randn(batch, dim, device=device)
+    t = torch.tensor(0.5, device=device)
     function = (lambda t_, z_: field(t_, z_)) if plain else field
 
     def run() -> None:
@@ -48,6 +48,8 @@ def _evaluation(registry, field_spec: str, trace_spec: str, dim: int, batch: int
         dz, div = trace(function, t, z, True)
         (dz.sum() + div.sum()).backward()
         field.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the time of the work, not of queueing it
 
     return run
 
@@ -67,18 +69,21 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
     args = parser.parse_args()
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     registry = load_registry([])
     dims = [int(d) for d in args.dims.split(",")]
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), "
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"# {where}, torch {torch.__version__}, {args.threads} thread(s), "
           f"batch {args.batch}, median of {args.repeats} interleaved repeats")
     print("| D | " + " | ".join(f"{name} [ms]" for name, *_ in CASES)
           + " | hollow exact / concatsquash hutchinson | hollow exact / hollow hutchinson"
           " | concatsquash exact (D VJPs) / hollow exact |")
     print("|" + "---|" * (len(CASES) + 4))
     for dim in dims:
-        runs = {name: _evaluation(registry, field, trace, dim, args.batch, plain)
+        runs = {name: _evaluation(registry, field, trace, dim, args.batch, plain, device)
                 for name, field, trace, plain in CASES}
         for run in runs.values():
             run()

@@ -105,7 +105,7 @@ def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     present = [metric.short_header for metric in SUMMARY_METRICS if metric.short_header in table]
     shown = [axis for axis in axes if axis == _DATASET.key or table[axis].nunique() > 1]
-    ordered = [*shown, "n", *(["valid"] if "valid" in table else []), *present]
+    ordered = [*shown, *(["valid"] if "valid" in table else []), "n", *present]
     if "reason" in table:
         ordered.append("reason")
     return table[ordered].fillna("—")

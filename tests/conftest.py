@@ -51,3 +51,13 @@ def cli(tmp_path: Path) -> Callable[..., Result]:
 
 def read_cells(tmp_path: Path, name: str) -> pd.DataFrame:
     return pd.read_parquet(tmp_path / "results" / name / "cells.parquet")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` run only where torch sees a CUDA device (``benchmarks/gpu_check.py`` runs them)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
