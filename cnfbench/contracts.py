@@ -331,6 +331,18 @@ DATA_ROOT_VARIABLE = "CNFBENCH_DATA"
 DEFAULT_DATA_ROOT = "~/.cache/cnfbench/data"
 
 
+def optional_import(module: str, what: str, extra: str) -> Any:
+    """``module`` imported, for a plugin whose library is an optional extra; ``ValueError`` with one line naming
+    the extra to install (``what``: the component, e.g. ``"the dask executor"``) when it is missing."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ValueError(f"{what} needs the optional extra: pip install cnfbench[{extra}] "
+                         f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+
+
 def data_root() -> Path:
     """Where datasets read their files: ``$CNFBENCH_DATA`` (``cnfbench run --data-dir`` sets it for the run and
     its workers), else ``~/.cache/cnfbench/data``."""

@@ -35,7 +35,7 @@ from typing import Any
 
 from cnfbench_plugins.executors import Flight, FlightExecutor
 
-from cnfbench.contracts import INTERRUPTED, CellOutcome, Executor, ExecutorContext
+from cnfbench.contracts import INTERRUPTED, CellOutcome, Executor, ExecutorContext, optional_import
 from cnfbench.hookspecs import hookimpl
 from cnfbench.params import Param
 
@@ -46,14 +46,6 @@ DEFAULT_JOB_MINUTES = 60
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _optional(module: str, executor: str, extra: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise ValueError(f"the {executor} executor needs the optional extra: pip install cnfbench[{extra}] "
-                         f"({_one_line(exc)})") from None
 
 
 def _dask_job(payload: dict[str, Any], topic: str, token: str) -> dict[str, Any]:
@@ -143,7 +135,7 @@ class DaskExecutor(FlightExecutor):
 
     def __init__(self, context: ExecutorContext, address: str = "", workers: int = 2, threads: int = 0,
                  connect_timeout: float = 10.0) -> None:
-        distributed = _optional("distributed", "dask", "dask")
+        distributed = optional_import("distributed", "the dask executor", "dask")
         super().__init__(context, address=address, workers=workers, threads=threads,
                          connect_timeout=connect_timeout)
         self.address = address or None
@@ -334,7 +326,7 @@ class SubmititExecutor(FlightExecutor):
     def __init__(self, context: ExecutorContext, cluster: str = "local", partition: str = "",
                  gpus_per_task: int = 0, cpus_per_task: int = 0, timeout_min: int = 0, array_parallelism: int = 0,
                  mem_gb: float = 0.0, folder: str = "") -> None:
-        submitit = _optional("submitit", "submitit", "slurm")
+        submitit = optional_import("submitit", "the submitit executor", "slurm")
         if cluster not in ("local", "slurm"):
             raise ValueError(f"submitit cluster must be local or slurm, got {cluster!r}")
         missing = [command for command in ("sbatch", "srun") if shutil.which(command) is None]

@@ -23,20 +23,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cnfbench.contracts import Tracker
+from cnfbench.contracts import Tracker, optional_import
 from cnfbench.hookspecs import hookimpl
 from cnfbench.params import Param
 
 BATCH = 900
 """Metrics per MLflow ``log_batch`` call (its limit is 1,000)."""
-
-
-def _require(module: str, tracker: str, extra: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise ValueError(f"the {tracker} tracker needs the optional extra: pip install cnfbench[{extra}] "
-                         f"({type(exc).__name__}: {exc})") from None
 
 
 def _final_numbers(row: dict[str, Any]) -> dict[str, float]:
@@ -57,7 +49,7 @@ class MLflowTracker(Tracker):
 
     def __init__(self, run_dir: str, uri: str = "", experiment: str = "") -> None:
         super().__init__(run_dir, uri=uri, experiment=experiment)
-        self._mlflow = _require("mlflow", "mlflow", "mlflow")
+        self._mlflow = optional_import("mlflow", "the mlflow tracker", "mlflow")
         self.uri = uri or f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
         self.experiment = experiment or Path(run_dir).name
         self._client: Any = None
@@ -137,7 +129,7 @@ class TensorBoardTracker(Tracker):
 
     def __init__(self, run_dir: str, logdir: str = "") -> None:
         super().__init__(run_dir, logdir=logdir)
-        _require("tensorboard", "tensorboard", "tensorboard")
+        optional_import("tensorboard", "the tensorboard tracker", "tensorboard")
         self.logdir = Path(logdir).expanduser() if logdir else Path(run_dir) / "tensorboard"
         self._writers: dict[str, Any] = {}
 

@@ -242,6 +242,7 @@ def test_cli_compare_exit_codes(tmp_path):
     assert result.exit_code == 2 and "must be METRIC:+D" in result.output
     result = runner.invoke(main, ["compare", str(base), str(new), "--metric", "nll_rf"], catch_exceptions=False)
     assert result.exit_code == 2 and result.output.startswith("Error: unknown metric 'nll_rf'; valid metrics: ")
+    assert result.output.strip().endswith("did you mean 'nll_ref'?")
     result = runner.invoke(main, ["compare", str(base), str(tmp_path / "gone")], catch_exceptions=False)
     assert result.exit_code == 2 and result.output.strip() == f"Error: no run folder at {tmp_path / 'gone'}"
     (new / "run.json").write_text("{ hand edited")

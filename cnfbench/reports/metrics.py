@@ -35,6 +35,7 @@ from cnfbench.columns import (
 )
 from cnfbench.columns import default_metrics as catalogue_defaults
 from cnfbench.families import GRID_AXES, FamilyRow, family
+from cnfbench.messages import did_you_mean
 
 
 class ReportError(ValueError):
@@ -153,7 +154,8 @@ def check_metrics(cells: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
         raise ReportError("no metric given; valid metrics: " + ", ".join(valid))
     for name in metrics:
         if name not in valid:
-            raise ReportError(f"unknown metric {name!r}; valid metrics: {', '.join(valid)}")
+            raise ReportError(f"unknown metric {name!r}; valid metrics: {', '.join(valid)}"
+                              f"{did_you_mean(name, valid)}")
     return list(metrics)
 
 
@@ -175,7 +177,8 @@ def check_axes(cells: pd.DataFrame, axes: Sequence[str]) -> list[str]:
     valid = [a for a in AXES if a in cells.columns or (a in AXIS_SPECS and AXIS_SPECS[a] in cells.columns)]
     for axis in axes:
         if axis not in valid:
-            raise ReportError(f"unknown column {axis!r}; valid columns: {', '.join(valid)}")
+            raise ReportError(f"unknown column {axis!r}; valid columns: {', '.join(valid)}"
+                              f"{did_you_mean(axis, valid)}")
     if len(set(axes)) != len(axes):
         raise ReportError(f"a column appears twice in {', '.join(axes)}")
     return list(axes)
