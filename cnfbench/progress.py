@@ -103,7 +103,6 @@ class Progress:
         self.failed_count = 0
         self.cell_seconds: list[float] = []
         self._running: dict[str, _Running] = {}
-        self._current: str | None = None
         self._lock = threading.RLock()
         self._began = time.monotonic()
         self._live: Any = None
@@ -175,27 +174,20 @@ class Progress:
         with self._lock:
             self._running[cell.cell_id] = _Running(index, self._label(cell, shared), cell.budget.iterations,
                                                    cell.budget.seconds, loss_unit, shared)
-            self._current = cell.cell_id
         if not self.interactive and not self.quiet:
             self._line(f"[cell {index}/{self.total_cells}] start {cell.describe()}"
                        + (" (shared model: no training)" if shared else ""))
 
-    def update(self, cell_id: str | None, kind: str, value: Any) -> None:
+    def update(self, cell_id: str, kind: str, value: Any) -> None:
         """What a cell's executor reported: ``("iteration", (done, loss[, nfe]))`` or ``("phase", name)``."""
         with self._lock:
-            running = self._running.get(cell_id or self._current or "")
+            running = self._running.get(cell_id)
             if running is None:
                 return
             if kind == "iteration":
                 self._iteration(running, *value)
             elif kind == "phase":
                 self._phase(running, str(value))
-
-    def iteration(self, done: int, loss: float, nfe: float = math.nan) -> None:
-        self.update(None, "iteration", (done, loss, nfe))
-
-    def phase(self, name: str) -> None:
-        self.update(None, "phase", name)
 
     def _iteration(self, running: _Running, done: int, loss: float, nfe: float = math.nan) -> None:
         now = time.monotonic()
@@ -229,7 +221,7 @@ class Progress:
     def end_cell(self, row: dict[str, Any], cell: Cell | None = None) -> None:
         """A cell ended with ``row`` (``cell``: which one, when several run at once)."""
         with self._lock:
-            cell_id = cell.cell_id if cell is not None else (row.get("cell_id") or self._current)
+            cell_id = cell.cell_id if cell is not None else row.get("cell_id")
             running = self._running.pop(str(cell_id), None)
             self.finished_count += 1
             status = row.get("status", "?")
@@ -251,9 +243,6 @@ class Progress:
                        f"nll_ref={row.get('nll_ref', math.nan):.3f} nats — {label}", style)
         else:
             self._line(f"{lead} {status}: {label} — {str(row.get('reason', ''))[:160]}", style)
-
-    def finished(self, cell: Cell, row: dict[str, Any]) -> None:
-        self.end_cell(row, cell)
 
     # ---------------------------------------------------------------------------------------------- rendering
     @staticmethod

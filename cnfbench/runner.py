@@ -231,7 +231,8 @@ def sweep(
     """
     try:
         return _sweep(cells, registry, executor, run_dir, provenance, progress, retry_failed, rerun, record,
-                      executor_name, may_train, trackers or Trackers([], str(run_dir), progress.message))
+                      executor_name, may_train,
+                      trackers if trackers is not None else Trackers([], str(run_dir), progress.message))
     finally:
         if trackers is not None:
             trackers.close()
