@@ -139,21 +139,32 @@ def _number(value: float, decimals: int) -> str:
     return f"{value:.{decimals}f}" if math.isfinite(value) else "—"
 
 
-def entry_text(table: PivotTable, entry: Entry | None, metric: Metric, pm: str = "±",
-               interval: tuple[str, str, str] = ("[", "–", "]")) -> str:
-    """``mean ± std`` or ``median [q1–q3]`` with the metric's decimals, ``(n=k)`` when seeds differ."""
+def entry_value(table: PivotTable, entry: Entry, metric: Metric, pm: str = " ± ",
+                interval: tuple[str, str, str] = (" [", "–", "]")) -> str:
+    """The numbers of a finished entry: ``mean ± std`` or ``median [q1–q3]`` with the metric's decimals
+    (``pm`` and ``interval`` are the separators, so that LaTeX can ask for its own)."""
+    d = metric.decimals
+    text = _number(entry.center, d)
+    if table.stat == "mean" and math.isfinite(entry.low):
+        text += f"{pm}{_number(entry.low, d)}"
+    elif table.stat == "median" and entry.n > 1:
+        text += f"{interval[0]}{_number(entry.low, d)}{interval[1]}{_number(entry.high, d)}{interval[2]}"
+    return text
+
+
+def seeds_shown(table: PivotTable, entry: Entry) -> bool:
+    """Whether an entry says its own seed count (it differs from the table's, or some of its cells failed)."""
+    return table.common_n is None or entry.n != entry.cells
+
+
+def entry_text(table: PivotTable, entry: Entry | None, metric: Metric) -> str:
+    """``mean ± std`` or ``median [q1–q3]`` with the metric's decimals, ``(n=k)`` when seeds differ, ``(!)`` when
+    a cell of the entry is flagged."""
     if entry is None:
         return ""
     if not entry.n:
         return entry.failed or "—"
-    d = metric.decimals
-    text = _number(entry.center, d)
-    if table.stat == "mean" and math.isfinite(entry.low):
-        text += f" {pm} {_number(entry.low, d)}"
-    elif table.stat == "median" and entry.n > 1:
-        text += f" {interval[0]}{_number(entry.low, d)}{interval[1]}{_number(entry.high, d)}{interval[2]}"
-    if table.common_n is None or entry.n != entry.cells:
-        text += f" (n={entry.n})"
+    text = entry_value(table, entry, metric) + (f" (n={entry.n})" if seeds_shown(table, entry) else "")
     return text + (" (!)" if entry.flagged else "")
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cnfbench.reports.metrics import Metric
-from cnfbench.reports.pivot import Entry, PivotTable, _number, entry_text
+from cnfbench.reports.pivot import Entry, PivotTable, entry_text, entry_value, seeds_shown
 from cnfbench.text_tables import fold_table, wrap_text
 
 
@@ -105,14 +105,9 @@ def to_latex(table: PivotTable, label: str = "tab:cnfbench", caption: str | None
             return ""
         if not entry.n:
             return latex_escape(entry.failed or "—")
-        d = metric.decimals
-        math_text = _number(entry.center, d)
-        if table.stat == "mean" and math.isfinite(entry.low):
-            math_text += rf" \pm {_number(entry.low, d)}"
-        elif table.stat == "median" and entry.n > 1:
-            math_text += rf"\ [{_number(entry.low, d)}, {_number(entry.high, d)}]"
+        math_text = entry_value(table, entry, metric, pm=r" \pm ", interval=(r"\ [", ", ", "]"))
         text = rf"$\mathbf{{{math_text}}}$" if entry.marked else f"${math_text}$"
-        if table.common_n is None or entry.n != entry.cells:
+        if seeds_shown(table, entry):
             text += f" ($n={entry.n}$)"
         return text + (" (!)" if entry.flagged else "")
 
