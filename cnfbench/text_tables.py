@@ -11,11 +11,15 @@ import io
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 TEXT_WIDTH = 100
 """Columns a table fits when it is not printed to a terminal (a terminal's own width otherwise)."""
+
+
+LABEL_MIN_WIDTH = 24
+"""A column gets at least its longest entry's width, up to this many columns (a long label may fold)."""
 
 
 def terminal_width() -> int | None:
@@ -34,8 +38,10 @@ def fold_table(headers: Sequence[str], body: Sequence[Sequence[Any]], left: int,
     from rich.text import Text
 
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False, show_edge=False, header_style="bold")
+    widths = column_widths(headers, body, left, width or TEXT_WIDTH)
     for index, header in enumerate(headers):
-        table.add_column(Text(str(header)), justify="left" if index < left else "right", overflow="fold")
+        table.add_column(Text(str(header)), justify="left" if index < left else "right", overflow="fold",
+                         width=widths[index] if widths else None)
     for index, row in enumerate(body):
         style = row_styles[index] if row_styles is not None else None
         table.add_row(*(Text(str(value)) for value in row), style=style)
@@ -44,6 +50,45 @@ def fold_table(headers: Sequence[str], body: Sequence[Sequence[Any]], left: int,
                       no_color=not color or bool(os.environ.get("NO_COLOR")), highlight=False)
     console.print(table)
     return "\n".join(line.rstrip() for line in buffer.getvalue().rstrip("\n").splitlines())
+
+
+def column_widths(headers: Sequence[str], body: Sequence[Sequence[Any]], left: int, width: int) -> list[int] | None:
+    """Widths that keep every label on one line (up to :data:`LABEL_MIN_WIDTH`) and fold headers at spaces
+    instead (the other entries too, when they cannot all stay whole), the room left unfolding the cheapest
+    columns whole, then shared out evenly; ``None`` when the table fits as it is or cannot fit that way (rich
+    then lays it out, folding what it must)."""
+    gaps = 2 * (len(headers) - 1)  # a column's right padding and the box's divider
+
+    def longest(index: int) -> int:
+        return max((len(str(row[index])) for row in body), default=0)
+
+    natural = [max(len(str(header)), longest(index)) for index, header in enumerate(headers)]
+    if sum(natural) + gaps <= width:
+        return None
+    def longest_word(texts: Iterable[Any]) -> int:
+        return max((len(word) for text in texts for word in str(text).split()), default=0)
+
+    least = [max(longest_word([header]), min(longest(index), LABEL_MIN_WIDTH) if index < left else longest(index))
+             for index, header in enumerate(headers)]
+    entries_fold = sum(least) + gaps > width
+    if entries_fold:  # entries too wide to stay whole: fold them at spaces too, labels excepted
+        least = [width_ if index < left else max(longest_word([headers[index]]),
+                                                  longest_word(row[index] for row in body))
+                 for index, width_ in enumerate(least)]
+    room = width - gaps - sum(least)
+    if room < 0:
+        return None
+    widths = list(least)
+    for index in sorted(range(len(headers)), key=lambda index: natural[index] - least[index]):
+        if not entries_fold and natural[index] - widths[index] <= room:  # the cheapest headers to unfold first
+            room -= natural[index] - widths[index]
+            widths[index] = natural[index]
+    while room > 0 and any(have < want for have, want in zip(widths, natural, strict=True)):
+        for index in range(len(headers)):  # one column of room at a time to each header still folded
+            if room > 0 and widths[index] < natural[index]:
+                widths[index] += 1
+                room -= 1
+    return widths
 
 
 def wrap_text(line: str, width: int | None = None) -> str:
