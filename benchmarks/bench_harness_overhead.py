@@ -228,6 +228,7 @@ class Setup:
     spec: str
     cell: object
     field_module: nn.Module
+    objective: object
     solver: object
     trace: object
     train_data: Tensor
@@ -252,7 +253,7 @@ def build(spec: str, registry, trace: str, batch_size: int, lr: float, device: s
     cell = cells[0]
     solver_entry = registry.get("solver", cell.solver.name)
     solver_params = cell.solver.kwargs
-    if not hasattr(solver_entry.cls, "method"):
+    if "torchdiffeq" not in solver_entry.cls.libraries:
         raise ParamError(f"solver {spec!r} is not a torchdiffeq solver; the baseline only calls torchdiffeq.odeint")
     if solver_params.get("adjoint", False):
         raise ParamError(f"solver {spec!r}: adjoint=true is not supported by this benchmark's baseline")
@@ -274,7 +275,7 @@ def build(spec: str, registry, trace: str, batch_size: int, lr: float, device: s
     baseline_field.load_state_dict(initial_state, strict=True)
     baseline_field.to(torch_device)
     return Setup(
-        spec=spec, cell=cell, field_module=field_module,
+        spec=spec, cell=cell, field_module=field_module, objective=registry.build("objective", cell.objective),
         solver=registry.build("solver", cell.solver), trace=registry.build("trace", cell.trace),
         train_data=train_data, initial_state=initial_state, baseline_field=baseline_field,
         batch_seed=split_generator(cell.seed, "train/batches").initial_seed(), ode=ode,
@@ -316,8 +317,8 @@ def run_harness(setup: Setup, iterations: int, on_iteration: Callable[[int, floa
     record = TrainingRecord()
     gc.collect()
     cpu, began = time.process_time(), time.perf_counter()
-    train(harness_cell(setup, iterations), setup.field_module, setup.solver, setup.trace, setup.train_data, record,
-          on_iteration)
+    train(harness_cell(setup, iterations), setup.field_module, setup.objective, setup.solver, setup.trace,
+          setup.train_data, record, on_iteration)
     wall, cpu = time.perf_counter() - began, time.process_time() - cpu
     return Block(list(record.iteration_seconds), list(record.losses), list(record.nfe_forward), wall, cpu)
 

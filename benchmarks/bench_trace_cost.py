@@ -254,14 +254,14 @@ def train_field(args: argparse.Namespace, registry: Registry) -> tuple[VectorFie
     every = max(1, args.train_iterations // 5)
     began = time.perf_counter()
 
-    def progress(iteration: int, loss: float) -> None:
+    def progress(iteration: int, loss: float, _nfe: int) -> None:
         if iteration % every == 0 or iteration == args.train_iterations:
             print(f"  iteration {iteration:4d}/{args.train_iterations}  train loss {loss:.4f} nats  "
                   f"({time.perf_counter() - began:.0f} s)", flush=True)
 
     print(f"training {cell.describe()}", flush=True)
-    train(cell, field_module, registry.build("solver", cell.solver), registry.build("trace", cell.trace),
-          splits.train, record, progress)
+    train(cell, field_module, registry.build("objective", cell.objective), registry.build("solver", cell.solver),
+          registry.build("trace", cell.trace), splits.train, record, progress)
     field64 = copy.deepcopy(field_module).to(torch.float64).eval()
     return field64, splits.test[: args.points].to(torch.float64), cell.describe(), record
 

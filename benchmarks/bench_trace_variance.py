@@ -106,14 +106,15 @@ def train_field(args: argparse.Namespace, registry: Registry) -> Trained:
     record = TrainingRecord()
     every = max(1, cell.budget.iterations // 6)
 
-    def progress(iteration: int, loss: float) -> None:
+    def progress(iteration: int, loss: float, _nfe: int) -> None:
         if iteration % every == 0 or iteration == cell.budget.iterations:
             print(f"  iteration {iteration:4d}/{cell.budget.iterations}  train loss {loss:.4f} nats  "
                   f"({time.perf_counter() - began:.0f} s)", flush=True)
 
     print(f"training {cell.describe()}", flush=True)
     began = time.perf_counter()
-    train(cell, field_module, solver, trace, train_data, record, progress)
+    train(cell, field_module, registry.build("objective", cell.objective), solver, trace, train_data, record,
+          progress)
     points = test[: args.points]
     true_log_prob = dataset.log_prob(points.to("cpu")).to(torch.float64) if dataset.has_density else None
     field64 = copy.deepcopy(field_module).to(torch.float64).eval()
