@@ -14,7 +14,9 @@ Steps, each timed, each a section of the report (a failing step is reported, and
    (``bench_hollow.py``);
 4. per-iteration time and peak memory of backpropagation through the solver against the adjoint, for
    euler with 8, 32 and 128 steps (one ``cnfbench run`` each, read back from its rows);
-5. the float64 reference solve's cost: the test pass with the reference solve against the row's solver.
+5. the float64 reference solve's cost: the test pass with the reference solve against the row's solver;
+6. torchode's per-sample ``dopri5`` against torchdiffeq's on trained fields (``bench_torchode.py``);
+7. per-iteration training time with and without ``--compile`` (``bench_compile.py``).
 
 Without CUDA, ``--device cuda`` refuses at once: one line, exit 2, nothing written. ``--quick`` shrinks every
 step (for a CPU smoke test; the figures then mean nothing). The report names the device, torch, CUDA and
@@ -150,6 +152,14 @@ def main() -> int:
         sections.append("## 5. the float64 reference solve's cost\n\n" + "\n".join(lines) + "\n")
     except (OSError, ValueError, KeyError) as exc:
         sections.append(f"## 5. the float64 reference solve's cost — FAILED\n\n{type(exc).__name__}: {exc}\n")
+
+    torchode = ["--quick", "--datasets", "8gaussians"] if quick else ["--iterations", "1000", "--repeats", "3"]
+    code, output, seconds = _run([python, "benchmarks/bench_torchode.py", "--device", device, *torchode], 240)
+    sections.append(_section("6. per-sample step control: torchode against torchdiffeq", code, output, seconds, 12))
+
+    compiled = ["--quick"] if quick else []
+    code, output, seconds = _run([python, "benchmarks/bench_compile.py", "--device", device, *compiled], 300)
+    sections.append(_section("7. compiled fields: --compile against eager", code, output, seconds, 14))
 
     total = time.monotonic() - started
     sections.append(f"Total: {total:.0f} s (budget {BUDGET_S} s on a GPU).\n")

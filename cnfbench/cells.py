@@ -9,7 +9,7 @@ of that JSON. This module loads no plugin and imports no torch.
 
 A cell's JSON only ever grows by keys that are left out at their old
 meaning (an axis's ``implicit`` component, an unset time budget, no
-validation, no separate training components), so every cell of an earlier
+validation, no separate training components, no ``--compile``), so every cell of an earlier
 release keeps its id.
 
 A cell's **model key** hashes what its training depends on: the axes its
@@ -44,7 +44,9 @@ class Budget:
     ``seconds`` (when set) trains for that much wall-clock of training iterations instead, with
     ``iterations`` as a cap. ``val_every`` > 0 records the validation NLL every that many iterations
     (with ``val_solver`` for an objective that trains without solving); ``select`` ``"best"`` keeps the
-    parameters of the best validation NLL instead of the last ones.
+    parameters of the best validation NLL instead of the last ones. ``compile`` trains the field compiled by
+    ``torch.compile`` (``--compile``, see :mod:`cnfbench.compiling`): it changes the trained weights slightly,
+    so it is part of the cell and of its model key (and, unset, absent from both).
     """
 
     iterations: int
@@ -55,6 +57,7 @@ class Budget:
     val_every: int = 0
     select: str = SELECT_LAST
     val_solver: ResolvedComponent | None = None
+    compile: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"iterations": self.iterations, "batch_size": self.batch_size, "lr": self.lr,
@@ -64,6 +67,8 @@ class Budget:
         if self.val_every:
             data["validation"] = {"every": self.val_every, "select": self.select,
                                   "solver": self.val_solver.to_json() if self.val_solver else None}
+        if self.compile:
+            data["compile"] = True
         return data
 
     @classmethod
@@ -72,7 +77,7 @@ class Budget:
         solver = validation.get("solver")
         return cls(data["iterations"], data["batch_size"], data["lr"], data.get("max_nfe"), data.get("seconds"),
                    int(validation.get("every", 0)), str(validation.get("select", SELECT_LAST)),
-                   ResolvedComponent.from_json(solver) if solver else None)
+                   ResolvedComponent.from_json(solver) if solver else None, bool(data.get("compile", False)))
 
 
 @dataclass(frozen=True)
@@ -212,7 +217,7 @@ def _hash(data: Mapping[str, Any]) -> str:
 
 EARLIER_MEANING: dict[str, Any] = {
     **{column: row.implicit for row in GRID_AXES if row.implicit for column in (row.column, row.spec_column)},
-    "val_every": 0, "select": SELECT_LAST, "val_solver_spec": "", "trained_with": "",
+    "val_every": 0, "select": SELECT_LAST, "val_solver_spec": "", "trained_with": "", "compile": False,
 }
 """Identity columns of a row added after cnfbench 0.1.0, with what a row written before them means."""
 

@@ -260,6 +260,12 @@ COLUMNS: tuple[Column, ...] = (
                  label="NFE test pass", display_unit="evals", decimals=0, defaults=(SUMMARY,), short="NFE test"),
     _evaluations("nfe_eval_max_chunk", "the most evaluations one test chunk's solve needed"),
     _evaluations("nfe_ref", "dynamics evaluations of the reference test pass (all chunks)"),
+    *(column for kind in ("accepted", "rejected") for column in (
+        Column(f"steps_{kind}_mean", "steps", f"{kind} steps per test point in the test pass with the row's solver, "
+               "mean over the test points (solvers that step each sample on its own, e.g. torchode_dopri5; empty "
+               "for one that steps the batch as one)", goal=LOWEST, decimals=1, label=f"{kind} steps/point"),
+        Column(f"steps_{kind}_max", "steps", "the same, maximum over the test points (the point that needed the "
+               "most)", goal=LOWEST, decimals=0))),
     _evaluations("nfe_sample", "dynamics evaluations of the solve that draws the model samples of the sample "
                  "distances (the row's solver)"),
     # time and memory
@@ -285,6 +291,15 @@ COLUMNS: tuple[Column, ...] = (
            "are not comparable", comparison=None, machine=True, decimals=0),
     Column("torch_threads", "threads", "torch threads of the process that ran the cell", comparison=None,
            machine=True, decimals=0),
+    # --compile
+    Column("compile", NO_UNIT, "training was asked to compile the field with torch.compile (--compile)", BUDGET,
+           comparison=None),
+    _outcome("compiled", "true when the training iterations ran the field compiled (--compile), false when they "
+                         "ran the eager field instead (see compile_note); empty without --compile"),
+    _outcome("compile_note", "why --compile trained the eager field (the compile or probe error), one line; empty "
+                             "otherwise"),
+    _seconds("compile_time_s", "wall-clock of compiling the field and of the probe iteration that compiles it "
+             "(--compile): part of train_time_s, of no iteration (not in iter_time_median_s or --time-budget)"),
 )
 """Every column cnfbench writes, in row order."""
 

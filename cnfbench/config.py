@@ -47,6 +47,7 @@ class RunSettings:
     val_every: int = 0
     select: str = "last"
     val_solver: str = "rk4[steps=16]"
+    compile: bool = False
     ref_dtype: str = "float64"
     eval_batch_size: int = 4096
     mass_grid: int = 80
@@ -80,7 +81,7 @@ comma list of selectors per grid axis (``dataset``, ``field``, ...) and one sele
 
 
 _LIST_KEYS = {*(row.config_key for row in GRID_AXES), "plugin", "tracker"}
-_BOOL_KEYS = {"retry_failed", "allow_loose_ref"}
+_BOOL_KEYS = {"retry_failed", "allow_loose_ref", "compile"}
 
 
 @dataclass(frozen=True)
@@ -313,7 +314,7 @@ def resolve_grid(config: RunConfig, registry: Registry) -> Grid:
         if not any(registry.get("objective", spec.name).cls.uses_solver is False for spec in axes["objective"]):
             val_solver = None  # every objective validates with its training solver: the setting means nothing
     budget = Budget(config.iterations, config.batch_size, config.lr, config.max_nfe, config.time_budget,
-                    config.val_every, config.select, val_solver)
+                    config.val_every, config.select, val_solver, compile=config.compile)
     seeds = list(range(config.first_seed, config.first_seed + config.seeds))
     device = resolve_device(config.device)
     return Grid(expand_grid(axes, seeds, budget, evaluation, device), notes)

@@ -85,6 +85,15 @@ class FusedDivergence(Protocol):
         """``(dz/dt, div)`` of shapes ``[B, D]`` and ``[B]``, or ``None`` to decline."""
 
 
+FUSED_METHOD = "forward_with_divergence"
+"""The field method of the :class:`FusedDivergence` protocol."""
+
+PREFER_FUSED = "prefers_fused_divergence"
+"""An optional field attribute: ``True`` asks an exact trace to use :data:`FUSED_METHOD` in every dimension, even
+where it would otherwise take a cheaper generic way (D <= 2). ``--compile``'s training field sets it: its
+compiled fused pass is the only one compiled code can differentiate in training."""
+
+
 class VectorField(nn.Module, Component):
     """A learnable velocity field ``v(t, z)`` on ``R^dim``.
 
@@ -107,7 +116,12 @@ class VectorField(nn.Module, Component):
 
 
 Dynamics = nn.Module
-"""A module whose ``forward(t, state)`` maps a tuple of tensors to their derivatives."""
+"""A module whose ``forward(t, state)`` maps a tuple of tensors (each with the batch as its first dimension) to
+their derivatives. ``t`` is 0-dim, or ``[B]`` (one time per row) when the solver declares
+:attr:`Solver.per_sample_time`."""
+
+STEP_STATISTICS = ("accepted", "rejected")
+"""The per-sample step counts a per-sample solver reports from :meth:`Solver.step_statistics`."""
 
 
 class Solver(Component, ABC):
@@ -125,11 +139,19 @@ class Solver(Component, ABC):
     least first order when it is ``None``); an adaptive solver may declare
     the order of its propagating method as metadata, which the kit only
     type-checks.
+
+    ``per_sample_time`` declares that the solver steps every row of the batch
+    on its own clock (its own step sizes and error control, as torchode
+    does): it then calls the dynamics with ``t`` of shape ``[B]``, each row at
+    its own time. The harness still counts one evaluation per call of the
+    batched dynamics. Such a solver reports its per-row step counts through
+    :meth:`step_statistics`.
     """
 
     adaptive: ClassVar[bool] = False
     nfe_per_step: ClassVar[int | None] = None
     order: ClassVar[int | None] = None
+    per_sample_time: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         self.config = dict(params)
@@ -153,6 +175,12 @@ class Solver(Component, ABC):
         """The contract exception (:class:`StepSizeUnderflow`, :class:`StepCapReached`) that a library
         exception raised by this solver means, or ``None``. Called by the harness for an exception that
         escaped a solve or its backward pass (an adjoint's backward solve runs outside :meth:`integrate`)."""
+        return None
+
+    def step_statistics(self) -> dict[str, Tensor] | None:
+        """Per-row step counts of the last :meth:`integrate`: ``{"accepted": [B], "rejected": [B]}`` (integer
+        tensors, see :data:`STEP_STATISTICS`), or ``None`` for a solver that steps the batch as one (the
+        default). The harness reports their mean and maximum over the test set."""
         return None
 
     def error_tolerance(self) -> float | None:
@@ -200,15 +228,17 @@ class TraceEstimator(Component, ABC):
         """Return ``(dz, div)``: ``dz = field(t, z)`` of shape ``[B, D]`` and ``div`` of shape ``[B]``.
 
         ``z`` requires grad; ``create_graph`` says whether the result will be
-        differentiated again (training) or not (evaluation).
+        differentiated again (training) or not (evaluation). ``t`` is 0-dim, or ``[B]`` (one time per row,
+        under a :attr:`Solver.per_sample_time` solver): pass it on to ``field`` as it is.
         """
 
 
 Integrand = Callable[[Tensor, Tensor, Tensor], Tensor]
 """``g(t, z, dz) -> [B]``: a quantity integrated along a solve as extra state, beside ``z`` and the log-density.
 
-``dz`` is the field at ``(t, z)`` and, during training, differentiable in ``z`` (``z`` requires grad) and the
-field's parameters, so ``g`` may take vector-Jacobian products of it. Any noise ``g`` needs is drawn before
+``t`` is 0-dim, or ``[B]`` under a :attr:`Solver.per_sample_time` solver. ``dz`` is the field at ``(t, z)``
+and, during training, differentiable in ``z`` (``z`` requires grad) and the field's parameters, so ``g`` may
+take vector-Jacobian products of it. Any noise ``g`` needs is drawn before
 the solve (once per solve, as RNODE draws its Hutchinson probe), never inside ``g``.
 """
 

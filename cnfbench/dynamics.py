@@ -28,7 +28,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from cnfbench.contracts import Integrand, Solver, TraceEstimator, VectorField
+from cnfbench.contracts import FieldFunction, Integrand, Solver, TraceEstimator, VectorField
 
 
 class NFEBudgetExceeded(RuntimeError):
@@ -75,9 +75,8 @@ class NFECounter:
 
 CELL_PHASES = (
     "start", "data", "build_field", "build_objective", "build_solver", "build_trace", "build_eval", "load_model",
-    "train_forward", "train_backward", "validate", "eval", "ref", "mass", "mass_ref", "sampling", "sample_quality",
-    "model_density", "mass_is", "roundtrip", "entropy", "metrics", "keep_model",
-    "result",
+    "compile", "train_forward", "train_backward", "validate", "eval", "ref", "mass", "mass_ref", "sampling",
+    "sample_quality", "model_density", "mass_is", "roundtrip", "entropy", "metrics", "keep_model", "result",
 )
 """The phases of a cell, in the order they run; ``start`` is a cell sent to a worker that has not begun it."""
 
@@ -146,11 +145,14 @@ class CNFDynamics(nn.Module):
     def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         self.counter.tick()
         z = state[0]
+        field: FieldFunction = self.field
+        if t.dim() != 0 and not getattr(self.field, "per_row_time", False):  # a per-sample solver, a 0-dim-t field
+            field = self._field_at_row_times
         with torch.enable_grad():
             if not z.requires_grad:
                 z = z.detach().requires_grad_(True)
             # The first evaluation goes through a checking wrapper, so a bad field is named before a trace trips on it.
-            dz, div = self.trace(self.field if self._checked else self._checked_field, t, z, self.differentiable)
+            dz, div = self.trace(field if self._checked else self._checking(field), t, z, self.differentiable)
         if not self._checked:
             self._check_divergence(z, div)
             self._checked = True
@@ -160,14 +162,19 @@ class CNFDynamics(nn.Module):
             extra = tuple(value.detach() for value in extra)
         return (dz, -div, *extra)
 
-    def _checked_field(self, t: Tensor, z: Tensor) -> Tensor:
-        dz = self.field(t, z)
-        if not isinstance(dz, Tensor) or dz.shape != z.shape or dz.dtype != z.dtype or dz.device != z.device:
-            got = f"{tuple(dz.shape)} {dz.dtype} on {dz.device}" if isinstance(dz, Tensor) else type(dz).__name__
-            raise ContractViolation(
-                f"field {self.field_label} returned dz/dt {got}; expected {tuple(z.shape)} {z.dtype} on {z.device}"
-            )
-        return dz
+    def _field_at_row_times(self, t: Tensor, z: Tensor) -> Tensor:
+        return field_at_row_times(self.field, t, z)[0]
+
+    def _checking(self, field: FieldFunction) -> FieldFunction:
+        def checked_field(t: Tensor, z: Tensor) -> Tensor:
+            dz = field(t, z)
+            if not isinstance(dz, Tensor) or dz.shape != z.shape or dz.dtype != z.dtype or dz.device != z.device:
+                got = f"{tuple(dz.shape)} {dz.dtype} on {dz.device}" if isinstance(dz, Tensor) else type(dz).__name__
+                raise ContractViolation(f"field {self.field_label} returned dz/dt {got}; expected {tuple(z.shape)} "
+                                        f"{z.dtype} on {z.device}")
+            return dz
+
+        return checked_field
 
     def _check_divergence(self, z: Tensor, div: Tensor) -> None:
         if not isinstance(div, Tensor) or div.shape != z.shape[:1] or div.dtype != z.dtype:
@@ -175,6 +182,22 @@ class CNFDynamics(nn.Module):
             raise ContractViolation(
                 f"trace {self.trace_label} returned a divergence of {got}; expected ({z.shape[0]},) {z.dtype}"
             )
+
+
+def field_at_row_times(field: VectorField, t: Tensor, z: Tensor) -> tuple[Tensor, int]:
+    """``field(t, z)`` for ``t`` 0-dim or ``[B]`` (one time per row), and how many calls of the field it took.
+
+    One call when ``t`` is 0-dim or the field declares ``per_row_time``; otherwise one call per distinct time
+    (the field only takes a 0-dim ``t``), the rows of each time gathered and put back in place.
+    """
+    if t.dim() == 0 or getattr(field, "per_row_time", False):
+        return field(t, z), 1
+    dz = torch.empty_like(z)
+    times, groups = torch.unique(t.detach(), return_inverse=True)  # the grouping needs no gradient in t
+    for index, time in enumerate(times):
+        rows = (groups == index).nonzero(as_tuple=True)[0]
+        dz = dz.index_put((rows,), field(time, z.index_select(0, rows)))
+    return dz, len(times)
 
 
 def standard_normal_log_prob(z: Tensor) -> Tensor:

@@ -4,7 +4,8 @@ Test log-likelihoods are computed with the exact (deterministic) evaluation
 trace, in memory-bounded chunks, once with the cell's solver (``nll``: what
 that pipeline would report) and once with a tight reference solve, by default
 dopri5 at rtol=atol=1e-7 in float64 (``nll_ref``: the density the trained
-field really defines). Every pass records its NFE and wall-clock.
+field really defines). Every pass records its NFE and wall-clock, and, for a solver that steps each sample
+on its own clock, every sample's accepted and rejected steps.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cnfbench.contracts import Solver, TraceEstimator, VectorField
+from cnfbench.contracts import STEP_STATISTICS, Solver, TraceEstimator, VectorField
 from cnfbench.dynamics import CNFDynamics, NFECounter, log_likelihood, standard_normal_log_prob
 from cnfbench.measure import now
 
@@ -29,6 +30,7 @@ class EvaluationPass:
     nfe: int  # dynamics evaluations over all chunks
     nfe_max_chunk: int  # the most one chunk's solve needed
     seconds: float
+    steps: dict[str, Tensor] | None = None  # per-sample solvers: each row's accepted and rejected steps
 
     @property
     def nll(self) -> float:
@@ -66,14 +68,35 @@ def evaluate_log_prob(
     counter = NFECounter(max_per_solve=max_nfe)
     dynamics = CNFDynamics(model, trace, counter, differentiable=False, field_label=labels[0], trace_label=labels[1])
     chunks: list[Tensor] = []
+    steps: list[dict[str, Tensor] | None] = []
     most = 0
     start = now(device)
     with torch.no_grad():
         for chunk in torch.split(data, batch_size):
             chunks.append(log_likelihood(dynamics, solver, chunk, phase, None).detach().to("cpu", torch.float64))
             most = max(most, counter.current)
+            steps.append(solver.step_statistics())
     seconds = now(device) - start
-    return EvaluationPass(torch.cat(chunks), counter.totals[phase], most, seconds)
+    return EvaluationPass(torch.cat(chunks), counter.totals[phase], most, seconds, _joined_steps(steps))
+
+
+def step_columns(passed: EvaluationPass | None) -> dict[str, float]:
+    """``steps_<kind>_mean`` and ``steps_<kind>_max`` over the rows of ``passed`` for each kind of
+    :data:`~cnfbench.contracts.STEP_STATISTICS`; NaN without a pass or for a solver that reports none."""
+    columns: dict[str, float] = {}
+    for kind in STEP_STATISTICS:
+        counts = None if passed is None or passed.steps is None else passed.steps[kind].to(torch.float64)
+        columns[f"steps_{kind}_mean"] = math.nan if counts is None else float(counts.mean())
+        columns[f"steps_{kind}_max"] = math.nan if counts is None else float(counts.max())
+    return columns
+
+
+def _joined_steps(chunks: list[dict[str, Tensor] | None]) -> dict[str, Tensor] | None:
+    """The per-row step counts of all chunks, in row order; ``None`` unless every chunk's solve reported them."""
+    if not chunks or any(chunk is None for chunk in chunks):
+        return None
+    return {kind: torch.cat([chunk[kind].reshape(-1).cpu() for chunk in chunks if chunk is not None])
+            for kind in STEP_STATISTICS}
 
 
 def sample_model(

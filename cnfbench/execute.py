@@ -37,6 +37,7 @@ from cnfbench.evaluation import (
     roundtrip_error,
     sample_model,
     sample_with_log_prob,
+    step_columns,
 )
 from cnfbench.measure import PeakMemory, now
 from cnfbench.messages import describe_exception, one_line
@@ -433,6 +434,9 @@ def _training_columns(record: TrainingRecord, solves: bool) -> dict[str, Any]:
         "field_evals_per_iter": evaluations,
         "train_time_s": record.total_seconds,
         "iter_time_median_s": record.median_iteration_seconds(),
+        "compiled": record.compiled,
+        "compile_note": record.compile_note,
+        "compile_time_s": record.compile_seconds,
     }
 
 
@@ -446,6 +450,7 @@ def _measured_columns(evaluation: dict[str, EvaluationPass], memory: PeakMemory,
         "nfe_eval": own.nfe if own else math.nan,
         "nfe_eval_max_chunk": own.nfe_max_chunk if own else math.nan,
         "nfe_ref": ref.nfe if ref else math.nan,
+        **step_columns(own),
         "eval_time_s": own.seconds if own else math.nan,
         "ref_time_s": ref.seconds if ref else math.nan,
         "cell_time_s": wall,

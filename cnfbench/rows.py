@@ -41,6 +41,8 @@ PHASE_WHERE: dict[str, tuple[str, tuple[str, ...]]] = {
     "build_trace": ("while building the trace estimator", ("trace",)),
     "build_eval": ("while building the evaluation trace and the reference solver", ("eval_trace", "ref_solver")),
     "load_model": ("while loading the shared trained model", ("field",)),
+    "compile": ("while compiling the field for training (--compile, its probe iteration)",
+                ("objective", "solver", "field", "trace")),
     "train_forward": ("in the training forward pass", ("objective", "solver", "field", "trace")),
     "train_backward": ("in the training backward pass", ("objective", "solver", "field", "trace")),
     "validate": ("in the validation pass", ("field", "eval_trace")),
@@ -68,7 +70,7 @@ PHASE_WHERE: dict[str, tuple[str, tuple[str, ...]]] = {
 TRAINING_COLUMNS = (
     "iterations_done", "final_train_loss", "train_loss_unit", "selected_iteration", "best_val_nll",
     "nfe_forward_mean", "nfe_forward_max", "nfe_backward_mean", "nfe_backward_max", "field_evals_per_iter",
-    "train_time_s", "iter_time_median_s",
+    "train_time_s", "iter_time_median_s", "compiled", "compile_note", "compile_time_s",
 )
 """The columns a row takes from the training of its model: copied from the trainer's row by the cells that
 share its model."""
@@ -166,6 +168,7 @@ def identity_columns(cell: Cell) -> dict[str, Any]:
         "val_every": cell.budget.val_every,
         "select": cell.budget.select,
         "val_solver_spec": cell.budget.val_solver.label() if cell.budget.val_solver else "",
+        "compile": cell.budget.compile,
         "trained_with": trained_with_label(cell),
         **{slot.spec_column: cell.evaluation.slots[slot.key].label() for slot in EVAL_SLOTS},
         "ref_dtype": cell.evaluation.ref_dtype,

@@ -296,6 +296,8 @@ def _sweep(cells: list[Cell], registry: Registry, executor: Executor, run_dir: P
             progress.message(f"warning: cell {cell.cell_id} ended {row['status']} ({row.get('reason', '')}); "
                              "its earlier row is kept")
             return None
+        if shared is None and row.get("compiled") is False and row.get("compile_note"):
+            progress.message(f"warning: cell {cell.cell_id} ({cell.describe()}): {row['compile_note']}")
         if row["status"] == "done" and model_file and shared is None:
             sources[key] = _ModelSource(cell.cell_id, model_file,
                                         {column: _plain(row.get(column)) for column in TRAINING_COLUMNS})

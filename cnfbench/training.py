@@ -8,7 +8,9 @@ training solve (for an objective that solves), field evaluations (for one
 that does not) and wall-clock. The budget is a number of iterations or a
 wall-clock of training iterations; every ``val_every`` iterations the
 validation NLL is recorded, and ``select="best"`` keeps the parameters of
-the best one.
+the best one. With ``--compile`` the iterations call the field compiled by
+``torch.compile`` (:mod:`cnfbench.compiling`: probed first; a failure there or
+in a later iteration trains the eager field instead, with a warning).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import statistics
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -23,6 +26,7 @@ import torch
 from torch import Tensor
 
 from cnfbench.cells import SELECT_BEST, Cell
+from cnfbench.compiling import CompileFallbackWarning, compile_for_training, fallback_note, raised_by_compiler
 from cnfbench.contracts import (
     Integrand,
     Objective,
@@ -32,7 +36,14 @@ from cnfbench.contracts import (
     VectorField,
     split_generator,
 )
-from cnfbench.dynamics import CNFDynamics, ContractViolation, NFECounter, PhaseTracker, log_likelihood_and_integrals
+from cnfbench.dynamics import (
+    CNFDynamics,
+    ContractViolation,
+    NFECounter,
+    PhaseTracker,
+    field_at_row_times,
+    log_likelihood_and_integrals,
+)
 from cnfbench.measure import now
 
 IterationCallback = Callable[[int, float, int], None]
@@ -85,6 +96,9 @@ class TrainingRecord:
     selected_iteration: int = 0
     total_seconds: float = 0.0
     loss_unit: str = "nats/sample"
+    compiled: bool | None = None  # --compile: whether the iterations ran the compiled field (None: not asked)
+    compile_note: str = ""  # why --compile trained the eager field ("" otherwise)
+    compile_seconds: float = math.nan  # compiling and its probe iteration: part of total_seconds, of no iteration
 
     @property
     def iterations(self) -> int:
@@ -150,16 +164,8 @@ class HarnessContext:
         self._checked = False
 
     def velocity(self, t: Tensor, z: Tensor) -> Tensor:
-        if t.dim() == 0 or getattr(self.field, "per_row_time", False):
-            self.evaluations += 1
-            dz = self.field(t, z)
-        else:  # one call per distinct time: the field only takes a 0-dim t
-            dz = torch.empty_like(z)
-            times, groups = torch.unique(t, return_inverse=True)
-            for index, time in enumerate(times):
-                rows = (groups == index).nonzero(as_tuple=True)[0]
-                self.evaluations += 1
-                dz = dz.index_put((rows,), self.field(time, z.index_select(0, rows)))
+        dz, calls = field_at_row_times(self.field, t, z)
+        self.evaluations += calls
         if not self._checked:
             if not isinstance(dz, Tensor) or dz.shape != z.shape or dz.dtype != z.dtype:
                 got = f"{tuple(dz.shape)} {dz.dtype}" if isinstance(dz, Tensor) else type(dz).__name__
@@ -181,6 +187,25 @@ def _checked_loss(result: object, objective_label: str) -> ObjectiveLoss:
         raise ContractViolation(f"objective {objective_label} returned {type(result).__name__}; expected an "
                                 "ObjectiveLoss with a 0-dim loss tensor")
     return result
+
+
+def probe_loss(cell: Cell, training_field: VectorField, objective: Objective, solver: Solver,
+               trace: TraceEstimator, train_data: Tensor, field_label: str, trace_label: str,
+               objective_label: str) -> Tensor:
+    """One training loss of ``training_field`` (``--compile``'s probe) on a batch of the training batches' shape.
+
+    Its randomness comes from streams of its own and its solve is counted by a counter of its own, so the
+    cell's generators and NFE columns see nothing of it.
+    """
+    x = train_data[: min(cell.budget.batch_size, train_data.shape[0])]
+    solve = None
+    if objective.uses_solver:
+        dynamics = CNFDynamics(training_field, trace, NFECounter(max_per_solve=cell.budget.max_nfe),
+                               differentiable=True, field_label=field_label, trace_label=trace_label)
+        solve = (dynamics, solver, split_generator(cell.seed, "compile/probe/trace"))
+    context = HarnessContext(training_field, train_data.shape[1], split_generator(cell.seed, "compile/probe/objective"),
+                             solve, objective_label)
+    return _checked_loss(objective.loss(context, x), objective_label).loss
 
 
 def train(
@@ -233,34 +258,71 @@ def train(
             best = (nll, copy.deepcopy(field_module.state_dict()))
 
     field_module.train()
+    generators = [context.generator, *([solve[2]] if solve else [])]
+
+    def use(training_field: VectorField) -> None:
+        context.field = training_field
+        if solve:
+            solve[0].field = training_field
+
+    def step(x: Tensor, iteration: int) -> tuple[ObjectiveLoss, float, int, int, int]:
+        """One loss and backward pass: ``(loss, its value, forward NFE, backward NFE, field evaluations)``."""
+        optimizer.zero_grad(set_to_none=True)
+        counter.start("forward")
+        evaluations_before = context.evaluations
+        result = _checked_loss(objective.loss(context, x), objective_label)
+        forward_nfe = counter.current
+        loss_value = result.loss.item()
+        if not math.isfinite(loss_value):
+            raise Diverged(f"non-finite training loss ({loss_value})")
+        if record.losses and loss_value > exploded_above(record.losses[0]):
+            raise Diverged(f"training loss exploded to {loss_value:.4g} {record.loss_unit} "
+                           f"(first loss {record.losses[0]:.4g})")
+        tracker.enter("train_backward", iteration)
+        counter.start("backward")
+        result.loss.backward()
+        return result, loss_value, forward_nfe, counter.current, context.evaluations - evaluations_before
+
     start = now(device)
     try:
+        if budget.compile:
+            tracker.enter("compile")
+            compiled = compile_for_training(
+                field_module, objective.uses_solver,
+                lambda training_field: probe_loss(cell, training_field, objective, solver, trace, train_data,
+                                                  field_label, trace_label, objective_label),
+                field_label, device, trace_label)
+            record.compiled, record.compile_note, record.compile_seconds = \
+                compiled.compiled, compiled.note, compiled.seconds
+            use(compiled.field)
         for iteration in range(1, budget.iterations + 1):
             tracker.enter("train_forward", iteration)
             began = now(device)
             x = next(batches)
-            optimizer.zero_grad(set_to_none=True)
-            counter.start("forward")
-            evaluations_before = context.evaluations
-            result = _checked_loss(objective.loss(context, x), objective_label)
-            forward_nfe = counter.current
-            loss_value = result.loss.item()
-            if not math.isfinite(loss_value):
-                raise Diverged(f"non-finite training loss ({loss_value})")
-            if record.losses and loss_value > exploded_above(record.losses[0]):
-                raise Diverged(f"training loss exploded to {loss_value:.4g} {record.loss_unit} "
-                               f"(first loss {record.losses[0]:.4g})")
-            tracker.enter("train_backward", iteration)
-            counter.start("backward")
-            result.loss.backward()
-            backward_nfe = counter.current
+            states = [generator.get_state() for generator in generators] if record.compiled else []
+            outcome: tuple[ObjectiveLoss, float, int, int, int] | None = None
+            try:
+                outcome = step(x, iteration)
+            except Exception as exc:
+                if not (record.compiled and raised_by_compiler(exc)):
+                    raise
+                record.compiled, record.compile_note = False, f"{fallback_note(field_label, exc)} (at iteration " \
+                                                              f"{iteration}, after {iteration - 1} compiled)"
+            if outcome is None:  # compiled code failed: this iteration, from the same random state, and the rest eager
+                warnings.warn(record.compile_note, CompileFallbackWarning, stacklevel=2)
+                use(field_module)
+                for generator, state in zip(generators, states, strict=True):
+                    generator.set_state(state)
+                tracker.enter("train_forward", iteration)
+                outcome = step(x, iteration)
+            result, loss_value, forward_nfe, backward_nfe, evaluations = outcome
             optimizer.step()
             ended = now(device)
             record.losses.append(loss_value)
             record.terms.append({name: float(value) for name, value in result.terms.items()})
             record.nfe_forward.append(forward_nfe)
             record.nfe_backward.append(backward_nfe)
-            record.field_evaluations.append(context.evaluations - evaluations_before)
+            record.field_evaluations.append(evaluations)
             record.iteration_seconds.append(ended - began)
             if on_iteration is not None:
                 on_iteration(iteration, loss_value, forward_nfe + backward_nfe)

@@ -27,12 +27,14 @@ import shutil
 import socket
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from cnfbench.cells import Cell
+from cnfbench.compiling import CompileFallbackWarning
 from cnfbench.contracts import DATA_ROOT_VARIABLE, CellInterrupted, CellOutcome, SharedModel
 from cnfbench.dynamics import PhaseTracker, unpack_phase
 from cnfbench.execute import train_and_evaluate
@@ -317,8 +319,10 @@ def run_cell_payload(payload: dict[str, Any], report: Callable[[dict[str, Any]],
                 reporter.shown = name
 
         try:
-            outcome = train_and_evaluate(cell, registry, on_iteration, on_phase, tracker,
-                                         _shared_model(payload.get("shared")))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", CompileFallbackWarning)  # the row's compile_note; the runner says it
+                outcome = train_and_evaluate(cell, registry, on_iteration, on_phase, tracker,
+                                             _shared_model(payload.get("shared")))
         except CellInterrupted as stop:
             outcome = stop.outcome
             if time_limit is not None and time_limit.reached:

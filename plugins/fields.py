@@ -9,7 +9,8 @@ the ``exact`` trace estimator (see ``plugins/traces.py``): one pass returns
 ``dz/dt`` (bit-identical to ``forward``) and the exact divergence, by
 propagating the transposed Jacobian ``d h / d z`` ``[B, D, width]`` forward
 through the layers as batched matrix products, a chunk of columns at a time,
-and keeping only the trace of the last one. It declines (returns ``None``)
+and keeping only the trace of the last one; with one time per row (a
+per-sample solver) each row's time gates scale its own Jacobian. It declines (returns ``None``)
 when a subclass overrides ``forward`` or the activation's derivative is
 unknown, so the trace falls back to its generic method.
 """
@@ -63,17 +64,21 @@ columns at once makes 1-4 MB temporaries that glibc's allocator trims and re-gro
 """
 
 
-def trace_by_forward_jacobian(weights: list[Tensor], slopes: list[Tensor], batch: int) -> Tensor:
-    """``tr(W_L diag(s_{L-1}) W_{L-1} ... diag(s_1) W_1)`` per batch row, ``[batch]``.
+def trace_by_forward_jacobian(weights: list[Tensor], slopes: list[Tensor], batch: int,
+                              last_scale: Tensor | None = None) -> Tensor:
+    """``tr(diag(g) W_L diag(s_{L-1}) W_{L-1} ... diag(s_1) W_1)`` per batch row, ``[batch]``.
 
-    ``weights[l]`` is ``d pre_l / d h_{l-1}`` (``[out, in]``, shared by the batch; ``h_0 = z``, the last
-    one square) and ``slopes[l]`` the activation's derivative at ``pre_l`` (``[batch, out]``, one fewer
-    than the weights). The transposed Jacobian ``d h_l / d z`` is propagated forward as batched matrix
-    products, a chunk of its D columns at a time (see :data:`TANGENT_ELEMENTS`), and only the trace
-    of the last layer's is formed.
+    ``weights[l]`` is ``d pre_l / d h_{l-1}`` up to a per-row scale of its rows (``[out, in]``, shared by
+    the batch; ``h_0 = z``, the last one square), ``slopes[l]`` the activation's derivative at ``pre_l``
+    times that layer's per-row scale (``[batch, out]``, one fewer than the weights) and ``last_scale`` the
+    last layer's per-row scale ``g`` (``[batch, D]``; ``None``: 1). The transposed Jacobian ``d h_l / d z``
+    is propagated forward as batched matrix products, a chunk of its D columns at a time (see
+    :data:`TANGENT_ELEMENTS`), and only the trace of the last layer's is formed.
     """
     first, last = weights[0], weights[-1]
     if len(weights) == 1:
+        if last_scale is not None:
+            return (last_scale * first.diagonal()).sum(dim=1)
         return first.diagonal().sum().expand(batch)
     dim = first.shape[1]
     widest = max(weight.shape[0] for weight in weights[:-1])
@@ -84,7 +89,10 @@ def trace_by_forward_jacobian(weights: list[Tensor], slopes: list[Tensor], batch
         tangent = first[:, columns].T.unsqueeze(0) * slopes[0].unsqueeze(1)  # [batch, chunk, width]
         for weight, slope in zip(weights[1:-1], slopes[1:], strict=True):
             tangent = torch.matmul(tangent, weight.T) * slope.unsqueeze(1)
-        part = tangent.reshape(batch, -1) @ last[columns].reshape(-1)
+        if last_scale is None:
+            part = tangent.reshape(batch, -1) @ last[columns].reshape(-1)
+        else:
+            part = ((tangent * last[columns]).sum(dim=2) * last_scale[:, columns]).sum(dim=1)
         total = part if total is None else total + part
     assert total is not None
     return total
@@ -141,8 +149,9 @@ class LayeredMLP(VectorField):
         """The layer's pre-activation at ``(t, h)``."""
         raise NotImplementedError
 
-    def layer_pre_and_weight(self, layer: nn.Module, t: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        """The pre-activation and ``d pre / d h`` (``[out, in]``, shared by the batch)."""
+    def layer_pre_and_weight(self, layer: nn.Module, t: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The pre-activation, ``W`` (``[out, in]``, shared by the batch) and ``g`` (``[B, out]``, or ``None`` for
+        1) with ``d pre / d h = diag(g) W`` in each row (one time per row gives each row its own ``g``)."""
         raise NotImplementedError
 
     def forward(self, t: Tensor, z: Tensor) -> Tensor:
@@ -156,20 +165,20 @@ class LayeredMLP(VectorField):
 
     def forward_with_divergence(self, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor] | None:
         """``(forward(t, z), exact divergence [B])`` in one pass; ``None`` when this class cannot vouch for it."""
-        if type(self).forward is not LayeredMLP.forward or t.numel() != 1:
-            return None  # a subclass's own forward, or one time per row (the layer Jacobians differ by row)
+        if type(self).forward is not LayeredMLP.forward:
+            return None  # a subclass's own forward
         h, weights, slopes = z, [], []
         last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
-            pre, weight = self.layer_pre_and_weight(layer, t, h)
+            pre, weight, scale = self.layer_pre_and_weight(layer, t, h)
             weights.append(weight)
             if index < last:
                 h = self.activation(pre)
                 slope = activation_derivative(self.activation, pre, h)
                 if slope is None:
                     return None
-                slopes.append(slope)
-        return pre, trace_by_forward_jacobian(weights, slopes, z.shape[0])
+                slopes.append(slope if scale is None else slope * scale)
+        return pre, trace_by_forward_jacobian(weights, slopes, z.shape[0], scale)
 
 
 class ConcatSquashMLP(LayeredMLP):
@@ -182,9 +191,12 @@ class ConcatSquashMLP(LayeredMLP):
     def layer_pre(self, layer: nn.Module, t: Tensor, h: Tensor) -> Tensor:
         return layer(t, h)
 
-    def layer_pre_and_weight(self, layer: nn.Module, t: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    def layer_pre_and_weight(self, layer: nn.Module, t: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         gate, shift = layer.gate_and_shift(t, h.dtype)
-        return layer.linear(h) * gate + shift, layer.linear.weight * gate.reshape(-1, 1)  # diag(gate) W
+        pre = layer.linear(h) * gate + shift
+        if t.numel() == 1:  # one gate for the batch: folded into the shared weight, diag(gate) W
+            return pre, layer.linear.weight * gate.reshape(-1, 1), None
+        return pre, layer.linear.weight, gate  # one gate per row
 
 
 class TimeConcatMLP(LayeredMLP):
@@ -197,8 +209,8 @@ class TimeConcatMLP(LayeredMLP):
     def layer_pre(self, layer: nn.Module, t: Tensor, h: Tensor) -> Tensor:
         return layer(torch.cat([h, t.reshape(-1, 1).to(h.dtype).expand(h.shape[0], 1)], dim=1))
 
-    def layer_pre_and_weight(self, layer: nn.Module, t: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        return self.layer_pre(layer, t, h), layer.weight[:, :-1]  # the time column does not depend on z
+    def layer_pre_and_weight(self, layer: nn.Module, t: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        return self.layer_pre(layer, t, h), layer.weight[:, :-1], None  # the time column does not depend on z
 
 
 @hookimpl

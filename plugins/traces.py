@@ -21,7 +21,11 @@ by ordinary autograd with respect to ``z`` and the field's parameters.
 Returning ``None`` declines, and the trace uses its generic method. The
 built-in ``concatsquash`` and ``mlp`` fields implement it by propagating the
 Jacobian forward through their layers; any third-party field can opt in the
-same way. Nothing here checks for a concrete field class.
+same way. Nothing here checks for a concrete field class. A field that also
+sets ``prefers_fused_divergence = True`` (``cnfbench.contracts.PREFER_FUSED``) gets its fused
+method in every dimension, D <= 2 included: the harness's compiled training
+field (``--compile``) does, as its compiled fused pass is faster than the
+loop there and is the only one compiled code can differentiate in training.
 """
 
 from __future__ import annotations
@@ -33,12 +37,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cnfbench.contracts import FieldFunction, TraceEstimator, exact_divergence_loop
+from cnfbench.contracts import FUSED_METHOD, PREFER_FUSED, FieldFunction, TraceEstimator, exact_divergence_loop
 from cnfbench.hookspecs import hookimpl
 from cnfbench.params import Param
-
-FUSED_METHOD = "forward_with_divergence"
-"""Name of the optional field method of the fused-divergence protocol (see the module docstring)."""
 
 BATCHED_ROWS = 2048
 """On CPU the batched exact trace vmaps over ``BATCHED_ROWS // B`` basis vectors at a time.
@@ -147,7 +148,8 @@ class ExactTrace(TraceEstimator):
     3.34x; see ``benchmarks/README.md``. Hence, in order:
 
     1. D <= :attr:`loop_max_dim` (2): the **loop** (:func:`loop_divergence`),
-       cheapest when there are one or two backward passes to make.
+       cheapest when there are one or two backward passes to make — unless
+       the field sets :data:`PREFER_FUSED` (a compiled field, ``--compile``).
     2. **Fused**, whenever the field offers ``forward_with_divergence`` (the
        protocol in the module docstring). The built-in fields propagate the
        Jacobian forward as batched matrix products; differentiating that
@@ -191,12 +193,12 @@ class ExactTrace(TraceEstimator):
         return z.shape[1] >= self.batched_min_dim and chunk is not None and chunk >= self.batched_min_chunk
 
     def __call__(self, field: FieldFunction, t: Tensor, z: Tensor, create_graph: bool) -> tuple[Tensor, Tensor]:
-        if z.shape[1] <= self.loop_max_dim:
+        if z.shape[1] <= self.loop_max_dim and not getattr(field, PREFER_FUSED, False):
             return loop_divergence(field, t, z, create_graph)
         fused = fused_divergence(field, t, z, create_graph)
         if fused is not None:
             return fused
-        if not self._batched_pays(z):
+        if z.shape[1] <= self.loop_max_dim or not self._batched_pays(z):
             return loop_divergence(field, t, z, create_graph)
         try:
             return batched_divergence(field, t, z, create_graph)

@@ -31,7 +31,9 @@ def test_the_check_runs_end_to_end_on_the_cpu(tmp_path: Path) -> None:
     text = report.read_text()
     for heading in ("## 1. tests marked cuda — ok", "## 2. a small grid on the device — ok",
                     "## 3a. trace cost against dimension — ok", "## 3b. the hollow field's exact divergence — ok",
-                    "## 4. backprop against the adjoint — ok", "## 5. the float64 reference solve's cost"):
+                    "## 4. backprop against the adjoint — ok", "## 5. the float64 reference solve's cost",
+                    "## 6. per-sample step control: torchode against torchdiffeq — ok",
+                    "## 7. compiled fields: --compile against eager — ok"):
         assert heading in text, text
     assert "| euler, 8 steps | adjoint |" in text and "| euler, 4 steps | backprop |" in text
     assert "hollow exact (fused)" in text and "exact_loop" in text

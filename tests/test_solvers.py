@@ -15,7 +15,7 @@ from cnfbench.testing.reference import LearnableLinearODE, LinearODE
 
 F64 = torch.float64
 REGISTRY = load_registry()
-SOLVER_ENTRIES = REGISTRY.entries("solver")
+SOLVER_ENTRIES = [entry for entry in REGISTRY.entries("solver") if "torchdiffeq" in entry.cls.libraries]
 SOLVER_NAMES = [entry.name for entry in SOLVER_ENTRIES]
 ADAPTIVE_NAMES = [entry.name for entry in SOLVER_ENTRIES if entry.cls.adaptive]
 FIXED_NAMES = [entry.name for entry in SOLVER_ENTRIES if not entry.cls.adaptive]

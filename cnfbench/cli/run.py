@@ -72,6 +72,11 @@ def _component_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--val-solver",
               help="solver of the validation NLL of an objective that trains without solving (flow matching); "
                    "others validate with their training solver [default: 'rk4[steps=16]']")
+@click.option("--compile", is_flag=True, default=None,
+              help="train the field compiled by torch.compile where that can work (its forward for flow matching, "
+                   "its fused forward_with_divergence for likelihood objectives); a field that cannot be compiled "
+                   "trains eager, with a warning (row: compiled = false). Evaluation always runs the eager field "
+                   "[default: off]")
 @click.option("--ref-dtype", type=click.Choice(["float64", "float32"]), help="dtype of the reference solve")
 @click.option("--eval-batch-size", type=int,
               help=f"test samples per evaluation solve [default: 4096; valid: {_valid('eval_batch_size')}]")

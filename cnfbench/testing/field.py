@@ -46,7 +46,8 @@ def check_field(cls: type, params: Mapping[str, Any] | None = None, *, dims: Seq
     differentiable as autograd would differentiate them; declining (``None``)
     is allowed.
     A field that declares ``per_row_time`` must give, for ``t`` of shape
-    ``[B]``, row ``i`` equal to ``forward(t[i], z[i:i+1])``.
+    ``[B]``, row ``i`` equal to ``forward(t[i], z[i:i+1])``, and its fused
+    divergence (as a per-sample solver calls it) is checked there too.
     ``time_dependent=False`` skips the check that the output changes with
     ``t`` (for a deliberately autonomous field).
     """
@@ -137,6 +138,10 @@ def check_field(cls: type, params: Mapping[str, Any] | None = None, *, dims: Seq
         if isinstance(field, FusedDivergence):
             _check_fused_divergence(check, field, t, z, where)
             _check_fused_divergence(check, field64, t64, z64, where64, gradients=True)
+            if getattr(cls, "per_row_time", False):  # as a per-sample solver calls it
+                times64 = torch.linspace(0.0, 1.0, batch, dtype=torch.float64, device=device)
+                _check_fused_divergence(check, field64, times64, z64, f"{where64} and one time per row",
+                                        gradients=True)
 
     field = build(2, seed)
     x = torch.randn(8, 2, generator=torch.Generator().manual_seed(7)).to(device)

@@ -38,6 +38,7 @@ from cnfbench.params import Param
 __all__ = [
     "RK4",
     "ConstantField",
+    "CountingODE",
     "ExactLoopTrace",
     "LearnableLinearODE",
     "LinearODE",
@@ -213,7 +214,22 @@ class RK4(Solver):
 # --------------------------------------------------------------------------- ODEs with closed forms
 
 
-class LinearODE(nn.Module):
+class CountingODE(nn.Module):
+    """An ODE module that counts its evaluations (``calls``) and those whose ``t`` was ``[B]`` (``row_time_calls``:
+    one time per row, which only a per-sample solver may pass)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.row_time_calls = 0
+
+    def count(self, t: Tensor) -> None:
+        """Count one evaluation at ``t``."""
+        self.calls += 1
+        self.row_time_calls += t.dim() != 0
+
+
+class LinearODE(CountingODE):
     """``dz/dt = z A^T`` on the state ``(z,)``, or ``(z, a)`` with also ``da/dt = -tr A``.
 
     ``a`` is what a CNF integrates for the log-density of ``v = A z``.
@@ -225,10 +241,9 @@ class LinearODE(nn.Module):
     def __init__(self, matrix: Tensor) -> None:
         super().__init__()
         self.register_buffer("matrix", matrix.clone())
-        self.calls = 0
 
     def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        self.calls += 1
+        self.count(t)
         z, *rest = state
         rate = -float(torch.trace(self.matrix))
         return (z @ self.matrix.T, *(torch.full_like(a, rate) for a in rest))
@@ -241,40 +256,39 @@ class LinearODE(nn.Module):
         return (z @ torch.linalg.matrix_exp(self.matrix * elapsed).T, *(a - shift for a in rest))
 
 
-class LearnableLinearODE(nn.Module):
+class LearnableLinearODE(CountingODE):
     """``dz/dt = z W^T + b`` on the state ``(z,)``, with learnable ``weight`` (W) and ``bias`` (b); counts ``calls``."""
 
     def __init__(self, weight: Tensor, bias: Tensor) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight.clone())
         self.bias = nn.Parameter(bias.clone())
-        self.calls = 0
 
     def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        self.calls += 1
+        self.count(t)
         return (state[0] @ self.weight.T + self.bias,)
 
 
-class TimeDependentODE(nn.Module):
+class TimeDependentODE(CountingODE):
     """``dz/dt = (cos(3t)/2 + (1+t) J) z``, ``dc/dt = 1``, ``ds/dt = t`` on the state ``(z, c, s)``, ``z`` ``[B, 2]``.
 
     ``J = [[0, -1], [1, 0]]``: ``z`` grows at ``cos(3t)/2`` and turns at
     ``1 + t`` radians per unit time, so a solver that evaluates the dynamics
     at the wrong times or stops short of ``t1`` misses :meth:`solution`.
-    ``calls`` counts the evaluations.
+    ``calls`` counts the evaluations; ``t`` may be 0-dim or ``[B]`` (a per-sample solver).
     """
 
     formula: ClassVar[str] = "dz/dt = (cos(3t)/2 + (1+t) J) z"
 
     def __init__(self) -> None:
         super().__init__()
-        self.calls = 0
 
     def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        self.calls += 1
+        self.count(t)
         z, c, s = state
         turned = torch.stack((-z[:, 1], z[:, 0]), dim=1)
-        return torch.cos(3 * t) / 2 * z + (1 + t) * turned, torch.ones_like(c), t * torch.ones_like(s)
+        column = t.reshape(-1, 1)  # t is 0-dim, or [B] under a per-sample solver
+        return torch.cos(3 * column) / 2 * z + (1 + column) * turned, torch.ones_like(c), t * torch.ones_like(s)
 
     def solution(self, state: tuple[Tensor, ...], t0: float, t1: float) -> tuple[Tensor, ...]:
         """The exact state at ``t1``: ``z`` grown by ``exp(∫cos(3t)/2)`` and turned by ``∫(1+t)``; ``c`` and ``s``

@@ -107,6 +107,8 @@ def check_solver(cls: type, params: Mapping[str, Any] | None = None, *, device: 
     per_step = getattr(cls, "nfe_per_step", None)
     check.require(per_step is None or (isinstance(per_step, int) and per_step >= 1),
                   f"`nfe_per_step` must be None or a positive int (got {per_step!r})")
+    per_sample = getattr(cls, "per_sample_time", None)
+    check.require(isinstance(per_sample, bool), f"`per_sample_time` must be a bool (got {per_sample!r})")
     order = getattr(cls, "order", None)
     check.require(order is None or (isinstance(order, int) and not isinstance(order, bool) and order >= 1),
                   f"`order` must be None or a positive int, the method's global order of accuracy (got {order!r})")
@@ -125,6 +127,24 @@ def check_solver(cls: type, params: Mapping[str, Any] | None = None, *, device: 
         check.require(expected is None or (isinstance(expected, int) and expected > 0),
                       f"expected_nfe() must return None or a positive int (got {expected!r} with {dict(values)})")
         return expected
+
+    def check_step_statistics(solver: Any, where: str, batch: int) -> None:
+        """``step_statistics()`` after a solve: ``None``, or each row's accepted (at least one) and rejected steps."""
+        from cnfbench.contracts import STEP_STATISTICS
+
+        with check.calling(f"step_statistics() after {where}"):
+            statistics = solver.step_statistics()
+        if statistics is None:
+            return
+        check.require(isinstance(statistics, dict) and set(statistics) == set(STEP_STATISTICS),
+                      f"step_statistics() after {where} must be None or a dict with the keys "
+                      f"{', '.join(STEP_STATISTICS)} (got {describe(statistics)})")
+        for kind, counts in statistics.items():
+            check.require(torch.is_tensor(counts) and counts.shape == (batch,) and not counts.is_floating_point()
+                          and bool((counts >= (1 if kind == "accepted" else 0)).all()),
+                          lambda kind=kind, counts=counts: f"step_statistics()[{kind!r}] after {where} must be an "
+                          f"integer tensor of shape ({batch},), one count per row, at least "
+                          f"{1 if kind == 'accepted' else 0} (got {describe(counts)})")
 
     def run(values: Mapping[str, Any], dynamics: Any, state: tuple[Tensor, ...], parts: tuple[str, ...],
             t0: float, t1: float, ode: str) -> tuple[str, tuple[Tensor, ...]]:
@@ -147,6 +167,10 @@ def check_solver(cls: type, params: Mapping[str, Any] | None = None, *, device: 
         check.require(all(torch.equal(a, b) for a, b in zip(inputs, state, strict=True)),
                       f"{where} modified its input state in place")
         check.require(dynamics.calls > 0, f"{where} never evaluated the dynamics")
+        check.require(per_sample or not dynamics.row_time_calls,
+                      f"{where} called the dynamics with one time per row (t of shape [B]) but does not declare "
+                      f"per_sample_time = True")
+        check_step_statistics(solver, where, state[0].shape[0])
         expected = expected_of(solver, values)
         check.require(expected is None or expected == dynamics.calls,
                       f"expected_nfe() is {expected} but {where} evaluated the dynamics {dynamics.calls} times")
