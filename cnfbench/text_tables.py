@@ -37,19 +37,27 @@ def fold_table(headers: Sequence[str], body: Sequence[Sequence[Any]], left: int,
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False, show_edge=False, header_style="bold")
-    widths = column_widths(headers, body, left, width or TEXT_WIDTH)
-    for index, header in enumerate(headers):
-        table.add_column(Text(str(header)), justify="left" if index < left else "right", overflow="fold",
-                         width=widths[index] if widths else None)
-    for index, row in enumerate(body):
-        style = row_styles[index] if row_styles is not None else None
-        table.add_row(*(Text(str(value)) for value in row), style=style)
-    buffer = io.StringIO()
-    console = Console(file=buffer, width=width or TEXT_WIDTH, force_terminal=color,
-                      no_color=not color or bool(os.environ.get("NO_COLOR")), highlight=False)
-    console.print(table)
-    return "\n".join(line.rstrip() for line in buffer.getvalue().rstrip("\n").splitlines())
+    def render(widths: Sequence[int] | None, colored: bool = color) -> str:
+        table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False, show_edge=False,
+                      header_style="bold")
+        for index, header in enumerate(headers):
+            table.add_column(Text(str(header)), justify="left" if index < left else "right", overflow="fold",
+                             width=widths[index] if widths else None)
+        for index, row in enumerate(body):
+            style = row_styles[index] if row_styles is not None else None
+            table.add_row(*(Text(str(value)) for value in row), style=style)
+        buffer = io.StringIO()
+        console = Console(file=buffer, width=width or TEXT_WIDTH, force_terminal=colored,
+                          no_color=not colored or bool(os.environ.get("NO_COLOR")), highlight=False)
+        console.print(table)
+        return "\n".join(line.rstrip() for line in buffer.getvalue().rstrip("\n").splitlines())
+
+    # rich's own layout, unless it folds a label that could stay whole (a component's name cut in two)
+    labels = {str(row[index]) for row in body for index in range(left) if len(str(row[index])) <= LABEL_MIN_WIDTH}
+    plain = render(None, colored=False)
+    widths = None if all(label in plain for label in labels) else column_widths(headers, body, left,
+                                                                               width or TEXT_WIDTH)
+    return plain if widths is None and not color else render(widths)
 
 
 def column_widths(headers: Sequence[str], body: Sequence[Sequence[Any]], left: int, width: int) -> list[int] | None:
