@@ -62,9 +62,9 @@ def fold_table(headers: Sequence[str], body: Sequence[Sequence[Any]], left: int,
 
 def column_widths(headers: Sequence[str], body: Sequence[Sequence[Any]], left: int, width: int) -> list[int] | None:
     """Widths that keep every label on one line (up to :data:`LABEL_MIN_WIDTH`) and fold headers at spaces
-    instead (the other entries too, when they cannot all stay whole), the room left unfolding the cheapest
-    columns whole, then shared out evenly; ``None`` when the table fits as it is or cannot fit that way (rich
-    then lays it out, folding what it must)."""
+    instead (the other entries too, when they cannot all stay whole), the room left shared out evenly among
+    the folded columns; ``None`` when the table fits as it is or cannot fit that way (rich then lays it out,
+    folding what it must)."""
     gaps = 2 * (len(headers) - 1)  # a column's right padding and the box's divider
 
     def longest(index: int) -> int:
@@ -73,13 +73,13 @@ def column_widths(headers: Sequence[str], body: Sequence[Sequence[Any]], left: i
     natural = [max(len(str(header)), longest(index)) for index, header in enumerate(headers)]
     if sum(natural) + gaps <= width:
         return None
+
     def longest_word(texts: Iterable[Any]) -> int:
         return max((len(word) for text in texts for word in str(text).split()), default=0)
 
     least = [max(longest_word([header]), min(longest(index), LABEL_MIN_WIDTH) if index < left else longest(index))
              for index, header in enumerate(headers)]
-    entries_fold = sum(least) + gaps > width
-    if entries_fold:  # entries too wide to stay whole: fold them at spaces too, labels excepted
+    if sum(least) + gaps > width:  # entries too wide to stay whole: fold them at spaces too, labels excepted
         least = [width_ if index < left else max(longest_word([headers[index]]),
                                                   longest_word(row[index] for row in body))
                  for index, width_ in enumerate(least)]
@@ -87,10 +87,6 @@ def column_widths(headers: Sequence[str], body: Sequence[Sequence[Any]], left: i
     if room < 0:
         return None
     widths = list(least)
-    for index in sorted(range(len(headers)), key=lambda index: natural[index] - least[index]):
-        if not entries_fold and natural[index] - widths[index] <= room:  # the cheapest headers to unfold first
-            room -= natural[index] - widths[index]
-            widths[index] = natural[index]
     while room > 0 and any(have < want for have, want in zip(widths, natural, strict=True)):
         for index in range(len(headers)):  # one column of room at a time to each header still folded
             if room > 0 and widths[index] < natural[index]:

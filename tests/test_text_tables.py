@@ -41,5 +41,5 @@ def test_widths_leave_a_table_that_fits_to_rich() -> None:
     assert column_widths(["a", "b"], [["x", "y"]], 1, 100) is None
     labels = ["n" * (LABEL_MIN_WIDTH + 10)]
     widths = column_widths(["name", "value [unit]"], [[labels[0], "1.0"]], 1, 40)
-    assert widths == [LABEL_MIN_WIDTH + 2, len("value [unit]")]  # the header unfolds first, the label gets the rest
+    assert widths == [LABEL_MIN_WIDTH + 4, len("[unit]") + 4]  # the room left is shared out evenly
     assert column_widths(["name", "value [unit]"], [[labels[0], "1.0"]], 1, 30) is None  # cannot fit: rich decides
