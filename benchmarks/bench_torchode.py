@@ -133,8 +133,9 @@ def table(rows: list, args: argparse.Namespace) -> str:
         "",
         "| dataset | rtol = atol | NFE dopri5 | NFE torchode | NFE ratio (torchode/dopri5) | torchode accepted "
         "steps/point mean (max) | rejected mean (max) | time dopri5 [s] | time torchode [s] | time ratio "
-        "(torchode/dopri5) | NLL dopri5 [nats] | NLL torchode [nats] | NLL error dopri5 / torchode [nats] |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "(torchode/dopri5) | NLL dopri5 [nats] | NLL torchode [nats] | NLL difference torchode − dopri5 [nats] | "
+        "NLL error dopri5 / torchode [nats] |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for dataset, tolerance, reference, measured in rows:
         ours, theirs = measured["torchode_dopri5"], measured["dopri5"]
@@ -145,7 +146,8 @@ def table(rows: list, args: argparse.Namespace) -> str:
             f"{fmt(steps['steps_accepted_mean'], 3)} ({fmt(steps['steps_accepted_max'], 3)}) | "
             f"{fmt(steps['steps_rejected_mean'], 3)} ({fmt(steps['steps_rejected_max'], 3)}) | "
             f"{time_theirs:.3f} | {time_ours:.3f} | {time_ours / time_theirs:.2f} | {theirs.nll:.5f} | "
-            f"{ours.nll:.5f} | {abs(theirs.nll - reference):.1e} / {abs(ours.nll - reference):.1e} |")
+            f"{ours.nll:.5f} | {ours.nll - theirs.nll:+.1e} | {abs(theirs.nll - reference):.1e} / "
+            f"{abs(ours.nll - reference):.1e} |")
     return "\n".join(lines)
 
 

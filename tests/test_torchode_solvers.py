@@ -184,3 +184,4 @@ def test_the_side_by_side_benchmark_runs(tmp_path: Path) -> None:
         assert int(cells[2]) > 0 and int(cells[3]) > 0  # NFE of each solver
         assert float(cells[5].split()[0]) >= 1  # torchode's accepted steps per point
         assert float(cells[10]) == pytest.approx(float(cells[11]), abs=1e-3)  # the two NLLs agree
+        assert float(cells[12]) == pytest.approx(float(cells[11]) - float(cells[10]), abs=1e-4)  # their difference
