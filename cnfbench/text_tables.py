@@ -22,6 +22,10 @@ LABEL_MIN_WIDTH = 24
 """A column gets at least its longest entry's width, up to this many columns (a long label may fold)."""
 
 
+LABEL_FLOOR = 10
+"""The narrowest a label column is made to fit a table (rich alone may fold it further)."""
+
+
 def terminal_width() -> int | None:
     """The width of the terminal standard output is, or None when it is not one."""
     return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
@@ -62,9 +66,9 @@ def fold_table(headers: Sequence[str], body: Sequence[Sequence[Any]], left: int,
 
 def column_widths(headers: Sequence[str], body: Sequence[Sequence[Any]], left: int, width: int) -> list[int] | None:
     """Widths that keep every label on one line (up to :data:`LABEL_MIN_WIDTH`) and fold headers at spaces
-    instead (the other entries too, when they cannot all stay whole), the room left shared out evenly among
-    the folded columns; ``None`` when the table fits as it is or cannot fit that way (rich then lays it out,
-    folding what it must)."""
+    instead (the other entries too, when they cannot all stay whole; the widest labels, down to
+    :data:`LABEL_FLOOR`, when even that is too wide), the room left shared out evenly among the folded columns;
+    ``None`` when the table fits as it is or cannot fit that way (rich then lays it out, folding what it must)."""
     gaps = 2 * (len(headers) - 1)  # a column's right padding and the box's divider
 
     def longest(index: int) -> int:
@@ -84,8 +88,12 @@ def column_widths(headers: Sequence[str], body: Sequence[Sequence[Any]], left: i
                                                   longest_word(row[index] for row in body))
                  for index, width_ in enumerate(least)]
     room = width - gaps - sum(least)
-    if room < 0:
-        return None
+    while room < 0:  # too narrow for every label whole: the widest label folds, down to LABEL_FLOOR columns
+        widest = max(range(left), key=lambda index: least[index], default=None)
+        if widest is None or least[widest] <= max(LABEL_FLOOR, longest_word([headers[widest]])):
+            return None
+        least[widest] -= 1
+        room += 1
     widths = list(least)
     while room > 0 and any(have < want for have, want in zip(widths, natural, strict=True)):
         for index in range(len(headers)):  # one column of room at a time to each header still folded

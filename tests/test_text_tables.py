@@ -42,4 +42,6 @@ def test_widths_leave_a_table_that_fits_to_rich() -> None:
     labels = ["n" * (LABEL_MIN_WIDTH + 10)]
     widths = column_widths(["name", "value [unit]"], [[labels[0], "1.0"]], 1, 40)
     assert widths == [LABEL_MIN_WIDTH + 4, len("[unit]") + 4]  # the room left is shared out evenly
-    assert column_widths(["name", "value [unit]"], [[labels[0], "1.0"]], 1, 30) is None  # cannot fit: rich decides
+    # too narrow for the label whole: it folds a little, down to LABEL_FLOOR; narrower still, rich decides
+    assert column_widths(["name", "value [unit]"], [[labels[0], "1.0"]], 1, 30) == [LABEL_MIN_WIDTH - 2, 6]
+    assert column_widths(["name", "value [unit]"], [[labels[0], "1.0"]], 1, 12) is None
