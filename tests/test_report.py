@@ -88,6 +88,17 @@ def test_aggregate_mean_std_n_over_done_seeds_only():
     assert euler["nll_ref_mean"] == 4.0 and math.isnan(euler["nll_ref_std"]) and euler["nll_ref_n"] == 1
 
 
+def test_models_trained_with_other_solvers_are_not_pooled_as_seeds():
+    """``cnfbench evaluate --solver``: one solver evaluating models trained with different ones gives one row
+    per training solver, never one entry whose "seeds" are different models."""
+    cells = frame(cell("dopri5", 0, nll_ref=3.0, trained_with="solver=euler[steps=4]"),
+                  cell("dopri5", 0, nll_ref=2.9, trained_with="solver=dopri5"),
+                  cell("dopri5", 1, nll_ref=2.8, trained_with="solver=dopri5"))
+    table = aggregate(cells, ["solver"], ["nll_ref"])
+    assert list(table["trained_with"]) == ["solver=euler[steps=4]", "solver=dopri5"]
+    assert list(table["nll_ref_n"]) == [1, 2]
+
+
 def test_aggregate_median_and_quartiles():
     cells = frame(*(cell("dopri5", s, nll_ref=v) for s, v in enumerate([4.0, 1.0, 3.0, 2.0])))
     row = aggregate(cells, ["solver"], ["nll_ref"], stat="median").iloc[0]

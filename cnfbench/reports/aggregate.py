@@ -61,6 +61,8 @@ def axis_labels(cells: pd.DataFrame, axis: str) -> pd.Series:
     """The label of every row on ``axis``: grid axes show only their varying parameters."""
     if axis in AXIS_SPECS and AXIS_SPECS[axis] in cells:
         return compact_labels(cells[AXIS_SPECS[axis]].astype(str))
+    if axis == "trained_with" and axis in cells:  # axis=spec, as the run's summary shows it
+        return compact_labels(cells[axis].fillna("").astype(str).replace("", "—"))
     if axis == RUN and axis not in cells:
         return pd.Series(["—"] * len(cells), index=cells.index, dtype=object)
     return cells[axis].map(format_value).astype(object)

@@ -67,10 +67,12 @@ AXES: tuple[str, ...] = (*[c for c in IDENTITY_COLUMNS if c != "cell_id"], RUN)
 
 CONFIG_AXES: tuple[tuple[str, ...], ...] = (
     *((row.key, row.spec_column) for row in GRID_AXES),
+    ("trained_with",),
     *((name,) for name in columns_in(BUDGET, PROTOCOL)),
     (RUN,),
 )
-"""Axes that tell configurations apart; one that varies but is not asked for is added to the rows."""
+"""Axes that tell configurations apart; one that varies but is not asked for is added to the rows
+(``trained_with``: models that ``cnfbench evaluate`` evaluated with another solver are not seeds of one)."""
 
 _NOT_METRICS = {c.name for c in COLUMNS if c.group != METRIC} | {RUN}
 
