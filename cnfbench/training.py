@@ -189,23 +189,36 @@ def _checked_loss(result: object, objective_label: str) -> ObjectiveLoss:
     return result
 
 
+def training_context(cell: Cell, field_module: VectorField, objective: Objective, solver: Solver,
+                     trace: TraceEstimator, dim: int, counter: NFECounter, labels: tuple[str, str, str],
+                     streams: str = "") -> tuple[HarnessContext, tuple[CNFDynamics, Solver, torch.Generator] | None]:
+    """The context an objective trains through, and its solve (``None`` for an objective that needs none).
+
+    ``labels`` name the field, trace and objective; ``streams`` prefixes the names of the random streams (the
+    objective's and the trace noise's), so that a throwaway pass draws from streams of its own.
+    """
+    field_label, trace_label, objective_label = labels
+    solve = None
+    if objective.uses_solver:
+        dynamics = CNFDynamics(field_module, trace, counter, differentiable=True, field_label=field_label,
+                               trace_label=trace_label)
+        solve = (dynamics, solver, split_generator(cell.seed, f"{streams}trace/train"))
+    context = HarnessContext(field_module, dim, split_generator(cell.seed, f"{streams}objective"), solve,
+                             objective_label)
+    return context, solve
+
+
 def probe_loss(cell: Cell, training_field: VectorField, objective: Objective, solver: Solver,
-               trace: TraceEstimator, train_data: Tensor, field_label: str, trace_label: str,
-               objective_label: str) -> Tensor:
+               trace: TraceEstimator, train_data: Tensor, labels: tuple[str, str, str]) -> Tensor:
     """One training loss of ``training_field`` (``--compile``'s probe) on a batch of the training batches' shape.
 
     Its randomness comes from streams of its own and its solve is counted by a counter of its own, so the
     cell's generators and NFE columns see nothing of it.
     """
     x = train_data[: min(cell.budget.batch_size, train_data.shape[0])]
-    solve = None
-    if objective.uses_solver:
-        dynamics = CNFDynamics(training_field, trace, NFECounter(max_per_solve=cell.budget.max_nfe),
-                               differentiable=True, field_label=field_label, trace_label=trace_label)
-        solve = (dynamics, solver, split_generator(cell.seed, "compile/probe/trace"))
-    context = HarnessContext(training_field, train_data.shape[1], split_generator(cell.seed, "compile/probe/objective"),
-                             solve, objective_label)
-    return _checked_loss(objective.loss(context, x), objective_label).loss
+    context, _ = training_context(cell, training_field, objective, solver, trace, train_data.shape[1],
+                                  NFECounter(max_per_solve=cell.budget.max_nfe), labels, streams="compile/probe/")
+    return _checked_loss(objective.loss(context, x), labels[2]).loss
 
 
 def train(
@@ -232,15 +245,10 @@ def train(
     budget = cell.budget
     device = train_data.device
     counter = NFECounter(max_per_solve=budget.max_nfe)
-    field_label, trace_label, objective_label = labels or (repr(cell.field.name), repr(cell.trace.name),
-                                                           repr(cell.objective.name))
-    solve = None
-    if objective.uses_solver:
-        dynamics = CNFDynamics(field_module, trace, counter, differentiable=True,
-                               field_label=field_label, trace_label=trace_label)
-        solve = (dynamics, solver, split_generator(cell.seed, "trace/train"))
-    context = HarnessContext(field_module, train_data.shape[1], split_generator(cell.seed, "objective"), solve,
-                             objective_label)
+    labels = labels or (repr(cell.field.name), repr(cell.trace.name), repr(cell.objective.name))
+    field_label, trace_label, objective_label = labels
+    context, solve = training_context(cell, field_module, objective, solver, trace, train_data.shape[1], counter,
+                                      labels)
     optimizer = torch.optim.Adam(field_module.parameters(), lr=budget.lr)
     batches = minibatches(train_data, budget.batch_size, split_generator(cell.seed, "train/batches"))
     record.loss_unit = objective.loss_unit
@@ -289,8 +297,7 @@ def train(
             tracker.enter("compile")
             compiled = compile_for_training(
                 field_module, objective.uses_solver,
-                lambda training_field: probe_loss(cell, training_field, objective, solver, trace, train_data,
-                                                  field_label, trace_label, objective_label),
+                lambda training_field: probe_loss(cell, training_field, objective, solver, trace, train_data, labels),
                 field_label, device, trace_label)
             record.compiled, record.compile_note, record.compile_seconds = \
                 compiled.compiled, compiled.note, compiled.seconds
