@@ -291,6 +291,10 @@ COLUMNS: tuple[Column, ...] = (
            "are not comparable", comparison=None, machine=True, decimals=0),
     Column("torch_threads", "threads", "torch threads of the process that ran the cell", comparison=None,
            machine=True, decimals=0),
+    Column("torch_threads_reason", NO_UNIT, "how torch_threads was chosen: explicit (process[threads=T]) or auto "
+           "(the CPUs the worker may use — affinity, cgroup quota, SLURM_CPUS_PER_TASK — shared by the workers, "
+           "fewer when the 1-min load average showed other processes busy), with the figures", comparison=None,
+           machine=True),
     # --compile
     Column("compile", NO_UNIT, "training was asked to compile the field with torch.compile (--compile)", BUDGET,
            comparison=None),

@@ -458,8 +458,12 @@ class CellJob:
     shared: SharedModel | None = None
 
 
+ORPHANED_EXIT = 125
+"""The exit code of a worker process that ended because the run's main process died."""
+
 ProgressHook = Callable[[str, Any], None]
-"""``progress(kind, value)``: ``("iteration", (done, loss, nfe))`` or ``("phase", name)``, from any thread."""
+"""``progress(kind, value)``: ``("iteration", (done, loss, nfe))``, ``("phase", name)`` or ``("note", line)`` (a
+line the worker has for the user, e.g. that a busy machine gave it fewer threads), from any thread."""
 
 
 class ExecutorContext(Protocol):
@@ -470,7 +474,7 @@ class ExecutorContext(Protocol):
     on :meth:`payload`'s plain data and hands what it returns to :meth:`outcome`. While a cell runs, that
     function reports messages with ``where`` (the cell's packed phase, opaque: keep the last one for
     :meth:`failed`), ``shown`` (the phase to display), ``iteration`` (``[done, loss, nfe]``, ``nfe`` the
-    iteration's dynamics evaluations), ``host`` and ``pid``.
+    iteration's dynamics evaluations), ``note`` (a line for the user, or None), ``host`` and ``pid``.
     """
 
     plugins: tuple[str, ...]
@@ -481,7 +485,9 @@ class ExecutorContext(Protocol):
     def payload(self, job: CellJob, workers: int = 1, threads: int = 0) -> dict[str, Any]:
         """The plain (picklable, JSON-able but for the model bytes) payload of ``run_cell_payload`` for ``job``:
         the cell, the plugins (``.py`` files by content) and their versions, the data folder, the shared model,
-        and the torch-thread policy: ``threads`` per worker, or torch's default divided by ``workers``."""
+        and the torch-thread policy (:func:`cnfbench.worker.apply_thread_policy`): ``threads`` per worker when
+        given (> 0), else each worker's share of the CPUs it may use among the ``workers`` cells that run at once
+        on one machine (0: unknown, a remote engine's workers keep their own default), fewer on a busy machine."""
         ...
 
     def outcome(self, job: CellJob, result: dict[str, Any]) -> CellOutcome:
@@ -536,16 +542,49 @@ class Executor(Component, ABC):
 
 class Tracker(Component, ABC):
     """Run-level family: an experiment tracker (MLflow, TensorBoard, ...) the run logs every cell to. Built once
-    per run, in the main process, as ``Tracker(run_dir, **params)``, before anything is written: the constructor
-    only checks (a missing library raises ``ValueError`` with one line naming the extra to install) and writes
-    nothing; :meth:`start` opens the store.
+    per run, in the main process (on a thread of its own), as ``Tracker(run_dir, **params)``, before anything is
+    written: the constructor only checks (a missing library raises ``ValueError`` with one line naming the extra
+    to install) and writes nothing; :meth:`start` opens the store.
 
     When a cell's outcome reaches the main process (from any executor), the runner calls :meth:`log_iteration`
     for every training iteration of its curve, in order, then :meth:`log_cell`; so remote workers need no
-    access to the tracker. ``cell`` is ``{"cell_id", "label", "spec"}`` (``spec``: the cell as JSON). An
-    exception from any method is a warning naming the tracker, which is then left out for the rest of the
-    run: a tracker never fails a cell.
+    access to the tracker. ``cell`` is ``{"cell_id", "label", "spec"}`` (``spec``: the cell as JSON).
+
+    Every tracker has the parameter ``timeout`` (:data:`TIMEOUT`, seconds, default 10) without declaring it:
+    the harness adds it to each subclass's ``params`` and keeps it for itself. All calls to one tracker run in
+    order on a thread of its own, and the sweep waits at most ``timeout`` for each — ``start``, a cell's whole
+    replay (its iterations and its row), ``close``; the constructor, which imports and checks, at least 10 s.
+    A call that raises or does not return in time is one warning naming the tracker, which is then never
+    called again: a tracker never fails or holds up a cell. The value is :attr:`call_timeout` on the instance
+    from ``start`` on, so that a tracker that talks to a server can bound its own requests by it. A class that
+    declares a parameter ``timeout`` itself sets its default and bounds, and receives it in its constructor.
     """
+
+    TIMEOUT: ClassVar[Param] = Param(
+        "timeout", "float", 10.0, "seconds the run waits for each call of this tracker (start, a cell's replay, "
+        "close) before leaving the tracker out; every tracker has it", minimum=0.1, maximum=86400.0)
+    """The ``timeout`` parameter the harness gives every tracker."""
+
+    params: ClassVar[tuple[Param, ...]] = (TIMEOUT,)
+
+    call_timeout: float = 10.0
+    """Seconds the harness waits for each call (the ``timeout`` parameter); set before :meth:`start`."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared = cls.params
+        if isinstance(declared, (tuple, list)) and all(isinstance(p, Param) for p in declared) \
+                and not any(p.name == Tracker.TIMEOUT.name for p in declared):
+            cls.params = (*declared, Tracker.TIMEOUT)  # malformed params are left for the conformance kit to name
+
+    @classmethod
+    def split_params(cls, values: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+        """``(timeout, constructor parameters)`` from this class's resolved ``values``: ``timeout`` is the
+        harness's unless the class declares it itself."""
+        timeout = float(values.get(Tracker.TIMEOUT.name, Tracker.TIMEOUT.default))
+        declares_it = any(p.name == Tracker.TIMEOUT.name and p is not Tracker.TIMEOUT for p in cls.params)
+        return timeout, {key: value for key, value in values.items()
+                         if declares_it or key != Tracker.TIMEOUT.name}
 
     def __init__(self, run_dir: str, **params: Any) -> None:
         self.run_dir = run_dir

@@ -10,6 +10,7 @@ what a worker returned, and writes the rows of cells that did not finish. :func:
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,7 +21,8 @@ from cnfbench.messages import one_line
 from cnfbench.params import ParamError, parse_selector_list
 from cnfbench.registry import Registry
 from cnfbench.rows import failed_outcome
-from cnfbench.worker import PluginShipment, plugin_shipment, run_cell_payload
+from cnfbench.threads import thread_cap
+from cnfbench.worker import HARD_TIMEOUT_GRACE_S, PluginShipment, plugin_shipment, run_cell_payload
 
 __all__ = ["HarnessContext", "executor_label", "job_for", "make_executor", "resolve_executor_spec"]
 
@@ -48,6 +50,9 @@ class HarnessContext:
     def payload(self, job: CellJob, workers: int = 1, threads: int = 0) -> dict[str, Any]:
         shared = job.shared
         return {"cell": job.cell, **self.shipment.payload(), "workers": workers, "threads": threads,
+                "thread_cap": thread_cap(),
+                "hard_timeout_s": self.timeout + HARD_TIMEOUT_GRACE_S if self.timeout is not None else None,
+                "main": {"host": socket.gethostname(), "pid": os.getpid()},
                 "data_root": os.environ.get(DATA_ROOT_VARIABLE) or None,
                 "shared": shared and {"trainer_id": shared.trainer_id, "training": shared.training,
                                       "model": shared.model}}
@@ -63,7 +68,8 @@ class HarnessContext:
         return failed_outcome(Cell.from_json(job.cell), status, lead, seconds, phase, iteration, self.registry)
 
     def run_here(self, job: CellJob, report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        return run_cell_payload(self.payload(job), report, registry=self.registry)
+        payload = {**self.payload(job), "hard_timeout_s": None}  # this is the main process: never ended from inside
+        return run_cell_payload(payload, report, registry=self.registry)
 
 
 def resolve_executor_spec(registry: Registry, text: str) -> tuple[type[Executor], dict[str, Any]]:

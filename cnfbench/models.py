@@ -3,22 +3,27 @@
 Every ``done`` cell that trained keeps its field as ``models/<cell_id>.safetensors``, and cells that share
 its model (``trained_in``) load that file (see
 :mod:`cnfbench.model_file`). :func:`load_model` rebuilds the field from the
-spec recorded in that file through the plugin registry — with the plugins the
-run recorded in ``run.json`` (its config's ``plugin`` list), or those given —
-and loads the tensors with ``strict=True`` after checking their dtypes, so
+spec recorded in that file through the plugin registry — the installed plugins and those the caller names
+(``plugins``, ``CNFBENCH_PLUGINS``), never the ones the run recorded (a run folder is data, not code: see
+:mod:`cnfbench.recorded_plugins`) — and loads the tensors with ``strict=True`` after checking their dtypes, so
 the field integrates exactly as it did when the cell was evaluated.
 Everything that can be wrong — a cell id the run does not have, a run
 without model files, a cell that did not finish, a damaged file, a file whose
-tensors do not fit its spec — is a one-line :class:`ResultsError`.
+tensors do not fit its spec, a component no loaded plugin provides, a plugin file that is not the one the run
+recorded — is a one-line :class:`ResultsError`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import warnings
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import torch
 
 from cnfbench.cells import Cell
@@ -27,6 +32,7 @@ from cnfbench.families import GRID_AXES
 from cnfbench.messages import describe_exception, one_line
 from cnfbench.params import ParamError, parse_selection
 from cnfbench.plugin_manager import PluginLoadError
+from cnfbench.recorded_plugins import ChangedPluginWarning, PluginCheck, check_user_plugins, require_components
 from cnfbench.registry import Registry, RegistryError, load_registry
 from cnfbench.run_folder import MODEL_SUFFIX, MODELS_DIR, ResultsError, Run, StoredModel, load_run, read_model
 
@@ -56,13 +62,74 @@ def trainer_of(run: Run, cell_id: str) -> str:
     return str(trainer) if isinstance(trainer, str) and trainer else cell_id
 
 
+def _stored_ids(run: Run) -> set[str]:
+    """The cell ids of the model files in ``run``'s ``models/`` (read from the folder, never built from a row)."""
+    folder = run.path / MODELS_DIR
+    return {path.name[: -len(MODEL_SUFFIX)] for path in folder.glob(f"*{MODEL_SUFFIX}")} if folder.is_dir() else set()
+
+
 def model_cells(run: Run) -> list[str]:
     """The ids of the cells of ``run`` whose model file (their own, or the one they share) is there, in row order."""
-    folder = run.path / MODELS_DIR
-    if not folder.is_dir() or "cell_id" not in run.cells:
+    if "cell_id" not in run.cells:
         return []
-    stored = {path.name[: -len(MODEL_SUFFIX)] for path in folder.glob(f"*{MODEL_SUFFIX}")}
+    stored = _stored_ids(run)
     return [cell_id for cell_id in run.cells["cell_id"].astype(str) if trainer_of(run, cell_id) in stored]
+
+
+@dataclass(frozen=True)
+class MissingModel:
+    """A model a finished cell trained that its run no longer offers: the cell that trained it, how it reads
+    (its components and seed), why it is not there, and how many other rows share it."""
+
+    cell_id: str
+    label: str
+    reason: str
+    shared_by: int
+
+
+def row_label(row: Mapping[str, Any]) -> str:
+    """``concatsquash | 8gaussians | mle | euler | exact | seed 0``: a row's components by name, and its seed."""
+    parts = [one_line(row.get(axis.column), 60) for axis in GRID_AXES if isinstance(row.get(axis.column), str)]
+    seed = row.get("seed")
+    if seed is not None and not pd.isna(seed):
+        parts.append(f"seed {one_line(seed, 20)}")
+    return repr(" | ".join(parts))[1:-1]  # a hand-edited row could hold control characters
+
+
+def missing_models(run: Run) -> list[MissingModel]:
+    """The models of ``run``'s ``done`` rows whose file is gone, one per model (rows that share a model are
+    counted in it, not listed), in row order."""
+    if not {"cell_id", "status"} <= set(run.cells.columns):
+        return []
+    stored = _stored_ids(run)
+    rows = run.cells[run.cells["status"].astype(str) == "done"]
+    users: Counter[str] = Counter()
+    first: dict[str, Mapping[str, Any]] = {}
+    for row in rows.to_dict("records"):
+        trainer = trainer_of(run, str(row["cell_id"]))
+        if trainer not in stored:
+            users[trainer] += 1
+            if trainer not in first or str(row["cell_id"]) == trainer:
+                first[trainer] = row
+    missing = []
+    for trainer, row in first.items():
+        kept = isinstance(row.get("model_file"), str) and bool(row.get("model_file"))
+        reason = (f"its model file {MODELS_DIR}/{trainer}{MODEL_SUFFIX} is missing" if kept else
+                  "the run kept no model file for it (made before cnfbench kept trained models, or merged without "
+                  "it)")
+        missing.append(MissingModel(trainer, row_label(row), repr(reason)[1:-1], users[trainer] - 1))
+    return missing
+
+
+def unfinished(run: Run) -> dict[str, int]:
+    """How many rows of ``run`` ended each status other than ``done`` and have no model to load (by status)."""
+    if not {"cell_id", "status"} <= set(run.cells.columns):
+        return {}
+    stored = _stored_ids(run)
+    rows = run.cells[run.cells["status"].astype(str) != "done"]
+    counts = Counter(str(row["status"]) for row in rows.to_dict("records")
+                     if trainer_of(run, str(row["cell_id"])) not in stored)
+    return dict(sorted(counts.items()))
 
 
 def _listing(ids: list[str]) -> str:
@@ -70,31 +137,19 @@ def _listing(ids: list[str]) -> str:
     return shown + (f" and {len(ids) - _LISTED_IDS} more" if len(ids) > _LISTED_IDS else "")
 
 
-def recorded_plugins(run: Run) -> list[str]:
-    """The ``--plugin`` list the run recorded; a relative ``.py`` path missing here is looked up from the run's
-    working directory (``cwd`` in ``run.json``)."""
-    config = run.provenance.get("config")
-    plugins = config.get("plugin", []) if isinstance(config, dict) else []
-    if not isinstance(plugins, list):
-        return []
-    cwd = run.provenance.get("cwd")
-    found = []
-    for plugin in map(str, plugins):
-        there = Path(cwd) / plugin if isinstance(cwd, str) else None
-        if plugin.endswith(".py") and not Path(plugin).is_absolute() and not Path(plugin).exists() \
-                and there is not None and there.is_file():
-            plugin = str(there)
-        found.append(plugin)
-    return found
+def registry_for(run: Run, plugins: Sequence[str] = (), *, allow_changed_plugin: bool = False
+                 ) -> tuple[Registry, PluginCheck]:
+    """The registry to read ``run`` with: the installed plugins, ``CNFBENCH_PLUGINS`` and ``plugins`` — never
+    those the run recorded — with what checking the user's plugin files against the run's records had to say.
 
-
-def _registry(run: Run, plugins: Sequence[str] | None) -> Registry:
-    chosen = recorded_plugins(run) if plugins is None else list(plugins)
+    A ``.py`` file named like one the run recorded but with another SHA-256 is refused before it is imported
+    (unless ``allow_changed_plugin``); raises :class:`ResultsError` with one line.
+    """
+    check = check_user_plugins(run, plugins, allow_changed_plugin)
     try:
-        return load_registry(chosen)
+        return load_registry(plugins), check
     except (PluginLoadError, RegistryError) as exc:
-        given = "the given plugins" if plugins is not None else f"the plugins {run.path} recorded"
-        raise ResultsError(f"cannot load {given}: {one_line(exc)}", run.path) from None
+        raise ResultsError(f"cannot load the plugins: {one_line(exc)}", run.path) from None
 
 
 def _with_models(run: Run) -> list[str]:
@@ -147,7 +202,9 @@ def _row_cell(run: Run, cell_id: str, trainer_cell: Cell, registry: Registry) ->
         label = row.get(axis.spec_column)
         if isinstance(label, str) and label != axes[axis.key].label():
             try:
-                axes[axis.key] = registry.resolve(axis.key, parse_selection(label))
+                selection = parse_selection(label)
+                require_components(run, registry, [(axis.key, selection.name)], f"cell {cell_id}")
+                axes[axis.key] = registry.resolve(axis.key, selection)
             except (ParamError, ValueError) as exc:
                 raise ResultsError(f"{run.path}: cell {cell_id} names {axis.key} {label!r}, which cannot be "
                                    f"resolved here: {one_line(exc, 200)}", run.path) from None
@@ -190,12 +247,18 @@ def _rebuild(stored: StoredModel, registry: Registry) -> VectorField:
 
 
 def load_trained(run: str | os.PathLike[str] | Run, cell_id: str, *, device: str | torch.device = "cpu",
-                 plugins: Sequence[str] | None = None, registry: Registry | None = None) -> TrainedModel:
+                 plugins: Sequence[str] | None = None, registry: Registry | None = None,
+                 allow_changed_plugin: bool = False, require_all: bool = False) -> TrainedModel:
     """The trained field of cell ``cell_id`` of the run folder ``run``, with its cell and dimension.
 
-    ``plugins`` replaces the ``--plugin`` list the run recorded (``None``: use it); ``registry`` an
-    already loaded registry. Raises :class:`ResultsError` (one line naming the run or file and what is
-    wrong), or :class:`ValueError` for an unknown ``device``.
+    The field is rebuilt with the installed plugins, ``CNFBENCH_PLUGINS`` and ``plugins`` (``.py`` files or
+    module names) — never with the plugins the run recorded — or with ``registry``, an already loaded one. A
+    ``plugins`` file with the name of one the run recorded but another SHA-256 is refused, unless
+    ``allow_changed_plugin`` (then a :class:`~cnfbench.recorded_plugins.ChangedPluginWarning` says so).
+    ``require_all`` requires every component of the cell (to evaluate it), not only its field. Raises
+    :class:`ResultsError` (one line naming the run or file and what is wrong; a
+    :class:`~cnfbench.recorded_plugins.MissingComponentError` when no loaded plugin provides a component, naming
+    the plugins the run recorded), or :class:`ValueError` for an unknown ``device``.
     """
     loaded = run if isinstance(run, Run) else load_run(run)
     try:
@@ -203,21 +266,33 @@ def load_trained(run: str | os.PathLike[str] | Run, cell_id: str, *, device: str
     except (RuntimeError, ValueError) as exc:
         raise ValueError(f"unknown device {str(device)!r}: {describe_exception(exc, 120)}") from None
     stored = _stored(loaded, str(cell_id))
-    registry = registry or _registry(loaded, plugins)
+    if registry is None:
+        registry, check = registry_for(loaded, plugins or (), allow_changed_plugin=allow_changed_plugin)
+        for warning in check.warnings:
+            warnings.warn(warning, ChangedPluginWarning, stacklevel=3)
+    trained = stored.spec.cell
+    needed = [(family, spec.name) for family, spec in trained.components()] if require_all else \
+        [("field", trained.field.name)]
+    require_components(loaded, registry, needed, f"cell {cell_id}")
     _check_dimension(stored, registry)
     field = _rebuild(stored, registry).to(target).eval()
-    cell = _row_cell(loaded, str(cell_id), stored.spec.cell, registry)
+    cell = _row_cell(loaded, str(cell_id), trained, registry)
     return TrainedModel(field, cell, stored.spec.dim, stored.path, registry)
 
 
 def load_model(run: str | os.PathLike[str] | Run, cell_id: str, *, device: str | torch.device = "cpu",
-               plugins: Sequence[str] | None = None) -> VectorField:
+               plugins: Sequence[str] | None = None, allow_changed_plugin: bool = False) -> VectorField:
     """The trained field of cell ``cell_id`` of the run folder ``run``, in eval mode on ``device``, ready to integrate.
 
-    It is rebuilt from the spec in ``models/<cell_id>.safetensors`` with the plugins the run recorded (or
-    ``plugins``) and loaded with ``strict=True``. Raises :class:`~cnfbench.run_folder.ResultsError` with one
-    line naming what is wrong: a cell the run does not have, a run without model files, a cell that did not
-    finish, a damaged file, or tensors that do not match the spec.
+    It is rebuilt from the spec in ``models/<cell_id>.safetensors`` and loaded with ``strict=True``. The field's
+    class comes from the installed plugins, ``CNFBENCH_PLUGINS`` and ``plugins`` (``.py`` files or module
+    names you trust): never from a plugin the run folder names, so reading a folder someone else wrote runs no
+    code of theirs. A ``plugins`` file with the name of one the run recorded but another SHA-256 is refused
+    unless ``allow_changed_plugin=True`` (then a warning says so). Raises
+    :class:`~cnfbench.run_folder.ResultsError` with one line naming what is wrong: a cell the run does not
+    have, a run without model files, a cell that did not finish, a damaged file, tensors that do not match the
+    spec, a changed plugin file, or a field no loaded plugin provides (naming the plugin files the run
+    recorded, with their SHA-256, to pass as ``plugins=[PATH]``).
     """
-    return load_trained(run, cell_id, device=device, plugins=plugins).field
-
+    return load_trained(run, cell_id, device=device, plugins=plugins,
+                        allow_changed_plugin=allow_changed_plugin).field

@@ -12,6 +12,7 @@ file (``os.access`` would say yes to root on a read-only file system).
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -81,3 +82,36 @@ def check_output_file(path: str | os.PathLike[str], what: str) -> Path:
         raise OutputPathError(f"cannot write {what} to {str(target)!r}: it is a folder, not a file")
     _check_folder(target.absolute().parent, target, what)
     return target
+
+
+MIN_FREE_MIB = 32
+"""Free space a run needs on its output device before it starts, in MiB (``$CNFBENCH_MIN_FREE_MIB`` overrides):
+room for its rows, curves and model files — a default cell's model file is about 50 KB, one of FFJORD's tabular
+fields a few MB, and each table is rewritten beside its old copy."""
+MIN_FREE_ENV = "CNFBENCH_MIN_FREE_MIB"
+
+
+def min_free_mib() -> float:
+    """:data:`MIN_FREE_MIB`, or ``$CNFBENCH_MIN_FREE_MIB`` when it holds a number ≥ 0."""
+    text = os.environ.get(MIN_FREE_ENV, "").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        return float(MIN_FREE_MIB)
+    return value if value >= 0 else float(MIN_FREE_MIB)
+
+
+def check_free_space(path: str | os.PathLike[str], what: str) -> float:
+    """The free MiB on the device that holds (or will hold) ``path``; raise :class:`OutputPathError` when it has
+    less than :func:`min_free_mib`."""
+    target = _as_path(path, what)
+    try:
+        existing = _nearest_existing(target.absolute())
+        free = shutil.disk_usage(existing if existing.is_dir() else existing.parent).free / 2**20
+    except OSError:
+        return float("nan")  # no answer from the file system: the writes will say
+    needed = min_free_mib()
+    if free < needed:
+        raise OutputPathError(f"cannot write {what} to {str(target)!r}: only {free:.1f} MiB free on its device, "
+                              f"below the {needed:g} MiB a run needs (${MIN_FREE_ENV} sets it)")
+    return free

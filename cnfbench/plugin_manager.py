@@ -5,6 +5,8 @@ distribution itself, so they travel exactly the path a third-party package
 takes. ``CNFBENCH_DISABLE_PLUGIN_AUTOLOAD=1`` keeps only cnfbench's own entry
 points. Extra plugins come from ``--plugin`` (a module name or a ``.py``
 file) and the ``CNFBENCH_PLUGINS`` environment variable (comma separated).
+A ``.py`` file is executed from the very bytes whose SHA-256 its
+:class:`PluginInfo` records, so a run's provenance names the code that ran.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class PluginInfo:
     origin: str  # distribution, file path or module name
     version: str
     error: str | None = None
+    sha256: str = ""  # of a ``.py`` file plugin's bytes, as imported; "" for the other sources
 
 
 def _one_line(exc: BaseException) -> str:
@@ -60,22 +63,43 @@ def _validation_message(exc: pluggy.PluginValidationError) -> str:
     return text
 
 
-def _import_file(path: Path) -> ModuleType:
-    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+def looks_like_file(spec: str) -> bool:
+    """Whether a ``--plugin`` value names a ``.py`` file (else it is a module name)."""
+    text = spec.strip()
+    return text.endswith(".py") or os.sep in text or "/" in text
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 (hex) of the file at ``path``; raises :class:`OSError`."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def user_plugin_specs(extra_plugins: Sequence[str] = ()) -> list[str]:
+    """The user's plugins in load order: ``CNFBENCH_PLUGINS`` (comma separated), then ``extra_plugins``."""
+    env_plugins = [item for item in os.environ.get(PLUGINS_ENV, "").split(",") if item.strip()]
+    return [*env_plugins, *extra_plugins]
+
+
+def _import_file(path: Path) -> tuple[ModuleType, str]:
+    """The module of the ``.py`` file at ``path``, executed from the bytes read here, and their SHA-256."""
+    source = path.read_bytes()
+    sha256 = hashlib.sha256(source).hexdigest()
+    # The name depends on the content too: a file edited within one process is imported afresh, not served stale.
+    digest = hashlib.sha1(f"{path.resolve()}\0{sha256}".encode()).hexdigest()[:10]
     module_name = f"cnfbench_user_plugin_{path.stem}_{digest}"
     if module_name in sys.modules:
-        return sys.modules[module_name]
+        return sys.modules[module_name], sha256
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
-        spec.loader.exec_module(module)
+        exec(compile(source, str(path), "exec"), module.__dict__)  # the hashed bytes, not a second read
     except BaseException:
         del sys.modules[module_name]
         raise
-    return module
+    return module, sha256
 
 
 def _register(pm: pluggy.PluginManager, module: object, name: str) -> None:
@@ -96,14 +120,13 @@ def _register(pm: pluggy.PluginManager, module: object, name: str) -> None:
 def load_user_plugin(pm: pluggy.PluginManager, spec: str) -> PluginInfo:
     """Import and register one ``--plugin`` value; raise :class:`PluginLoadError` on failure."""
     text = spec.strip()
-    looks_like_file = text.endswith(".py") or os.sep in text or "/" in text
     try:
-        if looks_like_file:
+        if looks_like_file(text):
             path = Path(text).expanduser()
             if not path.is_file():
                 raise PluginLoadError(f"plugin file {text!r} does not exist")
-            module = _import_file(path)
-            info = PluginInfo(str(path), "file", str(path.resolve()), "")
+            module, sha256 = _import_file(path)
+            info = PluginInfo(str(path), "file", str(path.resolve()), "", sha256=sha256)
         else:
             module = importlib.import_module(text)
             info = PluginInfo(text, "module", text, str(getattr(module, "__version__", "")))
@@ -153,7 +176,6 @@ def create_plugin_manager(
         raise PluginLoadError(
             "cnfbench's built-in plugins were not found: install the project with `pip install -e .`"
         )
-    env_plugins = [item for item in os.environ.get(PLUGINS_ENV, "").split(",") if item.strip()]
-    for spec in [*env_plugins, *extra_plugins]:
+    for spec in user_plugin_specs(extra_plugins):
         infos.append(load_user_plugin(pm, spec))
     return pm, infos

@@ -103,6 +103,7 @@ class Progress:
         self.failed_count = 0
         self.cell_seconds: list[float] = []
         self._running: dict[str, _Running] = {}
+        self._notes: set[str] = set()
         self._lock = threading.RLock()
         self._began = time.monotonic()
         self._live: Any = None
@@ -179,8 +180,15 @@ class Progress:
                        + (" (shared model: no training)" if shared else ""))
 
     def update(self, cell_id: str, kind: str, value: Any) -> None:
-        """What a cell's executor reported: ``("iteration", (done, loss[, nfe]))`` or ``("phase", name)``."""
+        """What a cell's executor reported: ``("iteration", (done, loss[, nfe]))``, ``("phase", name)`` or
+        ``("note", line)`` (said once per run for each kind of note: the words before its figures)."""
         with self._lock:
+            if kind == "note":
+                kind_of_note = str(value).split("(", 1)[0]
+                if kind_of_note not in self._notes:
+                    self._notes.add(kind_of_note)
+                    self.message(f"note: {value}")
+                return
             running = self._running.get(cell_id)
             if running is None:
                 return

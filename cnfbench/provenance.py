@@ -61,12 +61,23 @@ def device_description(device: str) -> dict[str, Any]:
     return info
 
 
+def plugin_entry(plugin: PluginInfo) -> dict[str, Any]:
+    """How ``run.json`` records one plugin: name (as the user gave it), source, origin, version, error, and for a
+    ``.py`` file the SHA-256 of the bytes that ran — what a later reader checks its own ``--plugin`` file against."""
+    entry: dict[str, Any] = {"name": plugin.name, "source": plugin.source, "origin": plugin.origin,
+                             "version": plugin.version, "error": plugin.error}
+    if plugin.sha256:
+        entry["sha256"] = plugin.sha256
+    return entry
+
+
 def collect(argv: list[str], config: dict[str, Any], plugins: list[PluginInfo], device: str,
             libraries: Sequence[str] = ()) -> dict[str, Any]:
     """Everything needed to know where a run's numbers came from.
 
     ``libraries`` are the distributions the run's components declared their numbers depend on
-    (``Component.libraries``); their versions are recorded beside the harness's own.
+    (``Component.libraries``); their versions are recorded beside the harness's own. ``plugins`` are recorded
+    with :func:`plugin_entry` (a ``.py`` file with its SHA-256): names to show, never files to import.
     """
     source_dir = Path(__file__).resolve().parent
     return {
@@ -78,8 +89,7 @@ def collect(argv: list[str], config: dict[str, Any], plugins: list[PluginInfo], 
         "platform": platform.platform(),
         "versions": {package: _version(package) for package in (*PACKAGES, *sorted(set(libraries) - set(PACKAGES)))},
         "libraries": sorted(set(libraries)),
-        "plugins": [{"name": p.name, "source": p.source, "origin": p.origin, "version": p.version, "error": p.error}
-                    for p in plugins],
+        "plugins": [plugin_entry(p) for p in plugins],
         "machine": device_description(device),
         "git_commit": git_commit(source_dir) or git_commit(Path.cwd()),
         "config": config,

@@ -26,10 +26,12 @@ its metadata. :func:`write_model` and :func:`read_model` check that a file is so
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from cnfbench.cells import EARLIER_MEANING
+from cnfbench.folder_lock import describe_holder, try_lock
 from cnfbench.messages import describe_exception, one_line
 from cnfbench.model_file import ModelFileError, ModelSpec, check_model, decode_model
 
@@ -70,6 +73,17 @@ class ResultsError(Exception):
         self.path = path
 
 
+class DiskFull(ResultsError):
+    """A file could not be written for want of space (``ENOSPC``, or ``EDQUOT``: over quota); nothing half-written
+    was left in its place. The message names the file."""
+
+
+def no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` says the device is full or the user's quota is spent."""
+    return isinstance(exc, OSError) and (exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                                         or "no space left on device" in str(exc).lower())
+
+
 def check_run_name(name: str) -> str:
     """Reject names that could escape the output root or surprise a shell."""
     if not _NAME_PATTERN.match(name) or name in (".", ".."):
@@ -80,19 +94,26 @@ def check_run_name(name: str) -> str:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    tmp = Path(tmp_name)
+    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    Raises :class:`DiskFull` (naming ``path``) when the device is full: ``path`` is then as it was before."""
+    tmp: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(handle)
+        tmp = Path(tmp_name)
         write(tmp)
         with open(tmp, "rb+") as stream:
             os.fsync(stream.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; results are ordinary files
         os.replace(tmp, path)
+    except OSError as exc:
+        if no_space(exc):
+            raise DiskFull(f"no space left on device writing {path}", path) from None
+        raise
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             tmp.unlink()
 
 
@@ -128,18 +149,20 @@ class RunStore:
         """The cell rows and warnings about what was damaged; an empty frame when the folder has no rows yet.
 
         A damaged ``cells.parquet`` next to an intact ``cells.csv`` is set aside as
-        ``cells.parquet.damaged-TIME`` (so that no later write overwrites it) and the CSV's rows are used.
+        ``cells.parquet.damaged-TIME`` (so that no later write overwrites it), the CSV's rows are used and a new
+        ``cells.parquet`` is written from them — unless another process is writing the folder (its lock).
         Raises :class:`ResultsError` naming the file when no copy can be read.
         """
-        frame, warnings = self._read_cell_files()
-        return with_earlier_meanings(frame), warnings
+        frame, problems = self._read_cell_files()
+        return with_earlier_meanings(frame), problems
 
     def _read_cell_files(self) -> tuple[pd.DataFrame, list[str]]:
         parquet, csv = self.run_dir / CELLS_PARQUET, self.run_dir / CELLS_CSV
         if not parquet.exists():
             if not csv.exists():
                 return pd.DataFrame(), []
-            return _read_csv(csv), [f"{parquet} is missing; using {csv}"]
+            fallback = _read_csv(csv)
+            return fallback, [f"{parquet} is missing; using {csv}{self._rewrite_parquet(fallback, '')}"]
         try:
             return _read_parquet(parquet), []
         except ResultsError as damaged:
@@ -149,11 +172,24 @@ class RunStore:
                 fallback = _read_csv(csv)
             except ResultsError as also:
                 raise ResultsError(f"{also}; {damaged}", csv) from None
+            return fallback, [f"{damaged}; using {csv}{self._rewrite_parquet(fallback, str(damaged))}"]
+
+    def _rewrite_parquet(self, rows: pd.DataFrame, damaged: str) -> str:
+        """Set a damaged ``cells.parquet`` aside and write a fresh one from ``rows`` (those of the intact CSV);
+        only when no other process is writing the folder. Return what was done, as the end of a warning."""
+        parquet = self.run_dir / CELLS_PARQUET
+        with try_lock(self.run_dir) as locked:
+            if not locked:
+                return f"; left as it is while {describe_holder(self.run_dir)} writes the folder"
+            done = ""
             try:
-                where = f"set aside as {self.set_aside(parquet).name}"  # type: ignore[union-attr]
-            except OSError as exc:
-                where = f"could not set it aside ({exc.strerror or type(exc).__name__})"
-            return fallback, [f"{damaged}; {where}; using {csv}"]
+                if damaged:
+                    done = f"; set aside as {self.set_aside(parquet).name}"  # type: ignore[union-attr]
+                storable, _ = storable_frame(rows)
+                atomic_write(parquet, lambda tmp: storable.to_parquet(tmp, index=False))
+            except (OSError, ResultsError) as exc:
+                return f"{done}; could not write a new {CELLS_PARQUET} ({getattr(exc, 'strerror', None) or exc})"
+            return f"{done}; a new {CELLS_PARQUET} was written from it"
 
     def set_aside(self, path: Path) -> Path | None:
         """Rename a damaged file to ``NAME.damaged-TIMESTAMP`` so that nothing is overwritten; return the new path."""
@@ -242,13 +278,18 @@ def _missing(value: Any) -> bool:
 
 
 def load_results(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """The cell rows of a run folder (or of a ``cells.parquet`` file) as a DataFrame."""
+    """The cell rows of a run folder (or of its ``cells.parquet`` or ``cells.csv``) as a DataFrame.
+
+    A damaged or missing ``cells.parquet`` beside an intact ``cells.csv`` is read from the CSV (and replaced
+    from it, the damaged file set aside), with a :class:`RuntimeWarning` saying so."""
     target = Path(path)
-    if target.is_dir():
-        target = target / CELLS_PARQUET
-    if not target.exists():
-        raise ResultsError(f"no results at {target}")
-    return _read_parquet(target)
+    run_dir = target if target.is_dir() else target.parent
+    if not (run_dir / CELLS_PARQUET).exists() and not (run_dir / CELLS_CSV).exists():
+        raise ResultsError(f"no results at {target if not target.is_dir() else target / CELLS_PARQUET}")
+    frame, problems = RunStore(run_dir)._read_cell_files()  # the rows as stored
+    for problem in problems:
+        warnings.warn(problem, RuntimeWarning, stacklevel=2)
+    return frame
 
 
 _TEMPORARY_PATTERN = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # what atomic_write's mkstemp names look like
@@ -467,30 +508,30 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     if not parquet.exists() and not csv_path.exists():
         raise ResultsError(f"{run_dir} holds no {CELLS_PARQUET} or {CELLS_CSV}: not a run folder", run_dir)
     store = RunStore(run_dir)
-    cells, warnings = store.read_cells()
+    cells, problems = store.read_cells()
     missing = [c for c in ("cell_id", "status") if c not in cells.columns]
     if missing:
-        source = parquet if not warnings else csv_path
+        source = parquet if not problems else csv_path
         raise ResultsError(f"{source} has no {' or '.join(missing)} column: not a cnfbench results file", source)
     try:
         curves = store.read_curves()
     except ResultsError as exc:
-        warnings.append(f"{exc}; no training curves")
+        problems.append(f"{exc}; no training curves")
         curves = pd.DataFrame()
     try:
         provenance = store.read_run_json()
         if not provenance:
-            warnings.append(f"{run_dir / RUN_JSON} is missing: versions and machine unknown")
+            problems.append(f"{run_dir / RUN_JSON} is missing: versions and machine unknown")
     except ResultsError as exc:
-        warnings.append(f"{exc}; versions and machine unknown")
+        problems.append(f"{exc}; versions and machine unknown")
         provenance = {}
     written = provenance.get("format", 1)
     if isinstance(written, int) and written > RUN_FORMAT:
-        warnings.append(f"{run_dir / RUN_JSON} has format {written}, newer than this cnfbench's {RUN_FORMAT}: "
+        problems.append(f"{run_dir / RUN_JSON} has format {written}, newer than this cnfbench's {RUN_FORMAT}: "
                         "reading what this version knows")
     versions = provenance.get("versions")
     if provenance and not (isinstance(versions, dict) and all(isinstance(v, (str, type(None)))
                                                                for v in versions.values())):
-        warnings.append(f"{run_dir / RUN_JSON}: 'versions' is not an object of version strings; versions unknown")
+        problems.append(f"{run_dir / RUN_JSON}: 'versions' is not an object of version strings; versions unknown")
         provenance = {**provenance, "versions": {}}
-    return Run(run_dir, run_dir.resolve().name, cells, curves, provenance, warnings)
+    return Run(run_dir, run_dir.resolve().name, cells, curves, provenance, problems)

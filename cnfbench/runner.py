@@ -1,9 +1,11 @@
 """The runner: executes a run's cells one after another and keeps the run folder current.
 
-Before the first cell it writes ``run.json``; after every cell it writes the
-cell's model file (``models/<cell_id>.safetensors``, for a ``done`` cell that
-trained) and then rewrites ``cells.parquet``/``cells.csv`` and ``curves.parquet``, each
-atomically, so a row never names a model file that is not there. Cells
+It holds the run folder's write lock (:mod:`cnfbench.folder_lock`) throughout. Before the first cell it writes
+``run.json``; after every cell it writes the cell's model file (``models/<cell_id>.safetensors``, for a
+``done`` cell that trained) and then rewrites ``cells.parquet``/``cells.csv`` and ``curves.parquet``, each
+atomically, so a row never names a model file that is not there; a cell whose model file cannot be written
+ends ``error`` (a rerun retries it), and a full device ends the run (:class:`~cnfbench.run_folder.DiskFull`)
+with every row written so far intact. Cells
 already ``done`` in the folder (same cell id) are skipped, and their model
 files kept, so rerunning a command resumes it; failed cells are retried
 unless ``retry_failed`` is off.
@@ -35,6 +37,7 @@ from cnfbench.columns import ordered
 from cnfbench.contracts import CellOutcome, Executor, SharedModel
 from cnfbench.execute import model_key_of
 from cnfbench.executor import job_for
+from cnfbench.folder_lock import run_folder_lock
 from cnfbench.model_file import ModelFileError, check_model
 from cnfbench.progress import Progress
 from cnfbench.registry import Registry
@@ -42,10 +45,13 @@ from cnfbench.rows import TRAINING_COLUMNS, failed_outcome, interrupted_outcome
 from cnfbench.run_folder import (
     CELLS_CSV,
     CELLS_PARQUET,
+    RUN_JSON,
+    DiskFull,
     ResultsError,
     RunStore,
     check_run_name,
     model_file_name,
+    model_path,
     remove_stale_temporaries,
     write_density_artifacts,
     write_model,
@@ -186,16 +192,36 @@ def _loss_unit(registry: Registry, cell: Cell) -> str:
         return "?"
 
 
-def _keep_model(run_dir: Path, cell: Cell, model: bytes | None, progress: Progress) -> str:
-    """Write a finished cell's model file; return what its row's ``model_file`` says (empty when none)."""
+def _keep_model(run_dir: Path, cell: Cell, model: bytes | None) -> str:
+    """Write a finished cell's model file; return what its row's ``model_file`` says (empty when none).
+
+    Raises :class:`_NotKept` when the file cannot be written (:class:`DiskFull` inside it when the device is
+    full): a ``done`` row must never lack the model it trained."""
     if model is None:
         return ""
     try:
         write_model(run_dir, cell.cell_id, model)
+    except DiskFull as full:
+        raise _NotKept(f"no space left on device ({model_path(run_dir, cell.cell_id)})", full) from None
     except (ResultsError, OSError) as exc:
-        progress.message(f"warning: the trained field of cell {cell.cell_id} is not kept: {exc}")
-        return ""
+        why = f"{exc.strerror} ({exc.filename})" if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise _NotKept(why) from None
     return model_file_name(cell.cell_id)
+
+
+class _NotKept(Exception):
+    """A finished cell's trained field could not be written: its row ends ``error`` (so a rerun retries it)."""
+
+    def __init__(self, why: str, full: DiskFull | None = None) -> None:
+        super().__init__(why)
+        self.why, self.full = why, full
+
+
+def _not_kept(outcome: CellOutcome, why: str) -> CellOutcome:
+    """``outcome`` ended ``error``: its numbers stay, but without its model it is not done."""
+    row = {**outcome.row, "status": "error", "valid": False, "validity_reason": "",
+           "reason": f"the trained field was not kept: {why}; rerun the same command to retry the cell"}
+    return CellOutcome(row, outcome.curves, outcome.density, None)
 
 
 def _notify_finished(registry: Registry, row: dict[str, Any], run_dir: Path, progress: Progress) -> None:
@@ -230,9 +256,10 @@ def sweep(
     ``trackers`` hear each finished cell's curve and row (and are closed at the end).
     """
     try:
-        return _sweep(cells, registry, executor, run_dir, provenance, progress, retry_failed, rerun, record,
-                      executor_name, may_train,
-                      trackers if trackers is not None else Trackers([], str(run_dir), progress.message))
+        with run_folder_lock(run_dir):
+            return _sweep(cells, registry, executor, run_dir, provenance, progress, retry_failed, rerun, record,
+                          executor_name, may_train,
+                          trackers if trackers is not None else Trackers([], str(run_dir), progress.message))
     finally:
         if trackers is not None:
             trackers.close()
@@ -249,14 +276,16 @@ def _sweep(cells: list[Cell], registry: Registry, executor: Executor, run_dir: P
     try:
         previous = store.read_run_json()
     except ResultsError as exc:
-        progress.message(f"warning: {exc}; writing a new one")
+        damaged = store.set_aside(store.run_dir / RUN_JSON)
+        kept = f"set aside as {damaged.name}; " if damaged is not None else ""
+        progress.message(f"warning: {exc}; {kept}writing a new one")
         previous = {}
     if record is not None:
         store.write_run_json(record(previous))
     else:
         history = list(previous.get("history", []))
         if previous:
-            history.append({"created": previous.get("created"), "command": previous.get("command")})
+            history.append({key: previous.get(key) for key in ("created", "command", "plugins")})
         store.write_run_json({**provenance, "history": history,
                               "cells": [cell.to_json() | {"cell_id": cell.cell_id} for cell in cells]})
     trackers.start({"name": run_dir.name, "command": provenance.get("command"), "config": provenance.get("config")})
@@ -289,8 +318,12 @@ def _sweep(cells: list[Cell], registry: Registry, executor: Executor, run_dir: P
                      outcome: CellOutcome) -> dict[str, Any] | None:
         """Write ``cell``'s outcome to the folder; the row written (``None`` when an earlier row is kept)."""
         nonlocal frame, curves, ran
-        model_file = source.model_file if shared is not None and source else \
-            _keep_model(run_dir, cell, outcome.model, progress)
+        full: DiskFull | None = None
+        try:
+            model_file = source.model_file if shared is not None and source else \
+                _keep_model(run_dir, cell, outcome.model)
+        except _NotKept as lost:
+            outcome, model_file, full = _not_kept(outcome, lost.why), "", lost.full
         row = ordered({"host": "", **outcome.row, "model_file": model_file, **placement})
         if rerun and row["status"] != "done" and cell.cell_id in done_before:
             progress.message(f"warning: cell {cell.cell_id} ended {row['status']} ({row.get('reason', '')}); "
@@ -312,6 +345,8 @@ def _sweep(cells: list[Cell], registry: Registry, executor: Executor, run_dir: P
             write_density_artifacts(run_dir, cell.cell_id, **outcome.density)
         _write_cells(store, frame, progress)
         ran += 1
+        if full is not None:
+            raise full
         _notify_finished(registry, row, run_dir, progress)
         trackers.cell_finished(cell, outcome.curves, row)
         return row
@@ -401,4 +436,7 @@ def _sweep_in_parallel(todo: list[Cell], executor: Executor, prepare: Callable[.
     except KeyboardInterrupt:
         stopped = executor.cancel()
         return record_interrupted(stopped)
+    except DiskFull:
+        executor.cancel()  # the run ends: the cells in flight are stopped, and rerun later
+        raise
     return result()

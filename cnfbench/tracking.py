@@ -1,17 +1,24 @@
-"""The run's experiment trackers (``--tracker``): built once, told of every finished cell, never failing one.
+"""The run's experiment trackers (``--tracker``): built once, told of every finished cell, never failing or
+holding up one.
 
-:class:`Trackers` resolves the ``--tracker`` selectors against the registry (a bad name or parameter is the
-usual one-line error), builds each tracker (a missing extra is a one-line error too; any other failure to
-start — a store that cannot be reached — is a warning, and the run goes on without that tracker), and, when
-a cell's outcome reaches the main process, replays its training curve iteration by iteration, then its
-row. A tracker that raises is warned about once and left out for the rest of the run.
+:func:`resolve_trackers` resolves the ``--tracker`` selectors against the registry (a bad name or parameter is the
+usual one-line error). :class:`Trackers` gives each tracker a :class:`TrackerWorker` — a daemon thread of its
+own that runs the tracker's calls one at a time, in order — and waits at most the tracker's ``timeout``
+(:data:`cnfbench.contracts.Tracker.TIMEOUT`) for each: ``start``, each finished cell's replay (its training
+curve iteration by iteration, then its row), ``close``, and its construction (at least the default 10 s, see
+:func:`build_timeout`; a missing extra is a one-line error). A call that raises, or does not return in time,
+is one warning naming the tracker, what it was doing and why; that tracker is never called again and the
+sweep goes on at once. An abandoned call goes on in its thread, which never keeps the process from exiting.
 """
 
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar, cast
 
 from cnfbench.cells import Cell
 from cnfbench.contracts import Tracker
@@ -22,10 +29,12 @@ from cnfbench.registry import Registry
 CURVE_KEYS_SKIPPED = ("cell_id", "iteration")
 """Curve columns that are not values to log."""
 
+T = TypeVar("T")
+
 
 def resolve_trackers(registry: Registry, selectors: Sequence[str]) -> list[tuple[type[Tracker], dict[str, Any]]]:
-    """Each ``--tracker`` selector's class and resolved parameters; :class:`~cnfbench.params.ParamError` for a
-    bad one."""
+    """Each ``--tracker`` selector's class and resolved parameters (``timeout`` included); :class:`~cnfbench.params.
+    ParamError` for a bad one."""
     if not selectors:
         return []
     resolved = []
@@ -35,35 +44,128 @@ def resolve_trackers(registry: Registry, selectors: Sequence[str]) -> list[tuple
     return resolved
 
 
+def build_timeout(timeout: float) -> float:
+    """How long a tracker's constructor may take: its ``timeout``, but never less than the default, because a
+    constructor imports the tracker's library (MLflow: about 2 s) and talks to no store; a short ``timeout``
+    is for the store's calls."""
+    return max(timeout, float(Tracker.TIMEOUT.default))
+
+
+class TrackerCallError(Exception):
+    """A call to a tracker failed: it raised (the exception is the ``__cause__``) or did not return in time."""
+
+
+class TrackerTimeout(TrackerCallError):
+    """A call to a tracker did not return within its timeout; it goes on, abandoned, in the tracker's thread."""
+
+
+@dataclass(eq=False)
+class _Call(Generic[T]):
+    """One call handed to a :class:`TrackerWorker` and, once it has run, its result or exception."""
+
+    function: Callable[[], T]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: T | None = None
+    error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.function()
+        except BaseException as exc:  # noqa: BLE001 - even SystemExit from a tracker is the tracker's failure
+            self.error = exc
+        finally:
+            self.done.set()
+
+
+class TrackerWorker:
+    """A daemon thread that runs one tracker's calls one at a time, in the order given; :meth:`call` waits at
+    most ``timeout`` seconds for each."""
+
+    def __init__(self, label: str, timeout: float) -> None:
+        self.label = label
+        self.timeout = timeout
+        self._calls: queue.SimpleQueue[_Call[Any] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=f"cnfbench-tracker-{label}", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            call.run()
+
+    def call(self, function: Callable[[], T], timeout: float | None = None) -> T:
+        """``function()`` run on the thread, after the calls before it; :class:`TrackerTimeout` when it has not
+        returned within ``timeout`` (default: the worker's; the call is then abandoned), :class:`TrackerCallError`
+        from what it raised."""
+        limit = self.timeout if timeout is None else timeout
+        pending: _Call[T] = _Call(function)
+        self._calls.put(pending)
+        if not pending.done.wait(limit):
+            raise TrackerTimeout(f"did not answer within {limit:g} s")
+        if pending.error is not None:
+            raise TrackerCallError(describe_exception(pending.error, 300)) from pending.error
+        return cast(T, pending.result)
+
+    def stop(self) -> None:
+        """End the thread once the calls already given have run (at once if it is idle)."""
+        self._calls.put(None)
+
+
+@dataclass
+class _Active:
+    """A tracker that is still being called, with its worker."""
+
+    tracker: Tracker
+    worker: TrackerWorker
+
+
 class Trackers:
-    """The run's trackers, each guarded: what one raises is a warning (through ``warn``), then it is left out."""
+    """The run's trackers, each behind its own :class:`TrackerWorker`: what one raises, or a call that does not
+    return within its timeout, is a warning (through ``warn``), and that tracker is left out."""
 
     def __init__(self, chosen: Sequence[tuple[type[Tracker], dict[str, Any]]], run_dir: str,
                  warn: Callable[[str], None]) -> None:
+        """Build each ``(class, resolved parameters)`` of ``chosen`` in its own thread; a ``ValueError`` from a
+        constructor (a missing extra, a bad setting) is raised for the caller's one-line error."""
         self.warn = warn
-        self.active: list[Tracker] = []
+        self.active: list[_Active] = []
         for cls, params in chosen:
+            timeout, arguments = cls.split_params(params)
+            worker = TrackerWorker(cls.name, timeout)
+
+            def build(cls: type[Tracker] = cls, arguments: dict[str, Any] = arguments,
+                      timeout: float = timeout) -> Tracker:
+                tracker = cls(run_dir, **arguments)
+                tracker.call_timeout = timeout
+                return tracker
+
             try:
-                self.active.append(cls(run_dir, **params))
-            except ValueError:
-                raise  # a missing extra or a bad setting: the caller's one-line error
-            except Exception as exc:  # noqa: BLE001 - a tracker that cannot start is a warning, not a failed run
-                warn(f"warning: tracker {cls.name!r} could not start and is left out: {describe_exception(exc)}")
+                self.active.append(_Active(worker.call(build, build_timeout(timeout)), worker))
+            except TrackerCallError as exc:
+                worker.stop()
+                if isinstance(exc.__cause__, ValueError):
+                    raise exc.__cause__ from None
+                self._left_out(cls.name, "construction", exc)
+
+    def _left_out(self, name: str, what: str, exc: TrackerCallError) -> None:
+        hint = f" ({name}[timeout=SECONDS] waits longer)" if isinstance(exc, TrackerTimeout) else ""
+        self.warn(f"warning: tracker {name!r} failed in {what} and is left out for the rest of the run: "
+                  f"{exc}{hint}")
 
     def _each(self, what: str, call: Callable[[Tracker], None]) -> None:
-        for tracker in list(self.active):
+        for entry in list(self.active):
             try:
-                call(tracker)
-            except Exception as exc:  # noqa: BLE001 - a tracker never fails a cell or the sweep
-                self.active.remove(tracker)
-                self.warn(f"warning: tracker {tracker.name!r} failed in {what} and is left out for the rest of "
-                          f"the run: {describe_exception(exc, 300)}")
+                entry.worker.call(lambda tracker=entry.tracker: call(tracker))
+            except TrackerCallError as exc:
+                self.active.remove(entry)
+                entry.worker.stop()
+                self._left_out(entry.tracker.name, what, exc)
 
     def start(self, run: dict[str, Any]) -> None:
         self._each("start", lambda tracker: tracker.start(run))
 
     def cell_finished(self, cell: Cell, curve: list[dict[str, Any]], row: dict[str, Any]) -> None:
-        """Replay ``cell``'s training ``curve`` (its rows, in iteration order), then its ``row``."""
+        """Replay ``cell``'s training ``curve`` (its rows, in iteration order), then its ``row``: one call per
+        tracker, bounded by its timeout."""
         if not self.active:
             return
         info = {"cell_id": cell.cell_id, "label": cell.describe(), "spec": cell.to_json()}
@@ -82,6 +184,8 @@ class Trackers:
         self._each(f"the cell {cell.cell_id}", replay)
 
     def close(self) -> None:
+        """Close every tracker still in use and end the threads; no tracker is called after this."""
         self._each("close", lambda tracker: tracker.close())
-
-
+        for entry in self.active:
+            entry.worker.stop()
+        self.active.clear()

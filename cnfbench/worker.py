@@ -25,8 +25,10 @@ import math
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,19 +37,25 @@ from typing import Any, Protocol
 
 from cnfbench.cells import Cell
 from cnfbench.compiling import CompileFallbackWarning
-from cnfbench.contracts import DATA_ROOT_VARIABLE, CellInterrupted, CellOutcome, SharedModel
+from cnfbench.contracts import DATA_ROOT_VARIABLE, ORPHANED_EXIT, CellInterrupted, CellOutcome, SharedModel
 from cnfbench.dynamics import PhaseTracker, unpack_phase
 from cnfbench.execute import train_and_evaluate
 from cnfbench.messages import describe_exception, one_line
 from cnfbench.plugin_manager import AUTOLOAD_ENV, PLUGINS_ENV, create_plugin_manager
 from cnfbench.registry import Registry, load_registry
 from cnfbench.rows import failed_outcome, failure_reason
+from cnfbench.threads import OwnLoad, ThreadDecision, decide_threads, load_average, usable_cpus
 
-__all__ = ["REPORT_INTERVAL_S", "PluginShipment", "TimeLimit", "plugin_shipment", "run_cell_payload",
-           "set_torch_threads"]
+__all__ = ["HARD_TIMEOUT_EXIT", "HARD_TIMEOUT_GRACE_S", "REPORT_INTERVAL_S", "PluginShipment", "TimeLimit",
+           "apply_thread_policy", "plugin_shipment", "run_cell_payload"]
 
 REPORT_INTERVAL_S = 0.5
 """Seconds between a worker's progress reports (only when something changed)."""
+
+HARD_TIMEOUT_GRACE_S = 30.0
+"""Seconds past ``--timeout`` after which a worker ends its own process (exit code :data:`HARD_TIMEOUT_EXIT`),
+should the main process that enforces the timeout be gone."""
+HARD_TIMEOUT_EXIT = 124
 
 
 class TimeLimit(Protocol):
@@ -57,17 +65,6 @@ class TimeLimit(Protocol):
 
     reached: bool
     minutes: float
-
-
-def set_torch_threads(workers: int, threads: int) -> None:
-    """Limit torch's threads in a worker: ``threads`` when given, else torch's default shared by ``workers``
-    (untouched for one worker, so a default run computes exactly as it always did)."""
-    import torch
-
-    if threads > 0:
-        torch.set_num_threads(threads)
-    elif workers > 1:
-        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
 
 
 @dataclass(frozen=True)
@@ -99,6 +96,7 @@ def plugin_shipment(plugins: Sequence[str], registry: Registry | None = None) ->
 _LOCK = threading.Lock()
 _REGISTRIES: dict[tuple[Any, ...], tuple[Registry, dict[str, str], dict[str, str]]] = {}
 _THREADS: dict[str, Any] = {}
+_OWN_LOAD = OwnLoad()
 
 
 @contextlib.contextmanager
@@ -175,18 +173,24 @@ def _plugin_differences(expected: dict[str, str], found: dict[str, str], errors:
     return one_line("; ".join(problems))
 
 
-def _apply_threads(workers: int, threads: int) -> None:
-    """:func:`set_torch_threads` once per setting in this process, from torch's default
-    (applying it twice would divide twice)."""
+def apply_thread_policy(workers: int, threads: int, cap: int = 0) -> ThreadDecision:
+    """Set this process's torch threads for its next cell (:func:`cnfbench.threads.decide_threads`: ``threads``
+    when given, else this worker's share of the CPUs it may use among ``workers`` cells at once on the machine,
+    fewer on a busy machine, at most ``cap``) and return the decision. The inter-op pool is sized once, at
+    the first cell (torch allows it only before any inter-op work)."""
     import torch
 
     with _LOCK:
         default = _THREADS.setdefault("default", torch.get_num_threads())
-        if _THREADS.get("applied") == (workers, threads):
-            return
-        torch.set_num_threads(default)
-        set_torch_threads(workers, threads)
-        _THREADS["applied"] = (workers, threads)
+        decision = decide_threads(threads, workers, usable_cpus(), load_average(), _OWN_LOAD.estimate(), default,
+                                  cap)
+        torch.set_num_threads(decision.threads)
+        if "interop" not in _THREADS:
+            _THREADS["interop"] = decision.threads
+            with contextlib.suppress(RuntimeError):  # this process already ran inter-op work (inline executor)
+                torch.set_num_interop_threads(decision.threads)
+        _OWN_LOAD.running(decision.threads)
+    return decision
 
 
 _TRAINING = ("train_forward", "train_backward")
@@ -255,6 +259,52 @@ def _shared_model(data: dict[str, Any] | None) -> SharedModel | None:
     return SharedModel(data["trainer_id"], bytes(model), dict(data["training"]))
 
 
+MAIN_WATCH_INTERVAL_S = 1.0
+"""Seconds between a worker's looks at its main process (when both run on one machine)."""
+def _process_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:  # it exists, owned by someone else
+            return True
+        return True
+
+
+def _watch_main(main: Any) -> None:
+    """End this worker's process when the run's main process dies, where both run on one machine and the engine
+    did not make this worker its child (submitit's local jobs, a Dask worker beside its client): a thread looks
+    every :data:`MAIN_WATCH_INTERVAL_S`. Once per process; never in the main process itself."""
+    if not isinstance(main, dict) or main.get("host") != socket.gethostname():
+        return
+    pid = main.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid() or _THREADS.get("watching") == pid:
+        return
+    _THREADS["watching"] = pid
+
+    def watch() -> None:
+        while _process_alive(pid):
+            time.sleep(MAIN_WATCH_INTERVAL_S)
+        with contextlib.suppress(Exception):
+            print(f"cnfbench worker {os.getpid()}: its main process {pid} is gone; ending", file=sys.stderr,
+                  flush=True)
+        os._exit(ORPHANED_EXIT)
+
+    threading.Thread(target=watch, name="cnfbench-main-watchdog", daemon=True).start()
+
+
+def _end_process(cell_id: str, seconds: float) -> None:
+    """The cell outlived its hard limit and nobody stopped it (its main process is gone): end this worker."""
+    with contextlib.suppress(Exception):
+        print(f"cnfbench worker {os.getpid()}: cell {cell_id} ran past its hard limit of {seconds:g} s "
+              f"(--timeout plus {HARD_TIMEOUT_GRACE_S:g} s); ending the worker", file=sys.stderr, flush=True)
+    os._exit(HARD_TIMEOUT_EXIT)
+
+
 def _plain(outcome: CellOutcome) -> dict[str, Any]:
     """An outcome as plain data (row, curves and density through JSON, exactly as the process executor sends them)."""
     row, curves, density = json.loads(json.dumps([outcome.row, outcome.curves, outcome.density], allow_nan=True))
@@ -270,13 +320,19 @@ def run_cell_payload(payload: dict[str, Any], report: Callable[[dict[str, Any]],
     ``plugin_sources`` (``{plugin: source text}`` of its ``.py`` plugins, written to a private folder here),
     ``versions`` (``{plugin: version}`` of every plugin the main process loaded), ``autoload``, ``shared``
     (``{"trainer_id", "training", "model"}`` bytes, or ``"model_hex"``; or None), and the torch-thread
-    policy ``workers``/``threads`` of :func:`set_torch_threads`, and ``data_root`` (the main
-    process's ``$CNFBENCH_DATA``, set here too: the folder must exist on the worker's machine).
+    policy of :func:`apply_thread_policy` (``workers``: cells at once on this machine, 0 when unknown;
+    ``threads``: per worker, 0 for the default policy; ``thread_cap``: the user's ``OMP_NUM_THREADS``, 0 for
+    none), and ``data_root`` (the main process's ``$CNFBENCH_DATA``, set here too: the folder must exist on the
+    worker's machine). The row's ``torch_threads_reason`` says how its thread count was chosen; when a busy
+    machine made it fewer than the worker's share, the first progress message carries a ``note`` saying so.
 
     Returns ``{"row", "curves", "density", "model", "host"}`` (plain, picklable data); a worker whose plugins
     or plugin versions differ from the main process's refuses the cell with an ``error`` row. Only a payload
     whose cell cannot be read returns ``{"row": None, "error": reason}``. ``report`` hears progress messages
-    (``where``: the packed phase, ``iteration``: ``[done, loss, nfe]``, ``shown``: the display's phase);
+    (``where``: the packed phase, ``iteration``: ``[done, loss, nfe]``, ``shown``: the display's phase,
+    ``note``: a line for the user, or None); ``hard_timeout_s`` (when given) ends this worker's process should the
+    cell outlive it — the engine's main process, which enforces ``--timeout``, may be gone; ``main``
+    (``{"host", "pid"}`` of the run's main process): a worker on the same machine ends when it dies;
     ``scratch`` is a folder for the shipped plugin files (an engine's own scratch space, which it cleans up even
     after a worker was killed; the system's temporary folder when None). ``registry``: run with these plugins
     instead of the payload's (a cell run in the main process, which loaded them already). ``time_limit``: the
@@ -288,25 +344,40 @@ def run_cell_payload(payload: dict[str, Any], report: Callable[[dict[str, Any]],
     except Exception as exc:  # noqa: BLE001 - a cnfbench of another version: said in one line
         return {"row": None, "error": f"the worker on {host} could not read the cell: {describe_exception(exc)}",
                 "host": host}
-    reporter = _Reporter(report, {"host": host, "pid": os.getpid()}) if report is not None else None
+    decision = apply_thread_policy(int(payload.get("workers", 1) or 0), int(payload.get("threads") or 0),
+                                   int(payload.get("thread_cap") or 0))
+    reporter = _Reporter(report, {"host": host, "pid": os.getpid(), "note": decision.note or None}) \
+        if report is not None else None
     if reporter is not None:
         reporter.start()
+
+    _watch_main(payload.get("main"))
+    hard_limit = payload.get("hard_timeout_s")
+    watchdog = threading.Timer(float(hard_limit), _end_process, (cell.cell_id, float(hard_limit))) \
+        if hard_limit else None
+    if watchdog is not None:
+        watchdog.daemon = True
+        watchdog.start()
+
+    def plain(outcome: CellOutcome) -> dict[str, Any]:
+        outcome.row["torch_threads_reason"] = decision.reason
+        return _plain(outcome)
+
     try:
-        _apply_threads(int(payload.get("workers") or 1), int(payload.get("threads") or 0))
         if payload.get("data_root"):
             os.environ[DATA_ROOT_VARIABLE] = payload["data_root"]
         if registry is None:
             try:
                 registry, versions, errors = _worker_registry(payload, scratch)
             except Exception as exc:  # noqa: BLE001 - a plugin that does not load here
-                return _plain(failed_outcome(cell, "error", f"the worker on {host} could not load the plugins: "
+                return plain(failed_outcome(cell, "error", f"the worker on {host} could not load the plugins: "
                                              f"{describe_exception(exc)}", 0.0, "start"))
             expected = payload.get("versions")
             differences = "" if expected is None else _plugin_differences(expected, versions, errors)
         else:
             differences = ""
         if differences:
-            return _plain(failed_outcome(cell, "error", f"the worker on {host} refused the cell: {differences}",
+            return plain(failed_outcome(cell, "error", f"the worker on {host} refused the cell: {differences}",
                                          0.0, "start", registry=registry))
         tracker = PhaseTracker(reporter)
 
@@ -333,8 +404,11 @@ def run_cell_payload(payload: dict[str, Any], report: Callable[[dict[str, Any]],
                            reason=failure_reason(lead, cell, tracker.phase, tracker.iteration, registry=registry))
                 outcome = CellOutcome(row, outcome.curves)
         tracker.enter("result")
-        return _plain(outcome)
+        return plain(outcome)
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
+        _OWN_LOAD.running(0)
         if reporter is not None:
             reporter.stop()
             reporter.flush()

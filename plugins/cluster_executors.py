@@ -127,8 +127,9 @@ class DaskExecutor(FlightExecutor):
               "cluster of `workers` processes)"),
         Param("workers", "int", 2, "worker processes of the local cluster (with an address: the scheduler's)",
               minimum=1, maximum=256),
-        Param("threads", "int", 0, "torch threads per worker (0: torch's default divided by the local workers; "
-              "on a remote cluster, the worker's own default)", minimum=0, maximum=1024),
+        Param("threads", "int", 0, "torch threads per worker (0: the CPUs a worker may use, shared by the local "
+              "workers, fewer on a busy machine; on a remote cluster, the worker's own default, at most that)",
+              minimum=0, maximum=1024),
         Param("connect_timeout", "float", 10.0, "seconds to wait for the scheduler and its first worker",
               minimum=0.1, maximum=3600),
     )
@@ -153,14 +154,11 @@ class DaskExecutor(FlightExecutor):
                 raise ValueError(f"the dask scheduler at {self.address} has no workers (waited "
                                  f"{connect_timeout:g} s)") from None
             self.slots = max(1, len(self._client.nthreads()))
-            self.threads = threads  # 0: each worker keeps its own default (dask's nanny sets OMP_NUM_THREADS=1)
+            # How many workers share a node is the cluster's business: 0 keeps each worker's own default (dask's
+            # nanny sets OMP_NUM_THREADS=1), never more than the CPUs it may use, fewer on a busy node.
+            self.workers, self.threads = 0, threads
         else:
-            import torch
-
-            # The nanny starts workers with OMP_NUM_THREADS=1, so the policy of set_torch_threads is applied here,
-            # from this process's torch default, and the workers get the resulting count.
-            default = torch.get_num_threads()
-            self.threads = threads or (max(1, default // workers) if workers > 1 else default)
+            self.workers, self.threads = workers, threads
             try:
                 # allowed_failures=0: a cell whose worker dies is not retried on the next worker (it would kill it).
                 # memory_limit=0: no memory monitor, as with the process executor (the OOM killer decides).
@@ -343,13 +341,10 @@ class SubmititExecutor(FlightExecutor):
         self.poll_s = 0.25 if cluster == "local" else 2.0  # on SLURM each look reads files on a shared filesystem
         self.slots = array_parallelism or (2 if cluster == "local" else 16)
         self.timeout_min = timeout_min or (math.ceil(timeout / 60) + 2 if timeout else DEFAULT_JOB_MINUTES)
-        if cpus_per_task:
-            self.threads = cpus_per_task
-        elif cluster == "local":
-            import torch
-
-            default = torch.get_num_threads()
-            self.threads = max(1, default // self.slots) if self.slots > 1 else default
+        # A SLURM job has its own allocation (cpus_per_task, seen in the job as SLURM_CPUS_PER_TASK); local jobs
+        # share this machine.
+        self.workers = self.slots if cluster == "local" else 1
+        self.threads = cpus_per_task
         self._owned: Path | None = None
         if folder:
             base = Path(folder).expanduser()

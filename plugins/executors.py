@@ -17,13 +17,17 @@ and a base for an engine a third-party plugin brings: it provides ``_submit``, `
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import ctypes
 import json
 import math
 import multiprocessing
 import multiprocessing.connection
+import os
 import queue
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -32,6 +36,7 @@ from typing import Any
 
 from cnfbench.contracts import (
     INTERRUPTED,
+    ORPHANED_EXIT,
     CellInterrupted,
     CellJob,
     CellOutcome,
@@ -53,8 +58,12 @@ class _Told:
         self.progress = progress
         self.shown: Any = None
         self.iteration: Any = None
+        self.note: Any = None
 
-    def tell(self, shown: Any, iteration: Any) -> None:
+    def tell(self, shown: Any, iteration: Any, note: Any = None) -> None:
+        if note and note != self.note:
+            self.progress("note", note)
+            self.note = note
         if iteration is not None and iteration != self.iteration:  # the last iterations before a new phase
             self.progress("iteration", tuple(iteration))
         if shown is not None and shown != self.shown:
@@ -68,8 +77,8 @@ class InlineExecutor(Executor):
 
     def run_cell(self, job: CellJob, progress: ProgressHook) -> CellOutcome:
         told = _Told(progress)
-        result = self.context.run_here(job, lambda message: told.tell(message.get("shown"),
-                                                                      message.get("iteration")))
+        result = self.context.run_here(job, lambda message: told.tell(message.get("shown"), message.get("iteration"),
+                                                                      message.get("note")))
         outcome = self.context.outcome(job, result)
         if outcome.row.get("status") == "interrupted":
             raise CellInterrupted(outcome)
@@ -87,6 +96,7 @@ class Flight:
     where: int = 0
     iteration: list[float] | None = None
     shown: str | None = None
+    note: str | None = None
     worker: str | None = None
     pid: int | None = None
     cancelled: bool = False
@@ -100,6 +110,7 @@ class Flight:
         self.where = int(message.get("where") or 0)
         self.iteration = message.get("iteration")
         self.shown = message.get("shown")
+        self.note = message.get("note") or self.note
         self.worker = message.get("worker") or self.worker
         self.pid = message.get("pid") or self.pid
         self.changed.set()
@@ -186,7 +197,7 @@ class FlightExecutor(Executor):
                 outcome = self._poll(flight)
                 if outcome is not None:
                     return outcome
-                told.tell(flight.shown, flight.iteration)
+                told.tell(flight.shown, flight.iteration, flight.note)
                 if time.monotonic() >= self._deadline(flight):
                     return self._timed_out(flight)
                 flight.changed.wait(self.poll_s)
@@ -233,8 +244,37 @@ def _receive(connection: multiprocessing.connection.Connection) -> dict[str, Any
     return json.loads(connection.recv_bytes().decode())
 
 
-def _worker_main(connection: multiprocessing.connection.Connection) -> None:
+PR_SET_PDEATHSIG = 1
+"""Linux's ``prctl`` option: the signal a process gets when the thread that started it ends."""
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """End this worker the moment the main process dies, even by ``kill -9``: on Linux the kernel sends it SIGKILL
+    (``PR_SET_PDEATHSIG``; the executor starts workers from one long-lived thread, since the signal follows the
+    starting thread); everywhere, a watchdog thread waits on the pipe the parent holds open (its sentinel) and
+    exits when it closes. A worker orphaned before either was armed exits at once."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    parent = multiprocessing.parent_process()
+    if os.getppid() != parent_pid:
+        os._exit(ORPHANED_EXIT)
+
+    def watch() -> None:
+        if parent is not None:
+            multiprocessing.connection.wait([parent.sentinel])
+        else:  # not started by multiprocessing: the parent's pid is what there is to watch
+            while os.getppid() == parent_pid:
+                time.sleep(1.0)
+        os._exit(ORPHANED_EXIT)
+
+    threading.Thread(target=watch, name="cnfbench-parent-watchdog", daemon=True).start()
+
+
+def _worker_main(connection: multiprocessing.connection.Connection, parent_pid: int) -> None:
     """A worker process: run each cell it is sent, answering with reports, then the result and model bytes."""
+    _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from cnfbench.worker import run_cell_payload  # imports torch: in the worker, once
 
@@ -290,7 +330,8 @@ class _Worker:
 
     def start(self) -> None:
         parent, child = self._context.Pipe()
-        process = self._context.Process(target=_worker_main, args=(child,), name="cnfbench-worker", daemon=True)
+        process = self._context.Process(target=_worker_main, args=(child, os.getpid()), name="cnfbench-worker",
+                                        daemon=True)
         process.start()
         child.close()
         self.process, self.connection = process, parent
@@ -321,8 +362,8 @@ class ProcessExecutor(FlightExecutor):
     description = "worker processes on this machine, each cell with a hard timeout (the default: one worker)"
     params = (
         Param("workers", "int", 1, "worker processes, each running one cell at a time", minimum=1, maximum=256),
-        Param("threads", "int", 0, "torch threads per worker (0: torch's default divided by the workers)",
-              minimum=0, maximum=1024),
+        Param("threads", "int", 0, "torch threads per worker (0: the CPUs this process may use, shared by the "
+              "workers, fewer on a busy machine)", minimum=0, maximum=1024),
     )
     start_grace = None  # a worker is started before its cell is sent: the cell begins when it arrives
     poll_s = 0.05
@@ -332,6 +373,7 @@ class ProcessExecutor(FlightExecutor):
         self.slots = self.workers = workers
         self.threads = threads
         spawn = multiprocessing.get_context("spawn")
+        self._spawner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cnfbench-spawner")
         self._all = [_Worker(spawn) for _ in range(workers)]
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         for worker in self._all:
@@ -341,7 +383,7 @@ class ProcessExecutor(FlightExecutor):
         worker = self._idle.get()  # one is always idle: at most `slots` cells run at once
         try:
             if not worker.alive():
-                worker.start()
+                self._spawner.submit(worker.start).result()  # from one long-lived thread: see _die_with_parent
             assert worker.connection is not None
             shared = payload.get("shared")
             model = shared.pop("model") if shared else None
@@ -399,6 +441,7 @@ class ProcessExecutor(FlightExecutor):
         self.cancel()
         for worker in self._all:
             worker.stop()
+        self._spawner.shutdown(wait=False)
 
 
 @hookimpl

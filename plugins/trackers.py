@@ -10,7 +10,10 @@
   numbers as ``final/<name>``, and the cell's spec as text. ``tensorboard --logdir results/RUN/tensorboard``
   shows them. ``pip install cnfbench[tensorboard]``.
 
-Both open their store in ``start``, so that a store that cannot be reached is a warning and the run goes on.
+Both open their store in ``start``, so that a store that cannot be reached is a warning and the run goes on. Like
+every tracker they take ``timeout`` (seconds, default 10; the harness's): ``mlflow`` also bounds each of MLflow's HTTP
+requests by it, without retries, and checks that a SQLite store can be written before MLflow's own ~100 s
+of retries.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import importlib
 import logging
 import math
 import os
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,47 @@ def _final_numbers(row: dict[str, Any]) -> dict[str, float]:
                "mass_grid", "concurrency", "torch_threads"}
     return {key: float(value) for key, value in row.items() if key not in skipped
             and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))}
+
+
+_HTTP_SETTINGS: dict[str, str] = {}
+"""The MLflow HTTP settings this module put in the environment, by variable."""
+
+
+def _bound_http_requests(timeout: float) -> None:
+    """Make each MLflow HTTP request one attempt of at most ``timeout`` seconds (MLflow's defaults: 7 retries
+    with a doubling back-off, 120 s each), so that a request to a server that does not answer ends about when
+    cnfbench stops waiting for it. MLflow reads them from the environment only; a value the user set there
+    is left alone."""
+    for variable, value in (("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, math.ceil(timeout)))),
+                            ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")):
+        if os.environ.get(variable) in (None, _HTTP_SETTINGS.get(variable)):
+            os.environ[variable] = _HTTP_SETTINGS[variable] = value
+
+
+def _check_sqlite_store(uri: str, timeout: float) -> None:
+    """Raise at once, naming the file, when the SQLite store at ``uri`` cannot be opened, read and written.
+
+    MLflow tries to open a store ten times with a doubling back-off (0.1 s to 51 s, 101 s in all) before it gives
+    up: a store in a read-only folder, or a file that is no database, would otherwise fail only after that.
+    """
+    from sqlalchemy.engine import make_url
+
+    database = make_url(uri).database
+    if not database or database == ":memory:":
+        return
+    path = Path(database).expanduser().resolve()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # as MLflow does
+        connection = sqlite3.connect(f"{path.as_uri()}?mode=rwc", uri=True, timeout=timeout)
+        try:
+            connection.execute("PRAGMA schema_version").fetchall()  # opens and reads the file
+        finally:
+            connection.close()
+    except (OSError, sqlite3.Error) as exc:
+        raise RuntimeError(f"cannot open the SQLite store {path}: {type(exc).__name__}: {exc}") from None
+    # SQLite opens a file it may not write read-only, without a word; its journal goes beside it
+    if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+        raise RuntimeError(f"cannot write the SQLite store {path}: it or its folder is read-only")
 
 
 class MLflowTracker(Tracker):
@@ -58,9 +103,12 @@ class MLflowTracker(Tracker):
         self._pending: dict[str, list[Any]] = {}
 
     def start(self, run: dict[str, Any]) -> None:
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # an unreachable server: a warning, quickly
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-        logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its store's INFO lines on our terminal
+        # cnfbench's one warning line says why the tracker is left out: not MLflow's own retry warnings and
+        # error tracebacks beside it
+        logging.getLogger("mlflow").setLevel(logging.CRITICAL)
+        _bound_http_requests(self.call_timeout)
+        if self.uri.startswith("sqlite:"):
+            _check_sqlite_store(self.uri, self.call_timeout)
         tracking = importlib.import_module("mlflow.tracking")
         self._client = tracking.MlflowClient(tracking_uri=self.uri)
         existing = self._client.get_experiment_by_name(self.experiment)

@@ -20,6 +20,9 @@ TINY_RUNS = {
                                   "--batch-size", "64"],
     "bench_eval_throughput.py": ["--points", "64", "--chunks", "32,64", "--solvers", "euler[steps=2]", "--repeats",
                                  "1"],
+    "bench_threads.py": ["--situations", "run", "--warmup", "0", "--iterations", "2", "--max-threads", "1", "--cell",
+                         "--dataset 8gaussians[n_train=256,n_val=32,n_test=96] --field concatsquash[hidden=16-16] "
+                         "--solver euler[steps=2] --batch-size 64 --mass-grid 0"],
 }
 
 TABLE_HEADS = {
@@ -27,6 +30,7 @@ TABLE_HEADS = {
     "bench_trace_cost.py": "| hutchpp[probes=6] |",
     "bench_harness_overhead.py": "| solver         | iters/block |",
     "bench_eval_throughput.py": "throughput [samples/s]",
+    "bench_threads.py": "| beside a second cnfbench run |",
 }
 
 

@@ -250,6 +250,64 @@ def test_cli_compare_exit_codes(tmp_path):
     assert result.exit_code == 0 and "warning: " in result.output and "run.json is unreadable" in result.output
 
 
+# --------------------------------------------------------------------------------------------------- thread counts
+
+def timed(solver: str, threads: object, concurrency: object = 1, seconds: float = 1.0) -> list[dict]:
+    """Two seeds of ``solver`` with a training time, run with ``threads`` torch threads and ``concurrency`` cells at
+    a time (``None``: not recorded, as in rows written before the columns existed)."""
+    return two(solver, (3.0, 3.02), train_time_s=seconds, torch_threads=threads, concurrency=concurrency)
+
+
+def timing_notes(comparison) -> list[str]:
+    return [n for n in comparison.notes if "timings compare" in n]
+
+
+def test_timings_from_different_thread_counts_are_left_out_with_a_note():
+    base, new = run(frame(*timed("dopri5", 1))), run(frame(*timed("dopri5", 2, seconds=0.5)))
+    comparison = compare_runs(base, new, metrics=["nll_ref", "train_time_s"])
+    assert [m.name for m in comparison.metrics] == ["nll_ref"]
+    assert [n for n in comparison.notes if not n.startswith("low power")] == [
+        "train_time_s left out as not comparable: BASE ran 1 cells at a time, 1 torch threads, NEW 1 cells at a time, "
+        "2 torch threads (timings compare cells run with different torch thread counts (1, 2)); --ignore-concurrency "
+        "compares them anyway"]
+    forced = compare_runs(base, new, metrics=["nll_ref", "train_time_s"], ignore_concurrency=True)
+    assert [m.name for m in forced.metrics] == ["nll_ref", "train_time_s"]
+    assert forced.notes[0].startswith("time and memory compared anyway (--ignore-concurrency): BASE ran 1 cells")
+    assert forced.rows[0].verdict == "better"
+    with pytest.raises(ReportError, match=r"torch thread counts \(1, 2\)\): train_time_s are not comparable"):
+        compare_runs(base, new, metrics=["train_time_s"])
+    at_once = compare_runs(base, run(frame(*timed("dopri5", 1, concurrency=4))), metrics=["train_time_s"],
+                           ignore_concurrency=True)
+    assert at_once.notes[0].endswith("(timings compare cells run with different concurrency (1, 4 cells at a time))")
+
+
+def test_thread_counts_are_compared_per_configuration_and_unknown_ones_never_differ():
+    both = frame(*timed("dopri5", 1), *timed("euler4", 2))  # each configuration like for like in both runs
+    comparison = compare_runs(run(both), run(both), metrics=["train_time_s"])
+    assert timing_notes(comparison) == [] and [r.verdict for r in comparison.rows] == ["unchanged", "unchanged"]
+    older = run(frame(*timed("dopri5", None, None), *timed("euler4", None, None)))  # before the columns existed
+    assert timing_notes(compare_runs(older, run(both), metrics=["train_time_s"])) == []
+    without = run(frame(*two("dopri5", (3.0, 3.02), train_time_s=1.0), *two("euler4", (3.0, 3.02), train_time_s=1.0)))
+    assert timing_notes(compare_runs(without, run(both), metrics=["train_time_s"])) == []
+    mixed = frame(*timed("dopri5", 1), *timed("euler4", 2))
+    mixed.loc[3, "torch_threads"] = 4  # one euler seed of NEW ran with 4 threads
+    comparison = compare_runs(run(both), run(mixed), metrics=["nll_ref", "train_time_s"])
+    assert timing_notes(comparison) == [
+        "train_time_s left out as not comparable: BASE ran 1 cells at a time, 1/2 torch threads, NEW 1 cells at a "
+        "time, 1/2/4 torch threads (timings compare cells run with different torch thread counts (2, 4) in 1 of 2 "
+        "configurations); --ignore-concurrency compares them anyway"]
+
+
+def test_cli_compare_prints_the_thread_note(tmp_path):
+    base = write_run(tmp_path / "base", frame(*timed("dopri5", 1)))
+    new = write_run(tmp_path / "new", frame(*timed("dopri5", 2)))
+    result = CliRunner().invoke(main, ["compare", str(base), str(new), "--metric", "nll_ref,train_time_s",
+                                       "--markdown", "-"], catch_exceptions=False)
+    assert result.exit_code == 0
+    assert "- note: train\\_time\\_s left out as not comparable: BASE ran 1 cells at a time" in result.output
+    assert "(timings compare cells run with different torch thread counts (1, 2))" in result.output
+
+
 # --------------------------------------------------------------------------------------------------- merge
 
 def curves_for(cells: pd.DataFrame, loss: float) -> pd.DataFrame:

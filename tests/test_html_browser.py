@@ -1,5 +1,6 @@
 """The interactive HTML report in a real browser (Debian's chromium through playwright): it loads offline with no
-console error and no network request, its selectors redraw the chart, its legend and log axis toggle; a
+console error (its Content-Security-Policy refuses nothing it needs) and no network request, its selectors redraw
+the chart, its legend and log axis toggle, it downloads the chart as PNG and offers no upload to Plotly's cloud; a
 screenshot is kept under the test's ``results/`` folder."""
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from test_report import cell, frame, write_run
 from cnfbench.cli import main
 
 
-def _chromium() -> str:
+def chromium() -> str:
+    """Debian's chromium for playwright; skip (or fail, under ``CNFBENCH_REQUIRE_BROWSER``) when there is none."""
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
         if os.environ.get("CNFBENCH_REQUIRE_BROWSER"):
@@ -37,7 +39,7 @@ def _cells():
 
 def test_the_report_page_works_offline_in_chromium(tmp_path: Path) -> None:
     playwright = pytest.importorskip("playwright.sync_api")
-    executable = _chromium()
+    executable = chromium()
     run_dir = write_run(tmp_path / "r", _cells())
     result = CliRunner().invoke(main, ["report", str(run_dir), "--html"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -54,7 +56,7 @@ def test_the_report_page_works_offline_in_chromium(tmp_path: Path) -> None:
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.on("request", lambda request: requests.append(request.url))
             page.goto(page_path.as_uri())
-            page.wait_for_function("document.getElementById('explorer-plot').data !== undefined")
+            page.wait_for_function("() => document.getElementById('explorer-plot').data !== undefined")
 
             def plotted(expression: str):
                 return page.evaluate(f"document.getElementById('explorer-plot').{expression}")
@@ -75,10 +77,16 @@ def test_the_report_page_works_offline_in_chromium(tmp_path: Path) -> None:
             assert "solver_spec: dopri5[rtol=1e-05" in plotted("data[2].text[0]")  # the hover names the full spec
 
             page.locator(".legendtoggle").nth(2).click()  # a click on its legend entry hides dopri5
-            page.wait_for_function("document.getElementById('explorer-plot').data[2].visible === 'legendonly'")
+            page.wait_for_function("() => document.getElementById('explorer-plot').data[2].visible === 'legendonly'")
+            buttons = page.evaluate("() => [...document.querySelectorAll('.modebar-btn')].map((b) => b.dataset.title)")
+            assert buttons and not [b for b in buttons if "share" in b.lower() or "cloud" in b.lower()]  # no upload
+            page.hover("#explorer-plot")
+            with page.expect_download() as download:  # drawn through a blob: image, which the policy allows
+                page.click('.modebar-btn[data-title^="Download plot"]')
+            assert download.value.suggested_filename.endswith(".png")
             page.screenshot(path=str(shots / "report.png"), full_page=True)
         finally:
             browser.close()
-    assert errors == []
-    assert [url for url in requests if not url.startswith("file:")] == []
+    assert errors == []  # a script, style or fetch the Content-Security-Policy refused would be an error here
+    assert [url for url in requests if not url.startswith(("file:", "blob:"))] == []
     assert (shots / "report.png").stat().st_size > 10_000

@@ -91,6 +91,11 @@ def grid_copy(grid: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(grid, tmp_path / "grid"))
 
 
+def _affine(run_dir: Path) -> list[str]:
+    """The plugin file of the affine field, named deliberately: a run's recorded plugins are never imported."""
+    return [str(run_dir.parent / "affine.py")]
+
+
 def _done(run_dir: Path) -> pd.DataFrame:
     cells = load_run(run_dir).cells
     return cells[cells["status"] == "done"]
@@ -129,12 +134,12 @@ def test_done_cells_have_a_model_file_and_failed_cells_none(grid: Path) -> None:
 @pytest.mark.parametrize("field", ["concatsquash", "affine"])
 def test_the_loaded_field_gives_the_rows_nll_bit_for_bit(grid: Path, field: str) -> None:
     row = _done(grid).set_index("field").loc[field]
-    model = load_trained(grid, str(row["cell_id"]))  # the affine field comes from the plugin run.json recorded
+    model = load_trained(grid, str(row["cell_id"]), plugins=_affine(grid))  # the run's file, named by the reader
     assert isinstance(model.field, VectorField) and not model.field.training
     assert all(p.device.type == "cpu" for p in model.field.parameters())
     assert model.dim == 2 and model.cell.cell_id == row["cell_id"]
     assert _recomputed_nll(model) == row["nll"]
-    field_only = cnfbench.load_model(grid, str(row["cell_id"]), device="cpu")
+    field_only = cnfbench.load_model(grid, str(row["cell_id"]), device="cpu", plugins=_affine(grid))
     assert all(torch.equal(a, b) for a, b in zip(field_only.state_dict().values(), model.field.state_dict().values(),
                                                  strict=True))
 
@@ -180,14 +185,15 @@ def test_a_damaged_model_file_is_refused_naming_it(grid_copy: Path) -> None:
         assert str(path) in message and fragment in message and "\n" not in message
 
 
-def test_a_mismatched_model_file_is_refused_naming_what_is_wrong(grid_copy: Path) -> None:
+def test_a_mismatched_model_file_is_refused_naming_what_is_wrong(grid: Path, grid_copy: Path) -> None:
     concat, affine = _cell_id(grid_copy, "concatsquash"), _cell_id(grid_copy, "affine")
     concat_file, affine_file = model_path(grid_copy, concat), model_path(grid_copy, affine)
-    stored_affine = load_trained(grid_copy, affine)
+    plugins = _affine(grid)
+    stored_affine = load_trained(grid_copy, affine, plugins=plugins)
     cell = stored_affine.cell
     shutil.copyfile(concat_file, affine_file)
     with pytest.raises(ResultsError, match=f"holds the model of cell '{concat}', not of cell '{affine}'"):
-        cnfbench.load_model(grid_copy, affine)
+        cnfbench.load_model(grid_copy, affine, plugins=plugins)
     wrong_shape = {"linear.weight": torch.zeros(3, 3), "linear.bias": torch.zeros(3)}
     cases = [
         (encode_model(wrong_shape, cell, 2), r"does not match its spec \(field affine, dimension 2\): .*size mismatch"),
@@ -200,7 +206,7 @@ def test_a_mismatched_model_file_is_refused_naming_what_is_wrong(grid_copy: Path
     for data, pattern in cases:
         affine_file.write_bytes(data)
         with pytest.raises(ResultsError, match=pattern) as caught:
-            cnfbench.load_model(grid_copy, affine)
+            cnfbench.load_model(grid_copy, affine, plugins=plugins)
         assert str(affine_file) in str(caught.value)
 
 
@@ -222,7 +228,9 @@ def test_unknown_cells_unfinished_cells_runs_without_models_and_missing_plugins_
         (lambda: cnfbench.load_model(grid, "../../etc"), "no cell '../../etc'"),
         (lambda: cnfbench.load_model(grid, failed), f"cell {failed} of .* ended 'budget', not 'done'"),
         (lambda: cnfbench.load_model(bare, affine), "holds no model files"),
-        (lambda: cnfbench.load_model(grid, affine, plugins=[]), "cannot rebuild field affine: unknown field 'affine'"),
+        (lambda: cnfbench.load_model(grid, affine),
+         f"cell {affine} needs field 'affine', which no loaded plugin provides; .* recorded plugin '.*affine\\.py' "
+         r"\(sha256 [0-9a-f]{12}\)"),
         (lambda: cnfbench.load_model(tmp_path / "nothing", affine), "no run folder at"),
     ]
     for call, pattern in cases:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -76,6 +77,7 @@ def cnfbench_datasets():
 '''
 
 OBSERVER_PLUGIN = '''
+import hashlib
 import json
 import os
 
@@ -107,6 +109,20 @@ def test_plugin_file_adds_a_field_and_a_trace_to_the_same_table(cli, tmp_path: P
     # the plugin's exact trace and the built-in one train the same model
     exact = cells[(cells["field"] == "mine") & (cells["trace"] == "exact")]
     assert mine["nll"].iloc[0] == pytest.approx(exact["nll"].iloc[0], rel=1e-5)
+
+
+def test_a_plugin_file_runs_from_the_bytes_its_sha256_names_even_when_edited(tmp_path: Path) -> None:
+    from cnfbench.registry import load_registry
+
+    plugin = tmp_path / "edited.py"
+    plugin.write_text(MINE_PLUGIN)
+    first = load_registry([str(plugin)])
+    plugin.write_text(MINE_PLUGIN.replace('description = "a linear field', 'description = "edited: a linear field'))
+    second = load_registry([str(plugin)])  # the same path in the same process: the new code, not a stale module
+    (info_1,), (info_2,) = ([info for info in r.plugins if info.source == "file"] for r in (first, second))
+    assert info_2.sha256 == hashlib.sha256(plugin.read_bytes()).hexdigest() != info_1.sha256
+    assert first.get("field", "mine").cls.description.startswith("a linear field")
+    assert second.get("field", "mine").cls.description.startswith("edited: ")
 
 
 def test_plugins_from_the_environment_variable(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -225,7 +226,9 @@ def test_evaluate_skips_a_model_file_that_does_not_match_its_spec(cli, tmp_path:
     before = (run / "cells.parquet").read_bytes()
     result = _evaluate(cli, str(run), "--solver", "rk4[steps=2]")
     assert result.exit_code == 0
-    assert f"warning: {broken} does not match its spec" in result.stderr, (result.output, result.stderr)
+    (warning,) = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warning.startswith(f"warning: skipping cell {cells.loc['mle', 'cell_id']} (") and \
+        f"): {broken} does not match its spec" in warning, (result.output, result.stderr)
     after = read_cells(tmp_path, "mis")
     assert len(after) == 3 and set(after["objective"]) == {"mle", "cfm"}  # only the sound model was evaluated
     only_broken = _evaluate(cli, str(run), "--cell", cells.loc["mle", "cell_id"])
@@ -268,6 +271,11 @@ def test_evaluate_adds_a_plugins_new_metric_without_training(cli, tmp_path: Path
     assert after["train_time_s"].iloc[0] == before["train_time_s"].iloc[0]  # not trained again
     provenance = json.loads((run / "run.json").read_text())
     assert str(plugin) in provenance["evaluations"][0]["config"]["plugin"]
+    (recorded,) = [entry for entry in provenance["evaluations"][0]["plugins"] if entry["source"] == "file"]
+    assert recorded["sha256"] == hashlib.sha256(plugin.read_bytes()).hexdigest()
+    again = _evaluate(cli, str(run))  # the run's own plugin is a name to show, not a file to import
+    assert again.exit_code == 0, again.output
+    assert f"recorded plugin(s) '{plugin}' (sha256 {recorded['sha256'][:12]}), not loaded" in again.stderr
 
 
 def test_evaluate_uses_models_of_rows_written_before_sharing_and_never_trains(cli, tmp_path: Path) -> None:

@@ -9,20 +9,26 @@ it was trained with, so its id and row say both. The cells run through the
 same sweep as ``cnfbench run`` (same executor, timeouts and rows), each
 loading its source's model file instead of training, and their rows are
 added to the run folder or replace the same cells' rows. A cell whose
-evaluation fails keeps the row it had; damaged model files are reported and
-skipped, never loaded. ``run.json`` keeps the run's provenance and gains an
-``evaluations`` entry (when, the command, the plugins and versions).
+evaluation fails keeps the row it had. A model that cannot be evaluated is
+named in one ``warning:`` line — its file is missing or damaged, never loaded —
+and the cells that did not finish (so kept no model) are counted in one note.
+Components come from the installed plugins and those the user names
+(``--plugin``, ``CNFBENCH_PLUGINS``), never from a plugin the run folder
+names (see :mod:`cnfbench.recorded_plugins`). ``run.json`` keeps the run's
+provenance and gains an ``evaluations`` entry (when, the command, the plugins
+with each ``.py`` file's SHA-256, and versions).
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from cnfbench.cli import INTERRUPTED, fail, load_registry_or_fail, load_runs_or_fail, main
-from cnfbench.cli.run import run_cells, use_data_dir
+from cnfbench.cli import INTERRUPTED, fail, load_runs_or_fail, main
+from cnfbench.cli.run import run_cells, use_data_dir, writing
 from cnfbench.config import RANGES
 
 if TYPE_CHECKING:
@@ -31,10 +37,39 @@ if TYPE_CHECKING:
     from cnfbench.run_folder import Run
 
 
+def _no_model_reason(run: Run, cell_id: str) -> str:
+    """Why the row ``cell_id`` of ``run`` offers no model to evaluate."""
+    from cnfbench.models import missing_models, trainer_of
+
+    status = str(run.cells.loc[run.cells["cell_id"].astype(str) == cell_id, "status"].iloc[0])
+    if status != "done":
+        return f"it ended {status!r}, not 'done': only finished cells keep a model"
+    trainer = trainer_of(run, cell_id)
+    reason = next((missing.reason for missing in missing_models(run) if missing.cell_id == trainer), "")
+    return reason or "its model file is missing"
+
+
+def _report_unavailable(run: Run) -> None:
+    """One ``warning:`` line per model of a finished cell that is gone, one ``note:`` counting the cells that
+    did not finish (they never had a model, and a run with many failures should not flood the terminal)."""
+    from cnfbench.models import missing_models, unfinished
+
+    for missing in missing_models(run):
+        shared = f" (and the {missing.shared_by} other cell(s) that share its model)" if missing.shared_by else ""
+        click.echo(f"warning: skipping cell {missing.cell_id} ({missing.label}){shared}: {missing.reason}", err=True)
+    counts = unfinished(run)
+    if counts:
+        ended = ", ".join(f"{count} {status!r}" for status, count in counts.items())
+        click.echo(f"note: {sum(counts.values())} cell(s) did not finish ({ended}) and have no model to evaluate",
+                   err=True)
+
+
 def _sources(run: Run, cell_ids: tuple[str, ...], registry: Registry) -> list[Cell]:
     """The cells that trained the run's models (those of ``cell_ids`` when given), each model file checked by
-    loading it; one that cannot be loaded is reported and skipped."""
-    from cnfbench.models import load_trained, model_cells, trainer_of
+    loading it; one that cannot be loaded is named in a warning and skipped. A component that no loaded plugin
+    provides is one error naming the plugins the run recorded."""
+    from cnfbench.models import load_trained, model_cells, row_label, trainer_of
+    from cnfbench.recorded_plugins import MissingComponentError, missing_component_message
     from cnfbench.run_folder import ResultsError
 
     with_models = model_cells(run)
@@ -46,15 +81,28 @@ def _sources(run: Run, cell_ids: tuple[str, ...], registry: Registry) -> list[Ce
         if cell_id not in known:
             raise fail(f"no cell {cell_id!r} in {run.path}; cells with a model: {', '.join(with_models[:5])}")
         if cell_id not in with_models:
-            raise fail(f"cell {cell_id} of {run.path} has no model file (it did not finish, or its file is gone)")
+            raise fail(f"cell {cell_id} of {run.path} has no model to evaluate: {_no_model_reason(run, cell_id)}")
+    if not cell_ids:
+        _report_unavailable(run)
     chosen = list(cell_ids) if cell_ids else with_models
     trainers = list(dict.fromkeys(trainer_of(run, cell_id) for cell_id in chosen))
-    cells = []
+    cells: list[Cell] = []
+    missing: dict[tuple[str, str], None] = {}
+    needing: list[str] = []
     for trainer in trainers:
         try:  # rebuilt and loaded here, so that a damaged or mismatched file is named before anything runs
-            cells.append(load_trained(run, trainer, registry=registry).cell)
+            cells.append(load_trained(run, trainer, registry=registry, require_all=True).cell)
+        except MissingComponentError as exc:
+            missing.update(dict.fromkeys(exc.missing))
+            needing.append(trainer)
         except (ResultsError, ValueError) as exc:
-            click.echo(f"warning: {exc}; its cells are skipped", err=True)
+            rows = run.cells[run.cells["cell_id"].astype(str) == trainer].to_dict("records")
+            label = f" ({row_label(rows[0])})" if rows else ""
+            click.echo(f"warning: skipping cell {trainer}{label}: {exc}", err=True)
+    if missing:
+        who = f"cell {needing[0]}" if len(needing) == 1 else \
+            f"{len(needing)} models ({', '.join(needing[:3])}{' …' if len(needing) > 3 else ''})"
+        raise fail(missing_component_message(run, registry, list(missing), who))
     if not cells:
         raise fail(f"no model file of {run.path} is readable; nothing to evaluate")
     return cells
@@ -106,7 +154,12 @@ def _evaluation_cells(sources: list[Cell], solvers: tuple[str, ...], eval_trace:
 @click.option("--cell", "cell_ids", multiple=True, help="evaluate only the model of this cell (repeatable) "
                                                         "[default: every model of the run]")
 @click.option("--plugin", "plugins", multiple=True,
-              help="extra plugin, e.g. one with new metrics (repeatable) [default: the --plugin list the run recorded]")
+              help="plugin to load: a .py file or module you trust, e.g. the one providing the run's field or one "
+                   "with new metrics (repeatable); a run folder's own plugins are never imported "
+                   "[default: the installed plugins]")
+@click.option("--allow-changed-plugin", is_flag=True,
+              help="use a --plugin file even though its SHA-256 differs from the one the run recorded for that "
+                   "file name")
 @click.option("--timeout", type=float, help=f"seconds a cell may run before it is stopped [valid: "
                                              f">{RANGES['timeout'].bounds()[0]} to {RANGES['timeout'].bounds()[1]}]")
 @click.option("--executor", default="process", show_default=True,
@@ -115,10 +168,13 @@ def _evaluation_cells(sources: list[Cell], solvers: tuple[str, ...], eval_trace:
 @click.option("--isolation", type=click.Choice(["process", "inline"]), help="deprecated: --executor")
 @click.option("--data-dir", help="folder that dataset files are read from [default: $CNFBENCH_DATA, else "
                                  "~/.cache/cnfbench/data]")
+@click.option("--wait", is_flag=True, help="when another cnfbench command is writing the run folder, wait for it to "
+                                           "end instead of stopping with an error")
 @click.option("--quiet", is_flag=True, help="no progress output")
 def evaluate(run_dir: str, solvers: tuple[str, ...], eval_trace: str | None, ref_solver: str | None,
-             allow_loose_ref: bool, cell_ids: tuple[str, ...], plugins: tuple[str, ...], timeout: float | None,
-             executor: str, isolation: str | None, data_dir: str | None, quiet: bool) -> int:
+             allow_loose_ref: bool, cell_ids: tuple[str, ...], plugins: tuple[str, ...], allow_changed_plugin: bool,
+             timeout: float | None, executor: str, isolation: str | None, data_dir: str | None, wait: bool,
+             quiet: bool) -> int:
     """Evaluate the trained models of RUN again (test NLL, reference NLL, mass, sample quality), without training.
 
     \b
@@ -126,10 +182,13 @@ def evaluate(run_dir: str, solvers: tuple[str, ...], eval_trace: str | None, ref
     cnfbench evaluate results/grid1 --ref-solver 'dopri5[rtol=1e-9,atol=1e-9]' --cell 3f2a9c0d1e4b5a6f
     """
     from cnfbench.config import OPTION_SOURCE, RunConfig, merge
-    from cnfbench.models import recorded_plugins
+    from cnfbench.models import registry_for
+    from cnfbench.output_paths import OutputPathError, check_free_space
     from cnfbench.params import ParamError
     from cnfbench.progress import Progress
     from cnfbench.provenance import collect
+    from cnfbench.recorded_plugins import describe_plugins, unloaded_plugins
+    from cnfbench.run_folder import ResultsError
     from cnfbench.runner import sweep
 
     if isolation is not None:
@@ -141,34 +200,54 @@ def evaluate(run_dir: str, solvers: tuple[str, ...], eval_trace: str | None, ref
     except ParamError as exc:
         raise fail(str(exc)) from None
     use_data_dir(data_dir)
-    (run,) = load_runs_or_fail((run_dir,))
-    plugin_list = tuple(recorded_plugins(run)) + plugins
-    registry = load_registry_or_fail(plugin_list)
+    target = Path(run_dir)
+    folder = target.parent if target.is_file() else target
+    if not folder.is_dir():
+        load_runs_or_fail((run_dir,))  # its one-line error
     try:
-        sources = _sources(run, cell_ids, registry)
-        cells, notes = _evaluation_cells(sources, solvers, eval_trace, ref_solver, allow_loose_ref, registry)
-    except (ParamError, ValueError) as exc:
+        check_free_space(folder, "the evaluation")
+    except OutputPathError as exc:
         raise fail(str(exc)) from None
-    for note in notes:
-        click.echo(f"note: {note}", err=True)
-    entry = collect(sys.argv, {"solver": list(solvers), "eval_trace": eval_trace, "ref_solver": ref_solver,
-                               "cell": list(cell_ids), "plugin": list(plugin_list)},
-                    registry.plugins, cells[0].device,
-                    sorted({library for cell in cells for family, spec in cell.components()
-                            for library in registry.get(family, spec.name).cls.libraries}))
-    entry["cells"] = [cell.cell_id for cell in cells]
+    with writing(folder, wait):
+        (run,) = load_runs_or_fail((run_dir,))
+        try:
+            registry, check = registry_for(run, plugins, allow_changed_plugin=allow_changed_plugin)
+        except ResultsError as exc:
+            raise fail(str(exc)) from None
+        for line in [*(f"note: {note}" for note in check.notes),
+                     *(f"warning: {warning}" for warning in check.warnings)]:
+            click.echo(line, err=True)
+        try:
+            sources = _sources(run, cell_ids, registry)
+            cells, notes = _evaluation_cells(sources, solvers, eval_trace, ref_solver, allow_loose_ref, registry)
+        except (ParamError, ValueError) as exc:
+            raise fail(str(exc)) from None
+        unloaded = [plugin for plugin in unloaded_plugins(run, registry) if plugin.source in ("file", "module")]
+        if unloaded:  # their metrics columns and observers would silently be missing from the new rows
+            notes.append(f"{run.path} recorded plugin(s) {describe_plugins(unloaded)}, not loaded: a run folder's "
+                         "plugins are never imported; pass --plugin PATH to evaluate with one you trust")
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
+        entry = collect(sys.argv, {"solver": list(solvers), "eval_trace": eval_trace, "ref_solver": ref_solver,
+                                   "cell": list(cell_ids), "plugin": list(plugins),
+                                   **({"allow_changed_plugin": True} if allow_changed_plugin else {})},
+                        registry.plugins, cells[0].device,
+                        sorted({library for cell in cells for family, spec in cell.components()
+                                for library in registry.get(family, spec.name).cls.libraries}))
+        entry["cells"] = [cell.cell_id for cell in cells]
 
-    def record(previous: dict[str, Any]) -> dict[str, Any]:
-        known = {item.get("cell_id") for item in previous.get("cells", []) if isinstance(item, dict)}
-        added = [cell.to_json() | {"cell_id": cell.cell_id} for cell in cells if cell.cell_id not in known]
-        return {**previous, "cells": [*previous.get("cells", []), *added],
-                "evaluations": [*previous.get("evaluations", []), entry]}
+        def record(previous: dict[str, Any]) -> dict[str, Any]:
+            known = {item.get("cell_id") for item in previous.get("cells", []) if isinstance(item, dict)}
+            added = [cell.to_json() | {"cell_id": cell.cell_id} for cell in cells if cell.cell_id not in known]
+            return {**previous, "cells": [*previous.get("cells", []), *added],
+                    "evaluations": [*previous.get("evaluations", []), entry]}
 
-    progress = Progress(cells, quiet=quiet, run_dir=run.path)
-    progress.header(f"evaluating {len(cells)} cell(s) from {len(sources)} model(s)")
-    result = run_cells(cells, registry, executor, plugin_list, timeout, progress,
-                       lambda engine, label: sweep(cells, registry, engine, run.path, {}, progress, rerun=True,
-                                                   record=record, executor_name=label, may_train=False),
-                       "Summary of the evaluated cells", "rerun the same command to evaluate the rest")
-    click.echo(f"\nresults: {run.path} ({result.ran} cell(s) evaluated from {len(sources)} model(s); no training)")
-    return INTERRUPTED if result.interrupted else 0
+        progress = Progress(cells, quiet=quiet, run_dir=run.path)
+        progress.header(f"evaluating {len(cells)} cell(s) from {len(sources)} model(s)")
+        result = run_cells(cells, registry, executor, plugins, timeout, progress,
+                           lambda engine, label: sweep(cells, registry, engine, run.path, {}, progress, rerun=True,
+                                                       record=record, executor_name=label, may_train=False),
+                           "Summary of the evaluated cells", "rerun the same command to evaluate the rest")
+        click.echo(f"\nresults: {run.path} ({result.ran} cell(s) evaluated from {len(sources)} model(s); no "
+                   "training)")
+        return INTERRUPTED if result.interrupted else 0

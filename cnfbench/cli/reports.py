@@ -11,7 +11,6 @@ file that has an intact copy gives a ``warning:`` line and the copy is used.
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -74,7 +73,7 @@ def _emit(path: str | None, render: Callable[[], str], what: str) -> bool:
 @click.option("--csv", "csv_path", metavar="FILE", help=FORMAT_HELP.format(what="CSV (numbers)"))
 @click.option("--latex", "latex_path", metavar="FILE", help=FORMAT_HELP.format(what="LaTeX (booktabs)"))
 @click.option("--caption", help="caption of the LaTeX table [default: what the entries are and how they are marked]")
-@click.option("--label", help="\\label of the LaTeX table [default: tab:<run name>]")
+@click.option("--label", help="\\label of the LaTeX table: letters, digits and : . _ - [default: tab:<run name>]")
 @click.option("--json", "json_path", metavar="FILE", help=FORMAT_HELP.format(what="JSON"))
 @click.option("--plots", is_flag=True, help="write PNG plots (NLL vs NFE and wall-clock, training curves, 2D "
                                             "densities) into OUT/plots/")
@@ -93,7 +92,10 @@ def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...
     cnfbench report results/grid1 --html
     """
     from cnfbench import reports as rep
+    from cnfbench.reports.escape import LATEX_LABEL_TEXT, is_latex_label, latex_label
 
+    if label is not None and not is_latex_label(label):
+        raise fail(f"--label {label!r} may hold only {LATEX_LABEL_TEXT}, e.g. tab:solvers")
     files = {"Markdown": markdown_path, "CSV": csv_path, "LaTeX": latex_path, "JSON": json_path}
     _check_outputs(files, {"plots and HTML": out_dir} if plots or html else None)
     loaded = load_runs_or_fail(runs)
@@ -113,7 +115,7 @@ def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...
     except rep.ReportError as exc:
         raise fail(str(exc)) from None
     to_stdout = False
-    label = label or "tab:" + re.sub(r"[^A-Za-z0-9:._-]+", "-", "+".join(run.name for run in loaded))
+    label = label or latex_label("tab:" + "+".join(run.name for run in loaded))
 
     def latex(table: Any) -> str:
         return rep.to_latex(table, label, caption)
@@ -223,19 +225,29 @@ def compare(base: str, new: str, metrics: tuple[str, ...], factor: float, differ
 @main.command()
 @click.argument("out")
 @click.argument("runs", nargs=-1, required=True)
-def merge(out: str, runs: tuple[str, ...]) -> None:
+@click.option("--wait", is_flag=True, help="when another cnfbench command is writing OUT, wait for it to end instead "
+                                           "of stopping with an error")
+def merge(out: str, runs: tuple[str, ...], wait: bool) -> None:
     """Combine run folders (from several machines) into the new run folder OUT, keeping their provenance.
 
     A cell found in several runs is kept once: a done row wins, else the newest run's row.
     """
-    from cnfbench.reports.merge import merge_runs
+    from cnfbench.cli.run import writing
+    from cnfbench.output_paths import OutputPathError, check_free_space
+    from cnfbench.reports.merge import check_merge, merge_runs
     from cnfbench.run_folder import ResultsError
 
     _check_outputs({}, {"the merged run": out})
     try:
-        result = merge_runs(out, runs, sys.argv)
-    except (ResultsError, ValueError) as exc:
+        check_free_space(out, "the merged run")
+        sources = check_merge(out, runs)  # before the lock: a refused merge touches nothing
+    except (OutputPathError, ResultsError, ValueError) as exc:
         raise fail(str(exc)) from None
+    with writing(Path(out), wait):
+        try:
+            result = merge_runs(out, sources, sys.argv)
+        except (ResultsError, ValueError) as exc:  # a full device too (DiskFull): nothing half-written is left
+            raise fail(str(exc)) from None
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     for note in result.notes:

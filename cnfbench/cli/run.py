@@ -7,8 +7,9 @@ valid ranges from :data:`cnfbench.config.RANGES`.
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,15 +108,18 @@ def _component_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML file with the same keys as these options (CLI options win)")
 @click.option("--dry-run", is_flag=True, help="print the cells that would run; train nothing, write nothing")
+@click.option("--wait", is_flag=True, help="when another cnfbench command is writing the run folder, wait for it to "
+                                           "end instead of stopping with an error")
 @click.option("--quiet", is_flag=True, help="no progress output")
-def run(config_file: Path | None, dry_run: bool, quiet: bool, plugins: tuple[str, ...], **options: Any) -> int:
+def run(config_file: Path | None, dry_run: bool, wait: bool, quiet: bool, plugins: tuple[str, ...],
+        **options: Any) -> int:
     """Train and evaluate every cell of the grid datasets x fields x objectives x solvers x traces x seeds.
 
     An objective that trains without solving (cfm, otcfm) trains one model per seed, shared by the cells
     that differ only in solver and trace: those then say how the model is evaluated and sampled.
     """
     from cnfbench.config import resolve_grid
-    from cnfbench.output_paths import OutputPathError, check_output_dir
+    from cnfbench.output_paths import OutputPathError, check_free_space, check_output_dir
     from cnfbench.progress import Progress
     from cnfbench.provenance import collect
     from cnfbench.runner import default_run_name, run_directory, sweep
@@ -148,6 +152,7 @@ def run(config_file: Path | None, dry_run: bool, quiet: bool, plugins: tuple[str
         run_dir = run_directory(config.out, name)
         if not dry_run:
             check_output_dir(run_dir, "the run")
+            check_free_space(run_dir, "the run")
         trackers = Trackers(resolve_trackers(registry, config.tracker), str(run_dir),
                             lambda text: click.echo(text, err=True))
     except (ParamError, OutputPathError, ValueError) as exc:
@@ -160,20 +165,34 @@ def run(config_file: Path | None, dry_run: bool, quiet: bool, plugins: tuple[str
         for cell in cells:
             click.echo(f"  {cell.cell_id}  {cell.describe()}")
         return 0
-    progress = Progress(cells, quiet=quiet, run_dir=run_dir)
-    trackers.warn = progress.message
-    progress.header(f"{len(cells)} cell(s) = {_grid_size(grid.cells)}")
-    libraries = {library for cell in cells for family, spec in cell.components()
-                 for library in registry.get(family, spec.name).cls.libraries}
-    provenance = collect(sys.argv, config.to_json() | {"name": name}, registry.plugins, cells[0].device,
-                         sorted(libraries))
-    result = run_cells(cells, registry, config.executor, config.plugin, config.timeout, progress,
-                       lambda executor, label: sweep(cells, registry, executor, run_dir, provenance, progress,
-                                                     config.retry_failed, executor_name=label,
-                                                     trackers=trackers),
-                       "Summary", "rerun the same command to resume")
+    with writing(run_dir, wait):
+        progress = Progress(cells, quiet=quiet, run_dir=run_dir)
+        trackers.warn = progress.message
+        progress.header(f"{len(cells)} cell(s) = {_grid_size(grid.cells)}")
+        libraries = {library for cell in cells for family, spec in cell.components()
+                     for library in registry.get(family, spec.name).cls.libraries}
+        provenance = collect(sys.argv, config.to_json() | {"name": name}, registry.plugins, cells[0].device,
+                             sorted(libraries))
+        result = run_cells(cells, registry, config.executor, config.plugin, config.timeout, progress,
+                           lambda executor, label: sweep(cells, registry, executor, run_dir, provenance, progress,
+                                                         config.retry_failed, executor_name=label,
+                                                         trackers=trackers),
+                           "Summary", "rerun the same command to resume")
     click.echo(f"\nresults: {run_dir} ({result.ran} cell(s) run, {result.skipped} skipped as already done)")
     return INTERRUPTED if result.interrupted else 0
+
+
+@contextlib.contextmanager
+def writing(run_dir: Path, wait: bool) -> Iterator[None]:
+    """Hold ``run_dir``'s write lock for the block (:mod:`cnfbench.folder_lock`); another writer is one ``Error:``
+    line (exit 2), or, with ``wait``, a note and a wait for it to end."""
+    from cnfbench.folder_lock import FolderLocked, run_folder_lock
+
+    try:
+        with run_folder_lock(run_dir, wait, lambda line: click.echo(f"note: {line}", err=True)):
+            yield
+    except FolderLocked as exc:
+        raise fail(str(exc)) from None
 
 
 def use_data_dir(data_dir: str | None) -> None:
@@ -199,8 +218,11 @@ def _grid_size(cells: list[Cell]) -> str:
 def run_cells(cells: list[Cell], registry: Registry, executor_spec: str, plugins: Sequence[str],
               timeout: float | None, progress: Progress, sweep: Callable[[Executor, str], RunResult], heading: str,
               resume_hint: str) -> RunResult:
-    """Run ``sweep`` on the executor ``executor_spec`` names, then print the summary of ``cells``' rows."""
+    """Run ``sweep`` on the executor ``executor_spec`` names, then print the summary of ``cells``' rows. A full
+    device is one ``Error:`` line (exit 2)."""
     from cnfbench.executor import make_executor
+    from cnfbench.folder_lock import FolderLocked
+    from cnfbench.run_folder import DiskFull
     from cnfbench.summary import render, summary_table, validity_notes
     from cnfbench.text_tables import terminal_width
 
@@ -210,6 +232,11 @@ def run_cells(cells: list[Cell], registry: Registry, executor_spec: str, plugins
         raise fail(str(exc)) from None
     try:
         result = sweep(executor, label)
+    except FolderLocked as exc:  # a caller that did not take the lock first (see writing)
+        raise fail(str(exc)) from None
+    except DiskFull as exc:
+        raise fail(f"{exc}: the run stops here; every row written before is intact; free some space and "
+                   f"{resume_hint}") from None
     finally:
         progress.close()
         executor.close()

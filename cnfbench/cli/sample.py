@@ -6,6 +6,8 @@ to t=1 by the cell's solver or ``--solver``, with the cell's
 evaluation trace, exactly as :func:`cnfbench.evaluation.sample_model` does in
 a run; the harness counts the solve's dynamics evaluations (NFE). torch,
 numpy and pandas are imported inside the command, so ``--help`` starts at once.
+The field, solver and trace come from the installed plugins and those the user names (``--plugin``,
+``CNFBENCH_PLUGINS``), never from a plugin the run folder names (see :mod:`cnfbench.recorded_plugins`).
 Bad input is one ``Error:`` line with exit code 2, before anything is written.
 """
 
@@ -44,11 +46,15 @@ def _check_number(option: str, value: int | None, bounds: Range) -> None:
                                        f"{RANGES['first_seed'].bounds()[0]} to {RANGES['first_seed'].bounds()[1]}]")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")
 @click.option("--plugin", "plugins", multiple=True,
-              help="plugin providing the field (repeatable) [default: the --plugin list the run recorded]")
+              help="plugin providing the field, solver or trace: a .py file or module you trust (repeatable); a "
+                   "run folder's own plugins are never imported [default: the installed plugins]")
+@click.option("--allow-changed-plugin", is_flag=True,
+              help="use a --plugin file even though its SHA-256 differs from the one the run recorded for that "
+                   "file name")
 @click.option("--out", "out_file", required=True, help="FILE.npy (float array [N, D]) or FILE.parquet "
                                                        "(columns x0 .. x{D-1})")
 def sample(run_dir: str, cell_id: str | None, n: int, solver: str | None, seed: int | None, device: str,
-           plugins: tuple[str, ...], out_file: str) -> None:
+           plugins: tuple[str, ...], allow_changed_plugin: bool, out_file: str) -> None:
     """Draw N samples from a finished cell's trained model by solving from t=0 to t=1.
 
     \b
@@ -71,20 +77,29 @@ def sample(run_dir: str, cell_id: str | None, n: int, solver: str | None, seed: 
     from cnfbench.run_folder import ResultsError
 
     (run,) = load_runs_or_fail((run_dir,))
-    from cnfbench.models import load_trained, only_model
+    from cnfbench.models import load_trained, only_model, registry_for
+    from cnfbench.recorded_plugins import require_components
 
     try:
         where = resolve_device(device)
-        model = load_trained(run, only_model(run) if cell_id is None else cell_id, device=where,
-                             plugins=plugins or None)
+        chosen_cell = only_model(run) if cell_id is None else cell_id
+        registry, check = registry_for(run, plugins, allow_changed_plugin=allow_changed_plugin)
+        model = load_trained(run, chosen_cell, device=where, registry=registry)
         selections = parse_selector_list(solver, "--solver") if solver is not None else []
         if len(selections) > 1:
             raise ParamError(f"--solver takes exactly one solver, got {len(selections)}")
-        chosen = model.registry.resolve("solver", selections[0]) if selections else model.cell.solver
-        built_solver = model.registry.build("solver", chosen)
-        trace = model.registry.build("trace", model.cell.evaluation.trace)
+        require_components(run, registry, [("trace", model.cell.evaluation.trace.name),
+                                           *([] if selections else [("solver", model.cell.solver.name)])],
+                           f"cell {model.cell.cell_id}")
+        chosen = registry.resolve("solver", selections[0]) if selections else model.cell.solver
+        built_solver = registry.build("solver", chosen)
+        trace = registry.build("trace", model.cell.evaluation.trace)
     except (ResultsError, ParamError, ComponentBuildError, ValueError) as exc:
         raise fail(str(exc)) from None
+    for note in check.notes:
+        click.echo(f"note: {note}", err=True)
+    for warning in check.warnings:
+        click.echo(f"warning: {warning}", err=True)
     _draw_and_write(model, built_solver, trace, chosen.label(), n, model.cell.seed if seed is None else seed, where,
                     target)
 

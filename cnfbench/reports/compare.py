@@ -23,6 +23,8 @@ significant at level ``alpha``: seeds present on both sides are paired (paired t
 are two or more), otherwise Welch's t-test compares the two sides (two seeds or more each). With fewer seeds
 no test is possible: such a move is ``worse (untested)`` or ``better (untested)``, never plain ``worse``.
 Any worse metric makes the row worse. Rows are sorted worst first, then by the size of their largest change.
+Time and memory metrics are left out, with a note, when a configuration's cells ran with different torch thread
+counts or concurrency (:mod:`~cnfbench.reports.sharing`), unless ``ignore_concurrency`` says to compare them anyway.
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ from cnfbench.columns import BUDGET, CLOSEST_TO_ONE, COMPARE, DIFFERENCE, PROTOC
 from cnfbench.families import AXIS_SPEC_COLUMNS, GRID_AXES
 from cnfbench.messages import did_you_mean
 from cnfbench.reports.aggregate import format_value
+from cnfbench.reports.escape import html_escape, markdown_escape, terminal_escape
 from cnfbench.reports.metrics import Metric, ReportError, check_metrics, default_metrics, metric_info
 from cnfbench.reports.render import text_table
+from cnfbench.reports.sharing import differing, differing_text, merge_values, sharing_values
 from cnfbench.reports.statistics import TestResult, paired_t_test, welch_t_test
 from cnfbench.run_folder import Run, load_run
 from cnfbench.summary import compact_labels
@@ -199,12 +203,10 @@ class Comparison:
 
     def _repr_html_(self) -> str:
         """The comparison as a notebook shows it: the headline, the table as ``compare`` prints it, the notes."""
-        import html
-
         headers, body, _ = _table(self)
-        notes = "".join(f"<br>note: {html.escape(note)}" for note in self.notes)
-        return (f"<p><b>{html.escape(headline(self))}</b><br>{html.escape(rule_line(self))}</p>"
-                f"{pd.DataFrame(body, columns=headers).to_html(index=False)}<p>{html.escape(summary_line(self))}"
+        notes = "".join(f"<br>note: {html_escape(note)}" for note in self.notes)
+        return (f"<p><b>{html_escape(headline(self))}</b><br>{html_escape(rule_line(self))}</p>"
+                f"{pd.DataFrame(body, columns=headers).to_html(index=False)}<p>{html_escape(summary_line(self))}"
                 f"{notes}</p>")
 
 
@@ -332,12 +334,24 @@ def _sharing(run: Run) -> str:
     return ", ".join(parts)
 
 
-def _sharing_problem(base: Run, new: Run) -> str:
-    """A sentence when BASE's and NEW's cells ran under different concurrency or threads, else ``""``."""
-    before, after = _sharing(base), _sharing(new)
-    if not before or not after or before == after:
+def _sharing_problem(base: Run, new: Run, combined: pd.DataFrame) -> str:
+    """A sentence when the finished cells of a configuration in both runs (the rows put side by side) ran with
+    different torch thread counts or concurrency, else ``""``; a value a row does not record is unknown, never a
+    difference."""
+    mixed, configurations = [], 0
+    for match_key in dict.fromkeys(combined["_match"]):
+        same = combined[combined["_match"] == match_key]
+        if set(same["_side"]) != {"base", "new"}:
+            continue
+        configurations += 1
+        values = differing(sharing_values(same))
+        if values:
+            mixed.append(values)
+    if not mixed:
         return ""
-    return f"BASE ran {before}, NEW {after}"
+    where = "" if len(mixed) == configurations else f" in {len(mixed)} of {configurations} configurations"
+    return (f"BASE ran {_sharing(base) or 'unrecorded'}, NEW {_sharing(new) or 'unrecorded'} (timings compare cells "
+            f"run with different {differing_text(merge_values(*mixed))}{where})")
 
 
 def compare_runs(base: Run | str | os.PathLike[str], new: Run | str | os.PathLike[str],
@@ -371,10 +385,11 @@ def compare_runs(base: Run | str | os.PathLike[str], new: Run | str | os.PathLik
     chosen = {info.name: (thresholds or {}).get(info.name) or default_threshold(info, factor, difference)
               for info in infos}
     notes: list[str] = []
-    sharing = _sharing_problem(base, new)
+    combined["_match"] = _key(combined, MATCH_COLUMNS)
+    sharing = _sharing_problem(base, new, combined)
     if sharing and any(m.machine for m in infos):
         if ignore_concurrency:
-            notes.append(f"{sharing}; time and memory compared anyway (--ignore-concurrency)")
+            notes.append(f"time and memory compared anyway (--ignore-concurrency): {sharing}")
         else:
             left_out = [m.name for m in infos if m.machine]
             metrics = [name for name, info in zip(metrics, infos, strict=True) if not info.machine]
@@ -382,8 +397,8 @@ def compare_runs(base: Run | str | os.PathLike[str], new: Run | str | os.PathLik
             if not metrics:
                 raise ReportError(f"{sharing}: {', '.join(left_out)} are not comparable (use --ignore-concurrency to "
                                   "compare them anyway)")
-            notes.append(f"{sharing}: {', '.join(left_out)} left out as not comparable (--ignore-concurrency "
-                         "compares them anyway)")
+            notes.append(f"{', '.join(left_out)} left out as not comparable: {sharing}; --ignore-concurrency "
+                         "compares them anyway")
     version_problem = _version_problem(base, new, notes)
     if version_problem and ignore_versions:
         notes.append(f"{version_problem}; compared anyway (--ignore-versions)")
@@ -400,7 +415,6 @@ def compare_runs(base: Run | str | os.PathLike[str], new: Run | str | os.PathLik
     for column in BUDGET_COLUMNS:
         if column in combined and combined[column].map(format_value).nunique() > 1:
             labels[column] = combined[column].map(format_value)
-    combined["_match"] = _key(combined, MATCH_COLUMNS)
     combined["_protocol"] = _key(combined, [c for c in PROTOCOL_COLUMNS if c in combined])
     protocol_columns = [c for c in PROTOCOL_COLUMNS if c in combined]
 
@@ -580,24 +594,23 @@ def rule_line(comparison: Comparison) -> str:
 def to_text(comparison: Comparison, width: int | None = None) -> str:
     """What ``cnfbench compare`` prints, its table folded to ``width`` columns (default 100)."""
     headers, body, left = _table(comparison)
+    headers, body = [terminal_escape(h) for h in headers], [[terminal_escape(v) for v in row] for row in body]
     constant = [i for i in range(left) if len({row[i] for row in body}) == 1 and len(body) > 1]
     same = ", ".join(f"{headers[i]} {body[0][i]}" for i in constant)
     keep = [i for i in range(len(headers)) if i not in constant]
     headers, body, left = [headers[i] for i in keep], [[row[i] for i in keep] for row in body], left - len(constant)
     prose = [_run_line("BASE", comparison.base), _run_line("NEW ", comparison.new), rule_line(comparison),
              *([f"in every row: {same}"] if same else [])]
-    lines = [*(wrap_text(line, width) for line in prose), "", text_table(headers, body, left, width), "",
-             headline(comparison), summary_line(comparison)]
-    return "\n".join([*lines, *(wrap_text(f"note: {n}", width) for n in comparison.notes)])
+    lines = [*(wrap_text(terminal_escape(line), width) for line in prose), "", text_table(headers, body, left, width),
+             "", headline(comparison), summary_line(comparison)]
+    return "\n".join([*lines, *(wrap_text(f"note: {terminal_escape(n)}", width) for n in comparison.notes)])
 
 
 def to_markdown(comparison: Comparison) -> str:
-    """The comparison as a Markdown table (for a pull request or CI summary)."""
+    """The comparison as a Markdown table (for a pull request or CI summary), every text escaped
+    (:func:`~cnfbench.reports.escape.markdown_escape`)."""
     headers, body, _ = _table(comparison)
-
-    def esc(text: str) -> str:
-        return str(text).replace("|", "\\|")
-
+    esc = markdown_escape
     lines = [f"- {esc(_run_line('BASE', comparison.base))}", f"- {esc(_run_line('NEW', comparison.new))}",
              f"- {esc(rule_line(comparison))}", "",
              "| " + " | ".join(esc(h) for h in headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
@@ -605,7 +618,7 @@ def to_markdown(comparison: Comparison) -> str:
         cells = [esc(v) for v in row]
         cells[-2] = f"**{cells[-2]}**" if row[-2] in REGRESSIONS else cells[-2]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"**{headline(comparison)}**", "", summary_line(comparison),
+    lines += ["", f"**{esc(headline(comparison))}**", "", esc(summary_line(comparison)),
               *(f"- note: {esc(n)}" for n in comparison.notes)]
     return "\n".join(lines) + "\n"
 

@@ -1,19 +1,24 @@
 """One self-contained HTML page for a report: tables, an interactive chart, plots as embedded PNGs, provenance.
 
 The page loads nothing from the network (plotly.js and the data are inlined; no fonts or style sheets from
-elsewhere), so it can be mailed, archived or opened offline.
+elsewhere), so it can be mailed, archived or opened offline. It also forbids the network: its
+Content-Security-Policy (:func:`content_security_policy`) allows no fetch of any kind and images only from ``data:``
+and ``blob:`` URIs, and runs only the inline scripts the page itself wrote, named by their SHA-256 hashes, so that a
+script or event handler that reached the page through a run folder's strings could not run even if escaping missed
+it. Every string from the run folder is written with :func:`~cnfbench.reports.escape.html_escape`.
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from cnfbench.reports.explorer import explorer_html
+from cnfbench.reports.escape import html_escape
+from cnfbench.reports.explorer import explorer
 from cnfbench.reports.pivot import PivotTable
 from cnfbench.reports.render import entry_text
 from cnfbench.run_folder import Run, atomic_write
@@ -39,8 +44,42 @@ dl.prov dt { font-weight: bold; } dl.prov dd { margin: 0; font-family: monospace
 """
 
 
-def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
+CSP_DIRECTIVES: tuple[str, ...] = (
+    "default-src 'none'", "img-src data: blob:", "style-src 'unsafe-inline'", "font-src 'none'", "connect-src 'none'",
+    "media-src 'none'", "object-src 'none'", "frame-src 'none'", "worker-src 'none'", "manifest-src 'none'",
+    "form-action 'none'", "base-uri 'none'",
+)
+"""The page's policy besides its scripts: no fetch of any kind (``default-src 'none'``, and each fetch directive
+said outright), images only from ``data:`` URIs (the embedded plots) and ``blob:`` URLs (plotly's "download as PNG"
+draws the chart through one: both are made in the page, never fetched), no form target, no ``<base>``. Styles are
+inline (``'unsafe-inline'``): plotly.js adds empty ``<style>`` elements and sets style attributes as it draws, which
+a hash cannot name; with nothing to fetch, a style can change how the page looks but send nothing anywhere."""
+
+_e = html_escape
+
+
+def source_hash(source: str) -> str:
+    """The CSP source expression that allows exactly the inline script ``source``: ``'sha256-<base64>'``."""
+    digest = hashlib.sha256(source.encode("utf-8")).digest()
+    return f"'sha256-{base64.b64encode(digest).decode('ascii')}'"
+
+
+def content_security_policy(scripts: Sequence[str]) -> str:
+    """The page's Content-Security-Policy: :data:`CSP_DIRECTIVES`, and ``script-src`` the hashes of its inline
+    ``scripts`` exactly as written (``'none'`` when there is none: no inline script, event handler, ``javascript:``
+    URL or ``eval`` runs)."""
+    allowed = " ".join(dict.fromkeys(source_hash(source) for source in scripts)) or "'none'"
+    return "; ".join([*CSP_DIRECTIVES, f"script-src {allowed}"])
+
+
+def inline_element(tag: str, source: str) -> str:
+    """``source`` as an inline ``<script>`` or ``<style>`` element. The page's own scripts and style are trusted and
+    never escaped (scripts are listed by hash instead), so :class:`ValueError` if ``source`` holds the end tag, which
+    would end the element early, or a carriage return, which the HTML parser turns into ``\\n`` (the browser's hash
+    would differ from ours)."""
+    if f"</{tag}" in source.lower() or "\r" in source:
+        raise ValueError(f"an inline {tag} must not contain '</{tag}' or a carriage return")
+    return f"<{tag}>{source}</{tag}>"
 
 
 def table_html(table: PivotTable) -> str:
@@ -84,6 +123,12 @@ def _provenance(run: Run) -> str:
     for key in ("git_commit", "hostname", "python"):
         if prov.get(key):
             items.append((key.replace("_", " "), prov[key]))
+    recorded = prov.get("plugins")
+    plugins = [p for p in recorded if isinstance(p, dict)] if isinstance(recorded, list) else []
+    if plugins:  # names to show, never files to import
+        items.append(("plugins", ", ".join(" ".join(str(p[k]) for k in ("name", "version") if p.get(k))
+                                           + (f" ({p.get('source', '?')}: {p['origin']})" if p.get("origin") else "")
+                                           for p in plugins)))
     if isinstance(prov.get("merged_from"), list):
         items.append(("merged from", ", ".join(str(s.get("path", "?")) for s in prov["merged_from"]
                                                if isinstance(s, dict))))
@@ -97,17 +142,23 @@ def render_html(title: str, runs: Sequence[Run], tables: Sequence[tuple[str, Piv
                 images: Sequence[tuple[str, Path | bytes]], notes: Sequence[str] = (),
                 cells: pd.DataFrame | None = None) -> str:
     """The whole page: tables, the interactive chart of ``cells`` (when given), then plots (files or PNG bytes,
-    embedded), then provenance and notes."""
+    embedded), then provenance and notes; its Content-Security-Policy allows exactly the scripts it inlines."""
+    chart = explorer(cells) if cells is not None else None
+    scripts = [source.replace("\r\n", "\n").replace("\r", "\n") for source in (chart.scripts if chart else ())]
+    policy = content_security_policy(scripts)
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-             f"<title>{_e(title)}</title>", f"<style>{_STYLE}</style>", "</head>", "<body>", f"<h1>{_e(title)}</h1>",
+             f'<meta http-equiv="Content-Security-Policy" content="{_e(policy)}">',
+             '<meta name="referrer" content="no-referrer">', f"<title>{_e(title)}</title>",
+             inline_element("style", _STYLE), "</head>", "<body>", f"<h1>{_e(title)}</h1>",
              "<p>Test NLL in nats per sample (exact trace); <em>ref solve</em> = the tight reference solve, the "
              "density the trained field really defines. NFE = dynamics evaluations counted by the harness. "
              "Aggregated over seeds; only finished cells enter the numbers.</p>"]
     for heading, table in tables:
         parts += [f"<h2>{_e(heading)}</h2>", table_html(table)]
-    if cells is not None:
+    if chart is not None:
         parts += ["<h2>Explore</h2>", "<p>Choose the dataset and the metric on each axis; hover over a point for its "
-                  "configuration's full spec; click a legend entry to hide or show it.</p>", explorer_html(cells)]
+                  "configuration's full spec; click a legend entry to hide or show it.</p>", chart.markup,
+                  *(inline_element("script", source) for source in scripts)]
     if images:
         parts.append("<h2>Plots</h2>")
         for caption, image in images:
@@ -127,5 +178,5 @@ def write_html_report(path: str | Path, title: str, runs: Sequence[Run], tables:
     """Write :func:`render_html`'s page to ``path`` atomically and return the path."""
     target = Path(path)
     page = render_html(title, runs, tables, images, notes, cells)
-    atomic_write(target, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    atomic_write(target, lambda tmp: tmp.write_text(page, encoding="utf-8", newline="\n"))  # as hashed
     return target

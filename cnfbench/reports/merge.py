@@ -104,17 +104,16 @@ def _trainer(row: dict[str, Any] | pd.Series) -> str:
     return str(trainer) if isinstance(trainer, str) and trainer else str(row["cell_id"])
 
 
-def merge_runs(out: str | os.PathLike[str], sources: Sequence[str | os.PathLike[str]],
-               command: list[str] | None = None) -> MergeResult:
-    """Combine the run folders ``sources`` into the new run folder ``out``; see the module docstring.
+def check_merge(out: str | os.PathLike[str], sources: Sequence[str | os.PathLike[str] | Run]) -> list[Run]:
+    """The source runs of a merge into ``out``, read; writes nothing.
 
-    Raises :class:`ValueError` when ``out`` already holds results or is one of the sources, and
-    :class:`~cnfbench.run_folder.ResultsError` when a source cannot be read at all.
+    Raises :class:`ValueError` when there is none, one is given twice, ``out`` already holds results or is one
+    of the sources, and :class:`~cnfbench.run_folder.ResultsError` when a source cannot be read at all.
     """
     target = Path(out)
     if not sources:
         raise ValueError("no run folders to merge")
-    runs = [load_run(source) for source in sources]
+    runs = [source if isinstance(source, Run) else load_run(source) for source in sources]
     seen: set[Path] = set()
     for run in runs:
         if run.path.resolve() in seen:
@@ -127,6 +126,15 @@ def merge_runs(out: str | os.PathLike[str], sources: Sequence[str | os.PathLike[
     for name in (CELLS_PARQUET, CELLS_CSV, RUN_JSON):
         if (target / name).exists():
             raise ValueError(f"{target} already holds a run ({name}); merge into a new folder")
+    return runs
+
+
+def merge_runs(out: str | os.PathLike[str], sources: Sequence[str | os.PathLike[str] | Run],
+               command: list[str] | None = None) -> MergeResult:
+    """Combine the run folders ``sources`` (paths, or runs :func:`check_merge` read) into the new run folder
+    ``out``; see the module docstring. Raises what :func:`check_merge` raises."""
+    target = Path(out)
+    runs = check_merge(out, sources)
     notes: list[str] = []
 
     # newest last: a later "created" (or, without one, a later argument) wins a tie

@@ -3,7 +3,8 @@
 :func:`pivot` arranges :func:`~cnfbench.reports.aggregate.aggregate`'s groups as
 a :class:`PivotTable` (what the renderers draw) and marks the best entry of each
 metric within a dataset, by the goal the column catalogue gives the metric.
-Failed cells are counted in their entry and named in the notes.
+Failed cells are counted in their entry and named in the notes; a note also says when a table of time or memory
+entries compares cells run with different torch thread counts or concurrency (:mod:`~cnfbench.reports.sharing`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pandas as pd
 
 from cnfbench.messages import one_line
 from cnfbench.reports.aggregate import aggregate, axis_labels, format_value, varying_axes
+from cnfbench.reports.escape import html_escape
 from cnfbench.reports.metrics import (
     DATASET,
     GOAL_TEXT,
@@ -28,6 +30,7 @@ from cnfbench.reports.metrics import (
     default_metrics,
     metric_info,
 )
+from cnfbench.reports.sharing import sharing_note
 from cnfbench.summary import flag_notes, grid_notes
 
 
@@ -121,8 +124,6 @@ class PivotTable:
 
     def _repr_html_(self) -> str:
         """The table as a notebook shows it: the entries as the text report writes them, caption and notes."""
-        import html
-
         def text(row_key: tuple[str, ...], col_key: tuple[str, ...], metric: Metric) -> str:
             entry = self.entries.get((row_key, col_key, metric.name))
             return entry_text(self, entry, metric) + (" *" if entry is not None and entry.marked else "")
@@ -130,8 +131,8 @@ class PivotTable:
         frame = pd.DataFrame([[*row_key, *(text(row_key, k, m) for k, m in self.value_columns())]
                               for row_key in self.row_keys],
                              columns=[*self.rows, *(self.header(k, m) for k, m in self.value_columns())])
-        notes = "".join(f"<br>note: {html.escape(note)}" for note in self.notes)
-        return f"<p>{html.escape(self.caption(marked='marked *'))}</p>{frame.to_html(index=False)}" + \
+        notes = "".join(f"<br>note: {html_escape(note)}" for note in self.notes)
+        return f"<p>{html_escape(self.caption(marked='marked *'))}</p>{frame.to_html(index=False)}" + \
             (f"<p>{notes}</p>" if notes else "")
 
 
@@ -223,6 +224,9 @@ def pivot(cells: pd.DataFrame, rows: Sequence[str] = (), cols: Sequence[str] = (
                             "(nll below the true entropy or mass off 1), so it is never marked best:")
         result.notes.extend(dict.fromkeys(flag_notes(cells)))
     result.notes.extend(grid_notes(cells))
+    sharing = sharing_note(cells, [info.name for info in infos if info.machine])
+    if sharing:
+        result.notes.append(sharing)
     return result
 
 

@@ -15,6 +15,10 @@ backend change), sized for a single column (3.4 in wide, 8 pt text) or a full wi
   axes, the same extent and a colour bar — drawn from ``<run>/density/<cell_id>.npz`` files (see
   :func:`write_density_artifacts`); a cell without that file is left out with a note.
 
+Labels and titles come from the run folder, so they are drawn through
+:func:`~cnfbench.reports.escape.mathtext_escape`: a ``$`` in a dataset or component spec is drawn as a dollar, never
+as mathtext (which would raise on ``$\\foo$``); the SVG backend writes every text XML-escaped.
+
 Plain matplotlib rather than seaborn: every figure here is a few scatter, line and image calls, and the
 error bars, Pareto steps and colour bars need matplotlib's API anyway.
 
@@ -39,6 +43,7 @@ from matplotlib.figure import Figure
 
 from cnfbench.families import AXIS_KEYS
 from cnfbench.reports.aggregate import axis_labels, format_value, varying_axes
+from cnfbench.reports.escape import mathtext_escape
 from cnfbench.reports.metrics import DATASET, metric_info
 from cnfbench.run_folder import (
     DENSITY_DIR,
@@ -132,11 +137,13 @@ def pareto_front(x: Sequence[float], y: Sequence[float]) -> list[int]:
 
 
 def config_labels(cells: pd.DataFrame) -> pd.Series:
-    """A short label per row naming its configuration within one dataset (the axes that vary)."""
+    """A short label per row naming its configuration within one dataset (the axes that vary), as matplotlib is to
+    draw it (:func:`~cnfbench.reports.escape.mathtext_escape`)."""
     axes = [a for a in varying_axes(cells, [DATASET.key]) if a != DATASET.key] \
         or [a for a in AXIS_KEYS if a != DATASET.key]
     parts = [axis_labels(cells, a) for a in axes]
-    return pd.Series([" / ".join(str(p.loc[i]) for p in parts) for i in cells.index], index=cells.index)
+    return pd.Series([mathtext_escape(" / ".join(str(p.loc[i]) for p in parts)) for i in cells.index],
+                     index=cells.index)
 
 
 def _colors(labels: Sequence[str]) -> dict[str, Any]:
@@ -186,7 +193,7 @@ def plot_pareto(cells: pd.DataFrame, x: str, path: Path, y: str = "nll_ref", tit
         axes.xaxis.set_minor_formatter(plain if xs.max() / xs.min() < 12 else NullFormatter())
     axes.set_xlabel(metric_info(x).header)
     axes.set_ylabel(metric_info(y).header)
-    axes.set_title(f"{title}\nmean ± 1 std over seeds", fontsize=8)
+    axes.set_title(f"{mathtext_escape(title)}\nmean ± 1 std over seeds", fontsize=8)
     axes.grid(True, alpha=0.3)
     axes.legend(loc="best", frameon=False)
     return _save(figure, path)
@@ -260,7 +267,7 @@ def plot_curves(cells: pd.DataFrame, curves: pd.DataFrame, path: Path, title: st
     for axes in (by_iteration, by_time, nfe_axes):
         axes.grid(True, alpha=0.3)
     by_iteration.legend(frameon=False)
-    figure.suptitle(f"{title} (mean ± 1 std over seeds)", fontsize=8)
+    figure.suptitle(f"{mathtext_escape(title)} (mean ± 1 std over seeds)", fontsize=8)
     return _save(figure, path)
 
 
@@ -349,7 +356,7 @@ def plot_density(cells: pd.DataFrame, run_dirs: Mapping[str, Path], path: Path, 
     if image is not None:
         bar = figure.colorbar(image, ax=figure.axes, shrink=0.5)
         bar.set_label("density [1/data unit²]")
-    figure.suptitle(f"{title} (axes in data units; one colour scale)", fontsize=8)
+    figure.suptitle(f"{mathtext_escape(title)} (axes in data units; one colour scale)", fontsize=8)
     return _save(figure, path), notes
 
 

@@ -1,7 +1,9 @@
 """Renderers of a pivot table: plain text for the terminal, Markdown, LaTeX (booktabs), CSV (numbers) and JSON.
 
 Every header carries its unit; best entries are bold (``*`` in plain text), and entries with a flagged cell
-end in ``(!)``. :func:`text_table` is the padded-columns layout the terminal outputs share.
+end in ``(!)``. :func:`text_table` is the padded-columns layout the terminal outputs share. Every label, header,
+caption and note passes through its format's escaping (:mod:`cnfbench.reports.escape`): a run folder's strings
+are shown, never interpreted.
 """
 
 from __future__ import annotations
@@ -13,7 +15,15 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from cnfbench.reports.metrics import Metric
+from cnfbench.reports.escape import (
+    LATEX_LABEL_TEXT,
+    is_latex_label,
+    latex_escape,
+    markdown_escape,
+    single_line,
+    terminal_escape,
+)
+from cnfbench.reports.metrics import Metric, ReportError
 from cnfbench.reports.pivot import Entry, PivotTable, entry_text, entry_value, seeds_shown
 from cnfbench.text_tables import fold_table, wrap_text
 
@@ -35,8 +45,11 @@ def to_text(table: PivotTable, width: int | None = None) -> str:
         return entry_text(table, entry, metric) + (" *" if entry is not None and entry.marked else "")
 
     headers, body = _grid(table, cell)
-    lines = [wrap_text(table.caption(marked="marked *"), width), text_table(headers, body, len(table.rows), width)]
-    return "\n".join([*lines, *(wrap_text(f"note: {n}", width) for n in table.notes)])
+    headers = [terminal_escape(h) for h in headers]
+    body = [[terminal_escape(v) for v in row] for row in body]
+    lines = [wrap_text(terminal_escape(table.caption(marked="marked *")), width),
+             text_table(headers, body, len(table.rows), width)]
+    return "\n".join([*lines, *(wrap_text(f"note: {terminal_escape(n)}", width) for n in table.notes)])
 
 
 def text_table(headers: Sequence[str], body: Sequence[Sequence[Any]], left: int, width: int | None = None) -> str:
@@ -45,34 +58,22 @@ def text_table(headers: Sequence[str], body: Sequence[Sequence[Any]], left: int,
     return fold_table(headers, body, left, width)
 
 
-def _md_escape(text: str) -> str:
-    return str(text).replace("|", "\\|")
-
-
 def to_markdown(table: PivotTable) -> str:
-    """A GitHub-flavoured Markdown table with an italic caption; best entries in ``**bold**``."""
+    """A GitHub-flavoured Markdown table with an italic caption; best entries in ``**bold**``; every text escaped
+    (:func:`~cnfbench.reports.escape.markdown_escape`)."""
     def cell(entry: Entry | None, metric: Metric) -> str:
-        text = entry_text(table, entry, metric)
+        text = markdown_escape(entry_text(table, entry, metric))
         return f"**{text}**" if entry is not None and entry.marked else text
 
     headers, body = _grid(table, cell)
-    align = ["---"] * len(table.rows) + ["---:"] * (len(headers) - len(table.rows))
-    lines = [f"*{table.caption()}*", "", "| " + " | ".join(_md_escape(h) for h in headers) + " |",
-             "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(_md_escape(v) for v in row) + " |" for row in body]
+    left = len(table.rows)
+    align = ["---"] * left + ["---:"] * (len(headers) - left)
+    lines = [f"*{markdown_escape(table.caption())}*", "",
+             "| " + " | ".join(markdown_escape(h) for h in headers) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join([*(markdown_escape(v) for v in row[:left]), *row[left:]]) + " |" for row in body]
     if table.notes:
-        lines += ["", *(f"- {_md_escape(n)}" for n in table.notes)]
+        lines += ["", *(f"- {markdown_escape(n)}" for n in table.notes)]
     return "\n".join(lines) + "\n"
-
-
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "±": r"$\pm$", "–": "--", "—": "---", "|": r"$|$", "<": r"$<$", ">": r"$>$"}
-
-
-def latex_escape(text: str) -> str:
-    """``text`` with LaTeX's special characters escaped."""
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
 
 
 def _latex_header(table: PivotTable) -> list[str]:
@@ -99,7 +100,12 @@ def _latex_header(table: PivotTable) -> list[str]:
 def to_latex(table: PivotTable, label: str = "tab:cnfbench", caption: str | None = None) -> str:
     """A ``table`` environment with a booktabs ``tabular``: grouped headers for several metrics or column axes,
     best entries (significantly) in bold. ``caption`` replaces the generated one (which says how entries are
-    aggregated and marked) and ``label`` is the ``\\label``. Needs ``\\usepackage{booktabs}``."""
+    aggregated and marked; escaped like every text) and ``label`` is the ``\\label`` (:class:`ReportError` unless it
+    holds only letters, digits and ``: . _ -``). The table's notes follow as comments. Needs
+    ``\\usepackage{booktabs}``."""
+    if not is_latex_label(label):
+        raise ReportError(f"LaTeX label {label!r} may hold only {LATEX_LABEL_TEXT}, e.g. tab:solvers")
+
     def cell(entry: Entry | None, metric: Metric) -> str:
         if entry is None:
             return ""
@@ -128,6 +134,7 @@ def to_latex(table: PivotTable, label: str = "tab:cnfbench", caption: str | None
     for row in body:
         lines.append(" & ".join([*(latex_escape(v) for v in row[:left]), *row[left:]]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    lines += [f"% note: {single_line(note)}" for note in table.notes]
     return "\n".join(lines) + "\n"
 
 
