@@ -68,8 +68,13 @@ class RecordedPlugin:
 
     @property
     def file_name(self) -> str:
-        """The last component of a file plugin's path (either separator), which a moved copy keeps."""
-        return re.split(r"[\\/]", self.name)[-1]
+        """The last component of a file plugin's path, which a moved copy keeps."""
+        return file_name(self.name)
+
+
+def file_name(path: str) -> str:
+    """The last component of a plugin file's path as recorded (either separator: the run may come from Windows)."""
+    return re.split(r"[\\/]", path)[-1]
 
 
 @dataclass
@@ -197,7 +202,7 @@ def unloaded_plugins(run: Run, registry: Registry) -> list[RecordedPlugin]:
     module or entry point by name."""
     loaded = [info for info in registry.plugins if info.error is None]
     hashes = {info.sha256 for info in loaded if info.sha256}
-    files = {re.split(r"[\\/]", info.name)[-1] for info in loaded if info.source == "file"}
+    files = {file_name(info.name) for info in loaded if info.source == "file"}
     names = {info.name for info in loaded}
     missing = []
     for plugin in recorded_plugins(run):

@@ -162,7 +162,7 @@ class RunStore:
             if not csv.exists():
                 return pd.DataFrame(), []
             fallback = _read_csv(csv)
-            return fallback, [f"{parquet} is missing; using {csv}{self._rewrite_parquet(fallback, '')}"]
+            return fallback, [f"{parquet} is missing; using {csv}{self._rewrite_parquet(fallback, damaged=False)}"]
         try:
             return _read_parquet(parquet), []
         except ResultsError as damaged:
@@ -172,9 +172,9 @@ class RunStore:
                 fallback = _read_csv(csv)
             except ResultsError as also:
                 raise ResultsError(f"{also}; {damaged}", csv) from None
-            return fallback, [f"{damaged}; using {csv}{self._rewrite_parquet(fallback, str(damaged))}"]
+            return fallback, [f"{damaged}; using {csv}{self._rewrite_parquet(fallback, damaged=True)}"]
 
-    def _rewrite_parquet(self, rows: pd.DataFrame, damaged: str) -> str:
+    def _rewrite_parquet(self, rows: pd.DataFrame, damaged: bool) -> str:
         """Set a damaged ``cells.parquet`` aside and write a fresh one from ``rows`` (those of the intact CSV);
         only when no other process is writing the folder. Return what was done, as the end of a warning."""
         parquet = self.run_dir / CELLS_PARQUET

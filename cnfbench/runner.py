@@ -51,7 +51,6 @@ from cnfbench.run_folder import (
     RunStore,
     check_run_name,
     model_file_name,
-    model_path,
     remove_stale_temporaries,
     write_density_artifacts,
     write_model,
@@ -193,28 +192,12 @@ def _loss_unit(registry: Registry, cell: Cell) -> str:
 
 
 def _keep_model(run_dir: Path, cell: Cell, model: bytes | None) -> str:
-    """Write a finished cell's model file; return what its row's ``model_file`` says (empty when none).
-
-    Raises :class:`_NotKept` when the file cannot be written (:class:`DiskFull` inside it when the device is
-    full): a ``done`` row must never lack the model it trained."""
+    """Write a finished cell's model file; return what its row's ``model_file`` says (empty when none). Raises
+    :class:`DiskFull`, :class:`ResultsError` or :class:`OSError` when it cannot be written."""
     if model is None:
         return ""
-    try:
-        write_model(run_dir, cell.cell_id, model)
-    except DiskFull as full:
-        raise _NotKept(f"no space left on device ({model_path(run_dir, cell.cell_id)})", full) from None
-    except (ResultsError, OSError) as exc:
-        why = f"{exc.strerror} ({exc.filename})" if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise _NotKept(why) from None
+    write_model(run_dir, cell.cell_id, model)
     return model_file_name(cell.cell_id)
-
-
-class _NotKept(Exception):
-    """A finished cell's trained field could not be written: its row ends ``error`` (so a rerun retries it)."""
-
-    def __init__(self, why: str, full: DiskFull | None = None) -> None:
-        super().__init__(why)
-        self.why, self.full = why, full
 
 
 def _not_kept(outcome: CellOutcome, why: str) -> CellOutcome:
@@ -319,11 +302,14 @@ def _sweep(cells: list[Cell], registry: Registry, executor: Executor, run_dir: P
         """Write ``cell``'s outcome to the folder; the row written (``None`` when an earlier row is kept)."""
         nonlocal frame, curves, ran
         full: DiskFull | None = None
-        try:
+        try:  # a done row must never lack the model it trained: without it the cell ends error, and reruns
             model_file = source.model_file if shared is not None and source else \
                 _keep_model(run_dir, cell, outcome.model)
-        except _NotKept as lost:
-            outcome, model_file, full = _not_kept(outcome, lost.why), "", lost.full
+        except DiskFull as exc:
+            outcome, model_file, full = _not_kept(outcome, f"no space left on device ({exc.path})"), "", exc
+        except (ResultsError, OSError) as exc:
+            why = f"{exc.strerror} ({exc.filename})" if isinstance(exc, OSError) and exc.strerror else str(exc)
+            outcome, model_file = _not_kept(outcome, why), ""
         row = ordered({"host": "", **outcome.row, "model_file": model_file, **placement})
         if rerun and row["status"] != "done" and cell.cell_id in done_before:
             progress.message(f"warning: cell {cell.cell_id} ended {row['status']} ({row.get('reason', '')}); "

@@ -215,7 +215,7 @@ def decide_threads(requested: int, workers: int, cpus: UsableCPUs, load: float |
         others *= cpus.count / cpus.host
     free = max(0.0, cpus.count - others)
     fitting = max(1, min(share, math.floor(free / sharing + 0.5)))
-    measured = f"1-min load {load:.1f}, about {others:.1f} of it from other processes"
+    measured = f"1-min load {load:.1f} runnable threads, about {others:.1f} of them from other processes"
     if fitting >= share:
         return ThreadDecision(share, f"auto: {share} from {basis}; {measured}")
     return ThreadDecision(fitting, f"auto: {fitting} instead of {share} from {basis}: busy machine, {measured}",

@@ -261,6 +261,10 @@ def _shared_model(data: dict[str, Any] | None) -> SharedModel | None:
 
 MAIN_WATCH_INTERVAL_S = 1.0
 """Seconds between a worker's looks at its main process (when both run on one machine)."""
+_WATCHED: set[int] = set()
+"""The main processes this worker process watches (one thread each)."""
+
+
 def _process_alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -282,9 +286,10 @@ def _watch_main(main: Any) -> None:
     if not isinstance(main, dict) or main.get("host") != socket.gethostname():
         return
     pid = main.get("pid")
-    if not isinstance(pid, int) or pid == os.getpid() or _THREADS.get("watching") == pid:
-        return
-    _THREADS["watching"] = pid
+    with _LOCK:
+        if not isinstance(pid, int) or pid == os.getpid() or pid in _WATCHED:
+            return
+        _WATCHED.add(pid)
 
     def watch() -> None:
         while _process_alive(pid):

@@ -257,16 +257,12 @@ def _die_with_parent(parent_pid: int) -> None:
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    parent = multiprocessing.parent_process()
-    if os.getppid() != parent_pid:
+    parent = multiprocessing.parent_process()  # a spawned worker always has one
+    if parent is None or os.getppid() != parent_pid:
         os._exit(ORPHANED_EXIT)
 
     def watch() -> None:
-        if parent is not None:
-            multiprocessing.connection.wait([parent.sentinel])
-        else:  # not started by multiprocessing: the parent's pid is what there is to watch
-            while os.getppid() == parent_pid:
-                time.sleep(1.0)
+        multiprocessing.connection.wait([parent.sentinel])
         os._exit(ORPHANED_EXIT)
 
     threading.Thread(target=watch, name="cnfbench-parent-watchdog", daemon=True).start()

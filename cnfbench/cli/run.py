@@ -221,7 +221,6 @@ def run_cells(cells: list[Cell], registry: Registry, executor_spec: str, plugins
     """Run ``sweep`` on the executor ``executor_spec`` names, then print the summary of ``cells``' rows. A full
     device is one ``Error:`` line (exit 2)."""
     from cnfbench.executor import make_executor
-    from cnfbench.folder_lock import FolderLocked
     from cnfbench.run_folder import DiskFull
     from cnfbench.summary import render, summary_table, validity_notes
     from cnfbench.text_tables import terminal_width
@@ -232,8 +231,6 @@ def run_cells(cells: list[Cell], registry: Registry, executor_spec: str, plugins
         raise fail(str(exc)) from None
     try:
         result = sweep(executor, label)
-    except FolderLocked as exc:  # a caller that did not take the lock first (see writing)
-        raise fail(str(exc)) from None
     except DiskFull as exc:
         raise fail(f"{exc}: the run stops here; every row written before is intact; free some space and "
                    f"{resume_hint}") from None
