@@ -548,7 +548,10 @@ class Tracker(Component, ABC):
 
     When a cell's outcome reaches the main process (from any executor), the runner calls :meth:`log_iteration`
     for every training iteration of its curve, in order, then :meth:`log_cell`; so remote workers need no
-    access to the tracker. ``cell`` is ``{"cell_id", "label", "spec"}`` (``spec``: the cell as JSON).
+    access to the tracker. ``cell`` is ``{"cell_id", "label", "description", "spec", "started", "ended"}``:
+    ``label`` names the configuration by the run's labelling rule (:mod:`cnfbench.labels`; a tracker names its run
+    by it), ``description`` every component in full, ``spec`` the cell as JSON, ``started``/``ended`` seconds since
+    the epoch (a curve point's wall time is ``started`` + its ``elapsed_s``).
 
     Every tracker has the parameter ``timeout`` (:data:`TIMEOUT`, seconds, default 10) without declaring it:
     the harness adds it to each subclass's ``params`` and keeps it for itself. All calls to one tracker run in

@@ -39,7 +39,9 @@ class FamilyRow:
     pluggy hook that returns the family's classes; ``option`` the ``run``
     option that selects its components (a comma list for a grid axis);
     ``default`` what ``run`` uses without that option; ``meaning`` the
-    column's description. A grid axis writes two identity columns: the
+    column's description, ``plural_meaning`` the same for several components
+    (``ODE solvers (…)``, where ``meaning`` + ``s`` would pluralize the
+    parenthesis) as ``run --help`` lists them. A grid axis writes two identity columns: the
     component's name (``column``) and its full spec (``spec_column``).
 
     ``implicit`` (an axis added after cnfbench 0.1.0) names the parameterless component that cells made
@@ -57,6 +59,7 @@ class FamilyRow:
     meaning: str
     example: str = ""
     implicit: str = ""
+    plural_meaning: str = ""
 
     @property
     def column(self) -> str:
@@ -99,20 +102,24 @@ class EvalSlot:
 
 FAMILY_TABLE: tuple[FamilyRow, ...] = (
     FamilyRow("dataset", "datasets", "Dataset", "cnfbench_datasets", GRID_AXIS, "--dataset", ("8gaussians",),
-              "dataset", "8gaussians,moons[n_train=5000]"),
+              "dataset", "8gaussians,moons[n_train=5000]", plural_meaning="datasets"),
     FamilyRow("field", "fields", "VectorField", "cnfbench_fields", GRID_AXIS, "--field", ("concatsquash",),
-              "vector field", "concatsquash[hidden=64-64,activation=elu]"),
+              "vector field", "concatsquash[hidden=64-64,activation=elu]", plural_meaning="vector fields"),
     FamilyRow("objective", "objectives", "Objective", "cnfbench_objectives", GRID_AXIS, "--objective", ("mle",),
-              "training objective", "mle,rnode[kinetic=0.01,jacobian=0.01],cfm[sigma=0.01]", implicit="mle"),
+              "training objective", "mle,rnode[kinetic=0.01,jacobian=0.01],cfm[sigma=0.01]", implicit="mle",
+              plural_meaning="training objectives"),
     FamilyRow("solver", "solvers", "Solver", "cnfbench_solvers", GRID_AXIS, "--solver", ("dopri5",),
               "ODE solver (training when the objective solves, evaluation, sampling)",
-              "euler[steps=10],dopri5[rtol=1e-5,atol=1e-5]"),
+              "euler[steps=10],dopri5[rtol=1e-5,atol=1e-5]",
+              plural_meaning="ODE solvers (training when the objective solves, evaluation, sampling)"),
     FamilyRow("trace", "traces", "TraceEstimator", "cnfbench_traces", GRID_AXIS, "--trace", ("exact",),
-              "training trace estimator", "exact,hutchinson[noise=rademacher]"),
+              "training trace estimator", "exact,hutchinson[noise=rademacher]",
+              plural_meaning="training trace estimators"),
     FamilyRow("executor", "executors", "Executor", "cnfbench_executors", RUN_LEVEL, "--executor", ("process",),
-              "where the cells run", "process[workers=2]"),
+              "where the cells run", "process[workers=2]", plural_meaning="where the cells run"),
     FamilyRow("tracker", "trackers", "Tracker", "cnfbench_trackers", RUN_LEVEL, "--tracker", (),
-              "experiment tracker the run logs every cell to", "mlflow,tensorboard"),
+              "experiment tracker the run logs every cell to", "mlflow,tensorboard",
+              plural_meaning="experiment trackers the run logs every cell to"),
 )
 """Every component family, in the order a cell and a row list them."""
 

@@ -7,11 +7,21 @@ from collections.abc import Iterable
 
 
 def one_line(text: object, limit: int | None = None) -> str:
-    """``text`` with all whitespace runs folded to one space, cut to ``limit`` characters with an ellipsis."""
+    """``text`` with all whitespace runs folded to one space, cut to ``limit`` characters with an ellipsis — at a
+    space, never inside a word or number (a first word longer than ``limit`` alone is cut), and never after a
+    dangling dash or colon."""
     flat = " ".join(str(text).split())
     if limit is None or len(flat) <= limit:
         return flat
-    return flat[: limit - 1] + "…"
+    head = flat[: limit]
+    cut = head.rfind(" ")
+    kept = head[:cut] if cut > 0 else flat[: limit - 1]
+    return kept.rstrip(" -—–:;,") + "…"
+
+
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """``1 cell``, ``2 cells``, ``0 cells``; ``plural_form`` where adding an ``s`` is wrong (``2 entries``)."""
+    return f"{count} {noun if count == 1 else (plural_form or noun + 's')}"
 
 
 def describe_exception(exc: BaseException, limit: int | None = None) -> str:

@@ -38,6 +38,7 @@ from cnfbench.contracts import CellOutcome, Executor, SharedModel
 from cnfbench.execute import model_key_of
 from cnfbench.executor import job_for
 from cnfbench.folder_lock import run_folder_lock
+from cnfbench.messages import plural
 from cnfbench.model_file import ModelFileError, check_model
 from cnfbench.progress import Progress
 from cnfbench.registry import Registry
@@ -67,6 +68,21 @@ class RunResult:
     ran: int
     skipped: int
     interrupted: bool = False
+    stopped: int = 0
+    """Cells in flight when the run was interrupted (their rows say ``interrupted``)."""
+    never_started: int = 0
+    """Cells of this sweep that an interrupt left unstarted (no row)."""
+
+    def counts(self) -> str:
+        """``2 cells run, 1 interrupted, 3 never started, 4 skipped as already done`` (zero parts left out, but the
+        run and skipped counts)."""
+        parts = [f"{plural(self.ran, 'cell')} run"]
+        if self.stopped:
+            parts.append(f"{self.stopped} interrupted")
+        if self.never_started:
+            parts.append(f"{self.never_started} never started")
+        parts.append(f"{self.skipped} skipped as already done")
+        return ", ".join(parts)
 
 
 def default_run_name() -> str:
@@ -271,7 +287,7 @@ def _sweep(cells: list[Cell], registry: Registry, executor: Executor, run_dir: P
             history.append({key: previous.get(key) for key in ("created", "command", "plugins")})
         store.write_run_json({**provenance, "history": history,
                               "cells": [cell.to_json() | {"cell_id": cell.cell_id} for cell in cells]})
-    trackers.start({"name": run_dir.name, "command": provenance.get("command"), "config": provenance.get("config")})
+    trackers.start({"name": run_dir.name, **{key: provenance.get(key) for key in ("command", "config")}}, cells)
     finished: set[str] = set()
     done_before: set[str] = set()
     if not existing.empty and "cell_id" in existing and "status" in existing:
@@ -282,7 +298,8 @@ def _sweep(cells: list[Cell], registry: Registry, executor: Executor, run_dir: P
     sources = _sources_in(existing, run_dir, registry)
     skipped = len(cells) - len(todo)
     if skipped:
-        progress.message(f"resuming {run_dir.name}: skipping {skipped} cell(s) already done, running {len(todo)}")
+        progress.message(f"resuming {run_dir.name}: skipping {plural(skipped, 'cell')} already done, "
+                         f"running {len(todo)}")
     progress.begin(len(todo), executor_name, executor.slots)
     frame = existing
     ran = 0
@@ -344,7 +361,8 @@ def _sweep(cells: list[Cell], registry: Registry, executor: Executor, run_dir: P
             frame = _upsert(frame, row)
             progress.end_cell(row)
         _write_cells(store, frame, progress)
-        return RunResult(run_dir, frame, ran, skipped, interrupted=True)
+        return RunResult(run_dir, frame, ran, skipped, interrupted=True, stopped=len(outcomes),
+                         never_started=max(len(todo) - ran - len(outcomes), 0))
 
     if executor.slots > 1:
         return _sweep_in_parallel(todo, executor, prepare, keep_outcome, record_interrupted, progress, registry,

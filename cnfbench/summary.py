@@ -1,24 +1,26 @@
 """The summary table printed at the end of a run: one line per configuration, units in every header.
 
-Rows that differ only by seed are aggregated: a metric shows ``mean ± std``
-over the seeds that finished, and ``n`` says how many that was (``done/all``
-when some did not finish; their reasons follow the table). The table names
-the dataset and only the axes that vary, shows only the parameters that vary
-within the run, and only the catalogue's summary metrics under their short
-headers, so that it fits a 100-column terminal (rich folds what does not);
-every other column is in ``cnfbench report``.
+Rows that differ only by seed are aggregated: a metric shows ``mean ± std`` over the seeds that finished, and
+``n`` says how many that was (``done/planned`` when some did not finish or never started; their reasons follow
+the table). The table names the dataset and only the axes that vary, in the labelling rule of
+:mod:`cnfbench.labels`, rows in grid order, and only the catalogue's summary metrics under their short headers.
+Where the whole table does not fit the width even with its headers folded, it shows the columns that matter
+first (the labels, ``valid``, ``n``, NLL ref, excess NLL or bits/dim, NFE, train time) and the rest in a second
+table below; no entry is cut inside a token (:mod:`cnfbench.text_tables`). Every other column is in
+``cnfbench report``.
 """
 
 from __future__ import annotations
 
 import math
-import re
 
 import pandas as pd
 
 from cnfbench.columns import COLUMNS_BY_NAME, SUMMARY, Column, default_metrics
 from cnfbench.families import GRID_AXES, SLOTS_BY_KEY, family
-from cnfbench.text_tables import TEXT_WIDTH, fold_table, wrap_text
+from cnfbench.labels import SEPARATOR, row_labels, short_specs
+from cnfbench.messages import one_line, plural
+from cnfbench.text_tables import TEXT_WIDTH, column_groups, fold_table, wrap_text
 from cnfbench.validity import grid_resolution_note
 
 AXIS_NAMES = (*(row.key for row in GRID_AXES), "trained with")
@@ -27,6 +29,16 @@ AXIS_NAMES = (*(row.key for row in GRID_AXES), "trained with")
 SUMMARY_METRICS: tuple[Column, ...] = tuple(COLUMNS_BY_NAME[name] for name in default_metrics(SUMMARY))
 """The catalogue's summary metrics, in row order; each is shown under its header, scaled, with its decimals."""
 
+FIRST_METRICS = ("nll_ref", "excess_nll", "nfe_eval", "train_time_s")
+"""The metrics a table too wide for the terminal shows first (bits/dim instead of excess NLL where a row has no
+excess NLL); the other summary metrics go to a second table below."""
+
+NOT_STARTED = "not started"
+"""The status the summary gives a planned cell that has no row (an interrupted run never started it)."""
+
+REASON_WIDTH = 120
+"""Characters of a reason the summary keeps (cut at a word boundary)."""
+
 # The notes below are about particular roles, not enumerations: the training solver is what a flag blames, the
 # dataset is where, and the reference solver is what --allow-loose-ref loosened.
 _DATASET = family("dataset")
@@ -34,31 +46,11 @@ _SOLVER = family("solver")
 _OBJECTIVE = family("objective")
 _REF_SOLVER = SLOTS_BY_KEY["ref_solver"]
 
-_SPEC = re.compile(r"^(?P<name>[^\[]+)(?:\[(?P<params>.*)\])?$")
-
-
-def _split_spec(spec: str) -> tuple[str, list[str]]:
-    match = _SPEC.match(spec)
-    if not match:
-        return spec, []
-    params = match.group("params")
-    return match.group("name"), params.split(",") if params else []
-
 
 def compact_labels(specs: pd.Series) -> pd.Series:
-    """Drop from each ``name[k=v,...]`` the parameters whose value is the same in every row."""
-    parsed = [_split_spec(spec) for spec in specs]
-    seen: dict[str, set[str]] = {}
-    for _, params in parsed:
-        for pair in params:
-            key, _, value = pair.partition("=")
-            seen.setdefault(key, set()).add(value)
-    varying = {key for key, values in seen.items() if len(values) > 1}
-    labels = []
-    for name, params in parsed:
-        kept = [pair for pair in params if pair.partition("=")[0] in varying]
-        labels.append(f"{name}[{','.join(kept)}]" if kept else name)
-    return pd.Series(labels, index=specs.index)
+    """Drop from each ``name[k=v,...]`` the parameters whose value is the same in every row
+    (:func:`cnfbench.labels.short_specs`)."""
+    return pd.Series(short_specs([str(spec) for spec in specs]), index=specs.index, dtype=object)
 
 
 def _format(values: pd.Series, scale: float, decimals: int) -> str:
@@ -73,8 +65,9 @@ def _format(values: pd.Series, scale: float, decimals: int) -> str:
 
 
 def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration (seeds aggregated) with unit-carrying headers: the dataset and the axes that
-    vary, ``n``, ``valid`` and the summary metrics; ``reason`` (the first failure's) where a cell did not finish."""
+    """One row per configuration (seeds aggregated), in the order of ``cells``, with unit-carrying headers: the
+    dataset and the axes that vary, ``n``, ``valid`` and the summary metrics; ``reason`` (the first failure's)
+    where a cell did not finish. Rows with status :data:`NOT_STARTED` count as planned, never as run."""
     if cells.empty:
         return pd.DataFrame()
     frame = cells.copy()
@@ -82,7 +75,7 @@ def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
     for row in GRID_AXES:
         source = frame[row.spec_column] if row.spec_column in frame \
             else frame.get(row.column, pd.Series(row.implicit or "—", index=frame.index))
-        frame[f"_{row.key}"] = compact_labels(source.astype(str))
+        frame[f"_{row.key}"] = compact_labels(source.fillna(row.implicit or "—").astype(str))
     if "trained_with" in frame and frame["trained_with"].fillna("").astype(str).ne("").any():
         axes.append("trained with")  # cnfbench evaluate: models evaluated with a solver they were not trained with
         frame["_trained with"] = compact_labels(frame["trained_with"].fillna("").astype(str).replace("", "—"))
@@ -100,7 +93,7 @@ def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
             row["valid"] = "yes" if done["valid"].astype(bool).all() else "NO (!)"
         failed = group[group["status"] != "done"]
         if not failed.empty:
-            row["reason"] = str(failed["reason"].iloc[0])[:80]
+            row["reason"] = _reasons(failed)
         rows.append(row)
     table = pd.DataFrame(rows)
     present = [metric.short_header for metric in SUMMARY_METRICS if metric.short_header in table]
@@ -109,6 +102,14 @@ def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
     if "reason" in table:
         ordered.append("reason")
     return table[ordered].fillna("—")
+
+
+def _reasons(failed: pd.DataFrame) -> str:
+    """Why the cells of one configuration did not finish: each distinct reason once, with how many cells it was,
+    never cut inside a word."""
+    counts = failed["reason"].fillna("").astype(str).map(lambda text: one_line(text, REASON_WIDTH)).value_counts()
+    return "; ".join(reason if count == 1 else f"{reason} ({plural(int(count), 'cell')})"
+                     for reason, count in counts.items() if reason)
 
 
 def validity_notes(cells: pd.DataFrame) -> list[str]:
@@ -121,30 +122,37 @@ def loose_reference_notes(cells: pd.DataFrame) -> list[str]:
     if cells.empty or "ref_loose" not in cells:
         return []
     loose = cells[cells["ref_loose"].astype("boolean").fillna(False).astype(bool)]
-    return [f"warning: nll_ref of {len(loose)} cell(s) comes from the loose reference solve {spec} "
+    return [f"warning: nll_ref of {plural(len(loose), 'cell')} comes from the loose reference solve {spec} "
             "(--allow-loose-ref): it is only as exact as that solve"
             for spec in loose[_REF_SOLVER.spec_column].drop_duplicates()]
 
 
 def flag_notes(cells: pd.DataFrame) -> list[str]:
-    """One line per flagged cell: why its reported likelihood cannot be a normalized density."""
+    """One line per flagged cell: why its reported likelihood cannot be a normalized density. The cell is named
+    by the labelling rule over ``cells`` (the axes that vary, the solver always, the seed when seeds vary), so
+    that two notes never read alike unless their cells do."""
     if cells.empty or "valid" not in cells:
         return []
     done = cells[cells["status"] == "done"]
+    if done.empty:
+        return []
+    labels = row_labels(done, seeds=True, keep=(_SOLVER.key,))
     flagged = done[~done["valid"].fillna(True).astype(bool)]
-    return [f"(!) {_trained_by(row)}{row[_SOLVER.spec_column]} seed {row['seed']} on {row[_DATASET.column]}: "
-            f"{row['validity_reason']}" for row in flagged.to_dict("records")]
+    dataset_named = _DATASET.column in done and done[_DATASET.column].nunique() > 1  # then the label has it
+    notes = []
+    for index, row in zip(flagged.index, flagged.to_dict("records"), strict=True):
+        label = str(labels.loc[index])
+        if not dataset_named:
+            label += f" on {row.get(_DATASET.column, '—')}"
+        notes.append(f"(!) {_trained_by(row)}{label}: {row['validity_reason']}")
+    return notes
 
 
 def _trained_by(row: dict[str, object]) -> str:
-    """``cfm[sigma=0.0] model, `` when the row's objective is not the default one (else nothing), with the
-    solver it was trained with when that is not the row's."""
-    objective = row.get(_OBJECTIVE.spec_column)
+    """``trained with euler[steps=8]: `` when the model was trained with another solver than the row's."""
     trained_with = row.get("trained_with")
-    parts = [str(objective)] if isinstance(objective, str) and objective != _OBJECTIVE.implicit else []
-    if isinstance(trained_with, str) and trained_with:
-        parts.append(f"trained with {trained_with}")
-    return f"{' '.join(parts)} model, " if parts else ""
+    return f"model trained with {trained_with}, evaluated as " if isinstance(trained_with, str) and trained_with \
+        else ""
 
 
 def grid_notes(cells: pd.DataFrame) -> list[str]:
@@ -164,21 +172,45 @@ def grid_notes(cells: pd.DataFrame) -> list[str]:
 
 
 SUMMARY_WIDTH = TEXT_WIDTH
-"""Columns the summary fits when it is not printed to a terminal (a terminal's own width otherwise)."""
+"""Columns the summary fits when neither ``COLUMNS`` nor a terminal says otherwise."""
 
 
 def render(table: pd.DataFrame, notes: list[str] | None = None, width: int | None = None,
            color: bool = False) -> str:
-    """:func:`summary_table` as text at most ``width`` columns wide (default :data:`SUMMARY_WIDTH`; rich folds
-    cells that do not fit), then the reasons of cells that did not finish and the flagged-cell ``notes``.
-    ``color``: ANSI styles (a terminal; ``NO_COLOR`` still wins)."""
+    """:func:`summary_table` as text at most ``width`` columns wide (default :data:`SUMMARY_WIDTH`; see the module
+    docstring for what a narrow terminal gets), then the reasons of configurations that did not finish and the
+    flagged-cell ``notes``. ``color``: ANSI styles (a terminal; ``NO_COLOR`` still wins)."""
     if table.empty:
         return "(no cells)"
+    width = width or SUMMARY_WIDTH
     shown = table.drop(columns=["reason"]) if "reason" in table else table
     records = shown.to_dict("records")
-    left = sum(column in (*AXIS_NAMES, "valid") for column in shown.columns)  # labels lead, numbers follow
-    text = fold_table([str(c) for c in shown.columns], [[str(v) for v in r.values()] for r in records], left,
-                      width, ["red" if r.get("valid") == "NO (!)" else None for r in records], color)
-    reasons = [f"not done: {record.get('reason')}" for record in table.to_dict("records")
-               if isinstance(record.get("reason"), str) and record.get("reason") not in ("", "—")]
+    labels = [column for column in shown.columns if column in (*AXIS_NAMES, "valid", "n")]
+    headers = [str(column) for column in shown.columns]
+    body = [[str(value) for value in record.values()] for record in records]
+    styles = ["red" if record.get("valid") == "NO (!)" else None for record in records]
+    if len(column_groups(headers, body, len(labels), width)) == 1:  # fits, its headers folded if need be
+        text = fold_table(headers, body, len(labels), width, styles, color)
+    else:
+        first, rest = _first_columns(list(shown.columns), labels)
+        parts = [fold_table(columns, [[str(record[c]) for c in columns] for record in records], len(labels), width,
+                            styles, color) for columns in (first, rest) if len(columns) > len(labels)]
+        text = "\n\n".join(parts)
+    reasons = []
+    for record in table.to_dict("records"):
+        reason = record.get("reason")
+        if isinstance(reason, str) and reason not in ("", "—"):
+            name = SEPARATOR.join(str(record[column]) for column in labels if column not in ("valid", "n"))
+            reasons.append(f"not done: {name} ({record['n']} seeds done): {reason}")
     return "\n".join([text, *(wrap_text(line, width) for line in [*reasons, *(notes or [])])])
+
+
+def _first_columns(columns: list[str], labels: list[str]) -> tuple[list[str], list[str]]:
+    """The label columns with :data:`FIRST_METRICS` (bits/dim for excess NLL where there is no excess NLL), and
+    the label columns with every other metric."""
+    headers = {COLUMNS_BY_NAME[name].short_header for name in FIRST_METRICS}
+    excess, bits = COLUMNS_BY_NAME["excess_nll"].short_header, COLUMNS_BY_NAME["bits_per_dim"].short_header
+    if excess not in columns:
+        headers.add(bits)
+    metrics = [column for column in columns if column not in labels]
+    return ([*labels, *(c for c in metrics if c in headers)], [*labels, *(c for c in metrics if c not in headers)])

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnfbench.messages import plural
+
 LOAD_TIME_CONSTANT_S = 60.0
 """Time constant of the kernel's one-minute load average (Linux samples it every 5 s with weight
 exp(-5/60))."""
@@ -197,15 +199,15 @@ def decide_threads(requested: int, workers: int, cpus: UsableCPUs, load: float |
     one thread).
     """
     if requested > 0:
-        over = f"; more than the {cpus.count} usable CPU(s) ({cpus.source})" if requested > cpus.count else ""
-        return ThreadDecision(requested, f"explicit: {requested} thread(s) per worker{over}")
+        over = f"; more than the {plural(cpus.count, 'usable CPU')} ({cpus.source})" if requested > cpus.count else ""
+        return ThreadDecision(requested, f"explicit: {plural(requested, 'thread')} per worker{over}")
     sharing = max(workers, 1)
     if workers > 0:
-        share, basis = max(1, cpus.count // sharing), f"{cpus.count} usable CPU(s) ({cpus.source}) / {sharing} " \
-                                                        f"worker(s)"
+        share = max(1, cpus.count // sharing)
+        basis = f"{plural(cpus.count, 'usable CPU')} ({cpus.source}) / {plural(sharing, 'worker')}"
     else:
-        share, basis = max(1, min(default, cpus.count)), f"the engine's default of {default}, at most " \
-                                                          f"{cpus.count} usable CPU(s) ({cpus.source})"
+        share = max(1, min(default, cpus.count))
+        basis = f"the engine's default of {default}, at most {plural(cpus.count, 'usable CPU')} ({cpus.source})"
     if cap:
         share, basis = min(share, cap), f"{basis}, at most OMP_NUM_THREADS={cap}"
     if load is None:
@@ -219,5 +221,6 @@ def decide_threads(requested: int, workers: int, cpus: UsableCPUs, load: float |
     if fitting >= share:
         return ThreadDecision(share, f"auto: {share} from {basis}; {measured}")
     return ThreadDecision(fitting, f"auto: {fitting} instead of {share} from {basis}: busy machine, {measured}",
-                          f"the machine is busy ({measured}, on {cpus.count} usable CPU(s)): {fitting} torch "
-                          f"thread(s) per worker instead of {share}; process[threads=N] chooses")
+                          f"the machine is busy ({measured}, on {plural(cpus.count, 'usable CPU')}): "
+                          f"{plural(fitting, 'torch thread')} per worker instead of {share}; process[threads=N] "
+                          "chooses")

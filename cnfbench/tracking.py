@@ -9,6 +9,12 @@ curve iteration by iteration, then its row), ``close``, and its construction (at
 :func:`build_timeout`; a missing extra is a one-line error). A call that raises, or does not return in time,
 is one warning naming the tracker, what it was doing and why; that tracker is never called again and the
 sweep goes on at once. An abandoned call goes on in its thread, which never keeps the process from exiting.
+
+A tracker names a cell by its configuration label (:func:`cnfbench.labels.cell_labels` over the run's cells: the
+axes that vary, in short form, and the seed), and places its points in time: the cell's ``started`` and ``ended``
+wall-clock times (seconds since the epoch) come with it, ``ended`` being when its outcome reached the main process
+and ``started`` that less the row's ``cell_time_s``, so that an iteration's wall time is ``started`` plus its
+curve's ``elapsed_s`` (the training time before it, as the report's loss-by-time plot draws it).
 """
 
 from __future__ import annotations
@@ -16,18 +22,24 @@ from __future__ import annotations
 import math
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
 from cnfbench.cells import Cell
 from cnfbench.contracts import Tracker
+from cnfbench.labels import cell_labels, shorten
 from cnfbench.messages import describe_exception
 from cnfbench.params import parse_selector_list
 from cnfbench.registry import Registry
 
 CURVE_KEYS_SKIPPED = ("cell_id", "iteration")
 """Curve columns that are not values to log."""
+
+LABEL_WIDTH = 200
+"""Longest label a tracker is given (MLflow's run names take 250 characters, a folder name 255 bytes); a longer
+one is shortened at a token boundary."""
 
 T = TypeVar("T")
 
@@ -128,6 +140,7 @@ class Trackers:
         constructor (a missing extra, a bad setting) is raised for the caller's one-line error."""
         self.warn = warn
         self.active: list[_Active] = []
+        self.labels: dict[str, str] = {}
         for cls, params in chosen:
             timeout, arguments = cls.split_params(params)
             worker = TrackerWorker(cls.name, timeout)
@@ -160,20 +173,36 @@ class Trackers:
                 entry.worker.stop()
                 self._left_out(entry.tracker.name, what, exc)
 
-    def start(self, run: dict[str, Any]) -> None:
+    def start(self, run: dict[str, Any], cells: Sequence[Cell] = ()) -> None:
+        """Open every tracker's store for the run (``name``, ``command``, ``config``); ``cells``, the run's cells
+        (those already done included), give each cell its configuration label."""
+        if self.active and cells:
+            self.labels = {cell_id: shorten(label, LABEL_WIDTH) for cell_id, label in cell_labels(cells).items()}
         self._each("start", lambda tracker: tracker.start(run))
+
+    def cell_info(self, cell: Cell, curve: list[dict[str, Any]], row: dict[str, Any],
+                  ended: float | None = None) -> dict[str, Any]:
+        """What a tracker is told of ``cell``: ``cell_id``, ``label`` (its configuration label; its full
+        description when the run did not give its cells), ``description``, ``spec``, and ``started`` and ``ended``
+        (seconds since the epoch; ``ended`` now unless given)."""
+        ended = time.time() if ended is None else ended
+        elapsed = [float(point["elapsed_s"]) for point in curve if _finite(point.get("elapsed_s"))]
+        seconds = float(row["cell_time_s"]) if _finite(row.get("cell_time_s")) else math.nan
+        # a cell took at least its training time: a row without its wall-clock ends with its last point
+        took = max(seconds if seconds >= 0 else 0.0, max(elapsed, default=0.0))
+        return {"cell_id": cell.cell_id, "label": self.labels.get(cell.cell_id) or cell.describe(),
+                "description": cell.describe(), "spec": cell.to_json(), "started": ended - took, "ended": ended}
 
     def cell_finished(self, cell: Cell, curve: list[dict[str, Any]], row: dict[str, Any]) -> None:
         """Replay ``cell``'s training ``curve`` (its rows, in iteration order), then its ``row``: one call per
         tracker, bounded by its timeout."""
         if not self.active:
             return
-        info = {"cell_id": cell.cell_id, "label": cell.describe(), "spec": cell.to_json()}
+        info = self.cell_info(cell, curve, row)
         steps = []
         for point in sorted(curve, key=lambda p: p.get("iteration", 0)):
-            values = {key: float(value) for key, value in point.items() if key not in CURVE_KEYS_SKIPPED
-                      and isinstance(value, (int, float)) and not isinstance(value, bool)
-                      and math.isfinite(float(value))}
+            values = {key: float(value) for key, value in point.items()
+                      if key not in CURVE_KEYS_SKIPPED and _finite(value)}
             steps.append((int(point.get("iteration", 0)), values))
 
         def replay(tracker: Tracker) -> None:
@@ -189,3 +218,8 @@ class Trackers:
         for entry in self.active:
             entry.worker.stop()
         self.active.clear()
+
+
+def _finite(value: Any) -> bool:
+    """Whether ``value`` is a finite number (not a flag)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))

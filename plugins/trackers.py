@@ -1,14 +1,23 @@
 """Built-in experiment trackers: ``mlflow[uri=...,experiment=...]`` and ``tensorboard[logdir=...]``.
 
 * ``mlflow`` logs each cell as one MLflow run of the experiment ``experiment`` (default: the run folder's
-  name): the cell's components as parameters, its id and label as tags, every training iteration's curve
-  values as metrics at that step, and the row's final numbers (``final/nll_ref``, ...) once. Without a
-  ``uri`` the store is ``mlflow.db`` (SQLite) in the run folder: MLflow 3 refuses its plain-file store
-  unless told otherwise, and a SQLite file is as local and as portable. ``pip install cnfbench[mlflow]``.
-* ``tensorboard`` writes one event file per cell under ``tensorboard/<cell_id>/`` in the run folder
-  (``logdir``: elsewhere): the curve values as scalars ``train/<name>`` at each iteration, the row's final
-  numbers as ``final/<name>``, and the cell's spec as text. ``tensorboard --logdir results/RUN/tensorboard``
-  shows them. ``pip install cnfbench[tensorboard]``.
+  name), named by the cell's configuration label: the cell's components as parameters (a setting without a
+  value left out), its id as the tag ``cnfbench.cell_id``, every training iteration's curve values as metrics
+  at that step, and the row's final numbers (``final/nll_ref``, ``final/mass``, ...) once. Its validity is the
+  tags ``valid`` (``true``/``false``) and ``validity_reason`` (when flagged) and the metric ``final/valid``
+  (1/0), beside the figures the flag reads (``final/nll``, ``final/entropy``, ``final/mass``,
+  ``final/mass_ref``, ``final/mass_is``, ...). Without a ``uri`` the store is ``mlflow.db`` (SQLite) in the
+  run folder: MLflow 3 refuses its plain-file store unless told otherwise, and a SQLite file is as local and
+  as portable. ``pip install cnfbench[mlflow]`` (the full ``mlflow`` package: ``mlflow ui`` needs it).
+* ``tensorboard`` writes one event folder per cell under ``tensorboard/<label>/`` in the run folder
+  (``logdir``: elsewhere), named by the cell's configuration label (with its id after it when another cell
+  has the folder): the curve values as scalars ``train/<name>`` at each iteration, the row's final numbers
+  and ``final/valid`` as ``final/<name>``, and the cell's spec, id, status and validity as text.
+  ``tensorboard --logdir results/RUN/tensorboard`` shows them. ``pip install cnfbench[tensorboard]``.
+
+Both give each point its wall time: the cell's ``started`` time plus the iteration's ``elapsed_s``, and the
+final numbers the cell's ``ended`` time, so that a time axis shows when training happened, not when the
+curve was replayed.
 
 Both open their store in ``start``, so that a store that cannot be reached is a warning and the run goes on. Like
 every tracker they take ``timeout`` (seconds, default 10; the harness's): ``mlflow`` also bounds each of MLflow's HTTP
@@ -19,6 +28,7 @@ of retries.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import math
 import os
@@ -84,9 +94,45 @@ def _check_sqlite_store(uri: str, timeout: float) -> None:
         raise RuntimeError(f"cannot write the SQLite store {path}: it or its folder is read-only")
 
 
+def _wall_time(cell: dict[str, Any], values: dict[str, float] | None = None, at: str = "ended") -> float:
+    """When a point happened, in seconds since the epoch: the cell's ``started`` time plus the point's
+    ``elapsed_s``; with no ``values``, the cell's time ``at`` (``started``, ``ended``); now when the harness did
+    not say."""
+    base, offset = (cell.get("started"), values.get("elapsed_s")) if values is not None else (cell.get(at), 0.0)
+    return float(base) + float(offset) if _finite(base) and _finite(offset) else time.time()
+
+
+def _milliseconds(seconds: float) -> int:
+    return int(round(seconds * 1000))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def _flag(value: Any) -> bool | None:
+    """A row's ``valid`` as a bool (numpy's included); ``None`` when the row has none."""
+    return bool(value) if isinstance(value, bool) or type(value).__name__ == "bool_" else None
+
+
+def _text(value: Any) -> str:
+    """A setting as a parameter value: ``true``/``false`` and lists as in JSON, the rest as written."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _validity(row: dict[str, Any]) -> tuple[bool | None, str]:
+    """The row's ``(valid, validity_reason)``; ``(None, "")`` for a row without the flag."""
+    reason = row.get("validity_reason")
+    return _flag(row.get("valid")), reason if isinstance(reason, str) else ""
+
+
 class MLflowTracker(Tracker):
     name = "mlflow"
-    description = "one MLflow run per cell: parameters, curve metrics per iteration, final numbers"
+    description = "one MLflow run per cell, named by its configuration: parameters, curve metrics, validity"
     params = (
         Param("uri", "str", "", "tracking URI, e.g. http://host:5000 (empty: sqlite:///<run folder>/mlflow.db)"),
         Param("experiment", "str", "", "experiment name (empty: the run folder's name)"),
@@ -118,11 +164,12 @@ class MLflowTracker(Tracker):
 
     def _run_id(self, cell: dict[str, Any]) -> str:
         if cell["cell_id"] not in self._runs:
-            spec = cell["spec"]
             run = self._client.create_run(self._experiment_id, run_name=cell["label"][:250],
+                                          start_time=_milliseconds(_wall_time(cell, at="started")),
                                           tags={"cnfbench.cell_id": cell["cell_id"]})
             entities = self._mlflow.entities
-            params = [entities.Param(axis, str(value)[:6000]) for axis, value in _flat(spec).items()]
+            params = [entities.Param(axis, _text(value)[:6000]) for axis, value in _flat(cell["spec"]).items()
+                      if value is not None and value != ""]
             for start in range(0, len(params), 100):
                 self._client.log_batch(run.info.run_id, params=params[start:start + 100])
             self._runs[cell["cell_id"]] = run.info.run_id
@@ -132,8 +179,8 @@ class MLflowTracker(Tracker):
         run_id = self._run_id(cell)
         metric = self._mlflow.entities.Metric
         pending = self._pending.setdefault(run_id, [])
-        now = int(time.time() * 1000)
-        pending += [metric(name, value, now, step) for name, value in values.items()]
+        when = _milliseconds(_wall_time(cell, values))
+        pending += [metric(name, value, when, step) for name, value in values.items()]
         if len(pending) >= BATCH:
             self._flush(run_id)
 
@@ -145,17 +192,19 @@ class MLflowTracker(Tracker):
     def log_cell(self, cell: dict[str, Any], row: dict[str, Any]) -> None:
         run_id = self._run_id(cell)
         self._flush(run_id)
-        metric = self._mlflow.entities.Metric
-        step = int(row.get("iterations_done") or 0) if isinstance(row.get("iterations_done"), (int, float)) \
-            and math.isfinite(float(row.get("iterations_done") or 0)) else 0
-        now = int(time.time() * 1000)
-        finals = [metric(f"final/{name}", value, now, step) for name, value in _final_numbers(row).items()]
+        entities = self._mlflow.entities
+        step = int(row["iterations_done"]) if _finite(row.get("iterations_done")) else 0
+        ended = _milliseconds(_wall_time(cell))
+        valid, reason = _validity(row)
+        numbers = _final_numbers(row) | ({"valid": float(valid)} if valid is not None else {})
+        finals = [entities.Metric(f"final/{name}", value, ended, step) for name, value in numbers.items()]
+        tags = {"cnfbench.status": str(row.get("status") or ""), "cnfbench.reason": str(row.get("reason") or ""),
+                "valid": "" if valid is None else str(valid).lower(), "validity_reason": reason}
+        self._client.log_batch(run_id, tags=[entities.RunTag(key, value[:5000]) for key, value in tags.items()
+                                             if value])
         for start in range(0, len(finals), BATCH):
             self._client.log_batch(run_id, metrics=finals[start:start + BATCH])
-        self._client.set_tag(run_id, "cnfbench.status", str(row.get("status", "")))
-        if row.get("reason"):
-            self._client.set_tag(run_id, "cnfbench.reason", str(row["reason"])[:5000])
-        self._client.set_terminated(run_id, "FINISHED" if row.get("status") == "done" else "FAILED")
+        self._client.set_terminated(run_id, "FINISHED" if row.get("status") == "done" else "FAILED", end_time=ended)
 
 
 def _flat(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -170,9 +219,24 @@ def _flat(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+CELL_FILE = "cnfbench-cell-id.txt"
+"""In each TensorBoard folder, the id of the cell it holds (TensorBoard reads only ``*tfevents*`` files)."""
+
+
+_NOT_IN_NAMES = str.maketrans({"/": "∕", "\\": "∖", **dict.fromkeys('<>:"|?*', "_"),
+                               **dict.fromkeys(map(chr, range(32)), " ")})
+"""What a folder name cannot hold on some system: path separators look alike, the rest become ``_``."""
+
+
+def _folder_name(label: str) -> str:
+    """``label`` as one folder name on any system; ``""`` when nothing is left of it."""
+    name = label.translate(_NOT_IN_NAMES).strip().rstrip(".")
+    return "" if name in ("", ".", "..") else name
+
+
 class TensorBoardTracker(Tracker):
     name = "tensorboard"
-    description = "TensorBoard event files, one folder per cell: curve scalars per iteration, final numbers"
+    description = "TensorBoard event files, one folder per cell named by its configuration: curves, final numbers"
     params = (Param("logdir", "str", "", "folder of the event files (empty: <run folder>/tensorboard)"),)
 
     def __init__(self, run_dir: str, logdir: str = "") -> None:
@@ -180,32 +244,56 @@ class TensorBoardTracker(Tracker):
         optional_import("tensorboard", "the tensorboard tracker", "tensorboard")
         self.logdir = Path(logdir).expanduser() if logdir else Path(run_dir) / "tensorboard"
         self._writers: dict[str, Any] = {}
+        self._folders: dict[str, str] = {}  # the folder name of each cell logged in this run, by cell id
 
     def start(self, run: dict[str, Any]) -> None:
         self.logdir.mkdir(parents=True, exist_ok=True)
+
+    def _folder(self, cell: dict[str, Any]) -> Path:
+        """The cell's folder: its label, or label and id when that folder holds another cell (its label may
+        have been shortened, or an earlier run into the same folder named another cell so)."""
+        cell_id = cell["cell_id"]
+        if cell_id not in self._folders:
+            name = _folder_name(str(cell.get("label") or ""))
+            marker = self.logdir / name / CELL_FILE
+            taken = name in self._folders.values() or (marker.exists() and marker.read_text().strip() != cell_id)
+            self._folders[cell_id] = f"{name} · {cell_id}" if name and taken else name or cell_id
+        folder = self.logdir / self._folders[cell_id]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CELL_FILE).write_text(cell_id + "\n")
+        return folder
 
     def _writer(self, cell: dict[str, Any]) -> Any:
         if cell["cell_id"] not in self._writers:
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(log_dir=str(self.logdir / cell["cell_id"]))
-            writer.add_text("cell", cell["label"])
+            writer = SummaryWriter(log_dir=str(self._folder(cell)))
+            started = _wall_time(cell, at="started")
+            writer.add_text("cell", str(cell.get("description") or cell.get("label")), walltime=started)
+            writer.add_text("cell_id", cell["cell_id"], walltime=started)
             self._writers[cell["cell_id"]] = writer
         return self._writers[cell["cell_id"]]
 
     def log_iteration(self, cell: dict[str, Any], step: int, values: dict[str, float]) -> None:
         writer = self._writer(cell)
+        when = _wall_time(cell, values)
         for name, value in values.items():
-            writer.add_scalar(f"train/{name}", value, step)
+            writer.add_scalar(f"train/{name}", value, step, walltime=when)
 
     def log_cell(self, cell: dict[str, Any], row: dict[str, Any]) -> None:
         writer = self._writer(cell)
         del self._writers[cell["cell_id"]]
-        step = row.get("iterations_done")
-        step = int(step) if isinstance(step, (int, float)) and math.isfinite(float(step)) else 0
-        for name, value in _final_numbers(row).items():
-            writer.add_scalar(f"final/{name}", value, step)
-        writer.add_text("status", f"{row.get('status')}: {row.get('reason') or ''}")
+        step = int(row["iterations_done"]) if _finite(row.get("iterations_done")) else 0
+        ended = _wall_time(cell)
+        valid, reason = _validity(row)
+        numbers = _final_numbers(row) | ({"valid": float(valid)} if valid is not None else {})
+        for name, value in numbers.items():
+            writer.add_scalar(f"final/{name}", value, step, walltime=ended)
+        status, why = str(row.get("status") or ""), str(row.get("reason") or "")
+        writer.add_text("status", f"{status}: {why}" if why else status, step, walltime=ended)
+        if valid is not None:
+            flagged = f"flagged: {reason}" if reason else "flagged"
+            writer.add_text("validity", "valid" if valid else flagged, step, walltime=ended)
         writer.close()
 
     def close(self) -> None:

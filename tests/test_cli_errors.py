@@ -67,6 +67,16 @@ def test_click_usage_errors_are_one_line_too(cli) -> None:
     ]
 
 
+@pytest.mark.parametrize("args", [["--family", "solvr"], ["--family", "solver,trcae", "--json"]])
+def test_plugins_unknown_family_is_one_line_naming_the_valid_ones(cli, args: list[str]) -> None:
+    result = cli("plugins", *args)
+    assert result.exit_code == 2 and result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    bad, close = ("solvr", "solver") if "solvr" in args else ("trcae", "trace")
+    assert line == (f"Error: unknown family {bad!r} for --family; families: dataset, field, objective, solver, "
+                    f"trace, executor, tracker; did you mean {close!r}?")
+
+
 def test_console_script_exit_code_and_single_line() -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "cnfbench", "run", "--solver", "nope", "--dry-run"],

@@ -119,7 +119,7 @@ def test_nan_field_is_diverged_and_other_cells_still_run(cli, tmp_path: Path) ->
 def test_dry_run_lists_cells_and_writes_nothing(cli, tmp_path: Path) -> None:
     result = cli("run", "--solver", "euler,rk4", "--trace", "exact,hutchinson", "--dry-run", "--name", "dry")
     assert result.exit_code == 0
-    assert result.output.startswith("4 cell(s) would run")
+    assert result.output.startswith("4 cells would run")
     assert result.output.count("8gaussians") == 4
     assert not (tmp_path / "results").exists()
 
@@ -129,7 +129,7 @@ def test_rerun_skips_done_cells_and_changed_parameter_is_new_cell(cli, tmp_path:
     before = read_cells(tmp_path, "resume")
     again = cli("run", "--solver", "euler[steps=2],euler[steps=3]", "--name", "resume")
     assert again.exit_code == 0
-    assert "1 cell(s) run, 1 skipped" in again.output
+    assert "1 cell run, 1 skipped" in again.output
     after = read_cells(tmp_path, "resume")
     assert len(after) == 2
     kept = after[after["cell_id"] == before["cell_id"].iloc[0]].iloc[0]
@@ -141,7 +141,7 @@ def test_config_file_sets_options_and_cli_wins(cli, tmp_path: Path) -> None:
     config.write_text('solver = ["euler[steps=2]", "midpoint[steps=2]"]\ntrace = "exact"\niterations = 2\n')
     result = cli("run", "--config", str(config), "--iterations", "1", "--name", "cfg", "--dry-run", tiny=False)
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("2 cell(s) would run")
+    assert result.output.startswith("2 cells would run")
     assert "euler[steps=2" in result.output and "midpoint[steps=2" in result.output
     result = cli("run", "--config", str(config), "--name", "cfg2", "--dataset", "8gaussians[n_train=128,n_test=64]",
                  "--field", "mlp[hidden=8]", "--quiet", "--mass-grid", "0", "--ref-solver", "rk4[steps=4]",

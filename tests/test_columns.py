@@ -127,7 +127,8 @@ def test_a_declared_plugin_column_gets_its_unit_best_marker_and_direction(tmp_pa
 
     monkeypatch.delenv("CNFBENCH_PLUGINS")  # without the plugin: no direction, so nothing is worse or better
     comparison = compare_runs(run(base), run(new), metrics=["sharpness"])
-    assert {r.verdict for r in comparison.rows} == {"unchanged"}
+    assert {r.verdict for r in comparison.rows} == {"inconclusive"}  # a significant move is never unchanged
+    assert comparison.rows[0].reason.endswith(", p<0.001 (no goal says which way is better)")
     assert {c.change for r in comparison.rows for c in r.changes} == {"changed"}
 
 

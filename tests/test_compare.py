@@ -7,6 +7,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -16,14 +17,18 @@ from cnfbench.cli import main
 from cnfbench.reports import ReportError, merge_runs, metric_info
 from cnfbench.reports.compare import (
     Threshold,
+    _sharing,
     compare_runs,
+    headline,
     metric_change,
+    p_text,
     parse_thresholds,
+    row_verdict,
     to_json,
     to_markdown,
     to_text,
 )
-from cnfbench.reports.statistics import paired_t_test, t_two_sided_p, welch_t_test
+from cnfbench.reports.statistics import move_test, paired_t_test, t_two_sided_p, welch_t_test
 from cnfbench.run_folder import Run, load_run
 
 VERSIONS = {"cnfbench": "0.1.0", "torch": "2.13.0", "torchdiffeq": "0.2.5"}
@@ -78,37 +83,62 @@ def test_the_tests_are_scipys():
 def test_nll_moves_are_differences_in_nats_whatever_the_sign():
     nll = metric_info("nll_ref")
     default = Threshold("difference", 0.02)
-    # one seed each: the threshold alone decides, and says the move is untested
+    # one seed each: no test can decide, whatever the move; the threshold still says how far it went
     worse = metric_change(nll, [3.0], [3.03], default, 0.05)
-    assert (worse.change, worse.tested) == ("worse", False)
-    assert metric_change(nll, [3.0], [3.01], default, 0.05).change == "unchanged"
+    assert (worse.change, worse.tested, worse.beyond_factor, worse.direction) == ("inconclusive", False, True, "worse")
+    assert worse.why == "1 seed per side: no test"
+    small = metric_change(nll, [3.0], [3.01], default, 0.05)
+    assert (small.change, small.beyond_factor) == ("inconclusive", False)  # within the threshold, but not shown
     # a negative NLL (POWER, GAS, BSDS300): the same 0.03-nat move is the same change; no ratio
-    negative = metric_change(nll, [-12.0], [-11.97], default, 0.05)
+    base, new = {"0": -12.0, "1": -12.5, "2": -11.5}, {"0": -11.97, "1": -12.47, "2": -11.47}
+    negative = metric_change(nll, base, new, default, 0.05)
     assert negative.change == "worse" and math.isnan(negative.ratio) and negative.difference == pytest.approx(0.03)
-    assert metric_change(nll, [0.1], [0.115], default, 0.05).change == "unchanged"  # +15%, but 0.015 nats
+    assert negative.why == "+0.030 nats, p<0.001"
+    # +15%, but 0.015 nats, and every seed moved alike: shown within ±0.02 nats
+    within = metric_change(nll, {"0": 0.1, "1": 0.2}, {"0": 0.115, "1": 0.215}, default, 0.05)
+    assert within.change == "unchanged" and within.why.startswith("within ±0.02 nats, TOST p")
     # the same seeds on both sides pair: a consistent small move is significant where Welch's test is not
     base, new = {"0": 3.0, "1": 3.3, "2": 2.7}, {"0": 3.05, "1": 3.34, "2": 2.76}
     paired = metric_change(nll, base, new, default, 0.05)
-    assert (paired.change, paired.test) == ("worse", "paired t-test") and paired.p_value < 0.05
+    assert (paired.change, paired.test, paired.seeds) == ("worse", "paired t-test", "3 paired seeds")
+    assert paired.p_value < 0.05
     unpaired = metric_change(nll, list(base.values()), list(new.values()), default, 0.05)
-    assert (unpaired.change, unpaired.test, unpaired.beyond_factor) == ("unchanged", "Welch's t-test", True)
+    assert (unpaired.change, unpaired.test, unpaired.beyond_factor) == ("inconclusive", "Welch's t-test", True)
+    assert unpaired.why == f"+0.050 nats, p={unpaired.p_value:.2f} ≥ 0.05" and unpaired.seeds == "3 vs 3 seeds"
     # seeds on one side only: Welch
     other = metric_change(nll, {"0": 3.0, "1": 3.1}, {"5": 3.3, "6": 3.5}, default, 0.05)
     assert other.test == "Welch's t-test" and other.p_value == pytest.approx(0.1290478355482834, rel=1e-9)
+    assert other.change == "inconclusive" and other.why == "+0.350 nats, p=0.13 ≥ 0.05"
     # mass: |mass - 1| moved by more than the threshold
     mass = metric_info("mass")
-    assert metric_change(mass, [1.01], [0.96], default, 0.05).change == "worse"  # 0.01 -> 0.04
-    assert metric_change(mass, [1.01], [0.98], default, 0.05).change == "unchanged"  # 0.01 -> 0.02
-    assert metric_change(mass, [1.10], [1.00], default, 0.05).change == "better"
-    assert metric_change(nll, [], [3.0], default, 0.05).change == "n/a"
+    pair = {"0": 1.01, "1": 1.02}
+    assert metric_change(mass, pair, {"0": 0.96, "1": 0.95}, default, 0.05).change == "worse"  # 0.01 -> 0.04
+    assert metric_change(mass, pair, {"0": 0.99, "1": 0.98}, default, 0.05).change == "unchanged"  # 0.01 -> 0.01
+    assert metric_change(mass, {"0": 1.10, "1": 1.11}, {"0": 1.00, "1": 1.01}, default, 0.05).change == "better"
+    missing = metric_change(nll, [], [3.0], default, 0.05)
+    assert (missing.change, missing.why) == ("n/a", "no value in BASE")
 
 
-def test_times_are_ratios():
+def test_times_are_ratios_of_geometric_means_tested_on_the_log_scale():
+    from scipy import stats
+
     time = metric_info("train_time_s")
-    assert metric_change(time, [10.0], [11.0], Threshold("ratio", 1.05), 0.05).change == "worse"
-    assert metric_change(time, [10.0], [10.4], Threshold("ratio", 1.05), 0.05).change == "unchanged"
-    assert metric_change(time, [10.0], [9.0], Threshold("ratio", 1.05), 0.05).change == "better"
+    factor = Threshold("ratio", 1.05)
+    assert metric_change(time, [10.0], [11.0], factor, 0.05).direction == "worse"
+    assert metric_change(time, [10.0], [10.4], factor, 0.05).direction == ""
+    assert metric_change(time, [10.0], [9.0], factor, 0.05).direction == "better"
     assert metric_change(time, [10.0], [11.0], Threshold("ratio", 1.2), 0.05).ratio == pytest.approx(1.1)
+    base, new = {"0": 10.0, "1": 20.0, "2": 40.0}, {"0": 22.0, "1": 41.0, "2": 79.0}
+    slower = metric_change(time, base, new, factor, 0.05)
+    logs = [math.log(new[s] / base[s]) for s in base]
+    assert slower.ratio == pytest.approx(math.exp(sum(logs) / 3))  # NEW/BASE of the geometric means
+    assert slower.p_value == pytest.approx(stats.ttest_1samp(logs, 0.0).pvalue)
+    assert (slower.change, slower.why) == ("worse", f"2.07× slower, p={slower.p_value:.2g}")
+    faster = metric_change(time, new, base, factor, 0.05)
+    assert (faster.change, faster.why) == ("better", f"2.07× faster, p={slower.p_value:.2g}")
+    nfe = metric_info("nfe_forward_mean")
+    assert metric_change(nfe, {"0": 20.0, "1": 20.0}, {"0": 10.0, "1": 10.0}, factor, 0.05).why == \
+        "2.00× lower, p<0.001"  # a deterministic count: the same move for every seed
 
 
 def test_thresholds_parse_and_refuse_in_one_line():
@@ -127,34 +157,114 @@ def verdicts(base: pd.DataFrame, new: pd.DataFrame, **options) -> dict[str, tupl
     return {r.labels["solver"]: (r.verdict, r.reason) for r in comparison.rows}
 
 
-def test_better_worse_unchanged():
+def test_better_worse_unchanged_each_with_why():
     base = frame(*two("euler4", (3.00, 3.02)), *two("euler10", (3.00, 3.02)), *two("dopri5", (3.00, 3.02)))
     new = frame(*two("euler4", (3.50, 3.52)), *two("euler10", (2.50, 2.52)), *two("dopri5", (3.01, 3.03)))
     result = verdicts(base, new)
-    assert result == {"euler[steps=4]": ("worse", "nll_ref worse"), "euler[steps=10]": ("better", "nll_ref better"),
-                      "dopri5": ("unchanged", "")}
+    assert result == {"euler[steps=4]": ("worse", "nll_ref +0.500 nats, p<0.001"),
+                      "euler[steps=10]": ("better", "nll_ref -0.500 nats, p<0.001"),
+                      "dopri5": ("unchanged", "nll_ref within ±0.02 nats, TOST p<0.001")}
     comparison = compare_runs(run(base), run(new), metrics=["nll_ref"])
     assert [r.verdict for r in comparison.rows] == ["worse", "better", "unchanged"]  # worst first
-    assert any(note.startswith("low power: 3 of 3 configuration(s) rest on fewer than 3 seeds") for note in
-               comparison.notes)
+    assert "low power: fewer than 3 seeds a side in 3 of 3 configurations; run more seeds (--seeds) before " \
+           "trusting a verdict" in comparison.notes
 
 
-def test_a_one_seed_move_is_never_plain_worse():
-    base = frame(cell("euler4", 0, nll_ref=3.0), cell("dopri5", 0, nll_ref=3.0))
-    new = frame(cell("euler4", 0, nll_ref=3.5), cell("dopri5", 0, nll_ref=2.5))
+def test_a_one_seed_move_is_inconclusive_never_worse_or_unchanged():
+    base = frame(cell("euler4", 0, nll_ref=3.0), cell("dopri5", 0, nll_ref=3.0), cell("euler10", 0, nll_ref=3.0))
+    new = frame(cell("euler4", 0, nll_ref=3.5), cell("dopri5", 0, nll_ref=2.5), cell("euler10", 0, nll_ref=3.0))
     result = verdicts(base, new)
-    assert result["euler"][0] == "worse (untested)" and "too few seeds" in result["euler"][1]
-    assert result["dopri5"][0] == "better (untested)"
-    text = to_text(compare_runs(run(base), run(new), metrics=["nll_ref"]), width=400)
-    assert "3.000 → 3.500 (Δ +0.500 nats) worse, untested (1 seed)" in text
-    assert "REGRESSED: 1 of 2 configuration(s) worse or newly failing" in text
+    assert set(result.values()) == {("inconclusive", "1 seed per side: no test")}
+    comparison = compare_runs(run(base), run(new), metrics=["nll_ref"])
+    assert comparison.regressions == []
+    text = to_text(comparison, width=400)
+    assert "3.000 → 3.500 (+0.500) inconclusive" in text
+    assert "INCONCLUSIVE: 3 of 3 configurations undecided (too few seeds or p ≥ 0.05)" in text
+    one_side = frame(*two("dopri5", (3.0, 3.1)), cell("dopri5", 2, nll_ref=3.05))
+    assert verdicts(frame(cell("dopri5", 0, nll_ref=3.0)), one_side)["dopri5"] == \
+        ("inconclusive", "1 seed in BASE: no test")
+
+
+def test_a_24x_slower_training_with_two_seeds_a_side_is_inconclusive():
+    base = frame(*two("dopri5", (3.0, 3.02), train_time_s=1.0), *two("euler4", (3.0, 3.02), train_time_s=1.0))
+    base.loc[1, "train_time_s"] = base.loc[3, "train_time_s"] = 1.2
+    new = base.copy()
+    new.loc[[0, 1], "train_time_s"] = [2.4, 288.0]  # 24.0× slower (geometric means), seed 1 very slow
+    new.loc[[2, 3], "train_time_s"] = [24.0, 28.8]  # 24× slower, every seed alike
+    comparison = compare_runs(run(base), run(new), metrics=["train_time_s"])
+    rows = {r.labels["solver"]: r for r in comparison.rows}
+    noisy, steady = rows["dopri5"], rows["euler"]
+    change = noisy.changes[0]
+    assert (noisy.verdict, change.change, change.direction) == ("inconclusive", "inconclusive", "worse")
+    assert change.ratio == pytest.approx(24.0) and 0.05 <= change.p_value
+    assert noisy.reason == f"train_time_s 24.0× slower, p={change.p_value:.2g} ≥ 0.05, 2 paired seeds"
+    assert (steady.verdict, steady.reason) == ("worse", "train_time_s 24.0× slower, p<0.001")
+    assert [r.verdict for r in comparison.rows] == ["worse", "inconclusive"]
+    assert headline(comparison) == "REGRESSED: 1 of 2 configurations worse or newly failing; 1 inconclusive"
+
+
+def test_unchanged_must_be_shown_within_the_threshold():
+    nll = metric_info("nll_ref")
+    margin = Threshold("difference", 0.02)
+    seeds = [str(s) for s in range(6)]
+    base = dict(zip(seeds, [3.0, 3.3, 2.7, 3.1, 2.9, 3.2], strict=True))
+    # a tiny move that the paired test calls significant is unchanged: the 90% interval lies inside ±0.02 nats
+    tiny = metric_change(nll, base, {s: v + 0.005 + 0.001 * (i % 2) for i, (s, v) in enumerate(base.items())},
+                         margin, 0.05)
+    assert tiny.p_value < 0.05 and tiny.equivalence_p < 0.05 and tiny.change == "unchanged"
+    assert tiny.why == f"within ±0.02 nats, TOST {p_text(tiny.equivalence_p, 0.05)}"
+    steady = metric_change(metric_info("train_time_s"), {"0": 10.0, "1": 20.0}, {"0": 10.1, "1": 20.2},
+                           Threshold("ratio", 1.05), 0.05)
+    assert (steady.change, steady.why) == ("unchanged", "within ×1.05, TOST p<0.001")  # 1.01× every seed
+    assert row_verdict([tiny, steady]) == ("unchanged", f"all within their thresholds, TOST "
+                                                        f"p≤{max(tiny.equivalence_p, 0.001):.2g}")
+    # a small mean move with noisy seeds is not shown within: inconclusive, not unchanged
+    noisy = metric_change(nll, base, {s: v + (0.2 if i % 2 else -0.19) for i, (s, v) in enumerate(base.items())},
+                          margin, 0.05)
+    assert (noisy.change, noisy.beyond_factor) == ("inconclusive", False)
+    assert noisy.why.startswith("+0.005 nats, not shown within ±0.02 nats (TOST p=")
+    # a zero margin: only identical values are unchanged
+    exact = Threshold("difference", 0.0)
+    assert metric_change(nll, base, dict(base), exact, 0.05).why == "identical values"
+    assert metric_change(nll, base, {s: v + 1e-6 for s, v in base.items()}, exact, 0.05).change == "worse"
+
+
+def test_the_equivalence_test_is_two_one_sided_t_tests():
+    from scipy import stats
+
+    x, y = [3.0, 3.2, 2.9, 3.1], [3.01, 3.15, 2.95, 3.12, 3.0]
+    result = move_test(x, y, paired=False, margin=0.1, alpha=0.05)
+    welch = stats.ttest_ind(y, x, equal_var=False)
+    se = (np.var(x, ddof=1) / 4 + np.var(y, ddof=1) / 5) ** 0.5
+    effect = np.mean(y) - np.mean(x)
+    lower = stats.t.sf((effect + 0.1) / se, welch.df)  # H0: move <= -0.1
+    upper = stats.t.cdf((effect - 0.1) / se, welch.df)  # H0: move >= +0.1
+    assert result.equivalence_p == pytest.approx(max(lower, upper), rel=1e-9)
+    assert result.p == pytest.approx(welch.pvalue, rel=1e-12) and result.effect == pytest.approx(effect)
+    half = stats.t.ppf(0.95, welch.df) * se
+    assert (result.low, result.high) == (pytest.approx(effect - half), pytest.approx(effect + half))
+    paired = move_test(x, y[:4], paired=True, margin=0.1, alpha=0.05)
+    d = np.subtract(y[:4], x)
+    assert paired.equivalence_p == pytest.approx(max(stats.ttest_1samp(d, -0.1, alternative="greater").pvalue,
+                                                     stats.ttest_1samp(d, 0.1, alternative="less").pvalue))
+    assert paired.seeds_text() == "4 paired seeds" and result.seeds_text() == "4 vs 5 seeds"
+    assert move_test([1.0], [1.0, 2.0], paired=False, margin=0.1, alpha=0.05) is None
+    # rounding is no spread: the same move in every seed, computed in floating point, is a certain move
+    rounded = move_test([-12.0, -12.5, -11.5], [-11.97, -12.47, -11.47], paired=True, margin=0.02, alpha=0.05)
+    assert (rounded.p, rounded.equivalence_p) == (0.0, 1.0) and rounded.low == rounded.high
+
+
+def test_p_values_never_round_across_alpha():
+    assert [p_text(p, 0.05) for p in (0.31, 0.0499, 0.0501, 0.05, 0.008, 1e-5, 0.0)] == [
+        "p=0.31", "p=0.0499", "p=0.05", "p=0.05", "p=0.008", "p<0.001", "p<0.001"]
+    assert p_text(0.0996, 0.1) == "p=0.0996" and p_text(0.0004, 0.0001) == "p=0.0004"
 
 
 def test_matching_is_by_configuration_not_row_order_or_cell_id():
     base = frame(*two("euler4", (3.0, 3.0)), *two("dopri5", (2.0, 2.0)))
     new = frame(*two("dopri5", (2.0, 2.0)), *two("euler4", (3.0, 3.0)))
     new["cell_id"] = [f"{i:016x}" for i in range(len(new))]
-    assert set(verdicts(base, new).values()) == {("unchanged", "")}
+    assert set(verdicts(base, new).values()) == {("unchanged", "identical values")}
 
 
 def test_newly_failing_and_fixed():
@@ -199,7 +309,8 @@ def test_unknown_versions_are_noted_not_blocking():
     base = run(frame(*two("dopri5", (3.0, 3.0))))
     base.provenance = {}
     comparison = compare_runs(base, run(frame(*two("dopri5", (3.0, 3.0)))), metrics=["nll_ref"])
-    assert comparison.rows[0].verdict == "unchanged" and "unknown" in comparison.notes[0]
+    assert (comparison.rows[0].verdict, comparison.rows[0].reason) == ("unchanged", "identical values")
+    assert "unknown" in comparison.notes[0]
 
 
 def test_outputs_text_markdown_json():
@@ -208,15 +319,58 @@ def test_outputs_text_markdown_json():
     comparison = compare_runs(run(base), run(new), metrics=["nll_ref"])
     assert max(len(line) for line in to_text(comparison).splitlines()) <= 100  # a 100-column terminal
     text = to_text(comparison, width=400)
-    assert "3.010 → 3.510 (Δ +0.500 nats) worse (paired t-test p=0)" in text  # seeds pair: identical moves
+    assert "3.010 → 3.510 (+0.500) worse (p<0.001)" in text  # seeds pair: identical moves
     assert "2 configurations: 1 worse, 1 unchanged" in text and "REGRESSED: 1 of 2" in text
-    assert "test NLL, ref solve [nats]" in text and "nll_ref moved by > 0.02 nats" in text
-    assert "| **worse** |" in to_markdown(comparison)
+    assert "test NLL, ref solve [nats]" in text and "thresholds: nll_ref ±0.02 nats" in text
+    assert "unchanged: the 90% confidence interval within it (TOST)" in text
+    assert re.search(r"euler +worse +nll_ref \+0\.500 nats, p<0\.001\n", text)
+    assert re.search(r"dopri5 +unchanged +identical values", text)
+    markdown = to_markdown(comparison)
+    assert "| **worse** | nll\\_ref +0.500 nats, p&lt;0.001 |" in markdown
     data = json.loads(to_json(comparison))
     assert data["counts"]["worse"] == 1 and data["thresholds"] == {"nll_ref": "+0.02"}
     worse = next(r for r in data["rows"] if r["verdict"] == "worse")
-    assert worse["metrics"]["nll_ref"]["difference"] == pytest.approx(0.5)
-    assert worse["metrics"]["nll_ref"]["test"] == "paired t-test"
+    assert worse["reason"] == "nll_ref +0.500 nats, p<0.001"
+    metric = worse["metrics"]["nll_ref"]
+    assert metric["difference"] == pytest.approx(0.5) and metric["test"] == "paired t-test"
+    assert (metric["change"], metric["direction"], metric["seeds_tested"]) == ("worse", "worse", "2 paired seeds")
+    assert metric["why"] == "+0.500 nats, p<0.001" and metric["equivalence_p"] == 1.0
+
+
+def test_compare_reads_right_at_80_and_100_columns():
+    specs = ("euler4", "euler10", "dopri5")
+    base = frame(*(c for solver in specs for c in two(solver, (3.0, 3.02), nfe_forward_mean=20.0)))
+    new = frame(*two("euler4", (3.5, 3.52), nfe_forward_mean=20.0), *two("euler10", (3.0, 3.4), nfe_forward_mean=20.0),
+                cell("dopri5", 0, nll_ref=2.9, nfe_forward_mean=20.0))
+    comparison = compare_runs(run(base), run(new), metrics=["nll_ref", "nfe_forward_mean"])
+    for width in (80, 100):
+        text = to_text(comparison, width)
+        assert max(len(line) for line in text.splitlines()) <= width
+        verdict_table = text.split("\n\n")[2]  # after the runs and rule, and the numbers
+        assert verdict_table.splitlines()[0].split() == ["solver", "verdict", "why"]
+        rows = {line.split()[0]: line for line in verdict_table.splitlines()[2:] if line[:1].strip()}
+        assert rows["euler[steps=4]"].split()[1] == "worse"
+        assert "1 seed in NEW: no test" in rows["dopri5"]
+        for token in ("p<0.001", "±0.02", "×1.05", "euler[steps=10]"):  # never cut inside a token
+            assert token in text
+        assert "euler[steps=10]  inconclusive  nll_ref +0.190 nats, p=0.5 ≥ 0.05, 2 paired seeds\n" in text
+
+
+def test_plurals_in_every_line():
+    one = frame(*two("dopri5", (3.0, 3.02), torch_threads=1, concurrency=1))
+    comparison = compare_runs(run(one[:1]), run(frame(*two("dopri5", (3.5, 3.52), torch_threads=1, concurrency=1))),
+                              metrics=["nll_ref"])
+    text = to_text(comparison, 400)
+    assert ": 1 cell, " in text and ": 2 cells, " in text
+    assert "1 configuration: 1 inconclusive" in text and "of 1 configuration undecided" in text
+    assert "(s)" not in text and "1 configurations" not in text
+    assert _sharing(run(one)) == "1 cell at a time, 1 torch thread"
+    assert _sharing(run(frame(*timed("dopri5", 2, concurrency=4)))) == "4 cells at a time, 2 torch threads"
+    failing = frame(cell("dopri5", 0, nll_ref=3.0), cell("dopri5", 1, nll_ref=3.0), cell("dopri5", 2, nll_ref=3.0))
+    broken = frame(cell("dopri5", 0, status="diverged"), cell("dopri5", 1, status="diverged"),
+                   cell("dopri5", 2, nll_ref=3.0))
+    assert verdicts(failing, broken)["dopri5"][1].startswith("seeds 0, 1 diverged: ")
+    assert verdicts(failing, broken[1:])["dopri5"][1].startswith("seed 1 diverged: ")
 
 
 def test_cli_compare_exit_codes(tmp_path):
@@ -226,7 +380,7 @@ def test_cli_compare_exit_codes(tmp_path):
     result = runner.invoke(main, ["compare", str(base), str(new)], catch_exceptions=False)
     assert result.exit_code == 0 and "worse" in result.output
     result = runner.invoke(main, ["compare", str(base), str(new), "--fail-on-regression"], catch_exceptions=False)
-    assert result.exit_code == 1 and "regression: 1 configuration(s)" in result.output
+    assert result.exit_code == 1 and "regression: 1 configuration" in result.output
     result = runner.invoke(main, ["compare", str(base), str(base), "--fail-on-regression"], catch_exceptions=False)
     assert result.exit_code == 0 and "1 unchanged" in result.output
     result = runner.invoke(main, ["compare", str(base), str(new), "--difference", "0.6", "--fail-on-regression"],
@@ -236,8 +390,8 @@ def test_cli_compare_exit_codes(tmp_path):
     assert result.exit_code == 0  # a 0.5-nat move is within this gate
     result = runner.invoke(main, ["compare", str(base), str(new), "--fail-on", "nll_ref:+0.1,nfe_forward_mean:x1.1"],
                            catch_exceptions=False)
-    assert result.exit_code == 1 and "regression: 1 configuration(s) newly failing or worse in nll_ref (+0.1)" \
-        in result.output
+    assert result.exit_code == 1 and "regression: 1 configuration" in result.output  # (the CLI words the plural)
+    assert "newly failing or worse in nll_ref (+0.1)" in result.output
     result = runner.invoke(main, ["compare", str(base), str(new), "--fail-on", "nll_ref:0.1"], catch_exceptions=False)
     assert result.exit_code == 2 and "must be METRIC:+D" in result.output
     result = runner.invoke(main, ["compare", str(base), str(new), "--metric", "nll_rf"], catch_exceptions=False)
@@ -267,13 +421,13 @@ def test_timings_from_different_thread_counts_are_left_out_with_a_note():
     comparison = compare_runs(base, new, metrics=["nll_ref", "train_time_s"])
     assert [m.name for m in comparison.metrics] == ["nll_ref"]
     assert [n for n in comparison.notes if not n.startswith("low power")] == [
-        "train_time_s left out as not comparable: BASE ran 1 cells at a time, 1 torch threads, NEW 1 cells at a time, "
+        "train_time_s left out as not comparable: BASE ran 1 cell at a time, 1 torch thread, NEW 1 cell at a time, "
         "2 torch threads (timings compare cells run with different torch thread counts (1, 2)); --ignore-concurrency "
         "compares them anyway"]
     forced = compare_runs(base, new, metrics=["nll_ref", "train_time_s"], ignore_concurrency=True)
     assert [m.name for m in forced.metrics] == ["nll_ref", "train_time_s"]
-    assert forced.notes[0].startswith("time and memory compared anyway (--ignore-concurrency): BASE ran 1 cells")
-    assert forced.rows[0].verdict == "better"
+    assert forced.notes[0].startswith("time and memory compared anyway (--ignore-concurrency): BASE ran 1 cell at")
+    assert forced.rows[0].verdict == "better"  # nll_ref identical, train_time_s halved in both seeds
     with pytest.raises(ReportError, match=r"torch thread counts \(1, 2\)\): train_time_s are not comparable"):
         compare_runs(base, new, metrics=["train_time_s"])
     at_once = compare_runs(base, run(frame(*timed("dopri5", 1, concurrency=4))), metrics=["train_time_s"],
@@ -285,6 +439,7 @@ def test_thread_counts_are_compared_per_configuration_and_unknown_ones_never_dif
     both = frame(*timed("dopri5", 1), *timed("euler4", 2))  # each configuration like for like in both runs
     comparison = compare_runs(run(both), run(both), metrics=["train_time_s"])
     assert timing_notes(comparison) == [] and [r.verdict for r in comparison.rows] == ["unchanged", "unchanged"]
+    assert {r.reason for r in comparison.rows} == {"identical values"}
     older = run(frame(*timed("dopri5", None, None), *timed("euler4", None, None)))  # before the columns existed
     assert timing_notes(compare_runs(older, run(both), metrics=["train_time_s"])) == []
     without = run(frame(*two("dopri5", (3.0, 3.02), train_time_s=1.0), *two("euler4", (3.0, 3.02), train_time_s=1.0)))
@@ -293,7 +448,7 @@ def test_thread_counts_are_compared_per_configuration_and_unknown_ones_never_dif
     mixed.loc[3, "torch_threads"] = 4  # one euler seed of NEW ran with 4 threads
     comparison = compare_runs(run(both), run(mixed), metrics=["nll_ref", "train_time_s"])
     assert timing_notes(comparison) == [
-        "train_time_s left out as not comparable: BASE ran 1 cells at a time, 1/2 torch threads, NEW 1 cells at a "
+        "train_time_s left out as not comparable: BASE ran 1 cell at a time, 1/2 torch threads, NEW 1 cell at a "
         "time, 1/2/4 torch threads (timings compare cells run with different torch thread counts (2, 4) in 1 of 2 "
         "configurations); --ignore-concurrency compares them anyway"]
 
@@ -304,7 +459,7 @@ def test_cli_compare_prints_the_thread_note(tmp_path):
     result = CliRunner().invoke(main, ["compare", str(base), str(new), "--metric", "nll_ref,train_time_s",
                                        "--markdown", "-"], catch_exceptions=False)
     assert result.exit_code == 0
-    assert "- note: train\\_time\\_s left out as not comparable: BASE ran 1 cells at a time" in result.output
+    assert "- note: train\\_time\\_s left out as not comparable: BASE ran 1 cell at a time" in result.output
     assert "(timings compare cells run with different torch thread counts (1, 2))" in result.output
 
 
@@ -354,7 +509,7 @@ def test_merge_refuses_existing_output_and_reports_mixed_versions(tmp_path):
                              catch_exceptions=False)
     assert cli.exit_code == 2 and cli.output.strip() == f"Error: no run folder at {tmp_path / 'nope'}"
     cli = CliRunner().invoke(main, ["merge", str(tmp_path / "m3"), str(a), str(b)], catch_exceptions=False)
-    assert cli.exit_code == 0 and "merged 2 cell(s) from 2 run(s)" in cli.output
+    assert cli.exit_code == 0 and "merged 2 cells from 2 runs" in cli.output
 
 
 def test_merge_uses_the_csv_of_a_damaged_source_and_says_so(tmp_path):
@@ -363,7 +518,7 @@ def test_merge_uses_the_csv_of_a_damaged_source_and_says_so(tmp_path):
     (b / "cells.parquet").write_bytes(b"truncated")
     cli = CliRunner().invoke(main, ["merge", str(tmp_path / "m"), str(a), str(b)], catch_exceptions=False)
     assert cli.exit_code == 0
-    assert f"warning: {b / 'cells.parquet'} is unreadable" in cli.output and "merged 2 cell(s)" in cli.output
+    assert f"warning: {b / 'cells.parquet'} is unreadable" in cli.output and "merged 2 cells" in cli.output
     merged = load_run(tmp_path / "m")
     assert sorted(merged.cells["seed"]) == [0, 1]
     assert merged.provenance["merged_from"][1]["warnings"][0].startswith(f"{b / 'cells.parquet'} is unreadable")
@@ -377,4 +532,6 @@ def test_a_comparison_gives_a_frame_and_a_notebook_view():
     assert list(numbers["verdict"]) == ["worse", "unchanged"]
     assert numbers.loc[0, "nll_ref_difference"] == pytest.approx(0.5) and numbers.loc[0, "nll_ref_p"] == 0.0
     page = comparison._repr_html_()
-    assert page.startswith("<p><b>REGRESSED: 1 of 2 configuration(s)") and "<table" in page
+    assert page.startswith("<p><b>REGRESSED: 1 of 2 configurations") and "<table" in page
+    assert "<td>nll_ref +0.500 nats, p&lt;0.001</td>" in page and "<td>identical values</td>" in page
+    assert list(numbers["nll_ref_why"]) == ["+0.500 nats, p<0.001", "identical values"]

@@ -19,6 +19,7 @@ import _thread
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from cnfbench.config import RunConfig, resolve_cells
 from cnfbench.contracts import INTERRUPTED, CellInterrupted
 from cnfbench.dynamics import CELL_PHASES, unpack_phase
 from cnfbench.executor import job_for, make_executor
+from cnfbench.messages import plural
 from cnfbench.registry import Registry, load_registry
 from cnfbench.rows import PHASE_WHERE, interrupted_outcome
 from cnfbench.run_folder import remove_stale_temporaries
@@ -403,7 +405,7 @@ def test_sigkill_loses_no_finished_cell_and_resume_recomputes_none(tmp_path: Pat
 
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"skipping {len(before)} cell(s) already done" in resumed.stderr
+    assert f"skipping {plural(len(before), 'cell')} already done" in resumed.stderr
     after = pd.read_parquet(cells_file)
     assert len(after) == 5 and (after["status"] == "done").all()
     kept = after.set_index("cell_id").loc[before["cell_id"], "train_time_s"]
@@ -440,6 +442,17 @@ def test_ctrl_c_marks_the_cell_in_flight_interrupted_and_exits_130(tmp_path: Pat
     reason = interrupted["reason"].iloc[0]  # wherever the cell was, the reason names it
     assert any(reason.startswith(f"{INTERRUPTED} {where}") for where, _ in PHASE_WHERE.values()), reason
     assert math.isfinite(interrupted["cell_time_s"].iloc[0])
+    # every count said once, consistently: finished, interrupted (and where), never started, done/planned seeds
+    done = int((cells["status"] == "done").sum())
+    never = 4 - done - 1
+    where = reason[len(INTERRUPTED):].split(" — ")[0].split(": ")[0].strip()
+    counts = f"{plural(done, 'cell')} finished, 1 interrupted ({where})" + (f", {never} never started" if never else "")
+    flat = " ".join(stdout.split())
+    assert f"Interrupted: {counts}." in flat, stdout
+    assert re.search(rf"8gaussians (yes |NO \(!\) )?{done}/4 ", flat), stdout  # the entry's seeds: done/planned
+    assert f"({plural(done, 'cell')} run, 1 interrupted" in flat and "skipped as already done" in flat
+    if never:
+        assert f"{never} never started" in flat and "never started (the run was interrupted first)" in flat
 
 
 def test_damaged_results_file_is_set_aside_and_the_run_goes_on(cli, tmp_path: Path) -> None:

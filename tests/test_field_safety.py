@@ -165,7 +165,7 @@ def test_two_runs_started_together_on_one_folder_lose_no_row(tmp_path: Path) -> 
     outputs = [process.communicate(timeout=600) for process in (first, second)]
     assert [first.returncode, second.returncode] == [0, 0], [err[-800:] for _, err in outputs]
     assert any("note: waiting for" in err for _, err in outputs)
-    assert any("skipping 4 cell(s) already done" in err for _, err in outputs)
+    assert any("skipping 4 cells already done" in err for _, err in outputs)
     cells = pd.read_parquet(tmp_path / "same" / "cells.parquet")
     assert len(cells) == 4 and (cells["status"] == "done").all()
     assert all((tmp_path / "same" / name).is_file() for name in cells["model_file"])
@@ -387,7 +387,7 @@ def test_a_damaged_cells_parquet_is_rewritten_from_the_csv_by_every_command(tmp_
     assert "cells.parquet is unreadable" in result.stderr
     _repaired(run_dir, result.stderr)
     if command == "run":
-        assert "skipping 2 cell(s) already done" in result.stderr
+        assert "skipping 2 cells already done" in result.stderr
 
 
 def test_a_reader_leaves_a_damaged_file_alone_while_a_writer_holds_the_folder(tmp_path: Path) -> None:

@@ -270,7 +270,7 @@ def test_a_resumed_run_sets_a_damaged_parquet_aside_uses_the_csv_and_never_overw
     result = cli(*args[:-2], "--iterations", "1", "--seeds", "2")
     assert result.exit_code == 0, result.output
     assert "set aside as cells.parquet.damaged-" in result.stderr
-    assert "skipping 1 cell(s) already done" in result.stderr  # the CSV's row was used
+    assert "skipping 1 cell already done" in result.stderr  # the CSV's row was used
     assert _damaged_copy(run_dir).read_bytes() == damaged  # the next writes went to a new cells.parquet
     assert sorted(read_cells(tmp_path, "res")["seed"]) == [0, 1]
 
@@ -332,7 +332,7 @@ def test_every_row_of_a_loose_reference_run_says_so(cli, tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     cells = read_cells(tmp_path, "loose")
     assert list(cells["ref_loose"]) == [True, True]
-    assert "warning: nll_ref of 2 cell(s) comes from the loose reference solve rk4[steps=3" in result.output
+    assert "warning: nll_ref of 2 cells comes from the loose reference solve rk4[steps=3" in result.output
     tight = cli("run", "--solver", "euler[steps=2]", "--iterations", "1", "--isolation", "inline", "--name", "tight")
     assert tight.exit_code == 0 and list(read_cells(tmp_path, "tight")["ref_loose"]) == [False]
 
@@ -343,7 +343,7 @@ def test_duplicate_grid_items_are_reported_and_kept_once(cli) -> None:
     assert "--solver: euler and euler[steps=10] are the same solver (euler[steps=10,adjoint=false]); kept once" \
         in result.stderr
     assert "--trace: exact and exact are the same trace" in result.stderr
-    assert "2 cell(s) would run" in result.output
+    assert "2 cells would run" in result.output
 
 
 def test_the_mass_flag_uses_the_reference_mass_when_the_grid_cannot_resolve_one() -> None:

@@ -1,13 +1,20 @@
 """The interactive HTML report in a real browser (Debian's chromium through playwright): it loads offline with no
 console error (its Content-Security-Policy refuses nothing it needs) and no network request, its selectors redraw
 the chart, its legend and log axis toggle, it downloads the chart as PNG and offers no upload to Plotly's cloud; a
-screenshot is kept under the test's ``results/`` folder."""
+screenshot is kept under the test's ``results/`` folder. It reads right: every axis option carries its unit from the
+column catalogue, ``±`` and error bars only where two or more seeds have a value, no "best" on a flagged row, a
+note where timings mix thread counts, and on a 600 px screen the page never scrolls sideways, the table does in its
+own box."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -33,7 +40,8 @@ def _cells():
                                           ("dopri5", 3.0, 38.0, 20.0)):
             for seed in (0, 1):
                 rows.append(cell(solver, seed, dataset=dataset, nll_ref=nll + shift + 0.01 * seed,
-                                 nll=nll + shift - 0.02 * seed, nfe_eval=nfe, train_time_s=seconds + seed))
+                                 nll=nll + shift - 0.02 * seed, nfe_eval=nfe, nfe_forward_mean=nfe * 0.75,
+                                 train_time_s=seconds + seed))
     return frame(*rows)
 
 
@@ -64,6 +72,8 @@ def test_the_report_page_works_offline_in_chromium(tmp_path: Path) -> None:
             assert plotted("data.map(t => t.name)") == ["euler[steps=4]", "euler[steps=10]", "dopri5"]
             first = plotted("data.map(t => t.y[0])")
             assert first == pytest.approx([3.205, 3.055, 3.005])  # 8gaussians, nll_ref, mean over the seeds
+            assert plotted("data.map(t => t.x[0])") == [3.0, 7.5, 28.5]  # NFE per training solve, as the tables
+            page.select_option("#explorer-x", "nfe_eval")
             assert plotted("data.map(t => t.x[0])") == [4.0, 10.0, 38.0]  # NFE of the test pass
 
             page.select_option("#explorer-dataset", "moons")
@@ -90,3 +100,106 @@ def test_the_report_page_works_offline_in_chromium(tmp_path: Path) -> None:
     assert errors == []  # a script, style or fetch the Content-Security-Policy refused would be an error here
     assert [url for url in requests if not url.startswith(("file:", "blob:"))] == []
     assert (shots / "report.png").stat().st_size > 10_000
+
+
+# --------------------------------------------------------------------------------------------------- reading right
+
+@contextmanager
+def browsed(page_path: Path, width: int) -> Iterator[tuple[Any, list[str]]]:
+    """The page in Chromium at ``width`` CSS pixels once its chart is drawn, with the console errors it gives."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    executable = chromium()
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            errors: list[str] = []
+            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(page_path.as_uri())
+            page.wait_for_function("() => document.getElementById('explorer-plot').data !== undefined")
+            yield page, errors
+        finally:
+            browser.close()
+
+
+def reading_run(path: Path) -> Path:
+    """8gaussians: Euler with 4 steps (flagged, 2 seeds, the fewest NFE and the lowest solver NLL), Euler with 10
+    steps and dopri5 (2 seeds each); moons: the same three with one seed each. Seed 1 ran with 2 torch threads,
+    seed 0 with 1; every row records its training loss in nats/sample."""
+    rows = []
+    for dataset, seeds in (("8gaussians", (0, 1)), ("moons", (0,))):
+        for solver, nll, nfe in (("euler4", 2.6, 4.0), ("euler10", 3.05, 10.0), ("dopri5", 3.0, 26.0)):
+            for seed in seeds:
+                flagged = solver == "euler4" and dataset == "8gaussians"
+                rows.append(cell(solver, seed, dataset=dataset, nll=nll + 0.013 * seed, nll_ref=3.1 + 0.0123456 * seed,
+                                 mass=1.2 if flagged else 1.0 + 0.001 * seed, nfe_forward_mean=nfe, nfe_eval=nfe * 3,
+                                 train_time_s=1.0 + nfe / 10 + seed, final_train_loss=3.123456789 + seed,
+                                 train_loss_unit="nats/sample", torch_threads=1 + seed, concurrency=1,
+                                 excess_nll=0.3 + 0.01 * seed, valid=not flagged,
+                                 validity_reason="the solver's density integrates to 1.2, not 1" if flagged else ""))
+    return write_run(path, frame(*rows))
+
+
+def test_the_page_reads_right_in_chromium(tmp_path: Path) -> None:
+    run_dir = reading_run(tmp_path / "r")
+    result = CliRunner().invoke(main, ["report", str(run_dir), "--html"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    with browsed(run_dir / "report.html", 1280) as (page, errors):
+        def options(select: str) -> list[str]:
+            return page.evaluate(f"[...document.querySelectorAll('{select} option')].map((o) => o.textContent)")
+
+        axes = options("#explorer-x") + options("#explorer-y")
+        assert all(re.search(r" \[[^\]_]+\]$", option) for option in axes), axes  # a unit, never a placeholder
+        assert "final_train_loss [nats/sample]" in axes and not [a for a in axes if "_unit" in a]
+        assert page.input_value("#explorer-x") == "nfe_forward_mean" and page.input_value("#explorer-y") == "nll_ref"
+        assert page.evaluate("document.getElementById('explorer-plot').layout.xaxis.title.text") == \
+            "NFE fwd/iter [evals]"
+
+        def plotted(expression: str) -> Any:
+            return page.evaluate(f"document.getElementById('explorer-plot').{expression}")
+
+        hover = plotted("data[1].text[0]")  # 8gaussians, Euler with 10 steps, two seeds
+        assert "test NLL, ref solve: 3.106 ± 0.009 nats" in hover and "NFE fwd/iter: 10.0 ± 0.0 evals" in hover
+        assert plotted("data.map((t) => t.error_y.visible)") == [True, True, True]
+        assert "flagged: 2 of 2 seeds: the solver" in plotted("data[0].text[0]")
+        assert plotted("data.map((t) => t.marker.symbol[0])") == ["circle-open", "circle", "circle"]
+        page.select_option("#explorer-y", "final_train_loss")
+        assert "final_train_loss: 3.623 ± 0.707 nats/sample" in plotted("data[0].text[0]")  # 3 decimals, not 10
+
+        page.select_option("#explorer-dataset", "moons")  # one seed each: no spread anywhere
+        moons = plotted("data.map((t) => t.text[0])")
+        assert len(moons) == 3 and not [text for text in moons if "±" in text]
+        assert "final_train_loss: 3.123 nats/sample" in moons[0] and "seeds: 1" in moons[0]
+        assert plotted("data.map((t) => [t.error_x.visible, t.error_y.visible])") == [[False, False]] * 3
+        assert plotted("layout.title.text") == "moons: one seed per configuration"
+
+        rows = page.evaluate("""[...document.querySelectorAll('table')[0].querySelectorAll('tbody tr')].map((tr) =>
+            [...tr.querySelectorAll('td')].map((td) => [td.textContent, td.className]))""")
+        flagged = [row for row in rows if row[0][0] == "8gaussians" and "(!)" in " ".join(t for t, _ in row)]
+        assert len(flagged) == 1 and not [t for t, klass in flagged[0] if "best" in klass]  # fewest NFE, not best
+        best = [(row[1][0], text) for row in rows for text, klass in row if "best" in klass]
+        assert ("euler[steps=10]", "10.0 ± 0.0 (n=2)") in best  # the fewest NFE among the unflagged rows
+        one_seed = [text for row in rows if row[0][0] == "moons" for text, _ in row[2:]]
+        assert one_seed and not [text for text in one_seed if "±" in text]
+        body = page.inner_text("body")
+        assert "compare cells run with different torch thread counts (1, 2 threads)" in body
+    assert errors == []
+
+
+def test_the_page_fits_a_narrow_screen(tmp_path: Path) -> None:
+    run_dir = reading_run(tmp_path / "r")
+    result = CliRunner().invoke(main, ["report", str(run_dir), "--html"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    with browsed(run_dir / "report.html", 600) as (page, errors):
+        widths = page.evaluate("[document.documentElement.scrollWidth, document.body.scrollWidth, window.innerWidth]")
+        assert widths[0] == widths[2] == 600 and widths[1] <= 600  # nothing widens the page
+        box = page.evaluate("""(() => { const box = document.querySelector('.table-box'); box.scrollLeft = 80;
+            return [box.scrollWidth > box.clientWidth, box.scrollLeft, box.getBoundingClientRect().right,
+                    getComputedStyle(box).overflowX]; })()""")
+        assert box[0] and box[1] > 0 and box[2] <= 600 and box[3] == "auto"  # the table scrolls in its own box
+        caption = page.evaluate("document.querySelector('figure.table figcaption').getBoundingClientRect().right")
+        assert caption <= 600  # the caption wraps in view, outside the scrolling box
+        assert page.evaluate("document.getElementById('explorer-plot').layout.legend.orientation") == "h"
+        page.screenshot(path=str(tmp_path / "narrow.png"), full_page=True)
+    assert errors == []

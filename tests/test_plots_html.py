@@ -93,7 +93,7 @@ def test_write_plots_draws_every_plot_and_notes_missing_density(tmp_path):
     for _, path in result.files:
         assert path.parent == tmp_path / "plots"
         assert_not_blank(path)
-    assert any("2 2D cell(s) have no density/<cell_id>.npz" in note for note in result.notes)
+    assert any("2 2D cells have no density/<cell_id>.npz" in note for note in result.notes)
 
 
 def test_write_plots_without_curves_or_density(tmp_path):
@@ -138,6 +138,7 @@ def test_cli_report_html_is_self_contained(tmp_path):
     assert parser.tables == 2  # the asked-for table and the overview of default metrics
     assert parser.bold_cells >= 1 and parser.external == []
     assert 'id="explorer-plot"' in page and "Plotly.react" in page  # the interactive chart, plotly.js inlined
+    assert "plotly.js (basic - minified) v" in page  # the vendored partial bundle, not the full 4.8 MB one
     assert len(parser.images) == 4
     for src in parser.images:
         assert src.startswith("data:image/png;base64,")

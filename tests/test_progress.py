@@ -10,6 +10,7 @@ from rich.console import Console
 
 from cnfbench.cells import Cell
 from cnfbench.config import RunConfig, resolve_cells
+from cnfbench.contracts import INTERRUPTED
 from cnfbench.progress import Progress, duration, short_labels
 from cnfbench.registry import load_registry
 
@@ -28,9 +29,9 @@ def _ansi_free(text: str) -> str:
 
 
 def test_labels_name_only_what_varies(cells: list[Cell]) -> None:
-    labels = short_labels(cells)
-    assert sorted(labels.values()) == sorted(f"{solver} · seed {seed}" for seed in (0, 1) for solver in (
-        "euler[steps=10,adjoint=false]", "dopri5[rtol=1e-05,atol=1e-05,max_steps=10000,adjoint=false]"))
+    labels = short_labels(cells)  # the summary's short form: parameters with one value in the grid left out
+    assert sorted(labels.values()) == sorted(f"{solver} · seed {seed}" for seed in (0, 1)
+                                             for solver in ("euler", "dopri5"))
     (one,) = short_labels(cells[:1]).values()
     assert one == "8gaussians · concatsquash · mle · euler · exact · seed 0"
 
@@ -38,7 +39,7 @@ def test_labels_name_only_what_varies(cells: list[Cell]) -> None:
 def test_lines_off_a_terminal_say_which_cell_they_are_about(cells: list[Cell]) -> None:
     stream = io.StringIO()
     progress = Progress(cells[:2], stream=stream, interactive=False, run_dir="results/x")
-    progress.header("2 cell(s) = 2 seeds")
+    progress.header("2 cells = 2 seeds")
     progress.begin(2, "process[workers=2]", 2)
     first, second = cells[:2]
     progress.start_cell(1, first)
@@ -49,21 +50,45 @@ def test_lines_off_a_terminal_say_which_cell_they_are_about(cells: list[Cell]) -
     progress.end_cell({"cell_id": second.cell_id, "status": "timeout", "reason": "timeout after 9.0 s"}, second)
     progress.close()
     lines = stream.getvalue().splitlines()
-    assert lines[0] == "cnfbench: 2 cell(s) = 2 seeds → results/x"
-    assert lines[1] == "running 2 cell(s) on process[workers=2], 2 at a time"
-    assert lines[2].startswith("[cell 1/2] start 8gaussians") and lines[3].startswith("[cell 2/2] start")
+    assert lines[0] == "cnfbench: 2 cells = 2 seeds → results/x"
+    assert lines[1] == "running 2 cells on process[workers=2], 2 at a time"
+    assert lines[2] == f"[cell 1/2] start seed 0 (cell {first.cell_id})"
+    assert lines[3] == f"[cell 2/2] start seed 1 (cell {second.cell_id})"
     assert "[cell 2/2] iter 10/10 train loss 3.250 nats/sample, 20 NFE/iter" in lines
     assert "[cell 1/2] evaluating test NLL, reference solve" in lines
-    assert any(line.startswith("[1/2 finished] done in ") and "nll=2.500 nll_ref=2.750 nats" in line for line in lines)
-    assert any(line.startswith("[2/2 finished] timeout: ") and line.endswith("timeout after 9.0 s") for line in lines)
-    assert lines[-1].startswith("2 cell(s) finished, 1 not done in ")
+    assert any(line.startswith("[cell 1/2] done in ") and ", 1/2 finished: NLL 2.500, NLL ref 2.750 nats — seed 0"
+               in line for line in lines)
+    assert "[cell 2/2] timeout, 2/2 finished — seed 1: timeout after 9.0 s" in lines
+    assert lines[-1].startswith("2 cells finished (1 not done) in ")
+
+
+def test_an_interrupted_sweep_counts_finished_interrupted_and_never_started(cells: list[Cell]) -> None:
+    stream = io.StringIO()
+    progress = Progress(cells, stream=stream, interactive=False)
+    progress.begin(4, "process[workers=2]", 2)
+    first, second, third, _ = cells
+    progress.start_cell(2, second)
+    progress.start_cell(3, third)
+    progress.update(second.cell_id, "iteration", (4, 3.0, 10))
+    progress.update(third.cell_id, "phase", "ref")
+    progress.end_cell({"cell_id": second.cell_id, "status": "interrupted", "reason": "interrupted"}, second)
+    progress.end_cell({"cell_id": third.cell_id, "status": "interrupted",  # the worker says where, in its row
+                       "reason": f"{INTERRUPTED} in the reference solve (test pass) — dopri5"}, third)
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert "[cell 2/4] interrupted (training, iteration 4/10) — dopri5 · seed 0" in lines \
+        or "[cell 2/4] interrupted (training, iteration 4/10) — euler · seed 1" in lines
+    assert any(line.startswith("[cell 3/4] interrupted (in the reference solve (test pass)) — ") for line in lines)
+    assert not any("finished" in line and "[cell" in line for line in lines)  # no cell counted as finished
+    assert lines[-1].startswith("0 cells finished, 2 interrupted (in the reference solve (test pass); training, "
+                                "iteration 4/10), 2 never started in ")
 
 
 @pytest.mark.parametrize("width", [80, 100, 160])
 def test_the_live_display_fits_the_terminal(cells: list[Cell], width: int) -> None:
     stream = io.StringIO()
     progress = Progress(cells, stream=stream, interactive=True, run_dir="results/x", width=width)
-    progress.header("4 cell(s) = 2 solvers × 2 seeds")
+    progress.header("4 cells = 2 solvers × 2 seeds")
     progress.begin(4, "process[workers=2]", 2)
     progress._live.stop()  # drawn below by hand, to read one frame
     first, second, third = cells[:3]
@@ -79,16 +104,43 @@ def test_the_live_display_fits_the_terminal(cells: list[Cell], width: int) -> No
     Console(file=frame, width=width, force_terminal=True).print(progress._render())
     text = _ansi_free(frame.getvalue())
     assert max(len(line) for line in text.splitlines()) <= width, text
-    assert "1/4 finished, 2 running" in text and "ETA" in text
-    assert "3/10 it · loss 3.400 nats/sample · 20 NFE/it" in text[:10_000].replace("\n", " ") or width < 100
-    assert "it/s" in text or width < 100
+    assert "1/4 finished · 2 running" in text and "ETA" in text
+    labels = short_labels(cells)
+    for cell, index in ((first, 1), (third, 3)):  # every running cell's label whole, its number the cell's place
+        assert re.search(rf"\[cell {index}/4\] +{re.escape(labels[cell.cell_id])} ", text), text
+    assert "3/10 it · loss 3.400 nats/sample" in text
+    assert "20 NFE/it" in text or width < 100  # on a narrow terminal the rate, then the NFE, give way
+    assert "it/s" in text or width < 160
+    assert "…" not in text
     assert "waiting for a worker" in text  # the third cell has not reported yet
     assert progress.eta_seconds() >= 0
     progress.close()
     printed = _ansi_free(stream.getvalue())
-    assert "cnfbench: 4 cell(s) = 2 solvers × 2 seeds → results/x" in printed
-    assert "[2/4 finished] done in" not in printed and "[1/4 finished] done in " in printed
+    assert "cnfbench: 4 cells = 2 solvers × 2 seeds → results/x" in printed
+    assert "[cell 2/4] done in" in printed and "1/4 finished: NLL 2.500" in printed
     assert max(len(line) for line in printed.splitlines()) <= width
+
+
+def test_long_labels_shorten_at_a_boundary_and_stay_apart() -> None:
+    config = RunConfig(dataset=("8gaussians[n_train=256,n_val=32,n_test=96]",),
+                       solver=("euler[steps=10]", "euler[steps=20]", "rk4[steps=4]", "rk4[steps=8]"),
+                       trace=("exact", "hutchinson[noise=gaussian]", "hutchinson[noise=rademacher]"),
+                       iterations=10, device="cpu")
+    grid = resolve_cells(config, load_registry([]))
+    progress = Progress(grid, stream=io.StringIO(), interactive=True, width=80)
+    progress.begin(len(grid), "process[workers=4]", 4)
+    progress._live.stop()
+    for index, cell in enumerate(grid[:4], start=1):
+        progress.start_cell(index, cell)
+        progress.update(cell.cell_id, "iteration", (5, 3.0, 10))
+    frame = io.StringIO()
+    Console(file=frame, width=80, force_terminal=True).print(progress._render())
+    rows = [line for line in _ansi_free(frame.getvalue()).splitlines() if line.startswith("[cell")]
+    assert len(rows) == 4 and all(len(line) <= 80 for line in rows)
+    shown = [line.split("]", 1)[1].split("  ")[0].strip() for line in rows]
+    assert len(set(shown)) == 4, shown  # running cells can be told apart
+    assert not any(re.search(r"[\w=]…", line) for line in rows)  # nothing cut inside a token
+    progress.close()
 
 
 def test_quiet_prints_only_what_matters(cells: list[Cell]) -> None:

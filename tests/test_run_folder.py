@@ -40,8 +40,8 @@ def test_a_0_1_0_run_resumes_with_no_cell_recomputed(reference_copy: Path) -> No
     before = pd.read_parquet(reference_copy / "cells.parquet")
     result = CliRunner().invoke(main, [*REFERENCE_COMMAND, "--out", str(reference_copy.parent), "--name", "reference"])
     assert result.exit_code == 0, result.output
-    assert "skipping 4 cell(s) already done, running 0" in result.stderr
-    assert "(0 cell(s) run, 4 skipped as already done)" in result.output
+    assert "skipping 4 cells already done, running 0" in result.stderr
+    assert "(0 cells run, 4 skipped as already done)" in result.output
     after = pd.read_parquet(reference_copy / "cells.parquet")
     pd.testing.assert_frame_equal(before.sort_values("cell_id", ignore_index=True),
                                   after.sort_values("cell_id", ignore_index=True))
@@ -60,7 +60,7 @@ def test_the_reference_run_reports_compares_and_merges(reference_copy: Path, tmp
     assert compare.exit_code == 0 and "2 configurations: 2 unchanged" in compare.output
     assert "torchdiffeq 0.2.5" in compare.output
     merged = runner.invoke(main, ["merge", str(tmp_path / "merged"), str(reference_copy)])
-    assert merged.exit_code == 0 and "merged 4 cell(s)" in merged.output
+    assert merged.exit_code == 0 and "merged 4 cells" in merged.output
     assert RunStore(tmp_path / "merged").read_run_json()["format"] == RUN_FORMAT
     assert len(load_run(tmp_path / "merged").cells) == 4
 

@@ -78,7 +78,7 @@ def test_an_idle_machine_gives_each_worker_its_share() -> None:
 def test_a_busy_machine_gives_one_thread_and_says_so() -> None:
     beside_a_run = decide_threads(0, 1, TWO, 2.1, 0.0, 2)  # another 2-thread job keeps both CPUs busy
     assert beside_a_run.threads == 1
-    assert "busy" in beside_a_run.note and "2 usable CPU(s)" in beside_a_run.note
+    assert "busy" in beside_a_run.note and "2 usable CPUs" in beside_a_run.note
     assert "1-min load 2.1" in beside_a_run.reason
 
 

@@ -1,15 +1,23 @@
 """Experiment trackers for real: a tiny sweep logged to an MLflow store and to TensorBoard event files, read back
-through mlflow's client and tensorboard's event reader and checked against the run's own curves and rows."""
+through mlflow's client, the README's ``mlflow ui`` server and tensorboard's event reader, and checked against the
+run's own curves, rows and configuration labels (names, validity, the wall time of every point)."""
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -20,34 +28,61 @@ QUICK = ["--solver", "euler[steps=2],rk4[steps=1]", "--iterations", "2", "--batc
 """Two cells in this process (the trackers live in the main process whichever the executor): tests of failures."""
 
 
+@dataclass(frozen=True)
+class Tracked:
+    """A tiny sweep logged to both trackers: its folder, rows, curves, stderr, labels and when it ran."""
+
+    run_dir: Path
+    cells: pd.DataFrame
+    curves: pd.DataFrame
+    stderr: str
+    labels: dict[str, str]
+    began: float
+    ended: float
+
+    def curve(self, cell_id: str) -> pd.DataFrame:
+        return self.curves[self.curves["cell_id"] == cell_id].sort_values("iteration")
+
+
 @pytest.fixture(scope="module")
-def tracked(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame, pd.DataFrame, str]:
+def tracked(tmp_path_factory: pytest.TempPathFactory) -> Tracked:
     from click.testing import CliRunner
     from conftest import TINY
 
+    from cnfbench.cells import Cell
     from cnfbench.cli import main
+    from cnfbench.labels import cell_labels
 
     out = tmp_path_factory.mktemp("tracked")
+    began = time.time()
     result = CliRunner().invoke(main, ["run", *TINY, "--out", str(out), *GRID, "--name", "trk",
-                                       "--tracker", "mlflow,tensorboard"], catch_exceptions=False)
+                                       # a loaded machine may take over the default 10 s to create the store
+                                       "--tracker", "mlflow[timeout=120],tensorboard[timeout=120]"],
+                                 catch_exceptions=False)
+    ended = time.time()
     assert result.exit_code == 0, result.output
     run_dir = out / "trk"
-    return run_dir, pd.read_parquet(run_dir / "cells.parquet"), pd.read_parquet(run_dir / "curves.parquet"), \
-        result.stderr
+    grid = [Cell.from_json(cell) for cell in json.loads((run_dir / "run.json").read_text())["cells"]]
+    return Tracked(run_dir, pd.read_parquet(run_dir / "cells.parquet"), pd.read_parquet(run_dir / "curves.parquet"),
+                   result.stderr, cell_labels(grid), began, ended)
 
 
-def test_mlflow_holds_every_iteration_of_every_cell(tracked) -> None:
+def _mlflow_runs(tracked: Tracked) -> tuple[Any, dict[str, Any]]:
+    """The MLflow client of the sweep's store and its runs by cell id."""
     from mlflow.tracking import MlflowClient
 
-    run_dir, cells, curves, stderr = tracked
-    assert "warning" not in stderr
-    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{tracked.run_dir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("trk")
-    runs = {run.data.tags["cnfbench.cell_id"]: run for run in client.search_runs([experiment.experiment_id])}
-    assert set(runs) == set(cells["cell_id"])
-    for row in cells.to_dict("records"):
+    return client, {run.data.tags["cnfbench.cell_id"]: run for run in client.search_runs([experiment.experiment_id])}
+
+
+def test_mlflow_holds_every_iteration_of_every_cell(tracked: Tracked) -> None:
+    assert "warning" not in tracked.stderr
+    client, runs = _mlflow_runs(tracked)
+    assert set(runs) == set(tracked.cells["cell_id"])
+    for row in tracked.cells.to_dict("records"):
         run = runs[row["cell_id"]]
-        curve = curves[curves["cell_id"] == row["cell_id"]].sort_values("iteration")
+        curve = tracked.curve(row["cell_id"])
         for metric in ("loss_nats", "nfe_forward", "val_nll"):
             history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, metric))
             expected = [(int(i), float(v)) for i, v in zip(curve["iteration"], curve[metric], strict=True)
@@ -58,19 +93,169 @@ def test_mlflow_holds_every_iteration_of_every_cell(tracked) -> None:
         assert run.info.status == "FINISHED"
 
 
-def test_tensorboard_event_files_hold_the_same_curves(tracked) -> None:
+def test_mlflow_runs_are_named_by_their_configuration_and_carry_their_validity(tracked: Tracked) -> None:
+    _, runs = _mlflow_runs(tracked)
+    names = {cell_id: run.info.run_name for cell_id, run in runs.items()}
+    assert names == tracked.labels and sorted(names.values()) == ["euler[steps=2]", "rk4[steps=1]"]
+    for row in tracked.cells.to_dict("records"):
+        run = runs[row["cell_id"]]
+        assert run.data.tags["valid"] == ("true" if row["valid"] else "false")
+        assert run.data.metrics["final/valid"] == float(row["valid"])
+        assert run.data.tags.get("validity_reason", "") == row["validity_reason"]  # left out when valid
+        for figure in ("nll", "entropy", "mass", "mass_ref"):  # what the flag reads (a 2D cell, a 12x12 grid)
+            assert run.data.metrics[f"final/{figure}"] == row[figure], figure
+        assert "cnfbench.reason" not in run.data.tags  # done: no reason, not an empty one
+        assert "None" not in {*run.data.params.values(), *run.data.tags.values()}
+        assert "budget.max_nfe" not in run.data.params  # a setting without a value is left out
+
+
+def test_mlflow_points_carry_the_wall_time_they_were_trained_at(tracked: Tracked) -> None:
+    client, runs = _mlflow_runs(tracked)
+    for row in tracked.cells.to_dict("records"):
+        run = runs[row["cell_id"]]
+        curve = tracked.curve(row["cell_id"])
+        history = sorted(client.get_metric_history(run.info.run_id, "loss_nats"), key=lambda m: m.step)
+        stamps = [m.timestamp for m in history]  # milliseconds since the epoch
+        elapsed = [1000 * seconds for seconds in curve["elapsed_s"]]
+        # the run's start plus each point's training time, not the moment the curve was replayed
+        assert [stamp - stamps[0] for stamp in stamps] == pytest.approx([e - elapsed[0] for e in elapsed], abs=1)
+        assert stamps == sorted(stamps) and len(set(stamps)) > 1
+        (final,) = client.get_metric_history(run.info.run_id, "final/nll_ref")
+        assert final.timestamp == run.info.end_time >= stamps[-1]
+        assert run.info.end_time - run.info.start_time == pytest.approx(1000 * row["cell_time_s"], abs=1)
+        assert stamps[0] - run.info.start_time == pytest.approx(elapsed[0], abs=1)
+        assert 1000 * tracked.began <= run.info.start_time and run.info.end_time <= 1000 * tracked.ended
+
+
+def _tensorboard_events(tracked: Tracked, cell_id: str) -> Any:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_dir, cells, curves, _ = tracked
-    for row in cells.to_dict("records"):
-        events = EventAccumulator(str(run_dir / "tensorboard" / row["cell_id"]))
-        events.Reload()
-        curve = curves[curves["cell_id"] == row["cell_id"]].sort_values("iteration")
+    events = EventAccumulator(str(tracked.run_dir / "tensorboard" / tracked.labels[cell_id]))
+    events.Reload()
+    return events
+
+
+def test_tensorboard_event_files_hold_the_same_curves(tracked: Tracked) -> None:
+    assert sorted(path.name for path in (tracked.run_dir / "tensorboard").iterdir()) == \
+        ["euler[steps=2]", "rk4[steps=1]"]  # one folder per cell, named by its configuration
+    for row in tracked.cells.to_dict("records"):
+        events = _tensorboard_events(tracked, row["cell_id"])
+        curve = tracked.curve(row["cell_id"])
         logged = [(event.step, event.value) for event in events.Scalars("train/loss_nats")]
         assert [step for step, _ in logged] == list(curve["iteration"])
         assert [value for _, value in logged] == pytest.approx(list(curve["loss_nats"]), rel=1e-6)  # float32
         (final,) = events.Scalars("final/nll_ref")
         assert final.value == pytest.approx(row["nll_ref"], rel=1e-6)
+        (valid,) = events.Scalars("final/valid")
+        assert valid.value == float(row["valid"])
+        cell_file = tracked.run_dir / "tensorboard" / tracked.labels[row["cell_id"]] / "cnfbench-cell-id.txt"
+        assert cell_file.read_text().strip() == row["cell_id"]
+
+
+def test_tensorboard_points_carry_the_wall_time_they_were_trained_at(tracked: Tracked) -> None:
+    for row in tracked.cells.to_dict("records"):
+        events = _tensorboard_events(tracked, row["cell_id"])
+        curve = tracked.curve(row["cell_id"])
+        times = [event.wall_time for event in events.Scalars("train/loss_nats")]
+        elapsed = list(curve["elapsed_s"])
+        assert all(later > earlier for earlier, later in zip(times[:-1], times[1:], strict=True)), times
+        assert [t - times[0] for t in times] == pytest.approx([e - elapsed[0] for e in elapsed], abs=1e-4)
+        (final,) = events.Scalars("final/nll_ref")
+        # the cell ended cell_time_s after it started, and its first point came elapsed_s[0] after its start
+        assert final.wall_time - times[0] == pytest.approx(row["cell_time_s"] - elapsed[0], abs=1e-4)
+        assert tracked.began <= times[0] and final.wall_time <= tracked.ended
+
+
+def test_tensorboard_gives_a_cell_whose_label_names_another_cell_s_folder_its_id_too(tmp_path: Path) -> None:
+    """A shortened label, or an earlier run into the same folder, can give two cells one label: each cell keeps
+    a folder of its own (a label's ``/`` is no path separator)."""
+    from cnfbench_plugins.trackers import TensorBoardTracker
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def log(cell_id: str, label: str, loss: float) -> None:
+        tracker = TensorBoardTracker(str(tmp_path))  # a new run into the same folder each time
+        tracker.start({"name": "run"})
+        cell = {"cell_id": cell_id, "label": label, "spec": {}, "started": 1_700_000_000.0, "ended": 1_700_000_002.0}
+        tracker.log_iteration(cell, 1, {"loss": loss, "elapsed_s": 0.5})
+        tracker.log_cell(cell, {"status": "done", "iterations_done": 1, "valid": True})
+        tracker.close()
+
+    log("a" * 16, "table[path=data/x.csv] · euler", 1.0)
+    log("b" * 16, "table[path=data/x.csv] · euler", 2.0)  # another cell, the same label
+    log("a" * 16, "table[path=data/x.csv] · euler", 3.0)  # the first cell again (a retried cell)
+    folders = sorted(path.name for path in (tmp_path / "tensorboard").iterdir())
+    assert folders == ["table[path=data∕x.csv] · euler", f"table[path=data∕x.csv] · euler · {'b' * 16}"]
+    for folder, losses in zip(folders, ([1.0, 3.0], [2.0]), strict=True):
+        events = EventAccumulator(str(tmp_path / "tensorboard" / folder))
+        events.Reload()
+        assert sorted(event.value for event in events.Scalars("train/loss")) == losses
+        assert {event.wall_time for event in events.Scalars("train/loss")} == {1_700_000_000.5}
+        assert {event.wall_time for event in events.Scalars("final/valid")} == {1_700_000_002.0}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _get(url: str, body: dict[str, Any] | None = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_the_readme_s_mlflow_ui_command_serves_the_runs_and_their_validity(tracked: Tracked, tmp_path: Path) -> None:
+    """The README's ``mlflow ui`` line, as written there (the run's name put in), from the folder that holds the
+    output root, on a free local port; the runs read back through its REST API."""
+    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
+    assert mlflow, "the mlflow command is missing: pip install cnfbench[mlflow]"
+    port = _free_port()
+    address = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    documented = next(line for line in readme.splitlines() if line.startswith("mlflow ui "))
+    arguments = [argument.replace("results/tracked", f"{tracked.run_dir.parent.name}/{tracked.run_dir.name}")
+                 for argument in shlex.split(documented.split("#")[0])[1:]]
+    assert "--backend-store-uri" in arguments, documented
+    with log.open("w") as output:
+        server = subprocess.Popen([mlflow, *arguments, "--host", "127.0.0.1", "--port", str(port)],
+                                  cwd=tracked.run_dir.parent.parent, stdout=output, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180  # a cold start imports Flask, FastAPI and runs the store's migrations
+        while True:
+            assert server.poll() is None, f"mlflow ui exited with {server.returncode}:\n{log.read_text()[-3000:]}"
+            try:
+                if urllib.request.urlopen(f"{address}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"mlflow ui did not answer within 180 s:\n{log.read_text()[-3000:]}"
+            time.sleep(0.25)
+        experiment = _get(f"{address}/api/2.0/mlflow/experiments/get-by-name?experiment_name=trk")["experiment"]
+        found = _get(f"{address}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})
+        runs = {tags["cnfbench.cell_id"]: (run["info"]["run_name"], tags) for run in found["runs"]
+                for tags in [{tag["key"]: tag["value"] for tag in run["data"]["tags"]}]}
+        assert {cell_id: name for cell_id, (name, _) in runs.items()} == tracked.labels
+        valid = {row["cell_id"]: row["valid"] for row in tracked.cells.to_dict("records")}
+        assert {cell_id: tags["valid"] for cell_id, (_, tags) in runs.items()} == \
+            {cell_id: "true" if flag else "false" for cell_id, flag in valid.items()}
+        # what the issue asked for: the runs ranked by final/nll, the flagged ones filtered out
+        ranked = _get(f"{address}/api/2.0/mlflow/runs/search", {
+            "experiment_ids": [experiment["experiment_id"]], "filter": "tags.valid = 'true'",
+            "order_by": ["metrics.`final/nll` ASC"]}).get("runs", [])
+        kept = [next(tag["value"] for tag in run["data"]["tags"] if tag["key"] == "cnfbench.cell_id") for run in ranked]
+        rows = tracked.cells[tracked.cells["valid"]].sort_values("nll")
+        assert kept == list(rows["cell_id"])
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server's own group: its workers go with it
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=20)
 
 
 def test_a_tracker_that_cannot_reach_its_store_is_a_warning(cli, tmp_path: Path) -> None:
@@ -287,7 +472,9 @@ def test_every_tracker_has_the_timeout_parameter_without_declaring_it(cli, tmp_p
     listing = cli("plugins", "--plugin", str(plugin))
     assert listing.exit_code == 0, listing.output
     trackers = listing.output.split("\nTrackers:\n", 1)[1]
-    assert trackers.count("timeout: number = 10.0  — seconds the run waits for each call") == 3  # hang, mlflow, tb
+    flat = " ".join(trackers.split())  # the listing folds to the terminal's width
+    # hang, mlflow, tensorboard
+    assert flat.count("timeout: number = 10.0 [0.1 to 86400] — seconds the run waits for each call") == 3
     hang = load_registry([str(plugin)]).get("tracker", "hang").cls
     assert [p.name for p in hang.params] == ["block", "log", "timeout"]
     assert hang.split_params({"block": "start", "log": "x", "timeout": 3.0}) == (3.0, {"block": "start", "log": "x"})

@@ -61,7 +61,7 @@ def test_a_solver_added_later_reuses_the_model_and_the_default_cells_keep_their_
     assert cli("run", "--objective", "cfm", "--solver", "euler[steps=4]", "--name", "grow").exit_code == 0
     first = read_cells(tmp_path, "grow")
     result = cli("run", "--objective", "cfm", "--solver", "euler[steps=4],rk4[steps=2]", "--name", "grow")
-    assert result.exit_code == 0 and "skipping 1 cell(s) already done, running 1" in result.output
+    assert result.exit_code == 0 and "skipping 1 cell already done, running 1" in result.output
     cells = read_cells(tmp_path, "grow")
     assert set(cells["trained_in"]) == set(first["cell_id"])
     assert len(list((_run_dir(tmp_path, "grow") / "models").glob("*.safetensors"))) == 1
@@ -82,7 +82,7 @@ def test_evaluate_reproduces_the_stored_nll_bit_for_bit_and_adds_other_solvers(c
     before = read_cells(tmp_path, "ev").set_index("cell_id")
     result = _evaluate(cli, str(run), "--solver", "euler[steps=4],rk4[steps=3]")
     assert result.exit_code == 0, result.output
-    assert "4 cell(s) evaluated from 2 model(s); no training" in result.output
+    assert "4 cells evaluated from 2 models; no training" in result.output
     after = read_cells(tmp_path, "ev").set_index("cell_id")
     assert len(after) == 4
     for cell_id, row in before.iterrows():  # the training solver again: the very same numbers
@@ -275,7 +275,7 @@ def test_evaluate_adds_a_plugins_new_metric_without_training(cli, tmp_path: Path
     assert recorded["sha256"] == hashlib.sha256(plugin.read_bytes()).hexdigest()
     again = _evaluate(cli, str(run))  # the run's own plugin is a name to show, not a file to import
     assert again.exit_code == 0, again.output
-    assert f"recorded plugin(s) '{plugin}' (sha256 {recorded['sha256'][:12]}), not loaded" in again.stderr
+    assert f"recorded plugin '{plugin}' (sha256 {recorded['sha256'][:12]}), not loaded" in again.stderr
 
 
 def test_evaluate_uses_models_of_rows_written_before_sharing_and_never_trains(cli, tmp_path: Path) -> None:

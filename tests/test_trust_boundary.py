@@ -171,7 +171,7 @@ def test_reading_a_tampered_run_imports_nothing_it_names(builtin_run: Path, tmp_
         assert result.exit_code == 0, (command, result.output)
     evaluated = _evaluate(str(run), "--cell", cell)
     assert evaluated.exit_code == 0, evaluated.output
-    assert f"recorded plugin(s) '{script}' (sha256 {_sha(script)[:12]}), '{module}', not loaded" in evaluated.stderr
+    assert f"recorded plugins '{script}' (sha256 {_sha(script)[:12]}), '{module}', not loaded" in evaluated.stderr
     assert not marker.exists()
 
 
@@ -302,8 +302,8 @@ def test_evaluate_names_each_model_it_skips_and_why(builtin_run: Path, tmp_path:
     warned = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert warned == [f"warning: skipping cell {gone} (8gaussians | concatsquash | mle | euler | exact | seed 0): "
                       f"its model file models/{gone}.safetensors is missing"]
-    assert "note: 1 cell(s) did not finish (1 'budget') and have no model to evaluate" in result.stderr
-    assert "1 cell(s) evaluated from 1 model(s)" in result.output
+    assert "note: 1 cell did not finish (1 'budget') and has no model to evaluate" in result.stderr
+    assert "1 cell evaluated from 1 model" in result.output
 
     path = model_path(run, damaged)
     path.write_bytes(path.read_bytes()[:200])
@@ -325,5 +325,5 @@ def test_evaluate_warns_once_for_a_shared_model_that_is_gone(tmp_path: Path) -> 
     assert result.exit_code == 0, result.output
     warned = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warned) == 1 and warned[0].startswith(f"warning: skipping cell {trainer} (") and \
-        warned[0].endswith(f"(and the 1 other cell(s) that share its model): its model file "
+        warned[0].endswith(f"(and the 1 other cell that shares its model): its model file "
                            f"models/{trainer}.safetensors is missing"), warned

@@ -80,7 +80,7 @@ def test_summary_aggregates_seeds_and_keeps_units() -> None:
     assert table.iloc[2]["n"] == "0/1" and table.iloc[2]["reason"] == "step size underflow"
     assert all("[" in column for column in table.columns if column.startswith("NLL"))
     notes = validity_notes(_rows())
-    assert notes == ["(!) euler[steps=10,adjoint=false] seed 0 on 8gaussians: nll below entropy"]
+    assert notes == ["(!) euler[steps=10] · seed 0 on 8gaussians: nll below entropy"]
 
 
 @pytest.mark.parametrize("width", [60, 100, 160])
@@ -92,7 +92,10 @@ def test_the_summary_fits_the_terminal(width: int) -> None:
     text = render(summary_table(rows), validity_notes(rows), width=width)
     assert max(len(line) for line in text.splitlines()) <= width, text
     assert "[nats]" in text and "\x1b[" not in text
-    assert "not done: step size underflow" in text and "(!) euler[steps=10,adjoint=false] seed 0" in text
+    flat = " ".join(text.split())
+    assert "not done: 8gaussians · dopri5 (0/1 seeds done): step size underflow" in flat
+    assert "(!) 8gaussians · euler[steps=10] · seed 0: nll below entropy" in flat
+    assert "(!) checkerboard · euler[steps=10] · seed 5: nll below entropy" in flat
 
 
 def test_the_summary_is_coloured_only_when_asked_and_never_under_no_color(monkeypatch: pytest.MonkeyPatch

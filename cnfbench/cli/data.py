@@ -226,7 +226,8 @@ def _data_folder(data_dir: str | None) -> Path:
 
 DATA_DIR_OPTION = click.option("--data-dir", help="the data folder to fill [default: $CNFBENCH_DATA, else "
                                                   "~/.cache/cnfbench/data]")
-KEEP_OPTION = click.option("--keep-archive", is_flag=True, help="keep the downloaded archive after unpacking it")
+KEEP_OPTION = click.option("--keep-archive", is_flag=True,
+                           help="keep the downloaded archive after unpacking it [default: off]")
 
 
 @main.group()

@@ -30,6 +30,7 @@ import click
 from cnfbench.cli import INTERRUPTED, fail, load_runs_or_fail, main
 from cnfbench.cli.run import run_cells, use_data_dir, writing
 from cnfbench.config import RANGES
+from cnfbench.messages import plural
 
 if TYPE_CHECKING:
     from cnfbench.cells import Cell
@@ -55,13 +56,16 @@ def _report_unavailable(run: Run) -> None:
     from cnfbench.models import missing_models, unfinished
 
     for missing in missing_models(run):
-        shared = f" (and the {missing.shared_by} other cell(s) that share its model)" if missing.shared_by else ""
+        shares = "shares" if missing.shared_by == 1 else "share"
+        shared = f" (and the {plural(missing.shared_by, 'other cell')} that {shares} its model)" \
+            if missing.shared_by else ""
         click.echo(f"warning: skipping cell {missing.cell_id} ({missing.label}){shared}: {missing.reason}", err=True)
     counts = unfinished(run)
     if counts:
         ended = ", ".join(f"{count} {status!r}" for status, count in counts.items())
-        click.echo(f"note: {sum(counts.values())} cell(s) did not finish ({ended}) and have no model to evaluate",
-                   err=True)
+        have = "has" if sum(counts.values()) == 1 else "have"
+        click.echo(f"note: {plural(sum(counts.values()), 'cell')} did not finish ({ended}) and {have} no model to "
+                   "evaluate", err=True)
 
 
 def _sources(run: Run, cell_ids: tuple[str, ...], registry: Registry) -> list[Cell]:
@@ -150,7 +154,7 @@ def _evaluation_cells(sources: list[Cell], solvers: tuple[str, ...], eval_trace:
 @click.option("--eval-trace", "--trace", "eval_trace",
               help="exact trace estimator of the reported NLLs [default: the run's]")
 @click.option("--ref-solver", help="reference solve behind nll_ref [default: the run's]")
-@click.option("--allow-loose-ref", is_flag=True, help="accept a fixed-step or loose --ref-solver")
+@click.option("--allow-loose-ref", is_flag=True, help="accept a fixed-step or loose --ref-solver [default: off]")
 @click.option("--cell", "cell_ids", multiple=True, help="evaluate only the model of this cell (repeatable) "
                                                         "[default: every model of the run]")
 @click.option("--plugin", "plugins", multiple=True,
@@ -159,18 +163,19 @@ def _evaluation_cells(sources: list[Cell], solvers: tuple[str, ...], eval_trace:
                    "[default: the installed plugins]")
 @click.option("--allow-changed-plugin", is_flag=True,
               help="use a --plugin file even though its SHA-256 differs from the one the run recorded for that "
-                   "file name")
-@click.option("--timeout", type=float, help=f"seconds a cell may run before it is stopped [valid: "
+                   "file name [default: off]")
+@click.option("--timeout", type=float, help=f"seconds a cell may run before it is stopped [default: none; valid: "
                                              f">{RANGES['timeout'].bounds()[0]} to {RANGES['timeout'].bounds()[1]}]")
-@click.option("--executor", default="process", show_default=True,
+@click.option("--executor", default="process",
               help="where cells run: process[workers=N,threads=T], inline, dask[...] or submitit[...]; "
-                   "`cnfbench plugins` lists every executor and its parameters")
-@click.option("--isolation", type=click.Choice(["process", "inline"]), help="deprecated: --executor")
+                   "`cnfbench plugins --family executor` lists every executor and its parameters "
+                   "[default: process, i.e. one worker]")
+@click.option("--isolation", type=click.Choice(["process", "inline"]), help="deprecated: --executor [default: none]")
 @click.option("--data-dir", help="folder that dataset files are read from [default: $CNFBENCH_DATA, else "
                                  "~/.cache/cnfbench/data]")
 @click.option("--wait", is_flag=True, help="when another cnfbench command is writing the run folder, wait for it to "
-                                           "end instead of stopping with an error")
-@click.option("--quiet", is_flag=True, help="no progress output")
+                                           "end instead of stopping with an error [default: off]")
+@click.option("--quiet", is_flag=True, help="no progress output [default: off]")
 def evaluate(run_dir: str, solvers: tuple[str, ...], eval_trace: str | None, ref_solver: str | None,
              allow_loose_ref: bool, cell_ids: tuple[str, ...], plugins: tuple[str, ...], allow_changed_plugin: bool,
              timeout: float | None, executor: str, isolation: str | None, data_dir: str | None, wait: bool,
@@ -224,7 +229,8 @@ def evaluate(run_dir: str, solvers: tuple[str, ...], eval_trace: str | None, ref
             raise fail(str(exc)) from None
         unloaded = [plugin for plugin in unloaded_plugins(run, registry) if plugin.source in ("file", "module")]
         if unloaded:  # their metrics columns and observers would silently be missing from the new rows
-            notes.append(f"{run.path} recorded plugin(s) {describe_plugins(unloaded)}, not loaded: a run folder's "
+            noun = "plugins" if len(unloaded) > 1 else "plugin"
+            notes.append(f"{run.path} recorded {noun} {describe_plugins(unloaded)}, not loaded: a run folder's "
                          "plugins are never imported; pass --plugin PATH to evaluate with one you trust")
         for note in notes:
             click.echo(f"note: {note}", err=True)
@@ -243,11 +249,11 @@ def evaluate(run_dir: str, solvers: tuple[str, ...], eval_trace: str | None, ref
                     "evaluations": [*previous.get("evaluations", []), entry]}
 
         progress = Progress(cells, quiet=quiet, run_dir=run.path)
-        progress.header(f"evaluating {len(cells)} cell(s) from {len(sources)} model(s)")
+        progress.header(f"evaluating {plural(len(cells), 'cell')} from {plural(len(sources), 'model')}")
         result = run_cells(cells, registry, executor, plugins, timeout, progress,
                            lambda engine, label: sweep(cells, registry, engine, run.path, {}, progress, rerun=True,
                                                        record=record, executor_name=label, may_train=False),
                            "Summary of the evaluated cells", "rerun the same command to evaluate the rest")
-        click.echo(f"\nresults: {run.path} ({result.ran} cell(s) evaluated from {len(sources)} model(s); no "
-                   "training)")
+        click.echo(f"\nresults: {run.path} ({plural(result.ran, 'cell')} evaluated from "
+                   f"{plural(len(sources), 'model')}; no training)")
         return INTERRUPTED if result.interrupted else 0

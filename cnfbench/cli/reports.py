@@ -20,10 +20,11 @@ import click
 
 from cnfbench.cli import fail, load_runs_or_fail, main
 from cnfbench.columns import COMPARE, REPORT, default_metrics
+from cnfbench.messages import plural
 from cnfbench.output_paths import OutputPathError, check_output_dir, check_output_file
 from cnfbench.text_tables import terminal_width
 
-FORMAT_HELP = "write the table as {what} to this file ('-' = standard output)"
+FORMAT_HELP = "write the table as {what} to this file ('-' = standard output) [default: not written]"
 REGRESSION = 1
 
 
@@ -66,20 +67,24 @@ def _emit(path: str | None, render: Callable[[], str], what: str) -> bool:
                    "with --cols: nll_ref]")
 @click.option("--rows", multiple=True, help="comma list of columns down the table, e.g. dataset [default: the "
                                             "configuration columns that vary]")
-@click.option("--cols", multiple=True, help="comma list of columns across the table, e.g. solver,trace")
-@click.option("--stat", type=click.Choice(["mean", "median"]), default="mean", show_default=True,
-              help="mean ± std over seeds, or median [first–third quartile]")
+@click.option("--cols", multiple=True, help="comma list of columns across the table, e.g. solver,trace "
+                                            "[default: none, one column per metric]")
+@click.option("--stat", type=click.Choice(["mean", "median"]), default="mean",
+              help="mean ± std over seeds, or median [first–third quartile] [default: mean]")
 @click.option("--markdown", "markdown_path", metavar="FILE", help=FORMAT_HELP.format(what="Markdown"))
 @click.option("--csv", "csv_path", metavar="FILE", help=FORMAT_HELP.format(what="CSV (numbers)"))
 @click.option("--latex", "latex_path", metavar="FILE", help=FORMAT_HELP.format(what="LaTeX (booktabs)"))
 @click.option("--caption", help="caption of the LaTeX table [default: what the entries are and how they are marked]")
 @click.option("--label", help="\\label of the LaTeX table: letters, digits and : . _ - [default: tab:<run name>]")
 @click.option("--json", "json_path", metavar="FILE", help=FORMAT_HELP.format(what="JSON"))
-@click.option("--plots", is_flag=True, help="write PNG plots (NLL vs NFE and wall-clock, training curves, 2D "
-                                            "densities) into OUT/plots/")
-@click.option("--html", is_flag=True, help="write OUT/report.html: one self-contained page with the tables and plots")
+@click.option("--plots", is_flag=True,
+              help="write plots (NLL vs NFE and wall-clock, training curves, 2D densities; PNG, PDF, SVG) into OUT "
+                   "itself, or RUN/plots/ without --out [default: off]")
+@click.option("--html", is_flag=True,
+              help="write OUT/report.html: one self-contained page with the tables and plots [default: off]")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="folder for --plots and --html [default: the run folder, when there is one run]")
+              help="folder for --plots and --html: the plots and report.html go into it [default: the run folder, "
+                   "plots in RUN/plots/, when there is one run]")
 def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...], cols: tuple[str, ...],
            stat: str, markdown_path: str | None, csv_path: str | None, latex_path: str | None,
            caption: str | None, label: str | None, json_path: str | None, plots: bool, html: bool,
@@ -127,15 +132,18 @@ def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...
         click.echo(rep.to_text(table, terminal_width()))
     if not (plots or html):
         return
-    from cnfbench.reports.plots import write_plots
+    from cnfbench.reports.plots import PLOTS_DIR, write_plots
 
+    # --out DIR gets everything itself (the plots beside report.html); a run folder keeps its plots in plots/
     target = out_dir or loaded[0].path
+    plot_dir = out_dir or loaded[0].path / PLOTS_DIR
     result = write_plots(target, cells, rep.combine_curves(loaded),
-                         dict(zip(cells["run"].drop_duplicates(), [run.path for run in loaded], strict=False)))
+                         dict(zip(cells["run"].drop_duplicates(), [run.path for run in loaded], strict=False)),
+                         into=plot_dir)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     if plots:
-        click.echo(f"wrote {len(result.files)} plot(s) into {target / 'plots'}", err=True)
+        click.echo(f"wrote {plural(len(result.files), 'plot')} into {plot_dir}", err=True)
     if html:
         from cnfbench.reports.html import REPORT_HTML, write_html_report
 
@@ -154,24 +162,30 @@ def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...
 @click.argument("new")
 @click.option("--metric", "metrics", multiple=True,
               help=f"comma list of metrics to compare [default: {', '.join(default_metrics(COMPARE))}]")
-@click.option("--factor", type=float, default=1.05, show_default=True,
-              help="a ratio metric (times, NFE, memory) has changed when NEW/BASE moves past this (1.05 = 5%)")
-@click.option("--difference", type=float, default=0.02, show_default=True,
+@click.option("--factor", type=float, default=1.05,
+              help="a ratio metric (times, NFE, memory) has changed when NEW/BASE moves past this (1.05 = 5%) "
+                   "[default: 1.05]")
+@click.option("--difference", type=float, default=0.02,
               help="a difference metric (NLLs in nats, bits/dim, mass) has changed when its mean moves by more "
-                   "than this, in its unit")
+                   "than this, in its unit [default: 0.02]")
 @click.option("--threshold", "thresholds", multiple=True, metavar="METRIC:+D|METRIC:xF",
               help="a metric's own threshold, e.g. nll_ref:+0.05,train_time_s:x1.10 (compared even when not in "
-                   "--metric)")
+                   "--metric) [default: none, --factor or --difference by the metric's kind]")
 @click.option("--fail-on", "fail_on", multiple=True, metavar="METRIC:+D|METRIC:xF",
-              help="for CI: these thresholds, and exit 1 when one of these metrics got worse past it or a "
-                   "configuration newly fails, e.g. nll_ref:+0.02,train_time_s:x1.10")
-@click.option("--alpha", type=float, default=0.05, show_default=True,
-              help="a move must also be significant: p < alpha in a paired t-test over the seeds both runs have, "
-                   "else Welch's (2+ seeds a side)")
-@click.option("--ignore-versions", is_flag=True, help="compare even when torch/torchdiffeq/cnfbench versions differ")
+              help="for CI: these thresholds, and exit 1 when one of these metrics moved past it the worse way "
+                   "(proven worse, or inconclusive for want of seeds) or a configuration newly fails, e.g. "
+                   "nll_ref:+0.02,train_time_s:x1.10 [default: none]")
+@click.option("--alpha", type=float, default=0.05,
+              help="worse/better also needs p < alpha (paired t-test when both runs have the same seeds, else "
+                   "Welch's; 2+ seeds a side); unchanged needs the 1 - 2*alpha confidence interval within the "
+                   "threshold (TOST) [default: 0.05]")
+@click.option("--ignore-versions", is_flag=True,
+              help="compare even when torch/torchdiffeq/cnfbench versions differ [default: off]")
 @click.option("--ignore-concurrency", is_flag=True,
-              help="compare time and memory even when the runs' cells ran with different concurrency or threads")
-@click.option("--fail-on-regression", is_flag=True, help="exit 1 when a configuration is worse or newly failing")
+              help="compare time and memory even when the runs' cells ran with different concurrency or threads "
+                   "[default: off]")
+@click.option("--fail-on-regression", is_flag=True,
+              help="exit 1 when a configuration is worse or newly failing [default: off]")
 @click.option("--markdown", "markdown_path", metavar="FILE", help=FORMAT_HELP.format(what="Markdown"))
 @click.option("--json", "json_path", metavar="FILE", help=FORMAT_HELP.format(what="JSON"))
 def compare(base: str, new: str, metrics: tuple[str, ...], factor: float, difference: float,
@@ -180,9 +194,10 @@ def compare(base: str, new: str, metrics: tuple[str, ...], factor: float, differ
             json_path: str | None) -> int:
     """Compare run NEW with run BASE configuration by configuration (seeds aggregated).
 
-    Each row is better, worse, unchanged, newly failing, fixed or not comparable; a move past its threshold
-    with too few seeds for a test is worse (untested) or better (untested). Log-likelihoods are compared as
-    differences in nats, times and NFE as ratios.
+    Each row is worse or better (a metric moved past its threshold and a t-test gives p < alpha), unchanged
+    (its 90% confidence interval lies within every threshold: TOST), inconclusive (fewer than 2 seeds a side,
+    or p >= alpha), newly failing, fixed or not comparable; the why column says what decided it.
+    Log-likelihoods are compared as differences in nats, times and NFE as ratios.
 
     \b
     cnfbench compare results/reference results/my-run
@@ -210,14 +225,16 @@ def compare(base: str, new: str, metrics: tuple[str, ...], factor: float, differ
     if not to_stdout:
         click.echo(cmp.to_text(comparison, terminal_width()))
     if fail_on_regression and comparison.regressions:
-        click.echo(f"regression: {len(comparison.regressions)} configuration(s) worse or newly failing", err=True)
+        click.echo(f"regression: {plural(len(comparison.regressions), 'configuration')} worse or newly failing",
+                   err=True)
         return REGRESSION
     if gates:
         failed = [row for row in comparison.rows if row.verdict == "newly failing"
-                  or any(c.metric.name in gates and c.change == "worse" for c in row.changes)]
+                  or any(c.metric.name in gates and c.direction == "worse" for c in row.changes)]
         if failed:
-            click.echo(f"regression: {len(failed)} configuration(s) newly failing or worse in "
-                       f"{', '.join(f'{name} ({t.text()})' for name, t in gates.items())}", err=True)
+            click.echo(f"regression: {plural(len(failed), 'configuration')} newly failing or worse in "
+                       f"{', '.join(f'{name} ({t.text()})' for name, t in gates.items())} (past the threshold the "
+                       "worse way, proven or untested)", err=True)
             return REGRESSION
     return 0
 
@@ -226,7 +243,7 @@ def compare(base: str, new: str, metrics: tuple[str, ...], factor: float, differ
 @click.argument("out")
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--wait", is_flag=True, help="when another cnfbench command is writing OUT, wait for it to end instead "
-                                           "of stopping with an error")
+                                           "of stopping with an error [default: off]")
 def merge(out: str, runs: tuple[str, ...], wait: bool) -> None:
     """Combine run folders (from several machines) into the new run folder OUT, keeping their provenance.
 
@@ -252,4 +269,4 @@ def merge(out: str, runs: tuple[str, ...], wait: bool) -> None:
         click.echo(f"warning: {warning}", err=True)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
-    click.echo(f"merged {result.cells} cell(s) from {len(runs)} run(s) into {result.out}")
+    click.echo(f"merged {plural(result.cells, 'cell')} from {plural(len(runs), 'run')} into {result.out}")

@@ -8,8 +8,10 @@ valid ranges from :data:`cnfbench.config.RANGES`.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,9 +20,12 @@ import click
 from cnfbench.cli import INTERRUPTED, fail, load_registry_or_fail, main
 from cnfbench.config import OPTION_SOURCE, RANGES, RunConfig, load_toml, merge
 from cnfbench.families import EVAL_SLOTS, GRID_AXES
+from cnfbench.messages import plural
 from cnfbench.params import ParamError
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from cnfbench.cells import Cell
     from cnfbench.contracts import Executor
     from cnfbench.progress import Progress
@@ -28,6 +33,20 @@ if TYPE_CHECKING:
     from cnfbench.runner import RunResult
 
 LIST_HELP = "comma list; items may carry parameters, e.g. {example}"
+
+
+@dataclass
+class PythonCall:
+    """Set by ``cnfbench.run`` (:data:`FROM_PYTHON`) around the command: progress is compact, and the summary is
+    handed back here (``rows``, ``notes``) for the caller to show once, instead of printed."""
+
+    rows: pd.DataFrame | None = None
+    notes: list[str] = field(default_factory=list)
+    interrupted: str = ""
+    results: str = ""
+
+
+FROM_PYTHON: contextvars.ContextVar[PythonCall | None] = contextvars.ContextVar("cnfbench_from_python", default=None)
 
 
 def _valid(key: str) -> str:
@@ -40,10 +59,10 @@ def _component_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """One option per grid axis (a comma list) and per evaluation slot (one component), from the families table."""
     for slot in reversed(EVAL_SLOTS):
         command = click.option(slot.option, slot.config_key,
-                               help=f"{slot.meaning} [default: '{slot.default}']")(command)
+                               help=f"{slot.meaning} [default: {slot.default}]")(command)
     for row in reversed(GRID_AXES):
         command = click.option(row.option, row.config_key, multiple=True,
-                               help=f"{row.meaning}s: {LIST_HELP.format(example=repr(row.example))} "
+                               help=f"{row.plural_meaning}: {LIST_HELP.format(example=repr(row.example))} "
                                     f"[default: {','.join(row.default)}]")(command)
     return command
 
@@ -63,7 +82,8 @@ def _component_options(command: Callable[..., Any]) -> Callable[..., Any]:
                    f"[default: none; valid: {_valid('max_nfe')}]")
 @click.option("--time-budget", type=float,
               help=f"train each cell for this many seconds of training iterations instead (--iterations caps "
-                   f"them; the row records how many ran) [valid: {_valid('time_budget')}]")
+                   f"them; the row records how many ran) [default: none, train --iterations; "
+                   f"valid: {_valid('time_budget')}]")
 @click.option("--val-every", type=int,
               help=f"record the validation NLL every K iterations in curves.parquet [default: 0 = never; "
                    f"valid: {_valid('val_every')}]")
@@ -72,13 +92,14 @@ def _component_options(command: Callable[..., Any]) -> Callable[..., Any]:
                    "[default: last]")
 @click.option("--val-solver",
               help="solver of the validation NLL of an objective that trains without solving (flow matching); "
-                   "others validate with their training solver [default: 'rk4[steps=16]']")
+                   "others validate with their training solver [default: rk4[steps=16]]")
 @click.option("--compile", is_flag=True, default=None,
               help="train the field compiled by torch.compile where that can work (its forward for flow matching, "
                    "its fused forward_with_divergence for likelihood objectives); a field that cannot be compiled "
                    "trains eager, with a warning (row: compiled = false). Evaluation always runs the eager field "
                    "[default: off]")
-@click.option("--ref-dtype", type=click.Choice(["float64", "float32"]), help="dtype of the reference solve")
+@click.option("--ref-dtype", type=click.Choice(["float64", "float32"]),
+              help="dtype of the reference solve [default: float64]")
 @click.option("--eval-batch-size", type=int,
               help=f"test samples per evaluation solve [default: 4096; valid: {_valid('eval_batch_size')}]")
 @click.option("--mass-grid", type=int,
@@ -87,30 +108,36 @@ def _component_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--data-dir", help="folder that dataset files (table[path=...], the MAF archive) are read from "
                                  "[default: $CNFBENCH_DATA, else ~/.cache/cnfbench/data]")
 @click.option("--timeout", type=float,
-              help=f"seconds a cell may run before it is stopped (status timeout) [valid: {_valid('timeout')}]")
+              help=f"seconds a cell may run before it is stopped (status timeout) [default: none; "
+                   f"valid: {_valid('timeout')}]")
 @click.option("--executor",
               help="where cells run: process[workers=N,threads=T] (N worker processes with hard timeouts, T torch "
                    "threads each), inline (in this process), dask[address=...,workers=N] or "
-                   "submitit[cluster=slurm|local,...]; `cnfbench plugins` lists every executor and its parameters "
+                   "submitit[cluster=slurm|local,...]; `cnfbench plugins --family executor` lists every executor and "
+                   "its parameters "
                    "[default: process, i.e. one worker]")
 @click.option("--tracker", multiple=True,
               help="experiment trackers every cell is logged to: comma list, e.g. 'mlflow,tensorboard' or "
                    "'mlflow[uri=http://host:5000]' (extras cnfbench[mlflow], cnfbench[tensorboard]) [default: none]")
 @click.option("--isolation", type=click.Choice(["process", "inline"]),
-              help="deprecated: --executor process or --executor inline")
+              help="deprecated: --executor process or --executor inline [default: none]")
 @click.option("--retry-failed/--no-retry-failed", default=None,
               help="on resume, rerun cells that failed before [default: retry]")
 @click.option("--allow-loose-ref", is_flag=True, default=None,
-              help="accept a fixed-step or loose --ref-solver (every row then says ref_loose = true)")
+              help="accept a fixed-step or loose --ref-solver (every row then says ref_loose = true) "
+                   "[default: off]")
 @click.option("--out", help="output root; the run goes to OUT/NAME [default: results]")
 @click.option("--name", help="run name (a rerun with the same name resumes) [default: run-DATE-TIME]")
-@click.option("--plugin", "plugins", multiple=True, help="extra plugin: a module name or a .py file (repeatable)")
+@click.option("--plugin", "plugins", multiple=True,
+              help="extra plugin: a module name or a .py file (repeatable) [default: none beyond the installed "
+                   "plugins and $CNFBENCH_PLUGINS]")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="TOML file with the same keys as these options (CLI options win)")
-@click.option("--dry-run", is_flag=True, help="print the cells that would run; train nothing, write nothing")
+              help="TOML file with the same keys as these options (CLI options win) [default: none]")
+@click.option("--dry-run", is_flag=True,
+              help="print the cells that would run; train nothing, write nothing [default: off]")
 @click.option("--wait", is_flag=True, help="when another cnfbench command is writing the run folder, wait for it to "
-                                           "end instead of stopping with an error")
-@click.option("--quiet", is_flag=True, help="no progress output")
+                                           "end instead of stopping with an error [default: off]")
+@click.option("--quiet", is_flag=True, help="no progress output [default: off]")
 def run(config_file: Path | None, dry_run: bool, wait: bool, quiet: bool, plugins: tuple[str, ...],
         **options: Any) -> int:
     """Train and evaluate every cell of the grid datasets x fields x objectives x solvers x traces x seeds.
@@ -161,14 +188,14 @@ def run(config_file: Path | None, dry_run: bool, wait: bool, quiet: bool, plugin
     for note in grid.notes:
         click.echo(f"note: {note}", err=True)
     if dry_run:
-        click.echo(f"{len(cells)} cell(s) would run into {run_dir}:")
+        click.echo(f"{plural(len(cells), 'cell')} would run into {run_dir}:")
         for cell in cells:
             click.echo(f"  {cell.cell_id}  {cell.describe()}")
         return 0
     with writing(run_dir, wait):
-        progress = Progress(cells, quiet=quiet, run_dir=run_dir)
+        progress = Progress(cells, quiet=quiet, run_dir=run_dir, compact=FROM_PYTHON.get() is not None)
         trackers.warn = progress.message
-        progress.header(f"{len(cells)} cell(s) = {_grid_size(grid.cells)}")
+        progress.header(f"{plural(len(cells), 'cell')} = {_grid_size(grid.cells)}")
         libraries = {library for cell in cells for family, spec in cell.components()
                      for library in registry.get(family, spec.name).cls.libraries}
         provenance = collect(sys.argv, config.to_json() | {"name": name}, registry.plugins, cells[0].device,
@@ -178,7 +205,11 @@ def run(config_file: Path | None, dry_run: bool, wait: bool, quiet: bool, plugin
                                                          config.retry_failed, executor_name=label,
                                                          trackers=trackers),
                            "Summary", "rerun the same command to resume")
-    click.echo(f"\nresults: {run_dir} ({result.ran} cell(s) run, {result.skipped} skipped as already done)")
+    caller = FROM_PYTHON.get()
+    if caller is not None:
+        caller.results = f"results: {run_dir} ({result.counts()})"
+    else:
+        click.echo(f"\nresults: {run_dir} ({result.counts()})")
     return INTERRUPTED if result.interrupted else 0
 
 
@@ -237,12 +268,36 @@ def run_cells(cells: list[Cell], registry: Registry, executor_spec: str, plugins
     finally:
         progress.close()
         executor.close()
-    rows = result.cells[result.cells["cell_id"].isin({cell.cell_id for cell in cells})]
+    rows = planned_rows(cells, result.cells)
+    interrupted = f"Interrupted: {progress.counts()}. The table shows every planned configuration " \
+                  f"(n = seeds done/planned); {resume_hint}." if result.interrupted else ""
+    caller = FROM_PYTHON.get()
+    if caller is not None:
+        caller.rows, caller.notes, caller.interrupted = rows, validity_notes(rows), interrupted
+        return result
     click.echo("")
-    if result.interrupted:
-        click.echo(f"Interrupted: the table shows the cells finished so far; {resume_hint}.")
+    if interrupted:
+        click.echo(interrupted)
     click.echo(f"{heading} (test NLL in nats per sample; NFE = dynamics evaluations per solve, counted by the "
                "harness):")
     click.echo(render(summary_table(rows), validity_notes(rows), width=terminal_width(),
                       color=sys.stdout.isatty()))
     return result
+
+
+def planned_rows(cells: Sequence[Cell], results: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``cells`` in grid order, with a ``not started`` row (identity columns only) for each cell that
+    has none, so that the summary counts what was planned."""
+    import pandas as pd
+
+    from cnfbench.rows import identity_columns
+    from cnfbench.summary import NOT_STARTED
+
+    order = {cell.cell_id: position for position, cell in enumerate(cells)}
+    rows = results[results["cell_id"].isin(order)] if "cell_id" in results else results.iloc[0:0]
+    missing = [cell for cell in cells if cell.cell_id not in set(rows.get("cell_id", ()))]
+    if missing:
+        unstarted = pd.DataFrame([{**identity_columns(cell), "status": NOT_STARTED,
+                                   "reason": "never started (the run was interrupted first)"} for cell in missing])
+        rows = pd.concat([rows, unstarted], ignore_index=True) if not rows.empty else unstarted
+    return rows.sort_values("cell_id", key=lambda ids: ids.map(order), kind="stable").reset_index(drop=True)

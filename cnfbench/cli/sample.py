@@ -44,13 +44,13 @@ def _check_number(option: str, value: int | None, bounds: Range) -> None:
 @click.option("--solver", help="solver to integrate with, e.g. 'euler[steps=8]' [default: the cell's solver]")
 @click.option("--seed", type=int, help=f"seed of the base draws z0 ~ N(0, I) [default: the cell's seed; valid: "
                                        f"{RANGES['first_seed'].bounds()[0]} to {RANGES['first_seed'].bounds()[1]}]")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")
+@click.option("--device", default="cpu", help="cpu, cuda or cuda:N [default: cpu]")
 @click.option("--plugin", "plugins", multiple=True,
               help="plugin providing the field, solver or trace: a .py file or module you trust (repeatable); a "
                    "run folder's own plugins are never imported [default: the installed plugins]")
 @click.option("--allow-changed-plugin", is_flag=True,
               help="use a --plugin file even though its SHA-256 differs from the one the run recorded for that "
-                   "file name")
+                   "file name [default: off]")
 @click.option("--out", "out_file", required=True, help="FILE.npy (float array [N, D]) or FILE.parquet "
                                                        "(columns x0 .. x{D-1})")
 def sample(run_dir: str, cell_id: str | None, n: int, solver: str | None, seed: int | None, device: str,

@@ -24,8 +24,8 @@ from cnfbench.scaffold import (
 @click.option("--family", "families", multiple=True,
               help=f"comma list of families to write an example of: {', '.join(FAMILY_ORDER)} or all "
                    f"[default: {','.join(DEFAULT_FAMILIES)}]")
-@click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("."), show_default=True,
-              help="folder in which NAME/ is created")
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("."),
+              help="folder in which NAME/ is created [default: the current folder]")
 def new_plugin(name: str, families: tuple[str, ...], directory: Path) -> None:
     """Write NAME/: a plugin package with one working example component per family, tests and a README.
 

@@ -10,8 +10,8 @@ One module per job: :mod:`~cnfbench.reports.metrics` (the column catalogue as
 display information, and request checks), :mod:`~cnfbench.reports.aggregate`
 (combine runs, label axes, aggregate seeds), :mod:`~cnfbench.reports.pivot`
 (pivot tables, best entries, notes), :mod:`~cnfbench.reports.render` (text,
-Markdown, LaTeX, CSV, JSON), :mod:`~cnfbench.reports.statistics` (Welch's
-t-test), :mod:`~cnfbench.reports.compare` (two runs, a verdict per
+Markdown, LaTeX, CSV, JSON), :mod:`~cnfbench.reports.statistics` (Welch's,
+paired and equivalence t-tests), :mod:`~cnfbench.reports.compare` (two runs, a verdict per
 configuration), :mod:`~cnfbench.reports.merge` (run folders into one),
 :mod:`~cnfbench.reports.plots` (PNG plots; imports matplotlib, so it is loaded
 on first use) and :mod:`~cnfbench.reports.html` (one self-contained page).

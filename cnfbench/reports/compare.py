@@ -11,18 +11,30 @@ seeds are aggregated on each side. A matched pair is
   ``run.json`` differ (a local build tag such as ``+cpu`` is ignored), the
   configuration is in one run only, or no seed
   finished on either side;
-- else ``worse``, ``better`` or ``unchanged`` from the chosen metrics.
+- else ``worse``, ``better``, ``inconclusive`` or ``unchanged`` from the chosen metrics.
 
 How a metric is compared is its comparison kind in the column catalogue (:mod:`cnfbench.columns`), and
 which way is better its goal (for a closest-to-1 goal such as ``mass``, what moves is ``|value - 1|``). A
-*difference* metric (log-likelihoods in nats, bits/dim, mass) has changed when its mean moved by more than
-a threshold in its own unit (default ``+0.02``: 0.02 nats, whatever the NLL's size or sign); a *ratio*
-metric (times, NFE, memory) when NEW/BASE moved past a factor (default ``x1.05``). Per-metric thresholds
-(``nll_ref:+0.05,train_time_s:x1.10``) replace the defaults. A move past the threshold must also be
-significant at level ``alpha``: seeds present on both sides are paired (paired t-test over them, when there
-are two or more), otherwise Welch's t-test compares the two sides (two seeds or more each). With fewer seeds
-no test is possible: such a move is ``worse (untested)`` or ``better (untested)``, never plain ``worse``.
-Any worse metric makes the row worse. Rows are sorted worst first, then by the size of their largest change.
+*difference* metric (log-likelihoods in nats, bits/dim, mass) is judged by the move of its mean against a threshold
+in its own unit (default ``+0.02``: 0.02 nats, whatever the NLL's size or sign); a *ratio* metric (times, NFE,
+memory) by NEW/BASE of the geometric means against a factor (default ``x1.05``; the tests run on the logs, where
+a factor is a difference and a skewed timing is nearly normal). Per-metric thresholds
+(``nll_ref:+0.05,train_time_s:x1.10``) replace the defaults. When both sides have the same seeds (two or more),
+they are paired (the paired t-test), otherwise Welch's t-test compares the two sides
+(:mod:`~cnfbench.reports.statistics`). Each metric is
+
+- ``worse`` / ``better`` — past its threshold the wrong / right way, and the two-sided test gives ``p < alpha``
+  (the effect size and the test both decide; ``changed`` for a metric without a goal);
+- ``unchanged`` — shown within its threshold: the ``1 - 2·alpha`` confidence interval of the move lies inside
+  ``±threshold`` (TOST, two one-sided tests at ``alpha``; the threshold is the stated equivalence margin), so a
+  significant but tiny move is unchanged and a large untested one never is;
+- ``inconclusive`` — neither: fewer than two seeds a side (no test can reach ``p < alpha``), ``p >= alpha``
+  for a move past the threshold, or an interval too wide to show it within.
+
+A row is worse when any metric is worse, else better when any is better, else inconclusive when any is
+inconclusive (or changed), else unchanged; its ``why`` (``RowComparison.reason``) says what decided it in a few
+words (``nll_ref +0.500 nats, p=0.003``, ``train_time_s 24.1× slower, p=0.31 ≥ 0.05, 2 vs 2 seeds``,
+``1 seed per side: no test``). Rows are sorted worst first, then by the size of their largest change.
 Time and memory metrics are left out, with a note, when a configuration's cells ran with different torch thread
 counts or concurrency (:mod:`~cnfbench.reports.sharing`), unless ``ignore_concurrency`` says to compare them anyway.
 """
@@ -41,21 +53,20 @@ import pandas as pd
 
 from cnfbench.columns import BUDGET, CLOSEST_TO_ONE, COMPARE, DIFFERENCE, PROTOCOL, RATIO, columns_in
 from cnfbench.families import AXIS_SPEC_COLUMNS, GRID_AXES
-from cnfbench.messages import did_you_mean
+from cnfbench.labels import row_specs, short_specs
+from cnfbench.messages import did_you_mean, one_line, plural
 from cnfbench.reports.aggregate import format_value
 from cnfbench.reports.escape import html_escape, markdown_escape, terminal_escape
 from cnfbench.reports.metrics import Metric, ReportError, check_metrics, default_metrics, metric_info
 from cnfbench.reports.render import text_table
 from cnfbench.reports.sharing import differing, differing_text, merge_values, sharing_values
-from cnfbench.reports.statistics import TestResult, paired_t_test, welch_t_test
+from cnfbench.reports.statistics import MIN_VALUES, MoveTest, move_test
 from cnfbench.run_folder import Run, load_run
-from cnfbench.summary import compact_labels
 from cnfbench.text_tables import wrap_text
 
-VERDICTS = ("newly failing", "worse", "worse (untested)", "better", "better (untested)", "unchanged", "fixed",
-            "not comparable")
-"""Every verdict, worst first (the order rows are sorted in)."""
-REGRESSIONS = ("newly failing", "worse", "worse (untested)")
+VERDICTS = ("newly failing", "worse", "inconclusive", "better", "fixed", "unchanged", "not comparable")
+"""Every verdict, worst first (the order rows are sorted in; an undecided move may hide a regression)."""
+REGRESSIONS = ("newly failing", "worse")
 """Verdicts that make ``cnfbench compare --fail-on-regression`` exit 1."""
 
 DEFAULT_DIFFERENCE = 0.02
@@ -138,14 +149,18 @@ class MetricChange:
     new_mean: float
     new_std: float
     new_n: int
-    ratio: float  # new_mean / base_mean; nan when base_mean is 0 or the signs differ
+    ratio: float  # NEW/BASE (of geometric means when every value is positive); nan for a difference metric
     difference: float  # new_mean - base_mean, in the column's unit
-    p_value: float | None  # the test's, when one was possible
-    change: str  # better, worse, unchanged, changed (metric without a goal), n/a (no value on a side)
-    beyond_factor: bool = False  # the mean moved by more than the threshold (whatever the test said)
+    p_value: float | None  # the two-sided test's, when one was possible
+    change: str  # better, worse, unchanged, inconclusive, changed (significant, metric without a goal), n/a
+    beyond_factor: bool = False  # the move is past the threshold (whatever the test said)
     threshold: Threshold | None = None
-    test: str = ""  # "paired t-test", "Welch's t-test", or "" (too few seeds)
+    test: str = ""  # "paired t-test", "Welch's t-test", or "" (too few seeds: no test)
     size: float = 0.0  # the move over the threshold (1 = at the threshold), for sorting
+    equivalence_p: float | None = None  # TOST's: the move lies within the threshold when < alpha
+    why: str = ""  # what decided ``change``, in a few words: "+0.500 nats, p=0.003", "1 seed per side: no test"
+    seeds: str = ""  # what the test rests on: "3 paired seeds", "2 vs 4 seeds"
+    direction: str = ""  # where the mean moved past the threshold (worse, better, changed), whether or not shown
 
     @property
     def tested(self) -> bool:
@@ -186,8 +201,8 @@ class Comparison:
 
     def to_frame(self) -> pd.DataFrame:
         """One row per configuration, for a notebook: its labels, seeds, verdict and reason, and per metric
-        ``M_base``, ``M_new`` (means, in the column's unit), ``M_difference``, ``M_ratio``, ``M_p`` and
-        ``M_change``."""
+        ``M_base``, ``M_new`` (means, in the column's unit), ``M_difference``, ``M_ratio``, ``M_p`` (two-sided),
+        ``M_equivalence_p`` (TOST), ``M_change`` and ``M_why``."""
         records = []
         for row in self.rows:
             record: dict[str, Any] = {**row.labels, "seeds_base": row.base_seeds, "seeds_new": row.new_seeds,
@@ -197,7 +212,9 @@ class Comparison:
                 record.update({f"{name}_base": change.base_mean, f"{name}_new": change.new_mean,
                                f"{name}_difference": change.difference, f"{name}_ratio": change.ratio,
                                f"{name}_p": change.p_value if change.p_value is not None else math.nan,
-                               f"{name}_change": change.change})
+                               f"{name}_equivalence_p": change.equivalence_p
+                               if change.equivalence_p is not None else math.nan,
+                               f"{name}_change": change.change, f"{name}_why": change.why})
             records.append(record)
         return pd.DataFrame(records)
 
@@ -216,15 +233,67 @@ def _values(values: Sequence[float] | dict[str, float]) -> dict[str, float]:
     return {str(k): float(v) for k, v in items if v is not None and math.isfinite(float(v))}
 
 
-def significance(base: dict[str, float], new: dict[str, float], paired: bool) -> TestResult | None:
-    """The paired t-test over the seeds both sides have (two or more), else Welch's (two seeds or more a side),
-    else None."""
-    common = [seed for seed in base if seed in new] if paired else []
-    if len(common) >= 2:
-        return paired_t_test([base[s] for s in common], [new[s] for s in common])
-    if len(base) >= 2 and len(new) >= 2:
-        return welch_t_test(list(base.values()), list(new.values()))
-    return None
+def _move_test(base: dict[str, float], new: dict[str, float], paired: bool, margin: float,
+               alpha: float) -> MoveTest | None:
+    """:func:`~cnfbench.reports.statistics.move_test` paired when both sides have the same seeds (two or more),
+    else Welch's over every value; None with fewer than two seeds a side. Pairing only the seeds in common would
+    test other numbers than the means shown and judged against the threshold."""
+    if paired and len(base) >= MIN_VALUES and set(base) == set(new):
+        return move_test(list(base.values()), [new[s] for s in base], True, margin, alpha)
+    return move_test(list(base.values()), list(new.values()), False, margin, alpha)
+
+
+def p_text(p: float, alpha: float) -> str:
+    """``p=0.31``, ``p<0.001``: two significant digits, more where two would round across ``alpha``."""
+    if p < 0.001 <= alpha:
+        return "p<0.001"
+    for digits in (2, 3, 4, 6):
+        text = f"{p:.{digits}g}"
+        if (float(text) < alpha) == (p < alpha):
+            return f"p={text}"
+    return f"p={p!r}"
+
+
+def _seeds_phrase(base_n: int, new_n: int) -> str:
+    """``1 seed per side``, ``1 seed in BASE``: why no test was possible."""
+    if base_n < MIN_VALUES and new_n < MIN_VALUES:
+        return f"{plural(base_n, 'seed')} per side" if base_n == new_n else f"{base_n} vs {new_n} seeds"
+    return f"{plural(base_n, 'seed')} in BASE" if base_n < MIN_VALUES else f"{plural(new_n, 'seed')} in NEW"
+
+
+_TIME_UNITS = ("s", "ms", "min", "h")
+
+
+def _factor_text(ratio: float, unit: str) -> str:
+    """``24.1× slower``, ``2.00× lower``: a ratio as a reader says it."""
+    if ratio == 1.0:
+        return "×1 (identical)"
+    up = ratio > 1.0
+    factor = ratio if up else 1.0 / ratio
+    number = f"{factor:.2f}" if factor < 10 else f"{factor:.1f}" if factor < 100 else f"{factor:,.0f}"
+    if unit in _TIME_UNITS:
+        return f"{number}× {'slower' if up else 'faster'}"
+    return f"{number}× {'higher' if up else 'lower'}"
+
+
+def _effect_text(metric: Metric, effect: float, log_scale: bool) -> str:
+    """The move on the scale it was judged on: ``+0.500 nats``, ``|mass - 1| -0.030``, ``24.1× slower``."""
+    if log_scale:
+        return _factor_text(math.exp(effect), metric.unit)
+    d = metric.decimals
+    value = effect * metric.scale
+    value = 0.0 if abs(value) < 0.5 * 10.0 ** -d else value  # no "-0.000"
+    unit = f" {metric.unit}" if metric.unit and metric.unit not in ("1", "—") else ""
+    if metric.goal == CLOSEST_TO_ONE:
+        return f"|{metric.name} - 1| {value:+.{d}f}{unit}"
+    return f"{value:+.{d}f}{unit}"
+
+
+def _margin_text(metric: Metric, threshold: Threshold) -> str:
+    if threshold.kind == RATIO:
+        return f"×{threshold.value:g}"
+    unit = f" {metric.unit}" if metric.unit and metric.unit not in ("1", "—") else ""
+    return f"±{threshold.value:g}{unit}"
 
 
 def metric_change(metric: Metric, base: Sequence[float] | dict[str, float], new: Sequence[float] | dict[str, float],
@@ -243,29 +312,57 @@ def metric_change(metric: Metric, base: Sequence[float] | dict[str, float], new:
 
     (bm, bs), (nm, ns) = stats(b), stats(n)
     if not b or not n:
+        side = "BASE" if not b else "NEW"
         return MetricChange(metric, bm, bs, len(b), nm, ns, len(n), math.nan, math.nan, None, "n/a",
-                            threshold=threshold)
-    ratio = nm / bm if metric.comparison == RATIO and bm != 0 and (nm / bm) >= 0 else math.nan
+                            threshold=threshold, why=f"no value in {side}")
+    positive = all(v > 0 for v in (*b.values(), *n.values()))
+    ratio = math.nan
+    if metric.comparison == RATIO:
+        if positive:
+            ratio = math.exp(np.mean(np.log(list(n.values()))) - np.mean(np.log(list(b.values()))))
+        elif bm != 0 and nm / bm >= 0:
+            ratio = nm / bm
     bad_b = {k: metric.badness(v) for k, v in b.items()} if metric.goal else b
     bad_n = {k: metric.badness(v) for k, v in n.items()} if metric.goal else n
-    before, after = float(np.mean(list(bad_b.values()))), float(np.mean(list(bad_n.values())))
-    moved = after - before
-    if threshold.kind == DIFFERENCE:
-        size = abs(moved) / threshold.value if threshold.value > 0 else (math.inf if moved else 0.0)
-    elif before > 0 and after > 0:
-        size = abs(math.log(after / before)) / math.log(threshold.value) if threshold.value > 1 else \
-            (math.inf if after != before else 0.0)
+    # a factor threshold judges the move on the log scale (times, NFE and memory are multiplicative and skewed);
+    # a difference threshold in the metric's unit
+    log_scale = threshold.kind == RATIO and all(v > 0 for v in (*bad_b.values(), *bad_n.values()))
+    if log_scale:
+        bad_b = {k: math.log(v) for k, v in bad_b.items()}
+        bad_n = {k: math.log(v) for k, v in bad_n.items()}
+    if threshold.kind == RATIO:  # a factor means nothing across zero: there only identical values are within it
+        margin = math.log(threshold.value) if log_scale else 0.0
     else:
-        size = math.inf if after != before else 0.0
+        margin = threshold.value
+    effect = float(np.mean(list(bad_n.values())) - np.mean(list(bad_b.values())))
+    if margin > 0:
+        size = abs(effect) / margin
+    else:
+        size = math.inf if effect != 0 else 0.0
     beyond = size > 1.0
-    test = significance(bad_b, bad_n, paired=isinstance(base, dict) and isinstance(new, dict))
-    p = test.p if test is not None else None
-    if beyond and (p is None or p < alpha):
-        change = ("worse" if moved > 0 else "better") if metric.goal else "changed"
+    direction = (("worse" if effect > 0 else "better") if metric.goal else "changed") if beyond else ""
+    moved = _effect_text(metric, effect, log_scale)
+    move = _move_test(bad_b, bad_n, isinstance(base, dict) and isinstance(new, dict), margin, alpha)
+    if move is None:
+        change, why, seeds = "inconclusive", f"{_seeds_phrase(len(b), len(n))}: no test", ""
     else:
-        change = "unchanged"
-    return MetricChange(metric, bm, bs, len(b), nm, ns, len(n), ratio, nm - bm, p, change, beyond, threshold,
-                        test.test if test is not None else "", size if beyond else 0.0)
+        seeds = move.seeds_text()
+        if beyond and move.p < alpha:
+            change, why = direction, f"{moved}, {p_text(move.p, alpha)}"
+        elif move.equivalence_p < alpha:
+            change = "unchanged"
+            identical = effect == 0 and move.low == move.high
+            why = "identical values" if identical else \
+                f"within {_margin_text(metric, threshold)}, TOST {p_text(move.equivalence_p, alpha)}"
+        elif beyond:
+            change, why = "inconclusive", f"{moved}, {p_text(move.p, alpha)} ≥ {alpha:g}"
+        else:
+            change = "inconclusive"
+            why = f"{moved}, not shown within {_margin_text(metric, threshold)} (TOST " \
+                  f"{p_text(move.equivalence_p, alpha)})"
+    return MetricChange(metric, bm, bs, len(b), nm, ns, len(n), ratio, nm - bm, move.p if move else None, change,
+                        beyond, threshold, move.test if move else "", size if beyond else 0.0,
+                        move.equivalence_p if move else None, why, seeds, direction)
 
 
 def _key(frame: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
@@ -299,7 +396,7 @@ def _first_reason(group: pd.DataFrame) -> str:
         return ""
     reason = str(failed["reason"].iloc[0]) if "reason" in failed and isinstance(failed["reason"].iloc[0], str) else ""
     status = str(failed["status"].iloc[0])
-    return f"{status}: {' '.join(reason.split())[:100]}" if reason else status
+    return f"{status}: {one_line(reason, 100)}" if reason else status
 
 
 def _version_problem(base: Run, new: Run, notes: list[str]) -> str:
@@ -326,11 +423,11 @@ def _machine(run: Run) -> str:
 def _sharing(run: Run) -> str:
     """How the run's cells shared their machine: ``2 cells at a time, 1 torch thread`` (``""`` when unrecorded)."""
     parts = []
-    for column, unit in (("concurrency", "cells at a time"), ("torch_threads", "torch threads")):
+    for column, noun, after in (("concurrency", "cell", " at a time"), ("torch_threads", "torch thread", "")):
         if column in run.cells:
             values = sorted({format_value(v) for v in run.cells[column] if not pd.isna(v)})
             if values:
-                parts.append(f"{'/'.join(values)} {unit}")
+                parts.append(f"{'/'.join(values)} {noun if values == ['1'] else noun + 's'}{after}")
     return ", ".join(parts)
 
 
@@ -409,9 +506,7 @@ def compare_runs(base: Run | str | os.PathLike[str], new: Run | str | os.PathLik
 
     labels = pd.DataFrame(index=combined.index)
     for axis in GRID_AXES:
-        source = combined[axis.spec_column] if axis.spec_column in combined \
-            else combined.get(axis.column, pd.Series("—", index=combined.index))
-        labels[axis.key] = compact_labels(source.astype(str))
+        labels[axis.key] = short_specs(row_specs(combined, axis.key))
     for column in BUDGET_COLUMNS:
         if column in combined and combined[column].map(format_value).nunique() > 1:
             labels[column] = combined[column].map(format_value)
@@ -443,8 +538,8 @@ def compare_runs(base: Run | str | os.PathLike[str], new: Run | str | os.PathLik
            or r.changes and min(c.new_n for c in r.changes if c.change != "n/a") < LOW_POWER_SEEDS] \
         if any(c.change != "n/a" for r in rows for c in r.changes) else []
     if low:
-        notes.append(f"low power: {len(low)} of {len(rows)} configuration(s) rest on fewer than {LOW_POWER_SEEDS} "
-                     "seeds a side; run more seeds (--seeds) before trusting a small change")
+        notes.append(f"low power: fewer than {LOW_POWER_SEEDS} seeds a side in {len(low)} of "
+                     f"{plural(len(rows), 'configuration')}; run more seeds (--seeds) before trusting a verdict")
     return Comparison(base, new, infos, factor, alpha, rows, notes, chosen)
 
 
@@ -468,12 +563,12 @@ def _compare_pair(labels: dict[str, str], base: pd.DataFrame | None, new: pd.Dat
     fixed = [s for s, ok in new_states.items() if ok and base_states.get(s) is False]
     if newly_failing:
         row.verdict = "newly failing"
-        row.reason = f"seed {', '.join(newly_failing)} " + _first_reason(new[new["status"] != "done"])
+        row.reason = f"{_seed_list(newly_failing)} " + _first_reason(new[new["status"] != "done"])
         return row
     base_done, new_done = base[base["status"] == "done"], new[new["status"] == "done"]
     if base_done.empty or new_done.empty:
         if fixed:
-            row.verdict, row.reason = "fixed", f"seed {', '.join(fixed)} now done (BASE {_first_reason(base)})"
+            row.verdict, row.reason = "fixed", f"{_seed_list(fixed)} now done (BASE {_first_reason(base)})"
         else:
             side, group = ("BASE", base) if base_done.empty else ("NEW", new)
             row.reason = f"no finished seed in {side} ({_first_reason(group)})"
@@ -487,55 +582,79 @@ def _compare_pair(labels: dict[str, str], base: pd.DataFrame | None, new: pd.Dat
     row.changes = [metric_change(m, by_seed(base_done, m.name), by_seed(new_done, m.name), thresholds[m.name], alpha)
                    for m in metrics]
     if fixed:
-        row.verdict, row.reason = "fixed", f"seed {', '.join(fixed)} now done (BASE {_first_reason(base)})"
+        row.verdict, row.reason = "fixed", f"{_seed_list(fixed)} now done (BASE {_first_reason(base)})"
         return row
-    for direction in ("worse", "better"):
-        moved = [c for c in row.changes if c.change == direction]
-        if not moved:
-            continue
-        tested = [c for c in moved if c.tested]
-        row.verdict = direction if tested else f"{direction} (untested)"
-        row.reason = ", ".join(c.metric.name for c in (tested or moved)) + f" {direction}"
-        if not tested:
-            row.reason += " by more than the threshold, with too few seeds for a test (2+ a side)"
-        break
-    else:
-        if {c.change for c in row.changes} <= {"n/a"}:
-            row.reason = "no value of the chosen metrics on both sides"
-        else:
-            row.verdict = "unchanged"
+    row.verdict, row.reason = row_verdict(row.changes)
     return row
+
+
+def _lead(changes: Sequence[MetricChange]) -> str:
+    """The why of the largest of ``changes`` (the metric's name, its move and ``p``; the seeds the test rests on),
+    and how many more metrics decided the same way."""
+    lead = max(changes, key=lambda c: (c.size, c.tested))
+    text = f"{lead.metric.name} {lead.why}"
+    if lead.change == "changed":
+        text += " (no goal says which way is better)"
+    if lead.change == "inconclusive" and lead.seeds:
+        text += f", {lead.seeds}"
+    return text + (f" (+{plural(len(changes) - 1, 'more metric')})" if len(changes) > 1 else "")
+
+
+def _seed_list(seeds: Sequence[str]) -> str:
+    """``seed 1``, ``seeds 0, 3``."""
+    return f"{'seed' if len(seeds) == 1 else 'seeds'} {', '.join(seeds)}"
+
+
+def row_verdict(changes: Sequence[MetricChange]) -> tuple[str, str]:
+    """A configuration's verdict from its metrics' changes, and what decided it: ``worse`` when any metric got
+    worse, else ``better`` when any got better, else ``inconclusive`` when any could not be decided (or changed
+    without a goal to judge it by), else ``unchanged`` (every metric shown within its threshold);
+    ``not comparable`` when no metric has a value on both sides."""
+    judged = [c for c in changes if c.change != "n/a"]
+    if not judged:
+        return "not comparable", "no value of the chosen metrics on both sides"
+    for direction in ("worse", "better"):
+        moved = [c for c in judged if c.change == direction]
+        if moved:
+            return direction, _lead(moved)
+    undecided = [c for c in judged if c.change in ("inconclusive", "changed")]
+    if undecided:
+        untested = [c for c in undecided if not c.tested]
+        if len(untested) == len(undecided):  # "1 seed per side: no test", once for the metrics it holds for
+            whys = {c.why: c.metric.name for c in reversed(untested)}
+            return "inconclusive", "; ".join(why if len(whys) == 1 else f"{name} {why}" for why, name in whys.items())
+        return "inconclusive", _lead(undecided)
+    if all(c.why == "identical values" for c in judged):
+        return "unchanged", "identical values"
+    if len(judged) == 1:
+        return "unchanged", f"{judged[0].metric.name} {judged[0].why}"
+    worst = max((c.equivalence_p for c in judged if c.equivalence_p is not None), default=0.0)
+    bound = "0.001" if worst < 0.001 else f"{worst:.2g}"
+    return "unchanged", f"all within their thresholds, TOST p≤{bound}"
 
 
 # --------------------------------------------------------------------------------------------------- rendering
 
-def change_text(change: MetricChange) -> str:
-    """``BASE → NEW`` with ``Δ NEW - BASE`` in the unit (difference metrics) or ``×NEW/BASE`` (ratio metrics), the
-    change, and the test behind it: ``worse (paired t-test p=0.003)``, ``worse, untested (1 seed)``."""
+def change_text(change: MetricChange, alpha: float = 0.05) -> str:
+    """``BASE → NEW`` with ``NEW - BASE`` in the column's unit (difference metrics) or ``×NEW/BASE`` (ratio
+    metrics, of geometric means), the change, and the two-sided test's ``p`` where a test decided or left it open:
+    ``worse (p=0.003)``, ``inconclusive (p=0.31)``, ``inconclusive`` (no test), ``unchanged``."""
     d = change.metric.decimals
     scale = change.metric.scale
     if change.change == "n/a":
         if not change.base_n and not change.new_n:
             return "—"
-        side = "BASE" if not change.base_n else "NEW"
-        return f"no value in {side}"
+        return change.why
     text = f"{change.base_mean * scale:.{d}f} → {change.new_mean * scale:.{d}f}"
     if change.metric.comparison == DIFFERENCE or not math.isfinite(change.ratio):
-        unit = change.metric.unit
         delta = change.difference * scale
         delta = 0.0 if abs(delta) < 0.5 * 10.0 ** -d else delta  # no "-0.000"
-        text += f" (Δ {delta:+.{d}f}{' ' + unit if unit and unit != '1' else ''})"
+        text += f" ({delta:+.{d}f})"  # in the column's unit, which its header says
     else:
         text += f" (×{change.ratio:.3f})"
-    if change.change != "unchanged":
-        text += f" {change.change}"
-    elif change.beyond_factor:
-        text += " not significant"
-    if change.beyond_factor:
-        if change.tested:
-            text += f" ({change.test} p={change.p_value:.2g})"
-        else:
-            text += f", untested ({min(change.base_n, change.new_n)} seed)"
+    text += f" {change.change}"
+    if change.tested and change.p_value is not None and change.change != "unchanged":
+        text += f" ({p_text(change.p_value, alpha)})"
     return text
 
 
@@ -544,7 +663,7 @@ def _table(comparison: Comparison) -> tuple[list[str], list[list[str]], int]:
     headers = [*label_columns, "seeds BASE", "seeds NEW", *(m.header for m in comparison.metrics), "verdict", "why"]
     body = []
     for row in comparison.rows:
-        changes = {c.metric.name: change_text(c) for c in row.changes}
+        changes = {c.metric.name: change_text(c, comparison.alpha) for c in row.changes}
         body.append([*(row.labels.get(c, "—") for c in label_columns), row.base_seeds, row.new_seeds,
                      *(changes.get(m.name, "") for m in comparison.metrics), row.verdict, row.reason])
     return headers, body, len(label_columns)
@@ -555,54 +674,76 @@ def _run_line(role: str, run: Run) -> str:
     versions = versions or "versions unknown"
     created = run.provenance.get("created", "date unknown")
     machine = _machine(run) or "machine unknown"
-    return f"{role} {run.path}: {len(run.cells)} cells, {created}, {versions}, {machine}"
+    return f"{role} {run.path}: {plural(len(run.cells), 'cell')}, {created}, {versions}, {machine}"
 
 
 def summary_line(comparison: Comparison) -> str:
     """``12 configurations: 1 worse, 11 unchanged``, in :data:`VERDICTS` order."""
     counts = comparison.counts()
-    return f"{len(comparison.rows)} configurations: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n)
+    return f"{plural(len(comparison.rows), 'configuration')}: " + ", ".join(f"{n} {v}" for v, n in counts.items()
+                                                                             if n)
 
 
 def headline(comparison: Comparison) -> str:
-    """One line to read first, as asv's: whether anything got worse, got better, or nothing changed."""
+    """One line to read first, as asv's: whether anything got worse, got better, could not be decided, is shown
+    unchanged, or could not be compared."""
+    total = len(comparison.rows)
+    counts = comparison.counts()
     worse = len(comparison.regressions)
-    better = sum(r.verdict.startswith("better") for r in comparison.rows)
+    of = f"of {plural(total, 'configuration')}"
+    undecided = f"; {counts['inconclusive']} inconclusive" if counts["inconclusive"] else ""
     if worse:
-        return f"REGRESSED: {worse} of {len(comparison.rows)} configuration(s) worse or newly failing"
-    if better:
-        return f"IMPROVED: {better} of {len(comparison.rows)} configuration(s) better, none worse"
-    return f"NOT SIGNIFICANTLY CHANGED: {len(comparison.rows)} configuration(s)"
+        return f"REGRESSED: {worse} {of} worse or newly failing{undecided}"
+    if counts["better"]:
+        return f"IMPROVED: {counts['better']} {of} better, none worse{undecided}"
+    if counts["inconclusive"]:
+        return f"INCONCLUSIVE: {counts['inconclusive']} {of} undecided (too few seeds or p ≥ {comparison.alpha:g})"
+    if counts["fixed"]:
+        return f"FIXED: {counts['fixed']} {of} now finish, none worse"
+    if counts["unchanged"]:
+        return f"UNCHANGED: {counts['unchanged']} {of} shown within their thresholds, none worse"
+    return f"NOT COMPARED: none {of} could be compared"
 
 
 def rule_line(comparison: Comparison) -> str:
-    """How ``changed`` was decided: each metric's threshold, and the tests."""
+    """How the verdicts were decided: each metric's threshold, the tests, and ``alpha``."""
     parts = []
     for metric in comparison.metrics:
         threshold = comparison.thresholds.get(metric.name) or default_threshold(metric, comparison.factor)
         if threshold.kind == DIFFERENCE:
             unit = metric.unit if metric.unit not in ("", "1", "—") else "its unit"
-            what = f"|value - 1| moved by > {threshold.value:g}" if metric.goal == CLOSEST_TO_ONE else \
-                f"moved by > {threshold.value:g} {unit}"
+            what = f"|value - 1| ±{threshold.value:g}" if metric.goal == CLOSEST_TO_ONE else \
+                f"±{threshold.value:g} {unit}"
         else:
-            what = f"NEW/BASE past x{threshold.value:g}"
+            what = f"×{threshold.value:g}"
         parts.append(f"{metric.name} {what}")
-    return (f"changed = {'; '.join(parts) or 'no metric'}; and significant at p < {comparison.alpha:g}: paired "
-            "t-test over the seeds both runs have, else Welch's t-test (2+ seeds a side), else untested")
+    alpha = comparison.alpha
+    geometric = " (×: NEW/BASE of geometric means)" if any("×" in part for part in parts) else ""
+    return (f"thresholds: {'; '.join(parts) or 'none'}{geometric}. worse/better: past it and "
+            f"p < {alpha:g} (paired t-test when both runs have the same seeds, else Welch's; {MIN_VALUES}+ seeds "
+            "a side); "
+            f"unchanged: the {1 - 2 * alpha:.0%} confidence interval within it (TOST); else inconclusive")
 
 
 def to_text(comparison: Comparison, width: int | None = None) -> str:
-    """What ``cnfbench compare`` prints, its table folded to ``width`` columns (default 100)."""
+    """What ``cnfbench compare`` prints, folded to ``width`` columns (default 100): the runs and the rule, a table
+    of the seeds and metrics per configuration, a table of each configuration's verdict and why (left-aligned
+    prose), the headline, the counts and the notes."""
     headers, body, left = _table(comparison)
     headers, body = [terminal_escape(h) for h in headers], [[terminal_escape(v) for v in row] for row in body]
     constant = [i for i in range(left) if len({row[i] for row in body}) == 1 and len(body) > 1]
     same = ", ".join(f"{headers[i]} {body[0][i]}" for i in constant)
     keep = [i for i in range(len(headers)) if i not in constant]
     headers, body, left = [headers[i] for i in keep], [[row[i] for i in keep] for row in body], left - len(constant)
+    labels = list(range(left))
+    numbers = [*labels, *range(left, len(headers) - 2)]
+    verdicts = [*labels, len(headers) - 2, len(headers) - 1]
+    tables = [text_table([headers[i] for i in columns], [[row[i] for i in columns] for row in body], lead, width)
+              for columns, lead in ((numbers, left), (verdicts, len(verdicts)))]
     prose = [_run_line("BASE", comparison.base), _run_line("NEW ", comparison.new), rule_line(comparison),
              *([f"in every row: {same}"] if same else [])]
-    lines = [*(wrap_text(terminal_escape(line), width) for line in prose), "", text_table(headers, body, left, width),
-             "", headline(comparison), summary_line(comparison)]
+    lines = [*(wrap_text(terminal_escape(line), width) for line in prose), "", tables[0], "", tables[1], "",
+             wrap_text(headline(comparison), width), wrap_text(summary_line(comparison), width)]
     return "\n".join([*lines, *(wrap_text(f"note: {terminal_escape(n)}", width) for n in comparison.notes)])
 
 
@@ -642,7 +783,10 @@ def to_json(comparison: Comparison) -> str:
                                               "new_n": c.new_n, "ratio": number(c.ratio),
                                               "difference": number(c.difference),
                                               "p_value": number(c.p_value), "test": c.test or None,
-                                              "change": c.change}
+                                              "seeds_tested": c.seeds or None,
+                                              "equivalence_p": number(c.equivalence_p),
+                                              "change": c.change, "direction": c.direction or None,
+                                              "why": c.why}
                               for c in r.changes}}
                  for r in comparison.rows],
     }

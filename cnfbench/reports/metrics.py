@@ -4,12 +4,15 @@
 or a column a loaded plugin declares through ``cnfbench_columns``, into a
 :class:`Metric`: its header with the unit, scale, decimals, goal and
 comparison kind. A plugin column nobody declares is shown by its name, with
-no unit and no goal. The axes a table can be split by, and the configuration
-axes that must never be averaged together, derive from the families table.
+no unit and no goal. A metric whose unit differs row by row (``final_train_loss``, in its objective's unit, which
+``train_loss_unit`` records) is headed by the unit the rows shown share, else in words, never by a column name.
+The axes a table can be split by, and the configuration axes that must never be averaged together, derive from
+the families table.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Iterable, Sequence
@@ -134,10 +137,46 @@ def column_of(name: str) -> Column | None:
     return declared_columns().get(name)
 
 
-def metric_info(name: str) -> Metric:
-    """Display information for a metric column (an undeclared plugin column gets its name and no unit)."""
+ROW_UNIT_WORDS: dict[str, str] = {"train_loss_unit": "objective's unit"}
+"""Columns that hold another column's unit row by row (the catalogue gives that column's ``unit`` as their name),
+and how a header says the unit where the rows shown differ in it."""
+
+
+def unit_column(name: str) -> str | None:
+    """The column that holds metric ``name``'s unit row by row (``train_loss_unit`` for ``final_train_loss``, whose
+    unit is its objective's), or ``None`` when the catalogue gives the unit itself."""
     column = column_of(name)
-    return Metric.of(column) if column is not None else Metric(name, name, "", 1.0, 3, None)
+    if column is None or column.unit not in COLUMNS_BY_NAME:
+        return None
+    return column.unit
+
+
+def row_units(cells: pd.DataFrame, name: str) -> list[str]:
+    """The distinct units metric ``name`` has in the finished ``cells`` (its unit column's values, in order of first
+    appearance; empty when the unit is the catalogue's or no row records it)."""
+    holder = unit_column(name)
+    if holder is None or holder not in cells:
+        return []
+    done = cells[cells["status"] == "done"] if "status" in cells else cells
+    shown = done[pd.to_numeric(done[name], errors="coerce").notna()] if name in done else done
+    return list(dict.fromkeys(str(unit) for unit in shown[holder] if isinstance(unit, str) and unit))
+
+
+def metric_info(name: str, cells: pd.DataFrame | None = None) -> Metric:
+    """Display information for a metric column (an undeclared plugin column gets its name and no unit).
+
+    A metric whose unit differs row by row (:func:`unit_column`) is headed by the one unit of ``cells`` when they
+    share it, else in words (:data:`ROW_UNIT_WORDS`: ``final_train_loss [objective's unit]``), never by the name of
+    the column that holds it."""
+    column = column_of(name)
+    if column is None:
+        return Metric(name, name, "", 1.0, 3, None)
+    holder = unit_column(name)
+    if holder is not None:
+        units = row_units(cells, name) if cells is not None else []
+        shown = units[0] if len(units) == 1 else ROW_UNIT_WORDS.get(holder, f"unit in {holder}")
+        column = dataclasses.replace(column, display_unit=shown)
+    return Metric.of(column)
 
 
 def available_metrics(cells: pd.DataFrame) -> list[str]:

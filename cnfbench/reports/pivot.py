@@ -2,7 +2,8 @@
 
 :func:`pivot` arranges :func:`~cnfbench.reports.aggregate.aggregate`'s groups as
 a :class:`PivotTable` (what the renderers draw) and marks the best entry of each
-metric within a dataset, by the goal the column catalogue gives the metric.
+metric within a dataset, by the goal the column catalogue gives the metric. An entry of a configuration with a
+flagged cell (its solver's density is not normalized) is never best, in any column, so no renderer can mark it.
 Failed cells are counted in their entry and named in the notes; a note also says when a table of time or memory
 entries compares cells run with different torch thread counts or concurrency (:mod:`~cnfbench.reports.sharing`).
 """
@@ -17,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from cnfbench.labels import SEPARATOR
 from cnfbench.messages import one_line
 from cnfbench.reports.aggregate import aggregate, axis_labels, format_value, varying_axes
 from cnfbench.reports.escape import html_escape
@@ -29,6 +31,8 @@ from cnfbench.reports.metrics import (
     check_metrics,
     default_metrics,
     metric_info,
+    row_units,
+    unit_column,
 )
 from cnfbench.reports.sharing import sharing_note
 from cnfbench.summary import flag_notes, grid_notes
@@ -46,12 +50,13 @@ class Entry:
     failed: str  # e.g. "1 diverged"
     best: bool = False
     flagged: bool = False  # a flag-sensitive metric with a cell whose density is flagged invalid
-    significant: bool = False  # best, and better than every other entry of its dataset by Welch's t-test
+    significant: bool = False  # best, and better than every other unflagged entry of its dataset by Welch's t-test
+    invalid: bool = False  # a cell of the entry's configuration is flagged: never best, whatever the metric
 
     @property
     def marked(self) -> bool:
-        """Whether renderers mark the entry (bold, ``*``): the best, significantly."""
-        return self.best and self.significant
+        """Whether renderers mark the entry (bold, ``*``): the best, significantly, and never on a flagged row."""
+        return self.best and self.significant and not self.invalid
 
 
 @dataclass
@@ -89,8 +94,16 @@ class PivotTable:
         what = "; ".join(m.header for m in self.metrics)
         how = "mean ± std" if self.stat == "mean" else "median [first–third quartile]"
         n = self.common_n
-        seeds = f"n = {n} seed{'s' if n != 1 else ''} per entry" if n else "n seeds per entry in parentheses"
         goals = sorted({GOAL_TEXT[m.goal] for m in self.metrics if m.goal})
+        if n == 1:  # no spread to show, and nothing a test could mark best
+            if not goals:
+                best = ""
+            elif self.stat == "mean":
+                best = "; no entry marked best (that takes Welch's t-test over 2 or more seeds)"
+            else:
+                best = f"; best per {DATASET.key} {marked} ({' / '.join(goals)})"
+            return f"{what}: one seed per entry, no spread{best}"
+        seeds = f"n = {n} seeds per entry" if n else "n seeds per entry in parentheses"
         tested = (f" where it is better than every other entry by Welch's t-test over the seeds (p < "
                   f"{SIGNIFICANCE:g}; with fewer than 2 seeds, untested: not marked)") if self.stat == "mean" \
             else " (medians: the best value, not tested for significance)"
@@ -198,7 +211,7 @@ def pivot(cells: pd.DataFrame, rows: Sequence[str] = (), cols: Sequence[str] = (
         verb = "varies" if len(added) == 1 else "vary"
         notes.append(f"rows also split by {', '.join(added)}, which {verb} in these cells")
     table = aggregate(cells, rows + cols, metrics, stat)
-    infos = [metric_info(m) for m in metrics]
+    infos = [metric_info(m, cells) for m in metrics]
     row_keys = list(dict.fromkeys(tuple(r) for r in table[rows].itertuples(index=False, name=None)))
     col_keys = list(dict.fromkeys(tuple(r) for r in table[cols].itertuples(index=False, name=None))) if cols \
         else [()]
@@ -215,14 +228,19 @@ def pivot(cells: pd.DataFrame, rows: Sequence[str] = (), cols: Sequence[str] = (
                     record[f"{m}_q3"] * info.scale
             entries[(row_key, col_key, m)] = Entry(center * info.scale, low, high, int(record[f"{m}_n"]),
                                                    int(record["cells"]), record["failed"],
-                                                   flagged=info.flag_sensitive and record["flagged"] > 0)
+                                                   flagged=info.flag_sensitive and record["flagged"] > 0,
+                                                   invalid=record["flagged"] > 0)
     result = PivotTable(infos, stat, rows, cols, row_keys, col_keys, entries, notes)
     _mark_best(result)
     result.notes.extend(failure_notes(cells, rows + cols))
-    if any(e.flagged for e in entries.values()):
-        result.notes.append("(!) = a cell of this entry is flagged: its solver's density is not normalized "
-                            "(nll below the true entropy or mass off 1), so it is never marked best:")
+    if any(e.invalid for e in entries.values()):
+        marker = "(!) = a cell of this entry is flagged" if any(e.flagged for e in entries.values()) else \
+            "a cell of some rows is flagged"
+        result.notes.append(f"{marker}: its solver's density is not normalized (nll below the true entropy or mass "
+                            "off 1), so no entry of its configuration is marked best (in any column) nor is it "
+                            "compared against:")
         result.notes.extend(dict.fromkeys(flag_notes(cells)))
+    result.notes.extend(unit_notes(cells, infos))
     result.notes.extend(grid_notes(cells))
     sharing = sharing_note(cells, [info.name for info in infos if info.machine])
     if sharing:
@@ -238,8 +256,29 @@ def _dataset_of(table: PivotTable, row_key: tuple[str, ...], col_key: tuple[str,
     return ""
 
 
+def unit_notes(cells: pd.DataFrame, metrics: Sequence[Metric]) -> list[str]:
+    """A note per metric whose unit differs between the rows shown (``final_train_loss``, in each objective's
+    unit): which unit goes with which objective."""
+    notes = []
+    for metric in metrics:
+        units = row_units(cells, metric.name)
+        if len(units) < 2:
+            continue
+        holder = unit_column(metric.name)
+        done = cells[cells["status"] == "done"] if "status" in cells else cells
+        if "objective" in done:
+            pairs = dict.fromkeys(f"{objective}: {unit}" for objective, unit in zip(
+                axis_labels(done, "objective"), done[holder], strict=True) if isinstance(unit, str) and unit)
+            where = "; ".join(pairs)
+        else:
+            where = ", ".join(units)
+        notes.append(f"{metric.name} is in each row's {metric.unit} ({where}): compare it only within an objective")
+    return notes
+
+
 def _mark_best(table: PivotTable) -> None:
-    """Mark the best entry per (metric, dataset) when at least two entries have a value; flagged ones never win."""
+    """Mark the best entry per (metric, dataset) when at least two entries have a value; an entry of a flagged
+    configuration (any metric) never wins, and the winner is tested only against the unflagged entries."""
     groups: dict[tuple[str, str], list[tuple[Any, float, bool]]] = {}
     for (row_key, col_key, name), entry in table.entries.items():
         info = next(m for m in table.metrics if m.name == name)
@@ -247,17 +286,17 @@ def _mark_best(table: PivotTable) -> None:
             continue
         rounded = round(entry.center, info.decimals)
         groups.setdefault((name, _dataset_of(table, row_key, col_key)), []).append(
-            ((row_key, col_key, name), info.badness(rounded), not entry.flagged))
+            ((row_key, col_key, name), info.badness(rounded), not entry.invalid))
     for candidates in groups.values():
         eligible = [(key, score) for key, score, ok in candidates if ok]
         if len(candidates) < 2 or not eligible:
             continue
         best = min(score for _, score in eligible)
         winners = [key for key, score in eligible if math.isclose(score, best, rel_tol=1e-12, abs_tol=1e-12)]
-        others = [key for key, _, _ in candidates if key not in winners]
+        others = [key for key, _ in eligible if key not in winners]
         for key in winners:
-            significant = table.stat != "mean" or (len(winners) == 1 and all(
-                _beats(table, key, other) for other in others))
+            significant = table.stat != "mean" or (len(winners) == 1 and bool(others) and all(
+                _beats(table, key, other) for other in others))  # beating only flagged entries proves nothing
             table.entries[key] = dataclasses.replace(table.entries[key], best=True, significant=significant)
 
 
@@ -288,8 +327,8 @@ def failure_notes(cells: pd.DataFrame, by: Sequence[str] = ()) -> list[str]:
     labels = {axis: axis_labels(cells, axis) for axis in by if axis != "seed"}
     notes = []
     for index, row in failed.iterrows():
-        where = ", ".join(labels[axis].loc[index] for axis in labels) or str(row["cell_id"])
+        where = SEPARATOR.join(labels[axis].loc[index] for axis in labels) or str(row["cell_id"])
         reason = one_line(row.get("reason", "") if isinstance(row.get("reason", ""), str) else "", 120)
-        seed = f" seed {format_value(row['seed'])}" if "seed" in row else ""
+        seed = f"{SEPARATOR}seed {format_value(row['seed'])}" if "seed" in row else ""
         notes.append(f"{where}{seed}: {row['status']}" + (f" ({reason})" if reason else ""))
     return notes

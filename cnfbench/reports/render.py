@@ -1,9 +1,10 @@
 """Renderers of a pivot table: plain text for the terminal, Markdown, LaTeX (booktabs), CSV (numbers) and JSON.
 
-Every header carries its unit; best entries are bold (``*`` in plain text), and entries with a flagged cell
-end in ``(!)``. :func:`text_table` is the padded-columns layout the terminal outputs share. Every label, header,
-caption and note passes through its format's escaping (:mod:`cnfbench.reports.escape`): a run folder's strings
-are shown, never interpreted.
+Every header carries its unit; best entries are bold (``*`` in plain text) — never one of a configuration with a
+flagged cell (:attr:`~cnfbench.reports.pivot.Entry.marked`) — and entries with a flagged cell end in ``(!)``.
+:func:`text_table` is the padded-columns layout the terminal outputs share. Every label, header, caption and note
+passes through its format's escaping (:mod:`cnfbench.reports.escape`): a run folder's strings are shown, never
+interpreted.
 """
 
 from __future__ import annotations

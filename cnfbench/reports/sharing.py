@@ -14,10 +14,14 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 
 from cnfbench.reports.aggregate import format_value
+from cnfbench.reports.metrics import metric_info
 
 SHARING_COLUMNS: dict[str, tuple[str, str]] = {"torch_threads": ("torch thread counts", ""),
                                                "concurrency": ("concurrency", " cells at a time")}
 """The columns that say how a cell shared its machine: what the note calls them, and the unit after the values."""
+
+UNITS: dict[str, str] = {"torch_threads": " threads", "concurrency": " cells at a time"}
+"""The unit after the values of each sharing column, where a note says every figure's unit."""
 
 
 def _finished(cells: pd.DataFrame) -> pd.DataFrame:
@@ -61,20 +65,21 @@ def differing(values: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
     return {column: list(found) for column, found in values.items() if len(found) > 1}
 
 
-def differing_text(values: Mapping[str, Sequence[str]]) -> str:
+def differing_text(values: Mapping[str, Sequence[str]], units: bool = False) -> str:
     """``torch thread counts (1, 2) and concurrency (1, 4 cells at a time)`` for the columns of ``values`` that hold
-    several values (``""`` when none does)."""
+    several values (``""`` when none does); with ``units``, every figure says its unit (``(1, 2 threads)``)."""
     parts = []
     for column, found in differing(values).items():
         name, unit = SHARING_COLUMNS[column]
-        parts.append(f"{name} ({', '.join(found)}{unit})")
+        parts.append(f"{name} ({', '.join(found)}{UNITS[column] if units else unit})")
     return " and ".join(parts)
 
 
 def sharing_note(cells: pd.DataFrame, metrics: Sequence[str]) -> str:
     """A note when the finished ``cells`` ran with different torch thread counts or concurrency and ``metrics``
-    (the machine-dependent ones shown: times, memory) compare them; ``""`` otherwise."""
-    text = differing_text(sharing_values(cells))
+    (the machine-dependent ones shown: times, memory) compare them, each named by its header; ``""`` otherwise."""
+    text = differing_text(sharing_values(cells), units=True)
     if not text or not metrics:
         return ""
-    return f"timings compare cells run with different {text} ({', '.join(metrics)}): not like for like"
+    shown = "; ".join(metric_info(name).header for name in metrics)
+    return f"timings ({shown}) compare cells run with different {text}: not like for like"

@@ -11,9 +11,12 @@ from typing import Any
 
 from cnfbench.testing._checker import Checker, component_label, one_line, resolve_component
 
-CHECK_CELL = {"cell_id": "0123456789abcdef", "label": "8gaussians | concatsquash | mle | euler | exact | seed 0",
-              "spec": {"dataset": {"name": "8gaussians", "params": {}}, "seed": 0}}
-"""The cell the check logs (its spec shortened: a tracker must not depend on its keys)."""
+CHECK_CELL = {"cell_id": "0123456789abcdef", "label": "euler[steps=10] · seed 0",
+              "description": "8gaussians | concatsquash | mle | euler[steps=10] | exact | seed 0",
+              "spec": {"dataset": {"name": "8gaussians", "params": {}}, "seed": 0},
+              "started": 1_700_000_000.0, "ended": 1_700_000_001.5}
+"""The cell the check logs, as the harness describes one (:meth:`cnfbench.tracking.Trackers.cell_info`; its spec
+shortened: a tracker must not depend on its keys)."""
 
 
 def check_tracker(cls: type, params: Mapping[str, Any] | None = None, *, run_dir: str | Path | None = None) -> None:
@@ -23,8 +26,8 @@ def check_tracker(cls: type, params: Mapping[str, Any] | None = None, *, run_dir
     * the constructor writes nothing (the run folder, which does not exist yet, is not created): a run whose
       other options are wrong must leave no trace;
     * after ``start``, a cell's curve (``log_iteration`` for three iterations, with a validation value at the
-      last, a non-finite value left out as the runner does) and its ``done`` row (``log_cell``), then a
-      failed cell with no curve, and ``close``, all return without raising;
+      last, a non-finite value left out as the runner does) and its ``done`` row, flagged invalid (``log_cell``),
+      then a failed cell with no curve, and ``close``, all return without raising;
     * each call — ``start``, a cell's replay, ``close`` — returns within the tracker's ``timeout``
       (``params["timeout"]``, default 10 s; the constructor: at least 10 s), in a thread of its own as in a run:
       a call that takes longer would leave the tracker out of a run, and the check does not wait for it.
@@ -66,12 +69,14 @@ def check_tracker(cls: type, params: Mapping[str, Any] | None = None, *, run_dir
                                            "start(), so that a run rejected for another option writes nothing")
         tracker.call_timeout = timeout
         folder.mkdir(parents=True)
-        steps = [{"loss": 3.0, "loss_nats": 3.0, "nfe_forward": 10.0, "iteration_s": 0.01},
-                 {"loss": 2.5, "loss_nats": 2.5, "nfe_forward": 10.0, "iteration_s": 0.01},
-                 {"loss": 2.0, "loss_nats": 2.0, "nfe_forward": 12.0, "iteration_s": 0.01, "val_nll": 2.2}]
+        steps = [{"loss": 3.0, "loss_nats": 3.0, "nfe_forward": 10.0, "iteration_s": 0.01, "elapsed_s": 0.01},
+                 {"loss": 2.5, "loss_nats": 2.5, "nfe_forward": 10.0, "iteration_s": 0.01, "elapsed_s": 0.02},
+                 {"loss": 2.0, "loss_nats": 2.0, "nfe_forward": 12.0, "iteration_s": 0.01, "elapsed_s": 0.03,
+                  "val_nll": 2.2}]
         row = {"cell_id": CHECK_CELL["cell_id"], "status": "done", "reason": "", "nll": 2.1, "nll_ref": 2.15,
-               "iterations_done": 3, "valid": True, "mass": math.nan}
-        failed = {**CHECK_CELL, "cell_id": "fedcba9876543210"}
+               "iterations_done": 3, "valid": False, "validity_reason": "the solver's density integrates to 1.210, "
+               "not 1 (tolerance 0.03)", "mass": 1.21, "cell_time_s": 1.5}
+        failed = {**CHECK_CELL, "cell_id": "fedcba9876543210", "label": "euler[steps=10] · seed 1"}
 
         def replay() -> None:
             for step, point in enumerate(steps, start=1):
@@ -82,6 +87,6 @@ def check_tracker(cls: type, params: Mapping[str, Any] | None = None, *, run_dir
         call("logging a cell", replay)
         call("logging a failed cell", lambda: tracker.log_cell(failed, {
             "cell_id": failed["cell_id"], "status": "timeout", "reason": "timeout after 9.0 s",
-            "iterations_done": math.nan}))
+            "iterations_done": math.nan, "valid": False, "validity_reason": ""}))
         call("close", tracker.close)
         worker.stop()
