@@ -267,7 +267,7 @@ COLUMNS: tuple[Column, ...] = (
         Column(f"steps_{kind}_max", "steps", "the same, maximum over the test points (the point that needed the "
                "most)", goal=LOWEST, decimals=0))),
     _evaluations("nfe_sample", "dynamics evaluations of the solve that draws the model samples of the sample "
-                 "distances (the row's solver)"),
+                 "distances (the row's solver; the samples alone, each evaluation one forward pass of the field)"),
     # time and memory
     _seconds("train_time_s", "wall-clock of the whole training of this row's model (validation passes included; "
              "once per model_key)", label="train time", decimals=1, defaults=(REPORT, SUMMARY), short="train"),
@@ -278,7 +278,8 @@ COLUMNS: tuple[Column, ...] = (
     _seconds("mass_time_s", "wall-clock of the mass grid pass with the row's solver"),
     _seconds("mass_ref_time_s", "wall-clock of the mass grid pass with the reference solve"),
     _seconds("mass_is_time_s", "wall-clock of scoring the model samples with the row's solver for mass_is"),
-    _seconds("sample_time_s", "wall-clock of drawing the model samples of the sample distances"),
+    _seconds("sample_time_s", "wall-clock of drawing the model samples of the sample distances (the solve of "
+             "the samples alone that nfe_sample counts)"),
     _seconds("cell_time_s", "wall-clock of the whole cell: build, train, evaluate"),
     Column("peak_memory_mib", "MiB", "peak memory during the cell (see memory_kind)", goal=LOWEST,
            label="peak mem", decimals=0, machine=True),

@@ -7,7 +7,8 @@ functions that resolve), so that the command line can build its options and
 The TOML keys are the long CLI option names with ``_`` for ``-`` (``solver``,
 ``batch_size``, ``ref_solver``, ...); options given on the command line win
 over the file. :func:`resolve_cells` validates every selector and parameter
-against the registry before anything runs.
+against the registry before anything runs; a grid axis's items may carry
+number ranges (``dopri5[rtol=1e-3..1e-8:6]``), expanded by :func:`resolve_axis`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from cnfbench.cells import SELECT_BEST, SELECT_LAST, Budget, Cell, EvalProtocol, expand_grid
 from cnfbench.families import EVAL_SLOTS, GRID_AXES
 from cnfbench.params import ParamError, parse_selector_list
+from cnfbench.ranges import expand_selection
 from cnfbench.specs import ResolvedComponent
 
 if TYPE_CHECKING:
@@ -234,17 +236,24 @@ class Grid:
     notes: list[str]
 
 
-def _resolve_all(registry: Registry, family: str, selectors: tuple[str, ...], option: str, notes: list[str]
-                 ) -> list[ResolvedComponent]:
-    """Every item of a grid axis, resolved; items that resolve to the same component are kept once, with a note."""
+def resolve_axis(registry: Registry, family: str, selectors: tuple[str, ...] | list[str], option: str,
+                 notes: list[str]) -> list[ResolvedComponent]:
+    """Every item of a grid axis, its ranges expanded (:mod:`cnfbench.ranges`) and each value resolved; items
+    that resolve to the same component are kept once, with a note (``notes`` gains it)."""
     kept: dict[ResolvedComponent, str] = {}
-    for selection in parse_selector_list(list(selectors), option):
-        resolved = registry.resolve(family, selection)
-        if resolved in kept:
-            notes.append(f"{option}: {kept[resolved]} and {selection} are the same {family} "
-                         f"({resolved.label()}); kept once")
-            continue
-        kept[resolved] = str(selection)
+    for item in parse_selector_list(list(selectors), option):
+        range_notes: list[str] = []
+        expanded = expand_selection(item, registry.get(family, item.name).cls.params, f"{family} {item.name!r}",
+                                    range_notes)
+        notes.extend(f"{option}: {note}" for note in range_notes)
+        for selection in expanded:
+            resolved = registry.resolve(family, selection)
+            shown = str(selection) if selection is item else f"{selection} (from {item})"
+            if resolved in kept:
+                notes.append(f"{option}: {kept[resolved]} and {shown} are the same {family} "
+                             f"({resolved.label()}); kept once")
+                continue
+            kept[resolved] = shown
     return list(kept)
 
 
@@ -286,7 +295,7 @@ def pin_dataset(registry: Registry, spec: ResolvedComponent) -> ResolvedComponen
 def resolve_grid(config: RunConfig, registry: Registry) -> Grid:
     """Validate the whole configuration and expand it into cells; raise :class:`ParamError`."""
     notes: list[str] = []
-    axes = {row.key: _resolve_all(registry, row.key, getattr(config, row.config_key), row.option, notes)
+    axes = {row.key: resolve_axis(registry, row.key, getattr(config, row.config_key), row.option, notes)
             for row in GRID_AXES}
     axes["dataset"] = [pin_dataset(registry, spec) for spec in axes["dataset"]]
     evaluation = EvalProtocol(

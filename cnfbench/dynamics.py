@@ -8,6 +8,11 @@ further state ``dr/dt = -g``, so ``r(0) = ∫_0^1 g dt`` comes out of the same
 solve; solvers see only a longer tuple of tensors (an adaptive solver's error
 control then covers them too, as in RNODE's own code).
 
+Drawing samples needs none of that: :class:`FieldDynamics` is the state ``(z,)``
+alone, ``dz/dt = v(t, z)``, so a solve that only moves samples pays for the
+field's forward pass and nothing else, and an adaptive solver's error control
+watches the samples only.
+
 Every evaluation of the dynamics ticks an :class:`NFECounter`, which keeps
 forward, backward (adjoint) and evaluation counts apart and can stop a solve
 that exceeds a budget. Solvers therefore never count anything themselves.
@@ -167,12 +172,7 @@ class CNFDynamics(nn.Module):
 
     def _checking(self, field: FieldFunction) -> FieldFunction:
         def checked_field(t: Tensor, z: Tensor) -> Tensor:
-            dz = field(t, z)
-            if not isinstance(dz, Tensor) or dz.shape != z.shape or dz.dtype != z.dtype or dz.device != z.device:
-                got = f"{tuple(dz.shape)} {dz.dtype} on {dz.device}" if isinstance(dz, Tensor) else type(dz).__name__
-                raise ContractViolation(f"field {self.field_label} returned dz/dt {got}; expected {tuple(z.shape)} "
-                                        f"{z.dtype} on {z.device}")
-            return dz
+            return check_field_output(field(t, z), z, self.field_label)
 
         return checked_field
 
@@ -182,6 +182,47 @@ class CNFDynamics(nn.Module):
             raise ContractViolation(
                 f"trace {self.trace_label} returned a divergence of {got}; expected ({z.shape[0]},) {z.dtype}"
             )
+
+
+def check_field_output(dz: object, z: Tensor, field_label: str) -> Tensor:
+    """``dz`` when it is a tensor shaped like ``z`` (same dtype and device); else a :class:`ContractViolation`
+    naming the field."""
+    if not isinstance(dz, Tensor) or dz.shape != z.shape or dz.dtype != z.dtype or dz.device != z.device:
+        got = f"{tuple(dz.shape)} {dz.dtype} on {dz.device}" if isinstance(dz, Tensor) else type(dz).__name__
+        raise ContractViolation(f"field {field_label} returned dz/dt {got}; expected {tuple(z.shape)} "
+                                f"{z.dtype} on {z.device}")
+    return dz
+
+
+class FieldDynamics(nn.Module):
+    """The dynamics of the samples alone, ``(z,) -> (v(t, z),)``: no log-density, no trace.
+
+    What drawing samples from t=0 to t=1 solves. The state is a one-tensor tuple, as the :class:`Solver`
+    contract allows any tuple of tensors, so every solver integrates it without knowing it: an adaptive one's
+    error control then watches the samples only, and the counted NFE is the sampler's own cost. A solver that
+    declares ``per_sample_time`` gets the field at each row's time (:func:`field_at_row_times`). The field
+    runs as the caller leaves autograd (the harness samples under ``torch.no_grad``); its first output is
+    checked against the contract.
+    """
+
+    def __init__(self, field: VectorField, counter: NFECounter, field_label: str = "field") -> None:
+        super().__init__()
+        self.field = field
+        self.counter = counter
+        self.field_label = field_label
+        self._checked = False
+
+    def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor]:
+        self.counter.tick()
+        (z,) = state
+        if t.dim() != 0 and not getattr(self.field, "per_row_time", False):
+            dz = field_at_row_times(self.field, t, z)[0]
+        else:
+            dz = self.field(t, z)
+        if not self._checked:
+            check_field_output(dz, z, self.field_label)
+            self._checked = True
+        return (dz,)
 
 
 def field_at_row_times(field: VectorField, t: Tensor, z: Tensor) -> tuple[Tensor, int]:

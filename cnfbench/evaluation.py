@@ -6,6 +6,12 @@ that pipeline would report) and once with a tight reference solve, by default
 dopri5 at rtol=atol=1e-7 in float64 (``nll_ref``: the density the trained
 field really defines). Every pass records its NFE and wall-clock, and, for a solver that steps each sample
 on its own clock, every sample's accepted and rejected steps.
+
+Model samples are drawn by a solve of the samples alone (:func:`sample_model`):
+the field's forward pass, no log-density or trace riding along, so its NFE and
+seconds are what drawing samples costs and an adaptive solver's error control
+watches the samples only. Where a metric needs the samples' log-density too, it
+draws its own samples with :func:`sample_with_log_prob`, one joint solve.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import torch
 from torch import Tensor
 
 from cnfbench.contracts import STEP_STATISTICS, Solver, TraceEstimator, VectorField
-from cnfbench.dynamics import CNFDynamics, NFECounter, log_likelihood, standard_normal_log_prob
+from cnfbench.dynamics import CNFDynamics, FieldDynamics, NFECounter, log_likelihood, standard_normal_log_prob
 from cnfbench.measure import now
 
 
@@ -99,31 +105,50 @@ def _joined_steps(chunks: list[dict[str, Tensor] | None]) -> dict[str, Tensor] |
             for kind in STEP_STATISTICS}
 
 
+def _field_in(field_module: VectorField, dtype: torch.dtype) -> VectorField:
+    """The field itself, or a copy of it in ``dtype`` when its parameters have another dtype."""
+    if dtype != next(iter(field_module.parameters()), torch.empty(0)).dtype:
+        return copy.deepcopy(field_module).to(dtype)
+    return field_module
+
+
 def sample_model(
-    field_module: VectorField, solver: Solver, trace: TraceEstimator, n: int, generator: torch.Generator,
-    device: torch.device, dtype: torch.dtype = torch.float32, counter: NFECounter | None = None,
+    field_module: VectorField, solver: Solver, n: int, generator: torch.Generator, device: torch.device,
+    dtype: torch.dtype = torch.float32, counter: NFECounter | None = None, field_label: str = "field",
 ) -> Tensor:
     """``n`` samples of the model: base draws ``z0 ~ N(0, I)`` pushed from t=0 to t=1 by ``solver``.
 
-    ``counter`` (a fresh one when None) counts the solve's dynamics evaluations: ``counter.current``
-    afterwards is the sampling NFE, and its ``max_per_solve`` bounds it.
+    The solve carries the samples alone (:class:`~cnfbench.dynamics.FieldDynamics`), so its cost is the
+    sampler's: one field forward pass per dynamics evaluation. The base draws are those
+    :func:`sample_with_log_prob` takes from the same ``generator``, and an explicit fixed-grid solver takes
+    the same steps as there; an adaptive one chooses its steps by the samples' error alone. ``counter`` (a
+    fresh one when None) counts the solve's dynamics evaluations in its ``sample`` phase: ``counter.current``
+    afterwards is the sampling NFE, and its ``max_per_solve`` bounds it. A copy of the field in ``dtype`` is
+    used when that differs from the field's own.
     """
-    return sample_with_log_prob(field_module, solver, trace, n, generator, device, dtype, counter)[0]
+    model = _field_in(field_module, dtype)
+    base = torch.randn(n, field_module.dim, generator=generator, dtype=dtype).to(device)
+    counter = counter if counter is not None else NFECounter()
+    counter.start("sample")
+    dynamics = FieldDynamics(model.eval(), counter, field_label)
+    with torch.no_grad():
+        (samples,) = solver.integrate(dynamics, (base,), 0.0, 1.0)
+    return samples.detach()
 
 
 def sample_with_log_prob(
     field_module: VectorField, solver: Solver, trace: TraceEstimator, n: int, generator: torch.Generator,
     device: torch.device, dtype: torch.dtype, counter: NFECounter | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """``n`` model samples and their log-density under the model (nats, float64 on CPU), from one solve.
+    """``n`` model samples and their log-density under the model (nats, float64 on CPU), from one joint solve.
 
     The full dynamics run from t=0 (``z0 ~ N(0, I)``, ``a = 0``) to t=1, so ``a(1) = -∫_0^1 div v dt`` and
-    ``log q(x1) = log N(z0; 0, I) + a(1)``. A copy of the field in ``dtype`` is used when that differs from
-    the field's own; ``trace`` should be exact for ``log q`` to be the model's density.
+    ``log q(x1) = log N(z0; 0, I) + a(1)``: ``log q`` is the density of exactly these samples, which is what
+    importance weights need. An adaptive solver's error control covers ``a`` too, so this solve costs more
+    than :func:`sample_model`'s and is not a sampler's cost. A copy of the field in ``dtype`` is used when that
+    differs from the field's own; ``trace`` should be exact for ``log q`` to be the model's density.
     """
-    model = field_module
-    if dtype != next(iter(field_module.parameters()), torch.empty(0)).dtype:
-        model = copy.deepcopy(field_module).to(dtype)
+    model = _field_in(field_module, dtype)
     base = torch.randn(n, field_module.dim, generator=generator, dtype=dtype).to(device)
     counter = counter if counter is not None else NFECounter()
     counter.start("sample")

@@ -191,18 +191,20 @@ def _density_columns(dataset: Any, test: torch.Tensor, passes: dict[str, Evaluat
     return columns
 
 
-def _sample_quality_columns(cell: Cell, field_module: Any, solver: Any, trace: Any, test: torch.Tensor,
-                            device: torch.device) -> dict[str, float]:
+def _sample_quality_columns(cell: Cell, field_module: Any, solver: Any, test: torch.Tensor, device: torch.device,
+                            field_label: str) -> dict[str, float]:
     """Distances from model samples (the cell's solver) to the test split, and what drawing them cost.
 
     ``n = min(len(test), QUALITY_MAX_SAMPLES)`` samples, seeded by their own stream (no other number
-    changes), against the first ``n`` test points; the harness counts the sampling solve's NFE.
+    changes), against the first ``n`` test points. They are drawn by a solve of the samples alone (the
+    distances need no log-density), and ``nfe_sample`` and ``sample_time_s`` are that solve's NFE, counted
+    by the harness, and wall-clock: what sampling the model costs.
     """
     n = min(test.shape[0], QUALITY_MAX_SAMPLES)
     counter = NFECounter(max_per_solve=cell.budget.max_nfe)
     started = now(device)
-    samples = sample_model(field_module, solver, trace, n, split_generator(cell.seed, "model/quality_samples"),
-                           device, dtype=test.dtype, counter=counter)
+    samples = sample_model(field_module, solver, n, split_generator(cell.seed, "model/quality_samples"),
+                           device, dtype=test.dtype, counter=counter, field_label=field_label)
     seconds = now(device) - started
     data = test[:n]
     energy, energy_stderr = energy_distance(samples, data)
@@ -226,7 +228,9 @@ def _model_density_columns(cell: Cell, dataset: Any, field_module: Any, solver: 
     """The mass of the cell's solver's density by importance sampling, in any dimension, and KL(model || data).
 
     ``n`` model samples x are drawn with the reference solve together with their reference log-density
-    ``log q(x)`` (one solve); the cell's solver then scores them, ``log p(x)``. With weights
+    ``log q(x)`` (one joint solve, its own samples from its own seed stream: the weights need the density of
+    exactly these samples; it is not the row's sampling cost and counts into no column); the cell's solver
+    then scores them, ``log p(x)``. With weights
     ``w = exp(log p - log q)``, ``mass_is = mean(w)`` estimates ``∫ p`` (1 for a normalized density), with
     the standard error of the mean and Kish's effective sample size ``(Σw)² / Σw²``. Where the dataset knows its
     density, ``reverse_kl`` is the mean of ``log q - log p_data`` over the same samples.
@@ -372,14 +376,14 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
             row.update(mass=integrate_mass(own_grid.log_prob, cell_area), mass_time_s=own_grid.seconds,
                        mass_ref=integrate_mass(ref_grid.log_prob, cell_area), mass_ref_time_s=ref_grid.seconds)
             enter("sampling")
-            samples = sample_model(field_module, solver, eval_trace, DENSITY_SAMPLES,
-                                   split_generator(cell.seed, "model/samples"), device)
+            samples = sample_model(field_module, solver, DENSITY_SAMPLES, split_generator(cell.seed, "model/samples"),
+                                   device, field_label=labels[0])
             density = {"grid_x": grid[::resolution, 0].tolist(), "grid_y": grid[:resolution, 1].tolist(),
                        "log_prob_grid": ref_grid.log_prob.tolist(), "samples": samples.cpu().tolist(),
                        "log_prob_solver_grid": own_grid.log_prob.tolist(),
                        "data": test[:DENSITY_SAMPLES].cpu().tolist()}
         enter("sample_quality")
-        row.update(_sample_quality_columns(cell, field_module, solver, eval_trace, test, device))
+        row.update(_sample_quality_columns(cell, field_module, solver, test, device, labels[0]))
         enter("model_density")
         row.update(_model_density_columns(cell, dataset, field_module, solver, ref_solver, eval_trace,
                                           MODEL_DENSITY_SAMPLES, device, labels))

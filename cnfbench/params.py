@@ -4,11 +4,16 @@ Every component declares its parameters as a tuple of :class:`Param`; this
 module parses selector strings such as ``"euler[steps=10],dopri5[rtol=1e-5]"``
 into :class:`Selection` objects and coerces/validates each value against the
 declaration, so that bad input is rejected before any training starts.
+
+A number parameter may follow another of the same component: ``atol=rtol``
+takes rtol's value, ``atol=rtol*0.01`` a hundredth of it (resolved after every
+other value, so it follows each value of a range; see :mod:`cnfbench.ranges`).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -274,14 +279,76 @@ def resolve_params(
     declared_by_name = {param.name: param for param in declared}
     given_items = list(given.items()) if isinstance(given, Mapping) else list(given)
     resolved = {name: param.default for name, param in declared_by_name.items()}
+    links: dict[str, tuple[str, float]] = {}
     for key, raw in given_items:
         param = declared_by_name.get(key)
         if param is None:
             valid = ", ".join(sorted(declared_by_name)) or "none"
             raise ParamError(f"unknown parameter {key!r} for {owner}; valid parameters: {valid}"
                              f"{did_you_mean(key, declared_by_name)}")
+        link = _link(owner, raw, param, declared_by_name)
+        if link is not None:
+            links[key] = link
+            continue
         try:
             resolved[key] = param.coerce(raw)
         except ValueError as exc:
-            raise ParamError(f"bad value {format_value(raw)!r} for {owner} parameter {key!r}: {exc}") from None
+            raise ParamError(f"bad value {format_value(raw)!r} for {owner} parameter {key!r}: {exc}"
+                             f"{_hint(raw, param, declared_by_name)}") from None
+    for key, (source, factor) in links.items():
+        resolved[key] = _follow(owner, declared_by_name[key], dict(given_items)[key], source, factor, resolved, links)
     return resolved
+
+
+LINK_DIGITS = 12
+"""Significant digits a linked value keeps (``rtol*0.01`` of 1e-3 is 1e-05, not 1.0000000000000002e-05)."""
+
+_LINK = re.compile(r"^\s*([A-Za-z_]\w*)\s*(?:\*\s*([^\s*]+))?\s*$")
+
+
+def _link(owner: str, raw: Any, param: Param, declared: Mapping[str, Param]) -> tuple[str, float] | None:
+    """``(source, factor)`` when ``raw`` links a number parameter to another of the same component (``atol=rtol``,
+    ``atol=rtol*0.01``), else ``None``."""
+    if param.kind not in ("int", "float") or not isinstance(raw, str):
+        return None
+    match = _LINK.match(raw)
+    if match is None or match.group(1) not in declared:
+        return None
+    try:
+        factor = _coerce_float(match.group(2)) if match.group(2) is not None else 1.0
+    except ValueError:
+        raise ParamError(f"bad value {raw.strip()!r} for {owner} parameter {param.name!r}: the factor of a link "
+                         f"must be a finite number, e.g. {param.name}={match.group(1)}*0.01") from None
+    return match.group(1), factor
+
+
+def _follow(owner: str, param: Param, raw: Any, source: str, factor: float, resolved: Mapping[str, Any],
+            links: Mapping[str, tuple[str, float]]) -> Any:
+    """The value of ``param`` linked to ``source`` (times ``factor``), checked like a typed value."""
+    bad = f"bad value {str(raw).strip()!r} for {owner} parameter {param.name!r}"
+    if source == param.name:
+        raise ParamError(f"{bad}: a parameter cannot follow itself; write a number")
+    if source in links:
+        raise ParamError(f"{bad}: {source!r} itself follows {links[source][0]!r}; link to a parameter with a value")
+    value = resolved[source]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ParamError(f"{bad}: {source!r} is not a number; a link names a number parameter, e.g. atol=rtol")
+    linked = value * factor if factor != 1 else value
+    if param.kind == "float":
+        linked = float(f"{float(linked):.{LINK_DIGITS}g}")
+    try:
+        return param.coerce(linked)
+    except ValueError as exc:
+        raise ParamError(f"{bad}: {source} is {format_value(value)}, so {param.name} would be "
+                         f"{format_value(linked)}: {exc}") from None
+
+
+def _hint(raw: Any, param: Param, declared: Mapping[str, Param]) -> str:
+    """What a rejected number may have meant: a range where none expands, or a misspelt link."""
+    if not isinstance(raw, str) or param.kind not in ("int", "float"):
+        return ""
+    if ".." in raw:
+        return ("; a range (A..B:N, A..B:xF, A..B:+S) expands only in the items of a grid axis (run's component "
+                "options and config file, evaluate's --solver), not here")
+    numbers = [name for name, other in declared.items() if other.kind in ("int", "float") and name != param.name]
+    return did_you_mean(raw.strip().partition("*")[0].strip(), numbers)

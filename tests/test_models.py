@@ -263,8 +263,7 @@ def test_sample_writes_the_models_samples(grid: Path, tmp_path: Path) -> None:
     frame = pd.read_parquet(parquet)
     registry = model.registry
     solver = registry.build("solver", registry.resolve("solver", parse_selection("midpoint[steps=1]")))
-    expected = sample_model(model.field, solver, registry.build("trace", model.cell.evaluation.trace), 64,
-                            split_generator(7, "model/samples"), torch.device("cpu")).numpy()
+    expected = sample_model(model.field, solver, 64, split_generator(7, "model/samples"), torch.device("cpu")).numpy()
     assert list(frame.columns) == ["x0", "x1"] and frame.shape == (64, 2)
     written = np.ascontiguousarray(frame.to_numpy())  # parquet reads back column-major; numpy sums in memory order
     assert np.array_equal(written, expected) and np.array_equal(written.mean(axis=0), expected.mean(axis=0))

@@ -118,12 +118,10 @@ def _evaluation_cells(sources: list[Cell], solvers: tuple[str, ...], eval_trace:
     from dataclasses import replace
 
     from cnfbench.cells import EvalProtocol
-    from cnfbench.config import check_reference, resolve_one
-    from cnfbench.params import parse_selector_list
+    from cnfbench.config import check_reference, resolve_axis, resolve_one
 
     notes: list[str] = []
-    chosen = [registry.resolve("solver", item) for item in parse_selector_list(list(solvers), "--solver")] \
-        if solvers else []
+    chosen = resolve_axis(registry, "solver", solvers, "--solver", notes) if solvers else []
     slots: dict[str, Any] = {}
     if eval_trace is not None:
         slots["eval_trace"] = resolve_one(registry, "trace", eval_trace, "--eval-trace")
@@ -149,7 +147,8 @@ def _evaluation_cells(sources: list[Cell], solvers: tuple[str, ...], eval_trace:
 @main.command()
 @click.argument("run_dir", metavar="RUN")
 @click.option("--solver", "solvers", multiple=True,
-              help="solvers to evaluate and sample each model with: comma list, e.g. 'euler[steps=8],dopri5' "
+              help="solvers to evaluate and sample each model with: comma list, e.g. 'euler[steps=8],dopri5'; "
+                   "a number parameter may be a range, e.g. 'dopri5[rtol=1e-3..1e-8:6,atol=rtol]' "
                    "[default: the solver each model was evaluated with]")
 @click.option("--eval-trace", "--trace", "eval_trace",
               help="exact trace estimator of the reported NLLs [default: the run's]")

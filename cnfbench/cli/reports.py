@@ -85,22 +85,35 @@ def _emit(path: str | None, render: Callable[[], str], what: str) -> bool:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="folder for --plots and --html: the plots and report.html go into it [default: the run folder, "
                    "plots in RUN/plots/, when there is one run]")
+@click.option("--rank", "rank_metrics", multiple=True, metavar="METRIC",
+              help="instead of the table: rank the configurations on each dataset by these metrics (comma list; "
+                   "a dataset's entry is the mean over seeds), average ranks, Friedman's test, Nemenyi's critical "
+                   "difference and, for a cost metric, the performance profile; needs 3+ datasets and 2+ "
+                   "configurations; with --plots the critical-difference diagram and profile [default: off]")
 def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...], cols: tuple[str, ...],
            stat: str, markdown_path: str | None, csv_path: str | None, latex_path: str | None,
            caption: str | None, label: str | None, json_path: str | None, plots: bool, html: bool,
-           out_dir: Path | None) -> None:
+           out_dir: Path | None, rank_metrics: tuple[str, ...]) -> None:
     """Aggregate the seeds of one or more run folders and print a table (units in every header).
 
     \b
     cnfbench report results/grid1
     cnfbench report results/grid1 --rows dataset --cols solver,trace --metric nll_ref --latex table.tex
     cnfbench report results/grid1 --html
+    cnfbench report results/suite --rank nll_ref,train_time_s --plots
     """
     from cnfbench import reports as rep
     from cnfbench.reports.escape import LATEX_LABEL_TEXT, is_latex_label, latex_label
 
     if label is not None and not is_latex_label(label):
         raise fail(f"--label {label!r} may hold only {LATEX_LABEL_TEXT}, e.g. tab:solvers")
+    if rank_metrics:
+        given = [name for name, value in (("--metric", metrics), ("--rows", rows), ("--cols", cols),
+                                          ("--stat", stat != "mean"), ("--markdown", markdown_path),
+                                          ("--csv", csv_path), ("--latex", latex_path), ("--json", json_path),
+                                          ("--caption", caption), ("--label", label), ("--html", html)) if value]
+        if given:
+            raise fail(f"--rank prints its own tables (and with --plots its figures); drop {', '.join(given)}")
     files = {"Markdown": markdown_path, "CSV": csv_path, "LaTeX": latex_path, "JSON": json_path}
     _check_outputs(files, {"plots and HTML": out_dir} if plots or html else None)
     loaded = load_runs_or_fail(runs)
@@ -111,6 +124,22 @@ def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...
     cells = rep.combine(loaded)
     if cells.empty:
         raise fail(f"no cells in {', '.join(str(run.path) for run in loaded)}")
+    if rank_metrics:
+        from cnfbench.reports import ranking
+
+        try:
+            rankings = [ranking.rank(cells, name) for name in rep.split_list(rank_metrics) or [""]]
+        except rep.ReportError as exc:
+            raise fail(str(exc)) from None
+        click.echo("\n\n".join(ranking.to_text(result, terminal_width()) for result in rankings))
+        if plots:
+            from cnfbench.reports.plots import PLOTS_DIR
+            from cnfbench.reports.rank_plots import write_rank_plots
+
+            plot_dir = out_dir or loaded[0].path / PLOTS_DIR
+            written = write_rank_plots(rankings, plot_dir)
+            click.echo(f"wrote {plural(len(written.files), 'plot')} into {plot_dir}", err=True)
+        return
     metric_list = rep.split_list(metrics)
     col_list = rep.split_list(cols)
     if not metric_list and col_list:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from cnfbench.registry import Registry
     from cnfbench.runner import RunResult
 
-LIST_HELP = "comma list; items may carry parameters, e.g. {example}"
+LIST_HELP = "comma list; items may carry parameters, e.g. {example}; a number may be a range A..B:N, A..B:xF, A..B:+S"
 
 
 @dataclass

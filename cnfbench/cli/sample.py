@@ -2,11 +2,12 @@
 
 The base draws ``z0 ~ N(0, I)`` come from the seeded stream the run's own
 density samples use (``model/samples`` of the seed), and are pushed from t=0
-to t=1 by the cell's solver or ``--solver``, with the cell's
-evaluation trace, exactly as :func:`cnfbench.evaluation.sample_model` does in
-a run; the harness counts the solve's dynamics evaluations (NFE). torch,
+to t=1 by the cell's solver or ``--solver``, the samples alone (no
+log-density rides along), exactly as :func:`cnfbench.evaluation.sample_model`
+does in a run; the harness counts the solve's dynamics evaluations (NFE),
+each one forward pass of the field. torch,
 numpy and pandas are imported inside the command, so ``--help`` starts at once.
-The field, solver and trace come from the installed plugins and those the user names (``--plugin``,
+The field and solver come from the installed plugins and those the user names (``--plugin``,
 ``CNFBENCH_PLUGINS``), never from a plugin the run folder names (see :mod:`cnfbench.recorded_plugins`).
 Bad input is one ``Error:`` line with exit code 2, before anything is written.
 """
@@ -22,7 +23,7 @@ from cnfbench.cli import fail, load_runs_or_fail, main
 from cnfbench.config import RANGES, Range
 
 if TYPE_CHECKING:
-    from cnfbench.contracts import Solver, TraceEstimator
+    from cnfbench.contracts import Solver
     from cnfbench.models import TrainedModel
 
 SUFFIXES = (".npy", ".parquet")
@@ -88,24 +89,21 @@ def sample(run_dir: str, cell_id: str | None, n: int, solver: str | None, seed: 
         selections = parse_selector_list(solver, "--solver") if solver is not None else []
         if len(selections) > 1:
             raise ParamError(f"--solver takes exactly one solver, got {len(selections)}")
-        require_components(run, registry, [("trace", model.cell.evaluation.trace.name),
-                                           *([] if selections else [("solver", model.cell.solver.name)])],
+        require_components(run, registry, [] if selections else [("solver", model.cell.solver.name)],
                            f"cell {model.cell.cell_id}")
         chosen = registry.resolve("solver", selections[0]) if selections else model.cell.solver
         built_solver = registry.build("solver", chosen)
-        trace = registry.build("trace", model.cell.evaluation.trace)
     except (ResultsError, ParamError, ComponentBuildError, ValueError) as exc:
         raise fail(str(exc)) from None
     for note in check.notes:
         click.echo(f"note: {note}", err=True)
     for warning in check.warnings:
         click.echo(f"warning: {warning}", err=True)
-    _draw_and_write(model, built_solver, trace, chosen.label(), n, model.cell.seed if seed is None else seed, where,
-                    target)
+    _draw_and_write(model, built_solver, chosen.label(), n, model.cell.seed if seed is None else seed, where, target)
 
 
-def _draw_and_write(model: TrainedModel, solver: Solver, trace: TraceEstimator, solver_label: str, n: int, seed: int,
-                    device: str, target: Path) -> None:
+def _draw_and_write(model: TrainedModel, solver: Solver, solver_label: str, n: int, seed: int, device: str,
+                    target: Path) -> None:
     """Sample ``model`` with ``solver``, write the samples to ``target`` atomically and say what was written."""
     import numpy as np
     import torch
@@ -122,8 +120,8 @@ def _draw_and_write(model: TrainedModel, solver: Solver, trace: TraceEstimator, 
     dtype = next((p.dtype for p in field.parameters()), torch.float32)
     started = now(torch.device(device))
     try:
-        samples = sample_model(field, solver, trace, n, split_generator(seed, "model/samples"), torch.device(device),
-                               dtype, counter)
+        samples = sample_model(field, solver, n, split_generator(seed, "model/samples"), torch.device(device),
+                               dtype, counter, model.registry.describe("field", cell.field.name))
     except Exception as exc:  # noqa: BLE001 - a failing solve (NFE budget, step-size underflow, a plugin's bug)
         raise fail(f"sampling cell {cell.cell_id} with {solver_label} failed after {counter.current} evaluations: "
                    f"{describe_exception(exc, 300)}") from None
@@ -150,4 +148,4 @@ def _draw_and_write(model: TrainedModel, solver: Solver, trace: TraceEstimator, 
     click.echo(f"wrote {target}: {n} samples x {array.shape[1]} dimensions ({array.dtype}) from cell {cell.cell_id} "
                f"({cell.field.label()} on {cell.dataset.label()}, seed {cell.seed})")
     click.echo(f"sampling solve: {solver_label} from t=0 to t=1, base seed {seed}; NFE {counter.current} "
-               f"evaluations (counted by the harness); {seconds:.3f} s on {device}")
+               f"evaluations of the field alone (counted by the harness); {seconds:.3f} s on {device}")
