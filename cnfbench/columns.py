@@ -198,6 +198,13 @@ COLUMNS: tuple[Column, ...] = (
           label="test NLL, ref solve", display_unit="nats", defaults=(REPORT, COMPARE, SUMMARY),
           short="NLL ref"),
     _stderr("nll_ref_stderr", "standard error of nll_ref over the test samples"),
+    # the solver's error on the test log-density: what a work-precision diagram plots against nfe_eval and
+    # eval_time_s; true whatever the validity flag says (it measures exactly the error the flag is about)
+    _nats("logp_error_mean", "mean over the test samples of |log p_solver(x) - log p_ref(x)|: the row's "
+          "solver's error on the test log-density against the reference solve (same samples, no extra solve)",
+          goal=LOWEST, label="log p error, mean", display_unit="nats", decimals=4),
+    _nats("logp_error_max", "the same, maximum over the test samples", goal=LOWEST, label="log p error, max",
+          display_unit="nats", decimals=4),
     Column("dim", "dimensions", "dimension of the data", decimals=0),
     Column("nll_per_dim", "nats/dim", "nll / dim", goal=LOWEST, comparison=DIFFERENCE),
     Column("nll_ref_per_dim", "nats/dim", "nll_ref / dim", goal=LOWEST, comparison=DIFFERENCE),

@@ -444,6 +444,16 @@ def _training_columns(record: TrainingRecord, solves: bool) -> dict[str, Any]:
     }
 
 
+def _logp_error_columns(own: EvaluationPass | None, ref: EvaluationPass | None) -> dict[str, float]:
+    """``logp_error_mean`` and ``logp_error_max``: the row's solver's per-sample error on the test log-density
+    against the reference solve, from the two test passes' own per-sample values (both float64, same samples in
+    the same order: no extra solve); NaN unless both passes ran."""
+    if own is None or ref is None:
+        return {"logp_error_mean": math.nan, "logp_error_max": math.nan}
+    error = (own.log_prob - ref.log_prob).abs()
+    return {"logp_error_mean": float(error.mean()), "logp_error_max": float(error.max())}
+
+
 def _measured_columns(evaluation: dict[str, EvaluationPass], memory: PeakMemory, wall: float) -> dict[str, Any]:
     own, ref = evaluation.get("eval"), evaluation.get("ref")
     return {
@@ -451,6 +461,7 @@ def _measured_columns(evaluation: dict[str, EvaluationPass], memory: PeakMemory,
         "nll_stderr": own.nll_stderr if own else math.nan,
         "nll_ref": ref.nll if ref else math.nan,
         "nll_ref_stderr": ref.nll_stderr if ref else math.nan,
+        **_logp_error_columns(own, ref),
         "nfe_eval": own.nfe if own else math.nan,
         "nfe_eval_max_chunk": own.nfe_max_chunk if own else math.nan,
         "nfe_ref": ref.nfe if ref else math.nan,

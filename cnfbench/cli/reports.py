@@ -90,10 +90,19 @@ def _emit(path: str | None, render: Callable[[], str], what: str) -> bool:
                    "a dataset's entry is the mean over seeds), average ranks, Friedman's test, Nemenyi's critical "
                    "difference and, for a cost metric, the performance profile; needs 3+ datasets and 2+ "
                    "configurations; with --plots the critical-difference diagram and profile [default: off]")
+@click.option("--work-precision", "work_precision", is_flag=True,
+              help="instead of the table: per dataset and solver family (dopri5, euler, ...), the error of each "
+                   "solver spec of a sweep against its NFE and seconds, points by cost, seeds aggregated, log-log "
+                   "slopes; needs a family with 2+ specs, e.g. from cnfbench evaluate RUN --solver "
+                   "'euler[steps=2..64:x2]'; with --plots the figure [default: off]")
+@click.option("--wp-metric", "wp_metric", metavar="METRIC",
+              help="the error of --work-precision: logp_error_mean or logp_error_max (test log-density against the "
+                   "reference solve, by the test pass's cost), energy_distance or sliced_w2 (samples against the "
+                   "test data, by the sampling solve's cost) [default: logp_error_mean]")
 def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...], cols: tuple[str, ...],
            stat: str, markdown_path: str | None, csv_path: str | None, latex_path: str | None,
            caption: str | None, label: str | None, json_path: str | None, plots: bool, html: bool,
-           out_dir: Path | None, rank_metrics: tuple[str, ...]) -> None:
+           out_dir: Path | None, rank_metrics: tuple[str, ...], work_precision: bool, wp_metric: str | None) -> None:
     """Aggregate the seeds of one or more run folders and print a table (units in every header).
 
     \b
@@ -101,19 +110,25 @@ def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...
     cnfbench report results/grid1 --rows dataset --cols solver,trace --metric nll_ref --latex table.tex
     cnfbench report results/grid1 --html
     cnfbench report results/suite --rank nll_ref,train_time_s --plots
+    cnfbench report results/wp --work-precision --plots
     """
     from cnfbench import reports as rep
     from cnfbench.reports.escape import LATEX_LABEL_TEXT, is_latex_label, latex_label
 
     if label is not None and not is_latex_label(label):
         raise fail(f"--label {label!r} may hold only {LATEX_LABEL_TEXT}, e.g. tab:solvers")
-    if rank_metrics:
+    if wp_metric is not None and not work_precision:
+        raise fail("--wp-metric chooses the error of --work-precision; add --work-precision or drop --wp-metric")
+    if rank_metrics and work_precision:
+        raise fail("--rank and --work-precision are two views; ask for one at a time")
+    if rank_metrics or work_precision:
+        view = "--rank" if rank_metrics else "--work-precision"
         given = [name for name, value in (("--metric", metrics), ("--rows", rows), ("--cols", cols),
                                           ("--stat", stat != "mean"), ("--markdown", markdown_path),
                                           ("--csv", csv_path), ("--latex", latex_path), ("--json", json_path),
                                           ("--caption", caption), ("--label", label), ("--html", html)) if value]
         if given:
-            raise fail(f"--rank prints its own tables (and with --plots its figures); drop {', '.join(given)}")
+            raise fail(f"{view} prints its own tables (and with --plots its figures); drop {', '.join(given)}")
     files = {"Markdown": markdown_path, "CSV": csv_path, "LaTeX": latex_path, "JSON": json_path}
     _check_outputs(files, {"plots and HTML": out_dir} if plots or html else None)
     loaded = load_runs_or_fail(runs)
@@ -138,6 +153,23 @@ def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...
 
             plot_dir = out_dir or loaded[0].path / PLOTS_DIR
             written = write_rank_plots(rankings, plot_dir)
+            click.echo(f"wrote {plural(len(written.files), 'plot')} into {plot_dir}", err=True)
+        return
+    if work_precision:
+        from cnfbench.reports import work_precision as wp
+
+        try:
+            view_data = wp.work_precision(cells, wp_metric or wp.DEFAULT_METRIC)
+        except rep.ReportError as exc:
+            raise fail(str(exc)) from None
+        click.echo(wp.to_text(view_data, terminal_width()))
+        if plots:
+            from cnfbench.reports.plots import PLOTS_DIR
+
+            plot_dir = out_dir or loaded[0].path / PLOTS_DIR
+            written = wp.write_wp_plots(view_data, plot_dir)
+            for note in written.notes:
+                click.echo(f"note: {note}", err=True)
             click.echo(f"wrote {plural(len(written.files), 'plot')} into {plot_dir}", err=True)
         return
     metric_list = rep.split_list(metrics)
