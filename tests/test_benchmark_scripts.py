@@ -12,6 +12,9 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 TINY_RUNS = {
+    "bench_evaluation.py": ["--repeats", "1", "--cell", "--dataset 8gaussians[n_train=256,n_val=32,n_test=96] "
+                            "--field concatsquash[hidden=16-16] --solver euler[steps=2] --iterations 3 "
+                            "--batch-size 64 --mass-grid 12"],
     "bench_trace_variance.py": ["--iterations", "2", "--batch-size", "32", "--points", "16", "--probes", "4",
                                 "--logp-points", "8", "--logp-reps", "2"],
     "bench_trace_cost.py": ["--dims", "2", "--batch", "16", "--repeats", "1", "--train-iterations", "2", "--points",
@@ -26,6 +29,7 @@ TINY_RUNS = {
 }
 
 TABLE_HEADS = {
+    "bench_evaluation.py": "| phase | seconds [s] | × training |",
     "bench_trace_variance.py": "| t | estimator |",
     "bench_trace_cost.py": "| hutchpp[probes=6] |",
     "bench_harness_overhead.py": "| solver         | iters/block |",
