@@ -20,6 +20,10 @@ backend change), exactly a single column (3.4 in wide, 8 pt text) or the full wi
   out with a note. The grid has the data column, then at most :data:`MAX_DENSITY_COLUMNS` model columns; more
   models take further rows of blocks, balanced, never under the data column.
 
+The figure helpers (:func:`new_figure`, :func:`paper_style`, :func:`save_figure`, :func:`legend_below`,
+:func:`config_colors`, :func:`fold`, :func:`fit`) are public: the rank and work-precision figures
+(:mod:`~cnfbench.reports.rank_plots`, :mod:`~cnfbench.reports.work_precision`) are drawn with the same ones.
+
 Every figure is exactly its stated width (no tight bounding box), so each text is folded at token boundaries
 (:func:`cnfbench.labels.break_label`) to the width measured by the renderer, and legends sit below the panels.
 Densities and the data histogram are one image each (a colour bar's solids rasterized too), so a PDF viewer
@@ -109,14 +113,14 @@ def file_label(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "data"
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     """A constrained-layout figure on its own Agg canvas (what text is measured with)."""
     figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)
     return figure
 
 
-def _styled(plot: Callable[..., Any]) -> Callable[..., Any]:
+def paper_style(plot: Callable[..., Any]) -> Callable[..., Any]:
     """Draw (and save) inside the paper style (:data:`_STYLE`), leaving matplotlib's global settings alone."""
     @functools.wraps(plot)
     def styled(*args: Any, **kwargs: Any) -> Any:
@@ -128,8 +132,8 @@ def _styled(plot: Callable[..., Any]) -> Callable[..., Any]:
     return styled
 
 
-@_styled
-def _save(figure: Figure, path: Path) -> Path:
+@paper_style
+def save_figure(figure: Figure, path: Path) -> Path:
     """Write ``figure`` as ``path`` (``.png``) and beside it in every other of :data:`FORMATS`; return the PNG."""
     for kind in FORMATS:
         target = path.with_suffix(f".{kind}")
@@ -174,11 +178,12 @@ def fit(figure: Figure, text: str, width: float, size: float) -> tuple[str, floa
         current = max(_SMALLEST, current - 0.5)
 
 
-def _lines(text: str) -> int:
+def line_count(text: str) -> int:
+    """How many lines ``text`` takes."""
     return text.count("\n") + 1
 
 
-def _legend_below(figure: Figure, entries: Sequence[tuple[Any, str]], width: float) -> float:
+def legend_below(figure: Figure, entries: Sequence[tuple[Any, str]], width: float) -> float:
     """A legend under the panels, in two columns where every label fits half of ``width`` inches (else one), each
     label folded to its column; returns the inches it adds to the figure's height."""
     if not entries:
@@ -233,7 +238,8 @@ def config_labels(cells: pd.DataFrame, seeds: bool = False) -> pd.Series:
     return row_labels(cells, seeds=seeds, leave_out=(DATASET.key,))
 
 
-def _colors(labels: Sequence[str]) -> dict[str, Any]:
+def config_colors(labels: Sequence[str]) -> dict[str, Any]:
+    """A colour per distinct label, in first-seen order (the same configuration, the same colour, in every figure)."""
     from matplotlib import colormaps
 
     unique = list(dict.fromkeys(labels))
@@ -252,7 +258,7 @@ def _finite(value: Any) -> bool:
 
 # --------------------------------------------------------------------------------------------------- pareto
 
-@_styled
+@paper_style
 def pareto_figure(cells: pd.DataFrame, x: str, y: str = "nll_ref", title: str = "") -> Figure | None:
     """NLL against a cost (``x``), one point per configuration (mean over its seeds, error bars of one standard
     deviation), the Pareto front over configurations drawn through their means, the legend below; one column
@@ -264,9 +270,9 @@ def pareto_figure(cells: pd.DataFrame, x: str, y: str = "nll_ref", title: str = 
     if table.empty:
         return None
     xs, ys = table[f"{x}_mean"].to_numpy(float), table[f"{y}_mean"].to_numpy(float)
-    colors = _colors(list(table["label"]))
+    colors = config_colors(list(table["label"]))
     height = 2.6
-    figure = _new_figure(COLUMN_WIDTH, height)
+    figure = new_figure(COLUMN_WIDTH, height)
     axes = figure.add_subplot()
     entries: list[tuple[Any, str]] = []
     for (_, row), px, py in zip(table.iterrows(), xs, ys, strict=True):
@@ -294,14 +300,14 @@ def pareto_figure(cells: pd.DataFrame, x: str, y: str = "nll_ref", title: str = 
     spread = "mean ± 1 std over seeds" if (table["n"] > 1).any() else "one seed per configuration: no spread"
     figure.suptitle(f"{heading}\n{spread}", fontsize=8)  # centred on the page, not the axes
     axes.grid(True, alpha=0.3)
-    figure.set_figheight(height + 0.12 * (_lines(heading) - 1) + _legend_below(figure, entries, COLUMN_WIDTH))
+    figure.set_figheight(height + 0.12 * (line_count(heading) - 1) + legend_below(figure, entries, COLUMN_WIDTH))
     return figure
 
 
 def plot_pareto(cells: pd.DataFrame, x: str, path: Path, y: str = "nll_ref", title: str = "") -> Path | None:
     """:func:`pareto_figure` written as ``path`` (and its PDF and SVG); ``None`` without points."""
     figure = pareto_figure(cells, x, y, title)
-    return _save(figure, path) if figure is not None else None
+    return save_figure(figure, path) if figure is not None else None
 
 
 # --------------------------------------------------------------------------------------------------- curves
@@ -364,7 +370,7 @@ def _seed_band(axes: Any, x: np.ndarray, values: np.ndarray, color: Any) -> Any:
     return line
 
 
-@_styled
+@paper_style
 def curves_figure(cells: pd.DataFrame, curves: pd.DataFrame, title: str = "") -> Figure | None:
     """Per configuration, the mean training loss over its seeds (band: one standard deviation) against
     iterations and against seconds, the validation NLL where recorded, and the forward NFE per iteration; a
@@ -385,9 +391,9 @@ def curves_figure(cells: pd.DataFrame, curves: pd.DataFrame, title: str = "") ->
     rows = curves[curves["_label"].notna()]
     if rows.empty:
         return None
-    colors = _colors(list(labels))
+    colors = config_colors(list(labels))
     height = 2.4
-    figure = _new_figure(FULL_WIDTH, height)
+    figure = new_figure(FULL_WIDTH, height)
     left, right = figure.subfigures(1, 2, width_ratios=[2, 1])
     by_iteration, by_time = left.subplots(1, 2)
     nfe_axes = right.subplots()
@@ -440,7 +446,7 @@ def curves_figure(cells: pd.DataFrame, curves: pd.DataFrame, title: str = "") ->
     if any(notes):
         text, size = fit(figure, "\n".join(note for note in notes if note), FULL_WIDTH * 2 / 3 - 0.15, _NOTE_SIZE)
         left.suptitle(text, fontsize=size, color=_CAVEAT_COLOR)
-        extra += _lines(text) * size * 1.3 / 72 + 0.04
+        extra += line_count(text) * size * 1.3 / 72 + 0.04
     by_iteration.set_xlabel("iteration")
     by_iteration.set_ylabel("loss, val NLL [nats/sample]" if with_validation else "training loss [nats/sample]")
     by_time.set_xlabel("training wall-clock [s]")
@@ -452,7 +458,7 @@ def curves_figure(cells: pd.DataFrame, curves: pd.DataFrame, title: str = "") ->
         axes.grid(True, alpha=0.3)
     heading = fold(figure, f"{title} (mean ± 1 std over seeds)", FULL_WIDTH - 0.1, 8)
     figure.suptitle(heading, fontsize=8)
-    extra += 0.12 * (_lines(heading) - 1) + _legend_below(figure, entries, FULL_WIDTH)
+    extra += 0.12 * (line_count(heading) - 1) + legend_below(figure, entries, FULL_WIDTH)
     figure.set_figheight(height + extra)
     return figure
 
@@ -460,7 +466,7 @@ def curves_figure(cells: pd.DataFrame, curves: pd.DataFrame, title: str = "") ->
 def plot_curves(cells: pd.DataFrame, curves: pd.DataFrame, path: Path, title: str = "") -> Path | None:
     """:func:`curves_figure` written as ``path`` (and its PDF and SVG); ``None`` without curves."""
     figure = curves_figure(cells, curves, title)
-    return _save(figure, path) if figure is not None else None
+    return save_figure(figure, path) if figure is not None else None
 
 
 # --------------------------------------------------------------------------------------------------- density
@@ -505,7 +511,7 @@ def _density_panels(cells: pd.DataFrame, run_dirs: Mapping[str, Path], title: st
     return panels, notes
 
 
-@_styled
+@paper_style
 def density_figure(cells: pd.DataFrame, run_dirs: Mapping[str, Path], title: str = ""
                    ) -> tuple[Figure | None, list[str]]:
     """Data, then per cell the density the field defines (reference solve), the density its solver reports
@@ -522,7 +528,7 @@ def density_figure(cells: pd.DataFrame, run_dirs: Mapping[str, Path], title: str
     bar_room = 0.75  # the colour bar, its ticks and label, inches
     pitch = (FULL_WIDTH - bar_room) / columns
     room = pitch - 0.08
-    figure = _new_figure(FULL_WIDTH, 1.0)
+    figure = new_figure(FULL_WIDTH, 1.0)
     grid = figure.add_gridspec(layers * blocks, columns)
     first = panels[0][1]
     extent = (float(first.grid_x[0]), float(first.grid_x[-1]), float(first.grid_y[0]), float(first.grid_y[-1]))
@@ -541,7 +547,7 @@ def density_figure(cells: pd.DataFrame, run_dirs: Mapping[str, Path], title: str
         text, size = fit(figure, heading, room, _PANEL_TITLE)
         axes.set_title(text, fontsize=size)
         row = layers * block + layer
-        title_lines[row] = max(title_lines[row], _lines(text))
+        title_lines[row] = max(title_lines[row], line_count(text))
         return axes
 
     def raster(axes: Any, values: np.ndarray, box: tuple[float, float, float, float]) -> Any:
@@ -576,7 +582,7 @@ def density_figure(cells: pd.DataFrame, run_dirs: Mapping[str, Path], title: str
     figure.suptitle(heading, fontsize=8)
     panel = pitch - 0.25  # the square panel, its y tick labels beside it
     height = sum(panel + 0.22 + lines * _PANEL_TITLE * 1.25 / 72 for lines in title_lines)
-    figure.set_figheight(height + 0.12 + _lines(heading) * 0.14)
+    figure.set_figheight(height + 0.12 + line_count(heading) * 0.14)
     return figure, notes
 
 
@@ -584,7 +590,7 @@ def plot_density(cells: pd.DataFrame, run_dirs: Mapping[str, Path], path: Path, 
                  ) -> tuple[Path | None, list[str]]:
     """:func:`density_figure` written as ``path`` (and its PDF and SVG); notes for missing files."""
     figure, notes = density_figure(cells, run_dirs, title)
-    return (_save(figure, path) if figure is not None else None), notes
+    return (save_figure(figure, path) if figure is not None else None), notes
 
 
 def write_plots(out_dir: str | Path, cells: pd.DataFrame, curves: pd.DataFrame | None = None,

@@ -33,15 +33,15 @@ from cnfbench.reports.plots import (
     COLUMN_WIDTH,
     FULL_WIDTH,
     PlotResult,
-    _colors,
-    _legend_below,
-    _lines,
-    _new_figure,
-    _save,
-    _styled,
+    config_colors,
     file_label,
     fit,
     fold,
+    legend_below,
+    line_count,
+    new_figure,
+    paper_style,
+    save_figure,
     text_width,
 )
 from cnfbench.reports.ranking import Ranking, p_text
@@ -68,7 +68,7 @@ def _tick_step(k: int, inches_per_rank: float, figure: Figure) -> int:
     raise AssertionError("unreachable")
 
 
-@_styled
+@paper_style
 def cd_figure(ranking: Ranking, title: str = "") -> Figure:
     """The critical-difference diagram of ``ranking`` (see the module docstring)."""
     configs = ranking.configurations
@@ -97,9 +97,9 @@ def cd_figure(ranking: Ranking, title: str = "") -> Figure:
     texts: list[tuple[float, float, str, float, str]] = []  # x, y (top), text, size, alignment
     if heading:
         texts.append((width / 2, y, heading, 8.0, "center"))
-        y += _lines(heading) * _line_height(8.0) + 0.03
+        y += line_count(heading) * _line_height(8.0) + 0.03
     texts.append((width / 2, y, subtitle, sub_size, "center"))
-    y += _lines(subtitle) * _line_height(sub_size) + 0.1
+    y += line_count(subtitle) * _line_height(sub_size) + 0.1
     # the critical difference: a bar from rank 1, its length in ranks, named above it
     cd = ranking.critical_difference
     cd_text = f"CD = {cd:.2f}"
@@ -140,7 +140,7 @@ def cd_figure(ranking: Ranking, title: str = "") -> Figure:
             edge = start if left else end
             axes.plot([x_rank, x_rank, edge], [axis_y, line_y, line_y], color="black", linewidth=0.7)
             texts.append((edge - _GAP if left else edge + _GAP, row_y, text, size, "right" if left else "left"))
-            row_y += _lines(text) * _line_height(size) + 0.04
+            row_y += line_count(text) * _line_height(size) + 0.04
         bottoms.append(row_y)
     height_needed = max(bottoms) + _MARGIN
     figure.set_figheight(height_needed)
@@ -151,7 +151,7 @@ def cd_figure(ranking: Ranking, title: str = "") -> Figure:
     return figure
 
 
-@_styled
+@paper_style
 def profile_figure(ranking: Ranking, title: str = "") -> Figure | None:
     """The performance profile of ``ranking``'s cost metric, one column wide; ``None`` without a profile."""
     profile = ranking.profile
@@ -161,9 +161,9 @@ def profile_figure(ranking: Ranking, title: str = "") -> Figure | None:
     finite = [r for r in profile.ratios.values() if math.isfinite(r)]
     top = max(2.0, max(finite, default=1.0) * 1.25)
     height = 2.6
-    figure = _new_figure(COLUMN_WIDTH, height)
+    figure = new_figure(COLUMN_WIDTH, height)
     axes = figure.add_subplot()
-    colors = _colors(configs)
+    colors = config_colors(configs)
     entries: list[tuple[Any, str]] = []
     for config in configs:
         ratios = sorted(profile.ratios[(config, d)] for d in datasets)
@@ -184,8 +184,8 @@ def profile_figure(ranking: Ranking, title: str = "") -> Figure | None:
                 COLUMN_WIDTH - 0.1, 8)
     figure.suptitle(f"{heading}\n{what}" if heading else what, fontsize=8)
     axes.grid(True, alpha=0.3)
-    extra = 0.12 * (_lines(heading) + _lines(what) - 2)
-    figure.set_figheight(height + extra + _legend_below(figure, entries, COLUMN_WIDTH))
+    extra = 0.12 * (line_count(heading) + line_count(what) - 2)
+    figure.set_figheight(height + extra + legend_below(figure, entries, COLUMN_WIDTH))
     return figure
 
 
@@ -196,11 +196,11 @@ def write_rank_plots(rankings: Sequence[Ranking], into: str | Path) -> PlotResul
     for ranking in rankings:
         name = file_label(ranking.metric.name)
         what = f"{ranking.metric.name}: critical-difference diagram"
-        result.files.append((what, _save(cd_figure(ranking, f"Ranks by {ranking.metric.header}"),
+        result.files.append((what, save_figure(cd_figure(ranking, f"Ranks by {ranking.metric.header}"),
                                          out / f"rank_cd_{name}.png")))
         figure = profile_figure(ranking, f"Performance profile of {ranking.metric.header}")
         if figure is not None:
             result.files.append((f"{ranking.metric.name}: performance profile",
-                                 _save(figure, out / f"rank_profile_{name}.png")))
+                                 save_figure(figure, out / f"rank_profile_{name}.png")))
     return result
 

@@ -403,24 +403,24 @@ def wp_figure(view: WorkPrecision, dataset: str, title: str = "") -> Figure | No
     """The work-precision figure of ``dataset``: error against NFE and against seconds, log-log, one line per solver
     family (band and whiskers: the seeds' range; open markers: flagged points), the legend below; full width.
     ``None`` when no point of the dataset can be drawn."""
-    from cnfbench.reports.plots import _styled
+    from cnfbench.reports.plots import paper_style
 
-    return _styled(_draw)(view, dataset, title)
+    return paper_style(_draw)(view, dataset, title)
 
 
 def _draw(view: WorkPrecision, dataset: str, title: str) -> Figure | None:
     from matplotlib.lines import Line2D
 
-    from cnfbench.reports.plots import FULL_WIDTH, _colors, _legend_below, _lines, _new_figure, fold
+    from cnfbench.reports.plots import FULL_WIDTH, config_colors, fold, legend_below, line_count, new_figure
 
     lines = [line for line in view.lines_of(dataset) if any(p.drawable("nfe") or p.drawable("seconds")
                                                             for p in line.points)]
     if not lines:
         return None
     height = 2.8
-    figure = _new_figure(FULL_WIDTH, height)
+    figure = new_figure(FULL_WIDTH, height)
     by_nfe, by_seconds = figure.subplots(1, 2)
-    colors = _colors([line.label for line in lines])
+    colors = config_colors([line.label for line in lines])
     entries: list[tuple[Any, str]] = []
     for line in lines:
         color = colors[line.label]
@@ -451,8 +451,8 @@ def _draw(view: WorkPrecision, dataset: str, title: str) -> Figure | None:
     heading = fold(figure, title, FULL_WIDTH - 0.1, 8) if title else ""
     what = fold(figure, spread, FULL_WIDTH - 0.1, 8)
     figure.suptitle(f"{heading}\n{what}" if heading else what, fontsize=8)
-    extra = 0.12 * (_lines(heading) + _lines(what) - 2) if heading else 0.12 * (_lines(what) - 1)
-    figure.set_figheight(height + extra + _legend_below(figure, entries, FULL_WIDTH))
+    extra = 0.12 * (line_count(heading) + line_count(what) - 2) if heading else 0.12 * (line_count(what) - 1)
+    figure.set_figheight(height + extra + legend_below(figure, entries, FULL_WIDTH))
     return figure
 
 
@@ -495,7 +495,7 @@ def _draw_line(axes: Any, line: Line, cost: str, color: Any, x_scale: float, y_s
 
 def write_wp_plots(view: WorkPrecision, into: str | Path) -> PlotResult:
     """Write the figure of each dataset of ``view`` into ``into`` as ``work_precision_<metric>_<dataset>``."""
-    from cnfbench.reports.plots import PlotResult, _save, file_label
+    from cnfbench.reports.plots import PlotResult, file_label, save_figure
 
     out = Path(into)
     result = PlotResult()
@@ -505,5 +505,5 @@ def write_wp_plots(view: WorkPrecision, into: str | Path) -> PlotResult:
             result.notes.append(f"no figure for {dataset}: no point with a positive error and cost")
             continue
         path = out / f"work_precision_{file_label(view.metric.name)}_{file_label(dataset)}.png"
-        result.files.append((f"{dataset}: work-precision of {view.metric.name}", _save(figure, path)))
+        result.files.append((f"{dataset}: work-precision of {view.metric.name}", save_figure(figure, path)))
     return result
