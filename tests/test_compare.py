@@ -21,14 +21,13 @@ from cnfbench.reports.compare import (
     compare_runs,
     headline,
     metric_change,
-    p_text,
     parse_thresholds,
     row_verdict,
     to_json,
     to_markdown,
     to_text,
 )
-from cnfbench.reports.statistics import move_test, paired_t_test, t_two_sided_p, welch_t_test
+from cnfbench.reports.statistics import move_test, p_text, paired_t_test, t_two_sided_p, welch_t_test
 from cnfbench.run_folder import Run, load_run
 
 VERSIONS = {"cnfbench": "0.1.0", "torch": "2.13.0", "torchdiffeq": "0.2.5"}

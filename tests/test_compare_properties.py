@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cnfbench.reports import metric_info
-from cnfbench.reports.compare import MetricChange, Threshold, metric_change, p_text, row_verdict
-from cnfbench.reports.statistics import MIN_VALUES
+from cnfbench.reports.compare import MetricChange, Threshold, metric_change, row_verdict
+from cnfbench.reports.statistics import MIN_VALUES, p_text
 
 NLL = metric_info("nll_ref")
 TIME = metric_info("train_time_s")

@@ -60,7 +60,7 @@ from cnfbench.reports.escape import html_escape, markdown_escape, terminal_escap
 from cnfbench.reports.metrics import Metric, ReportError, check_metrics, default_metrics, metric_info
 from cnfbench.reports.render import text_table
 from cnfbench.reports.sharing import differing, differing_text, merge_values, sharing_values
-from cnfbench.reports.statistics import MIN_VALUES, MoveTest, move_test
+from cnfbench.reports.statistics import MIN_VALUES, MoveTest, move_test, p_text
 from cnfbench.run_folder import Run, load_run
 from cnfbench.text_tables import wrap_text
 
@@ -241,17 +241,6 @@ def _move_test(base: dict[str, float], new: dict[str, float], paired: bool, marg
     if paired and len(base) >= MIN_VALUES and set(base) == set(new):
         return move_test(list(base.values()), [new[s] for s in base], True, margin, alpha)
     return move_test(list(base.values()), list(new.values()), False, margin, alpha)
-
-
-def p_text(p: float, alpha: float) -> str:
-    """``p=0.31``, ``p<0.001``: two significant digits, more where two would round across ``alpha``."""
-    if p < 0.001 <= alpha:
-        return "p<0.001"
-    for digits in (2, 3, 4, 6):
-        text = f"{p:.{digits}g}"
-        if (float(text) < alpha) == (p < alpha):
-            return f"p={text}"
-    return f"p={p!r}"
 
 
 def _seeds_phrase(base_n: int, new_n: int) -> str:

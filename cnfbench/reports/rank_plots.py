@@ -44,7 +44,8 @@ from cnfbench.reports.plots import (
     save_figure,
     text_width,
 )
-from cnfbench.reports.ranking import Ranking, p_text
+from cnfbench.reports.ranking import Ranking
+from cnfbench.reports.statistics import p_text
 
 LABEL_SIZE = 7.0
 """Points: the configurations' labels and the rank axis' numbers."""
@@ -92,7 +93,7 @@ def cd_figure(ranking: Ranking, title: str = "") -> Figure:
     heading = fold(figure, title, width - 2 * _MARGIN, 8) if title else ""
     goal = GOAL_TEXT.get(ranking.metric.goal or "", "")
     what = (f"average rank over {plural(n, 'dataset')} (a rank, no unit; 1 = best: {goal})\n"
-            f"Friedman {p_text(ranking.friedman.p)}; Nemenyi CD at alpha = {ranking.alpha:g}")
+            f"Friedman {p_text(ranking.friedman.p, ranking.alpha)}; Nemenyi CD at alpha = {ranking.alpha:g}")
     subtitle, sub_size = fit(figure, what, width - 2 * _MARGIN, LABEL_SIZE)
     texts: list[tuple[float, float, str, float, str]] = []  # x, y (top), text, size, alignment
     if heading:

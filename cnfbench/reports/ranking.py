@@ -49,6 +49,7 @@ from cnfbench.reports.aggregate import axis_labels, flagged, format_value, varyi
 from cnfbench.reports.escape import terminal_escape
 from cnfbench.reports.metrics import DATASET, GOAL_TEXT, RUN, Metric, ReportError, available_metrics, metric_info
 from cnfbench.reports.sharing import sharing_note
+from cnfbench.reports.statistics import p_text
 from cnfbench.text_tables import fold_table, wrap_text
 
 MIN_DATASETS = 3
@@ -325,10 +326,6 @@ def performance_profile(metric: Metric, entries: dict[tuple[str, str], RankEntry
 
 # --------------------------------------------------------------------------------------------------- text
 
-def _number(value: float, digits: int = 3) -> str:
-    return f"{value:.{digits}g}" if value < 1e-3 else f"{value:.{digits}f}"
-
-
 def entry_text(ranking: Ranking, entry: RankEntry) -> str:
     """``2.345 (1.5)``: the seed mean in the metric's display unit and the rank; ``(!)`` on a flagged entry,
     ``failed`` where no seed finished."""
@@ -348,13 +345,9 @@ def friedman_text(ranking: Ranking) -> str:
                else f"no significant difference (p >= {ranking.alpha:g})")
     f_text = "inf" if math.isinf(result.f_statistic) else f"{result.f_statistic:.3f}"
     return (f"Friedman's test over {plural(n, 'dataset')} and {plural(k, 'configuration')}: chi2 = "
-            f"{result.statistic:.3f} ({result.dof} d.o.f.), {p_text(result.p)}: {verdict}; Iman-Davenport F = "
-            f"{f_text} ({result.f_dof[0]}, {result.f_dof[1]} d.o.f.), {p_text(result.f_p)}")
-
-
-def p_text(p: float) -> str:
-    """``p = 0.0183``, or ``p < 1e-4`` below that."""
-    return "p < 1e-4" if p < 1e-4 else f"p = {p:.4f}"
+            f"{result.statistic:.3f} ({result.dof} d.o.f.), {p_text(result.p, ranking.alpha)}: {verdict}; "
+            "Iman-Davenport F = "
+            f"{f_text} ({result.f_dof[0]}, {result.f_dof[1]} d.o.f.), {p_text(result.f_p, ranking.alpha)}")
 
 
 def nemenyi_text(ranking: Ranking) -> str:

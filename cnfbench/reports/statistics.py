@@ -186,3 +186,14 @@ def move_test(base: Sequence[float], new: Sequence[float], paired: bool, margin:
         low, high = float(interval.low), float(interval.high)
         equivalence = max(float(upper), float(lower))
     return MoveTest(WELCH, len(x), len(y), effect, two_sided.p, low, high, margin, equivalence)
+
+
+def p_text(p: float, alpha: float) -> str:
+    """``p=0.31``, ``p<0.001``: two significant digits, more where two would round across ``alpha``."""
+    if p < 0.001 <= alpha:
+        return "p<0.001"
+    for digits in (2, 3, 4, 6):
+        text = f"{p:.{digits}g}"
+        if (float(text) < alpha) == (p < alpha):
+            return f"p={text}"
+    return f"p={p!r}"
