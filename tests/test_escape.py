@@ -152,3 +152,10 @@ def test_an_inline_element_cannot_end_early() -> None:
     for bad in ("x</script>", "x</SCRIPT >", "a\rb"):
         with pytest.raises(ValueError):
             inline_element("script", bad)
+
+
+def test_html_shows_control_characters_and_bidi_overrides_visibly() -> None:
+    from cnfbench.reports.escape import html_escape
+
+    assert html_escape("run \x1b[31mred\x1b[0m <b>\u202e") == "run \\x1b[31mred\\x1b[0m &lt;b&gt;\\u202e"
+    assert html_escape("two\nlines\tand a tab") == "two\nlines\tand a tab"  # whitespace stays for <pre> and CSS

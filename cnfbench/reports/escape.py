@@ -28,8 +28,11 @@ def single_line(text: object) -> str:
 
 
 def html_escape(text: object) -> str:
-    """``text`` for HTML element content or a quoted attribute value: ``& < > " '`` as character references."""
-    return html.escape(str(text), quote=True)
+    """``text`` for HTML element content or a quoted attribute value: ``& < > " '`` as character references, and
+    control characters other than whitespace (invisible in a page, an escape sequence if the text is copied to a
+    terminal) and bidirectional overrides shown as ``\x1b``/``\u202e``, as :func:`terminal_escape` shows them."""
+    shown = "".join(ch if ch in "\t\n\r" else terminal_escape(ch) for ch in str(text))
+    return html.escape(shown, quote=True)
 
 
 _SCRIPT_UNSAFE = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
