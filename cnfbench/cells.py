@@ -33,6 +33,9 @@ from cnfbench.specs import ResolvedComponent
 
 CELL_SCHEMA = 1
 
+METRICS_KEY = "metrics"
+"""The key of the chosen metrics in a cell's ``evaluation`` JSON: present only when chosen, and no part of the id."""
+
 
 SELECT_LAST, SELECT_BEST = "last", "best"
 
@@ -85,13 +88,16 @@ class EvalProtocol:
     """How a trained cell is evaluated on the test split: a component per evaluation slot, and settings.
 
     ``slots`` maps each slot key of :data:`cnfbench.families.EVAL_SLOTS` (``eval_trace``, ``ref_solver``)
-    to its component.
+    to its component. ``metrics`` are the metrics chosen (``--metrics``), ``None`` for the default set: they
+    travel with the cell to its worker but are no part of its id (:attr:`Cell.cell_id`), so a metric added
+    later (``cnfbench evaluate --metrics``) lands in the same row.
     """
 
     slots: Mapping[str, ResolvedComponent]
     ref_dtype: str  # "float64" or "float32"
     batch_size: int  # test samples per evaluation solve (bounds memory)
     mass_grid: int = 80  # points per axis of the 2D mass check; 0 turns it off
+    metrics: tuple[ResolvedComponent, ...] | None = None
 
     def __post_init__(self) -> None:
         missing = [slot.key for slot in EVAL_SLOTS if slot.key not in self.slots]
@@ -110,13 +116,18 @@ class EvalProtocol:
         return self.slots["ref_solver"]
 
     def to_json(self) -> dict[str, Any]:
-        return {**{slot.json_key: self.slots[slot.key].to_json() for slot in EVAL_SLOTS},
+        data = {**{slot.json_key: self.slots[slot.key].to_json() for slot in EVAL_SLOTS},
                 "ref_dtype": self.ref_dtype, "batch_size": self.batch_size, "mass_grid": self.mass_grid}
+        if self.metrics is not None:
+            data[METRICS_KEY] = [metric.to_json() for metric in self.metrics]
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> EvalProtocol:
+        metrics = data.get(METRICS_KEY)
         return cls({slot.key: ResolvedComponent.from_json(data[slot.json_key]) for slot in EVAL_SLOTS},
-                   data["ref_dtype"], int(data["batch_size"]), int(data.get("mass_grid", 0)))
+                   data["ref_dtype"], int(data["batch_size"]), int(data.get("mass_grid", 0)),
+                   None if metrics is None else tuple(ResolvedComponent.from_json(item) for item in metrics))
 
 
 @dataclass(frozen=True)
@@ -185,8 +196,10 @@ class Cell:
 
     @property
     def cell_id(self) -> str:
-        """A 16-hex-digit hash of the resolved spec: equal specs, equal ids."""
-        return _hash(self.to_json())
+        """A 16-hex-digit hash of the resolved spec, the chosen metrics left out: equal specs, equal ids."""
+        data = self.to_json()
+        data["evaluation"] = {key: value for key, value in data["evaluation"].items() if key != METRICS_KEY}
+        return _hash(data)
 
     def model_key(self, ignored: Sequence[str] = ()) -> str:
         """A 16-hex-digit hash of what training depends on; ``ignored`` names the axes the objective does

@@ -17,7 +17,7 @@ This module imports nothing heavy: ``cnfbench run`` uses it to order rows.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -246,6 +246,31 @@ COLUMNS: tuple[Column, ...] = (
     _stderr("reverse_kl_stderr", "standard error of reverse_kl over the model samples"),
     Column("roundtrip_error", "data units", "mean over test points of ‖x - F(F^-1(x))‖ with the row's solver "
            "(data to base and back, full dynamics with the exact trace)", goal=LOWEST),
+    Column("w2", "data units", "exact 2-Wasserstein distance between model samples (the row's solver) and as many "
+           "test points (POT's network simplex, squared Euclidean cost; at most 5,000 of each)", goal=LOWEST,
+           comparison=DIFFERENCE, label="W2"),
+    Column("mmd2", "1", "unbiased squared MMD between model samples and test points, Gaussian kernel at the "
+           "median-heuristic bandwidth; ~0 (can be < 0) for a perfect model", goal=LOWEST, comparison=DIFFERENCE,
+           decimals=4),
+    Column("mmd2_stderr", "1", "jackknife standard error of mmd2", decimals=4),
+    Column("mmd_bandwidth", "data units", "the Gaussian kernel's bandwidth: the median pairwise distance of the "
+           "pooled samples"),
+    Column("c2st_accuracy", "1", "classifier two-sample test: cross-validated accuracy of an MLP telling model "
+           "samples from test points; 0.5 = indistinguishable", goal=LOWEST, comparison=DIFFERENCE,
+           label="C2ST accuracy"),
+    Column("c2st_accuracy_stderr", "1", "standard error of c2st_accuracy over the folds"),
+    Column("ks_mean", "1", "two-sample Kolmogorov-Smirnov statistic of each dimension's marginal (model samples "
+           "against test points), mean over dimensions", goal=LOWEST, comparison=DIFFERENCE),
+    Column("ks_max", "1", "the same, largest over dimensions", goal=LOWEST, comparison=DIFFERENCE),
+    Column("path_energy", "data units²", "kinetic energy of the learned flow: mean over model samples of "
+           "∫₀¹ ‖v(t, x_t)‖² dt along their paths (the row's solver)", goal=LOWEST),
+    Column("path_energy_stderr", "data units²", "standard error of path_energy over the samples"),
+    Column("path_energy_normalized", "1", "|path_energy - W2²(N(0, I), data)| / W2²(N(0, I), data): 0 for the "
+           "optimal-transport (straight, constant-speed) flow; W2² exact between the paths' base draws and as many "
+           "test points", goal=LOWEST, comparison=DIFFERENCE, label="normalized path energy"),
+    _outcome("metrics", "the metrics whose columns the row holds (--metrics), comma-separated"),
+    _outcome("metrics_note", "metrics that were skipped (the dataset lacks what they need) or failed, with why: "
+                             "'name: reason' joined by '; '; their columns are empty"),
     _outcome("valid", "false when nll < entropy by > 2 paired stderr, or mass is off 1 (off mass_ref when the "
                       "grid cannot resolve 1) by > 0.03"),
     _outcome("validity_reason", "why a row is flagged (empty when valid)"),
@@ -287,6 +312,11 @@ COLUMNS: tuple[Column, ...] = (
     _seconds("mass_is_time_s", "wall-clock of scoring the model samples with the row's solver for mass_is"),
     _seconds("sample_time_s", "wall-clock of drawing the model samples of the sample distances (the solve of "
              "the samples alone that nfe_sample counts)"),
+    _evaluations("nfe_ref_sample", "dynamics evaluations of the joint reference solve that draws mass_is's and "
+                 "reverse_kl's model samples with their log-density"),
+    _seconds("ref_sample_time_s", "wall-clock of that joint reference solve"),
+    _evaluations("nfe_paths", "dynamics evaluations of the solve of the sample paths' kinetic energy (path_energy)"),
+    _seconds("paths_time_s", "wall-clock of that solve"),
     _seconds("cell_time_s", "wall-clock of the whole cell: build, train, evaluate"),
     Column("peak_memory_mib", "MiB", "peak memory during the cell (see memory_kind)", goal=LOWEST,
            label="peak mem", decimals=0, machine=True),
@@ -368,15 +398,20 @@ def check_column(column: Any, source: str) -> Column:
 
 
 def plugin_columns(pm: Any) -> dict[str, Column]:
-    """The columns every plugin of the pluggy manager ``pm`` declares through ``cnfbench_columns``, by name.
+    """The columns every plugin of the pluggy manager ``pm`` declares through ``cnfbench_columns``, and those of the
+    metrics it returns from ``cnfbench_metrics`` (other than cnfbench's own columns), by name.
 
     A declaration that is not a valid :class:`Column`, or whose name is one of cnfbench's own columns or is
     declared by two plugins, raises :class:`ColumnError` naming the plugin.
     """
     declared: dict[str, tuple[str, Column]] = {}
-    for impl in pm.hook.cnfbench_columns.get_hookimpls():
+    sources = [(impl, impl.function() or ()) for impl in pm.hook.cnfbench_columns.get_hookimpls()]
+    for impl in pm.hook.cnfbench_metrics.get_hookimpls():  # a metric's columns are declarations too
+        sources.append((impl, [column for cls in impl.function() or () for column in getattr(cls, "columns", ())
+                               if getattr(column, "name", None) not in COLUMNS_BY_NAME]))
+    for impl, columns in sources:
         plugin = f"plugin {pm.get_name(impl.plugin) or impl.plugin!r}"
-        for column in impl.function() or ():
+        for column in columns:
             column = check_column(column, plugin)
             if column.name in COLUMNS_BY_NAME:
                 raise ColumnError(f"{plugin} declares column {column.name!r}, which is one of cnfbench's own")
@@ -386,3 +421,22 @@ def plugin_columns(pm: Any) -> dict[str, Column]:
             declared[column.name] = (plugin, column)
     return {name: column for name, (_, column) in declared.items()}
 
+
+NOTE_SEPARATOR = "; "
+"""What separates the metrics in ``metrics_note`` (a metric's own reason has it replaced by ``, ``)."""
+
+
+def notes_text(notes: Mapping[str, str]) -> str:
+    """``metrics_note``: ``name: note`` per metric, in order, joined by ``; ``."""
+    return NOTE_SEPARATOR.join(f"{name}: {note}" for name, note in notes.items())
+
+
+def parse_notes(text: Any) -> dict[str, str]:
+    """The notes of :func:`notes_text`, by metric."""
+    if not isinstance(text, str) or not text:
+        return {}
+    notes: dict[str, str] = {}
+    for item in text.split(NOTE_SEPARATOR):
+        name, _, note = item.partition(": ")
+        notes[name] = note
+    return notes

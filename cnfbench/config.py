@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from cnfbench.cells import SELECT_BEST, SELECT_LAST, Budget, Cell, EvalProtocol, expand_grid
 from cnfbench.families import EVAL_SLOTS, GRID_AXES
-from cnfbench.params import ParamError, parse_selector_list
+from cnfbench.messages import did_you_mean
+from cnfbench.params import ParamError, Selection, parse_selector_list
 from cnfbench.ranges import expand_selection
 from cnfbench.specs import ResolvedComponent
 
@@ -59,6 +60,7 @@ class RunSettings:
     isolation: str | None = None
     executor: str = "process"
     tracker: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()
     retry_failed: bool = True
     allow_loose_ref: bool = False
     out: str = "results"
@@ -82,7 +84,7 @@ comma list of selectors per grid axis (``dataset``, ``field``, ...) and one sele
 (``eval_trace``, ``ref_solver``), as the families table lists them."""
 
 
-_LIST_KEYS = {*(row.config_key for row in GRID_AXES), "plugin", "tracker"}
+_LIST_KEYS = {*(row.config_key for row in GRID_AXES), "plugin", "tracker", "metrics"}
 _BOOL_KEYS = {"retry_failed", "allow_loose_ref", "compile"}
 
 
@@ -257,6 +259,49 @@ def resolve_axis(registry: Registry, family: str, selectors: tuple[str, ...] | l
     return list(kept)
 
 
+ALL_METRICS, DEFAULT_METRICS = "all", "default"
+
+
+def metric_groups(registry: Registry) -> dict[str, list[str]]:
+    """Every metric group (``--metrics`` accepts its name for all its metrics), with ``all`` and ``default``."""
+    groups: dict[str, list[str]] = {ALL_METRICS: [], DEFAULT_METRICS: []}
+    for entry in registry.entries("metric"):
+        groups[ALL_METRICS].append(entry.name)
+        if entry.cls.default:
+            groups[DEFAULT_METRICS].append(entry.name)
+        if entry.cls.group:
+            groups.setdefault(entry.cls.group, []).append(entry.name)
+    return groups
+
+
+def resolve_metrics(registry: Registry, selectors: tuple[str, ...] | list[str] | str
+                    ) -> tuple[ResolvedComponent, ...] | None:
+    """The metrics ``--metrics`` chooses (a comma list of metrics, with parameters, and groups), in registry
+    order; ``None`` for the default set (no selector, or ``default`` alone). An unknown name is one
+    :class:`ParamError` listing the metrics and groups, with a did-you-mean."""
+    items = parse_selector_list(list(selectors) if not isinstance(selectors, str) else selectors, "--metrics") \
+        if selectors else []
+    if not items or [str(item) for item in items] == [DEFAULT_METRICS]:
+        return None
+    groups = metric_groups(registry)
+    names = set(groups[ALL_METRICS])
+    chosen: dict[str, ResolvedComponent] = {}
+    for item in items:
+        if item.name in groups and item.name not in names:
+            if item.raw_params:
+                raise ParamError(f"--metrics: the group {item.name!r} takes no parameters; give them to one of its "
+                                 f"metrics ({', '.join(groups[item.name])})")
+            for name in groups[item.name]:
+                chosen.setdefault(name, registry.resolve("metric", Selection(name)))
+            continue
+        if item.name not in names:
+            known = sorted(names | set(groups))
+            raise ParamError(f"--metrics: unknown metric {item.name!r}; metrics: {', '.join(sorted(names))}; "
+                             f"groups: {', '.join(sorted(set(groups) - names))}{did_you_mean(item.name, known)}")
+        chosen[item.name] = registry.resolve("metric", item)
+    return tuple(chosen[name] for name in groups[ALL_METRICS] if name in chosen)
+
+
 def resolve_one(registry: Registry, family: str, selector: str, option: str) -> ResolvedComponent:
     selections = parse_selector_list(selector, option)
     if len(selections) != 1:
@@ -304,6 +349,7 @@ def resolve_grid(config: RunConfig, registry: Registry) -> Grid:
         ref_dtype=config.ref_dtype,
         batch_size=config.eval_batch_size,
         mass_grid=config.mass_grid,
+        metrics=resolve_metrics(registry, config.metrics),
     )
     if registry.get("trace", evaluation.trace.name).cls.stochastic:
         raise ParamError(f"--eval-trace must be an exact (deterministic) estimator, not {evaluation.trace.name!r}")

@@ -25,6 +25,11 @@ And two run-level families, chosen once per run and never part of a cell:
   (MLflow, TensorBoard) that hears every finished cell's training curve,
   iteration by iteration, and its row.
 
+And one evaluation family, chosen once per run as a list (``--metrics``) and never part of a cell's id:
+
+* :class:`Metric` — ``Metric(**params)``; one measurement of a trained cell from the inputs it declares
+  (:data:`METRIC_INPUTS`), which the harness computes once per cell and shares.
+
 The harness never looks at a concrete component: it only uses these methods.
 """
 
@@ -607,6 +612,89 @@ class Tracker(Component, ABC):
 
     def close(self) -> None:
         """The run ended (also after Ctrl-C)."""
+
+
+# Metrics: what a trained cell is measured by (an evaluation family: chosen per run, never part of a cell's id).
+
+
+METRIC_INPUTS: dict[str, str] = {
+    "test": "the test split, [n, dim] on the cell's device",
+    "eval": "log-density of the test split with the row's solver and the exact evaluation trace "
+            "(an EvaluationPass: log_prob float64 [n] nats, nfe, seconds, per-row steps, and base: the points' "
+            "images at t=0)",
+    "ref": "the same with the reference solve (float64 by default)",
+    "grid": "2-D only: log-density with the row's solver at the cell centres of the mass grid over the test data "
+            "(a GridPass: points, cell_area, log_prob, seconds)",
+    "grid_ref": "2-D only: the same with the reference solve",
+    "sample": "model samples drawn with the row's solver, the samples alone "
+              "(min(n_test, 2000) of them; a SamplePass: x, nfe, seconds)",
+    "ref_sample": "1,000 model samples drawn with the reference solve together with their log-density "
+                  "(x, log_q float64 nats: one joint solve)",
+    "ref_sample_eval": "log-density of the ref_sample points with the row's solver (an EvaluationPass)",
+    "paths": "the sample paths' kinetic energy: for the base draws of `sample`, ∫₀¹ ‖v(t, x_t)‖² dt per sample "
+             "with the row's solver, and the end points (a PathPass: energy float64 [n], base, x, nfe, seconds)",
+    "data_density": "the dataset's exact log-density function (x [m, dim] -> [m] nats); datasets with a known "
+                    "density only",
+    "model": "the trained model (a TrainedModel: field, dim, and push_forward(z0) solving from t=0 to t=1 "
+             "with the row's solver, only for points taken from another input)",
+}
+"""The inputs a metric may declare (:attr:`Metric.needs`): the harness computes each at most once per cell, in
+its own phase, with its own NFE and seconds, and hands a metric only those it declared."""
+
+NEEDS_2D, NEEDS_DENSITY = "2d", "density"
+METRIC_REQUIREMENTS: dict[str, str] = {NEEDS_2D: "a 2-D dataset", NEEDS_DENSITY: "a dataset with a known density"}
+"""What a metric may require of the dataset (:attr:`Metric.requires`); on another dataset it is skipped with a
+note, never an error."""
+
+
+class MetricInputs(Protocol):
+    """What :meth:`Metric.compute` receives: the inputs it declared, by name, and the cell's facts."""
+
+    dim: int
+    seed: int
+    discrete_nll_offset: float | None  # the dataset's (see Dataset.discrete_nll_offset)
+
+    def __getitem__(self, name: str) -> Any:
+        """The input ``name`` (one of the metric's :attr:`~Metric.needs`; any other raises ``KeyError``)."""
+
+    def generator(self, stream: str) -> torch.Generator:
+        """A generator seeded by the cell's seed and ``stream``: a metric's own randomness, reproducible."""
+
+
+class Metric(Component, ABC):
+    """Evaluation family: one measurement of a trained cell, built as ``Metric(**params)``.
+
+    ``group`` names the family of metrics it belongs to (``likelihood``, ``validity``, ``density``,
+    ``samples``, ``inverse``, ``plots``, or a plugin's own), which ``--metrics`` accepts as a whole;
+    ``columns`` the row columns it writes, as :class:`cnfbench.columns.Column` declarations (a built-in
+    metric's are the catalogue's; a plugin's are added to the catalogue, so reports show their units and goals);
+    ``needs`` the inputs of :data:`METRIC_INPUTS` it reads; ``requires`` what it needs of the dataset
+    (:data:`METRIC_REQUIREMENTS`); ``default`` whether ``cnfbench run`` computes it without ``--metrics``.
+
+    :meth:`compute` returns a value for each of its columns (a missing one is left empty); it gets the
+    inputs from the harness and must not compute one itself (solve the model, draw samples, evaluate a
+    log-density): the harness stops a metric that solves the dynamics outside ``model.push_forward``.
+    An exception leaves the metric's columns empty with a one-line reason in ``metrics_note``; the cell
+    stays ``done``.
+    """
+
+    group: ClassVar[str] = ""
+    columns: ClassVar[tuple[Any, ...]] = ()
+    needs: ClassVar[tuple[str, ...]] = ()
+    requires: ClassVar[tuple[str, ...]] = ()
+    default: ClassVar[bool] = False
+
+    def __init__(self, **params: Any) -> None:
+        self.config = dict(params)
+
+    @classmethod
+    def column_names(cls) -> tuple[str, ...]:
+        """The names of the metric's columns, in order."""
+        return tuple(column.name for column in cls.columns)
+
+    @abstractmethod
+    def compute(self, inputs: MetricInputs) -> dict[str, Any]:
+        """The metric's columns (numbers, or strings for a column without a unit) from its declared inputs."""
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ per dynamics evaluation.
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -45,6 +46,19 @@ class ContractViolation(RuntimeError):
 
 
 PHASES = ("forward", "backward", "eval", "ref", "sample")
+
+COMPUTING_METRIC: ContextVar[str | None] = ContextVar("cnfbench_computing_metric", default=None)
+"""The metric whose ``compute`` is running (set by the evaluation plan), else None: while set, a dynamics
+evaluation is a metric computing an input itself, which the contract forbids (:func:`check_not_in_metric`)."""
+
+
+def check_not_in_metric(what: str) -> None:
+    """Raise :class:`ContractViolation` when a metric's ``compute`` is running: it must declare ``what``."""
+    metric = COMPUTING_METRIC.get()
+    if metric is not None:
+        raise ContractViolation(f"metric {metric} solved the model itself ({what}); declare the input it needs "
+                                "(eval, ref, sample, ref_sample, paths, grid, ...) or push points of a declared "
+                                "input forward with model.push_forward")
 
 
 @dataclass
@@ -81,7 +95,8 @@ class NFECounter:
 CELL_PHASES = (
     "start", "data", "build_field", "build_objective", "build_solver", "build_trace", "build_eval", "load_model",
     "compile", "train_forward", "train_backward", "validate", "eval", "ref", "mass", "mass_ref", "sampling",
-    "sample_quality", "model_density", "mass_is", "roundtrip", "entropy", "metrics", "keep_model", "result",
+    "sample_quality", "model_density", "mass_is", "roundtrip", "entropy", "paths", "metric", "metrics",
+    "keep_model", "result",
 )
 """The phases of a cell, in the order they run; ``start`` is a cell sent to a worker that has not begun it."""
 
@@ -148,6 +163,8 @@ class CNFDynamics(nn.Module):
         self.integrands: tuple[Integrand, ...] = ()
 
     def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        if COMPUTING_METRIC.get() is not None:
+            check_not_in_metric("a CNF dynamics evaluation")
         self.counter.tick()
         z = state[0]
         field: FieldFunction = self.field
@@ -213,6 +230,8 @@ class FieldDynamics(nn.Module):
         self._checked = False
 
     def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor]:
+        if COMPUTING_METRIC.get() is not None:
+            check_not_in_metric("a sampling dynamics evaluation")
         self.counter.tick()
         (z,) = state
         dz = field_at_row_times(self.field, t, z)[0]  # one call unless a per-sample solver meets a 0-dim-t field
@@ -248,6 +267,18 @@ def log_likelihood(
 ) -> Tensor:
     """``log p(x)`` in nats per row under the CNF, solving from t=1 back to t=0."""
     return log_likelihood_and_integrals(dynamics, solver, x, phase, generator)[0]
+
+
+def log_likelihood_and_base(
+    dynamics: CNFDynamics, solver: Solver, x: Tensor, phase: str, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """``log p(x)`` per row and each row's image ``z0`` at t=0, from one solve (t=1 to t=0)."""
+    dynamics.counter.start(phase)
+    dynamics.trace.begin_solve(x, generator)
+    zeros = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    dynamics.integrands = ()
+    z0, a0 = solver.integrate(dynamics, (x, zeros), 1.0, 0.0)
+    return standard_normal_log_prob(z0) - a0, z0
 
 
 def log_likelihood_and_integrals(

@@ -24,7 +24,13 @@ import torch
 from torch import Tensor
 
 from cnfbench.contracts import STEP_STATISTICS, Solver, TraceEstimator, VectorField
-from cnfbench.dynamics import CNFDynamics, FieldDynamics, NFECounter, log_likelihood, standard_normal_log_prob
+from cnfbench.dynamics import (
+    CNFDynamics,
+    FieldDynamics,
+    NFECounter,
+    log_likelihood_and_base,
+    standard_normal_log_prob,
+)
 from cnfbench.measure import now
 
 
@@ -37,6 +43,7 @@ class EvaluationPass:
     nfe_max_chunk: int  # the most one chunk's solve needed
     seconds: float
     steps: dict[str, Tensor] | None = None  # per-sample solvers: each row's accepted and rejected steps
+    base: Tensor | None = None  # with keep_base: each row's image at t=0, on the data's device and dtype
 
     @property
     def nll(self) -> float:
@@ -58,12 +65,14 @@ def evaluate_log_prob(
     dtype: torch.dtype | None = None,
     max_nfe: int | None = None,
     labels: tuple[str, str] = ("field", "trace"),
+    keep_base: bool = False,
 ) -> EvaluationPass:
     """Log-likelihood of every row of ``data`` under the CNF, chunked by ``batch_size``.
 
     With ``dtype`` set, a copy of the field in that dtype is evaluated and the
     trained module is left as it is; otherwise the module itself is switched
-    to eval mode.
+    to eval mode. With ``keep_base``, the pass keeps each row's image at t=0 (``base``): the
+    round trip pushes those forward again instead of solving the test points back a second time.
     """
     device = data.device
     model = field_module
@@ -74,16 +83,21 @@ def evaluate_log_prob(
     counter = NFECounter(max_per_solve=max_nfe)
     dynamics = CNFDynamics(model, trace, counter, differentiable=False, field_label=labels[0], trace_label=labels[1])
     chunks: list[Tensor] = []
+    bases: list[Tensor] = []
     steps: list[dict[str, Tensor] | None] = []
     most = 0
     start = now(device)
     with torch.no_grad():
         for chunk in torch.split(data, batch_size):
-            chunks.append(log_likelihood(dynamics, solver, chunk, phase, None).detach().to("cpu", torch.float64))
+            log_prob, base = log_likelihood_and_base(dynamics, solver, chunk, phase, None)
+            chunks.append(log_prob.detach().to("cpu", torch.float64))
+            if keep_base:
+                bases.append(base.detach())
             most = max(most, counter.current)
             steps.append(solver.step_statistics())
     seconds = now(device) - start
-    return EvaluationPass(torch.cat(chunks), counter.totals[phase], most, seconds, _joined_steps(steps))
+    return EvaluationPass(torch.cat(chunks), counter.totals[phase], most, seconds, _joined_steps(steps),
+                          torch.cat(bases) if keep_base else None)
 
 
 def step_columns(passed: EvaluationPass | None) -> dict[str, float]:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from cnfbench.cells import Cell
-from cnfbench.columns import COLUMN_NAMES, ordered
+from cnfbench.columns import COLUMN_NAMES, notes_text, ordered
 from cnfbench.contracts import (
     INTERRUPTED,
     CellInterrupted,
@@ -28,43 +28,25 @@ from cnfbench.contracts import (
     SharedModel,
     StepCapReached,
     StepSizeUnderflow,
-    split_generator,
 )
-from cnfbench.dynamics import ContractViolation, NFEBudgetExceeded, NFECounter, PhaseTracker
-from cnfbench.evaluation import (
-    EvaluationPass,
-    evaluate_log_prob,
-    roundtrip_error,
-    sample_model,
-    sample_with_log_prob,
-    step_columns,
-)
+from cnfbench.dynamics import ContractViolation, NFEBudgetExceeded, PhaseTracker
+from cnfbench.evaluation import evaluate_log_prob
 from cnfbench.measure import PeakMemory, now
 from cnfbench.messages import describe_exception, one_line
+from cnfbench.metric_plan import (
+    Evaluation,
+    EvaluationSetup,
+    chosen_metrics,
+    density_artifact,
+    evaluate,
+    metric_columns,
+    plan,
+)
 from cnfbench.model_file import decode_model, encode_model
 from cnfbench.registry import ComponentBuildError, Registry
 from cnfbench.rows import REASON_LIMIT, failure_reason, identity_columns
-from cnfbench.sample_quality import energy_distance, sliced_wasserstein2
 from cnfbench.training import Diverged, IterationCallback, TrainingRecord, seeded_field, train
-from cnfbench.validity import integrate_mass, loose_reference, mass_grid, validity
-
-DENSITY_SAMPLES = 500
-"""Model samples kept per 2D cell for the density plots."""
-
-QUALITY_MAX_SAMPLES = 2000
-"""Most model samples (and test points) the sample distances use: energy distance is O(n²) in time and memory."""
-
-PER_DIMENSION_COLUMNS = ("dim", "nll_per_dim", "nll_ref_per_dim", "bits_per_dim", "bits_per_dim_solver")
-
-MODEL_DENSITY_SAMPLES = 1000
-"""Model samples (drawn with the reference solve) the importance-sampling mass and the reverse KL average over."""
-
-QUALITY_PROJECTIONS = 128
-"""Random unit directions of the sliced Wasserstein-2 distance."""
-
-QUALITY_COLUMNS = ("energy_distance", "energy_distance_stderr", "sliced_w2", "sliced_w2_stderr",
-                   "reverse_kl", "reverse_kl_stderr", "mass_is", "mass_is_stderr", "mass_is_ess", "mass_is_time_s",
-                   "roundtrip_error", "nfe_sample", "sample_time_s")
+from cnfbench.validity import loose_reference, validity
 
 
 def _plugin_frame(exc: BaseException, registry: Registry, cell: Cell) -> str | None:
@@ -166,54 +148,6 @@ def _nfe_stats(values: list[int]) -> tuple[float, float]:
     return float(statistics.fmean(values)), float(max(values))
 
 
-def _mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
-    n = values.numel()
-    return float(values.mean()), float(values.std() / math.sqrt(n)) if n > 1 else math.nan
-
-
-def _density_columns(dataset: Any, test: torch.Tensor, passes: dict[str, EvaluationPass]) -> dict[str, Any]:
-    """True entropy on the test split, and the NLLs' paired gaps to it, when the dataset knows its density.
-
-    Computing the entropy on the very samples the NLLs average over makes
-    ``nll - entropy`` and ``excess_nll = nll_ref - entropy`` paired estimates
-    of a KL divergence, with far smaller standard errors than either alone.
-    """
-    names = ("entropy", "entropy_stderr", "excess_nll", "excess_nll_stderr", "nll_minus_entropy_stderr")
-    columns: dict[str, Any] = dict.fromkeys(names, math.nan)
-    if not dataset.has_density:
-        return columns
-    true_log_prob = dataset.log_prob(test.to("cpu")).to(torch.float64)
-    columns["entropy"], columns["entropy_stderr"] = _mean_and_stderr(-true_log_prob)
-    if "ref" in passes:
-        columns["excess_nll"], columns["excess_nll_stderr"] = _mean_and_stderr(true_log_prob - passes["ref"].log_prob)
-    if "eval" in passes:
-        columns["nll_minus_entropy_stderr"] = _mean_and_stderr(true_log_prob - passes["eval"].log_prob)[1]
-    return columns
-
-
-def _sample_quality_columns(cell: Cell, field_module: Any, solver: Any, test: torch.Tensor, device: torch.device,
-                            field_label: str) -> dict[str, float]:
-    """Distances from model samples (the cell's solver) to the test split, and what drawing them cost.
-
-    ``n = min(len(test), QUALITY_MAX_SAMPLES)`` samples, seeded by their own stream (no other number
-    changes), against the first ``n`` test points. They are drawn by a solve of the samples alone (the
-    distances need no log-density), and ``nfe_sample`` and ``sample_time_s`` are that solve's NFE, counted
-    by the harness, and wall-clock: what sampling the model costs.
-    """
-    n = min(test.shape[0], QUALITY_MAX_SAMPLES)
-    counter = NFECounter(max_per_solve=cell.budget.max_nfe)
-    started = now(device)
-    samples = sample_model(field_module, solver, n, split_generator(cell.seed, "model/quality_samples"),
-                           device, dtype=test.dtype, counter=counter, field_label=field_label)
-    seconds = now(device) - started
-    data = test[:n]
-    energy, energy_stderr = energy_distance(samples, data)
-    sliced, sliced_stderr = sliced_wasserstein2(samples, data, QUALITY_PROJECTIONS,
-                                                split_generator(cell.seed, "model/quality_projections"))
-    return {"energy_distance": energy, "energy_distance_stderr": energy_stderr, "sliced_w2": sliced,
-            "sliced_w2_stderr": sliced_stderr, "nfe_sample": float(counter.totals["sample"]), "sample_time_s": seconds}
-
-
 def model_key_of(cell: Cell, registry: Registry) -> str:
     """The cell's model key (:meth:`Cell.model_key`) with the axes its objective ignores left out."""
     try:
@@ -221,48 +155,6 @@ def model_key_of(cell: Cell, registry: Registry) -> str:
     except ValueError:  # an objective not registered here: its cell fails to build and shares nothing
         ignored = ()
     return cell.model_key(ignored)
-
-
-def _model_density_columns(cell: Cell, dataset: Any, field_module: Any, solver: Any, ref_solver: Any, trace: Any,
-                           n: int, device: torch.device, labels: tuple[str, str]) -> dict[str, float]:
-    """The mass of the cell's solver's density by importance sampling, in any dimension, and KL(model || data).
-
-    ``n`` model samples x are drawn with the reference solve together with their reference log-density
-    ``log q(x)`` (one joint solve, its own samples from its own seed stream: the weights need the density of
-    exactly these samples; it is not the row's sampling cost and counts into no column); the cell's solver
-    then scores them, ``log p(x)``. With weights
-    ``w = exp(log p - log q)``, ``mass_is = mean(w)`` estimates ``∫ p`` (1 for a normalized density), with
-    the standard error of the mean and Kish's effective sample size ``(Σw)² / Σw²``. Where the dataset knows its
-    density, ``reverse_kl`` is the mean of ``log q - log p_data`` over the same samples.
-    """
-    samples, log_q = sample_with_log_prob(field_module, ref_solver, trace, n,
-                                          split_generator(cell.seed, "model/reverse_kl_samples"), device,
-                                          getattr(torch, cell.evaluation.ref_dtype))
-    columns = {"reverse_kl": math.nan, "reverse_kl_stderr": math.nan}
-    if dataset.has_density:
-        log_data = dataset.log_prob(samples.to("cpu", torch.float32)).to(torch.float64)
-        columns["reverse_kl"], columns["reverse_kl_stderr"] = _mean_and_stderr(log_q - log_data)
-    model_dtype = next(iter(field_module.parameters()), torch.empty(0)).dtype
-    own = evaluate_log_prob(field_module, solver, trace, samples.to(device, model_dtype),
-                            cell.evaluation.batch_size, "eval", max_nfe=cell.budget.max_nfe, labels=labels)
-    weights = torch.exp(own.log_prob - log_q)
-    columns["mass_is"], columns["mass_is_stderr"] = _mean_and_stderr(weights)
-    total, squares = float(weights.sum()), float(weights.pow(2).sum())
-    columns["mass_is_ess"] = total**2 / squares if squares > 0 and math.isfinite(squares) else math.nan
-    columns["mass_is_time_s"] = own.seconds
-    return columns
-
-
-def _per_dimension_columns(dataset: Any, nll: float, nll_ref: float) -> dict[str, float]:
-    """NLLs per dimension, and bits per dimension for a dataset that declares itself discrete."""
-    dim = dataset.dim
-    offset = dataset.discrete_nll_offset
-    columns = {"nll_per_dim": nll / dim, "nll_ref_per_dim": nll_ref / dim,
-               "bits_per_dim": math.nan, "bits_per_dim_solver": math.nan}
-    if offset is not None:
-        columns["bits_per_dim"] = (nll_ref + offset) / (dim * math.log(2))
-        columns["bits_per_dim_solver"] = (nll + offset) / (dim * math.log(2))
-    return columns
 
 
 def _load_shared(field_module: Any, shared: SharedModel) -> None:
@@ -277,7 +169,9 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
                        shared: SharedModel | None = None) -> CellOutcome:
     """Train and evaluate ``cell``; always return a row with a status.
 
-    ``on_phase`` hears the progress display's phases (train, eval, ref, mass);
+    Build, train (or load the shared model), plan the evaluation from the cell's metrics
+    (:mod:`cnfbench.metric_plan`), evaluate. ``on_phase`` hears the progress display's phases (train, eval, ref,
+    mass);
     ``tracker`` (a fresh one when None) is told every phase of the cell as it
     begins. With ``shared``, the model another cell of the same model key
     trained is loaded instead of training, and the row takes that training's
@@ -297,12 +191,11 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
     row.update(status="error", reason="", n_params=math.nan, nfe_expected_per_solve=math.nan,
                mass=math.nan, mass_ref=math.nan, mass_time_s=math.nan, mass_ref_time_s=math.nan,
                model_key=model_key_of(cell, registry), trained_in=shared.trainer_id if shared else cell.cell_id)
-    row.update(dict.fromkeys(QUALITY_COLUMNS, math.nan))
-    row.update(dict.fromkeys(PER_DIMENSION_COLUMNS, math.nan))
+    row.update(dict.fromkeys(metric_columns(registry), math.nan), metrics="", metrics_note="")
     record = TrainingRecord()
     memory = PeakMemory(device)
     memory.reset()
-    evaluation: dict[str, EvaluationPass] = {}
+    measured = Evaluation()
     density: dict[str, Any] | None = None
     model: bytes | None = None
     interrupted = False
@@ -357,41 +250,12 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
             train(cell, field_module, objective, train_solver, train_trace, train_data, record, on_iteration,
                   (registry.describe("field", cell.field.name), registry.describe("trace", training["trace"].name),
                    registry.describe("objective", cell.objective.name)), tracker, validate)
-        enter("eval", "eval")
-        evaluation["eval"] = evaluate_log_prob(field_module, solver, eval_trace, test, cell.evaluation.batch_size,
-                                               "eval", max_nfe=cell.budget.max_nfe, labels=labels)
-        enter("ref", "ref")
-        evaluation["ref"] = evaluate_log_prob(field_module, ref_solver, eval_trace, test, cell.evaluation.batch_size,
-                                              "ref", dtype=ref_dtype, labels=labels)
-        row.update(_per_dimension_columns(dataset, evaluation["eval"].nll, evaluation["ref"].nll))
-        if dataset.dim == 2 and cell.evaluation.mass_grid > 0:
-            enter("mass", "mass")
-            resolution = cell.evaluation.mass_grid
-            grid, cell_area = mass_grid(test, resolution)
-            own_grid = evaluate_log_prob(field_module, solver, eval_trace, grid, cell.evaluation.batch_size, "eval",
-                                         max_nfe=cell.budget.max_nfe, labels=labels)
-            enter("mass_ref")
-            ref_grid = evaluate_log_prob(field_module, ref_solver, eval_trace, grid, cell.evaluation.batch_size, "ref",
-                                         dtype=ref_dtype, labels=labels)
-            row.update(mass=integrate_mass(own_grid.log_prob, cell_area), mass_time_s=own_grid.seconds,
-                       mass_ref=integrate_mass(ref_grid.log_prob, cell_area), mass_ref_time_s=ref_grid.seconds)
-            enter("sampling")
-            samples = sample_model(field_module, solver, DENSITY_SAMPLES, split_generator(cell.seed, "model/samples"),
-                                   device, field_label=labels[0])
-            density = {"grid_x": grid[::resolution, 0].tolist(), "grid_y": grid[:resolution, 1].tolist(),
-                       "log_prob_grid": ref_grid.log_prob.tolist(), "samples": samples.cpu().tolist(),
-                       "log_prob_solver_grid": own_grid.log_prob.tolist(),
-                       "data": test[:DENSITY_SAMPLES].cpu().tolist()}
-        enter("sample_quality")
-        row.update(_sample_quality_columns(cell, field_module, solver, test, device, labels[0]))
-        enter("model_density")
-        row.update(_model_density_columns(cell, dataset, field_module, solver, ref_solver, eval_trace,
-                                          MODEL_DENSITY_SAMPLES, device, labels))
-        enter("roundtrip")
-        row["roundtrip_error"] = float(roundtrip_error(field_module, solver, eval_trace, test,
-                                                       cell.evaluation.batch_size, cell.budget.max_nfe, labels).mean())
-        enter("entropy")
-        row.update(_density_columns(dataset, test, evaluation))
+        the_plan = plan(chosen_metrics(registry, cell), dataset.dim, dataset.has_density, cell.evaluation.mass_grid)
+        setup = EvaluationSetup(field_module, solver, ref_solver, eval_trace, dataset, test, cell.seed,
+                                cell.evaluation.batch_size, cell.budget.max_nfe, ref_dtype, cell.evaluation.mass_grid,
+                                labels, device)
+        evaluate(setup, the_plan, tracker, measured, on_phase)
+        density = density_artifact(measured.values)
         enter("metrics")
         field_module.eval()
         row.update(plugin_metrics(registry, cell, field_module, dataset, test))
@@ -408,7 +272,8 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
     finally:
         if shared is None:
             row.update(_training_columns(record, solves))
-        row.update(_measured_columns(evaluation, memory, now(device) - started))
+        row.update(measured.columns, metrics=",".join(measured.computed), metrics_note=notes_text(measured.notes),
+                   cell_time_s=now(device) - started, peak_memory_mib=memory.peak_mib(), memory_kind=memory.kind)
         row["valid"], row["validity_reason"] = validity(row) if row["status"] == "done" else (False, "")
     curves = [{"cell_id": cell.cell_id, **point} for point in record.curves()]
     done = row["status"] == "done"
@@ -441,34 +306,4 @@ def _training_columns(record: TrainingRecord, solves: bool) -> dict[str, Any]:
         "compiled": record.compiled,
         "compile_note": record.compile_note,
         "compile_time_s": record.compile_seconds,
-    }
-
-
-def _logp_error_columns(own: EvaluationPass | None, ref: EvaluationPass | None) -> dict[str, float]:
-    """``logp_error_mean`` and ``logp_error_max``: the row's solver's per-sample error on the test log-density
-    against the reference solve, from the two test passes' own per-sample values (both float64, same samples in
-    the same order: no extra solve); NaN unless both passes ran."""
-    if own is None or ref is None:
-        return {"logp_error_mean": math.nan, "logp_error_max": math.nan}
-    error = (own.log_prob - ref.log_prob).abs()
-    return {"logp_error_mean": float(error.mean()), "logp_error_max": float(error.max())}
-
-
-def _measured_columns(evaluation: dict[str, EvaluationPass], memory: PeakMemory, wall: float) -> dict[str, Any]:
-    own, ref = evaluation.get("eval"), evaluation.get("ref")
-    return {
-        "nll": own.nll if own else math.nan,
-        "nll_stderr": own.nll_stderr if own else math.nan,
-        "nll_ref": ref.nll if ref else math.nan,
-        "nll_ref_stderr": ref.nll_stderr if ref else math.nan,
-        **_logp_error_columns(own, ref),
-        "nfe_eval": own.nfe if own else math.nan,
-        "nfe_eval_max_chunk": own.nfe_max_chunk if own else math.nan,
-        "nfe_ref": ref.nfe if ref else math.nan,
-        **step_columns(own),
-        "eval_time_s": own.seconds if own else math.nan,
-        "ref_time_s": ref.seconds if ref else math.nan,
-        "cell_time_s": wall,
-        "peak_memory_mib": memory.peak_mib(),
-        "memory_kind": memory.kind,
     }

@@ -17,7 +17,10 @@ A family has one of three roles:
   solver), listed in :data:`EVAL_SLOTS`;
 * **run-level** (executors, trackers): chosen once per run (one executor, ``--executor process[workers=2]``;
   any number of trackers, ``--tracker mlflow,tensorboard``), never part of a cell, its id or its identity
-  columns.
+  columns;
+* **evaluation** (metrics): chosen once per run as a list (``--metrics likelihood,samples``), carried by each
+  cell to its worker but never part of its id, so that ``cnfbench evaluate --metrics`` adds a metric to the
+  rows a run already has.
 
 Adding a family is: its contract in :mod:`cnfbench.contracts`, its row
 here, its built-in plugin module, its conformance checks, its docs.
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 
 GRID_AXIS = "grid axis"
 RUN_LEVEL = "run-level"
+EVALUATION = "evaluation"
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,8 @@ FAMILY_TABLE: tuple[FamilyRow, ...] = (
     FamilyRow("tracker", "trackers", "Tracker", "cnfbench_trackers", RUN_LEVEL, "--tracker", (),
               "experiment tracker the run logs every cell to", "mlflow,tensorboard",
               plural_meaning="experiment trackers the run logs every cell to"),
+    FamilyRow("metric", "metrics", "Metric", "cnfbench_metrics", EVALUATION, "--metrics", ("default",),
+              "evaluation metric", "likelihood,validity,w2", plural_meaning="evaluation metrics"),
 )
 """Every component family, in the order a cell and a row list them."""
 

@@ -14,7 +14,7 @@ import pluggy
 from torch import Tensor
 
 from cnfbench.columns import Column
-from cnfbench.contracts import Dataset, Executor, Objective, Solver, TraceEstimator, Tracker, VectorField
+from cnfbench.contracts import Dataset, Executor, Metric, Objective, Solver, TraceEstimator, Tracker, VectorField
 
 PROJECT_NAME = "cnfbench"
 
@@ -79,6 +79,17 @@ def cnfbench_trackers() -> Sequence[type[Tracker]]:
 
     Each class is built once per run, in the main process, as ``Tracker(run_dir, **params)`` and hears every
     finished cell's curve (``log_iteration``) and row (``log_cell``).
+    """
+
+
+@hookspec
+def cnfbench_metrics() -> Sequence[type[Metric]]:
+    """Return metric classes (subclasses of :class:`cnfbench.contracts.Metric`).
+
+    Each class is built once per cell as ``Metric(**params)``, declares its columns, the inputs it needs
+    (:data:`cnfbench.contracts.METRIC_INPUTS`) and what it requires of the dataset, and computes its columns
+    from those inputs, which the harness computes once per cell and shares between metrics. ``--metrics``
+    chooses them by name or by group.
     """
 
 

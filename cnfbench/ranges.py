@@ -97,6 +97,13 @@ def _clean(value: float, digits: int) -> float:
     return float(f"{value:.{digits}g}")
 
 
+def _clean_at(value: float, magnitude: float) -> float:
+    """``value`` rounded to :data:`EXACT_DIGITS` significant digits of ``magnitude`` (the range's size): a step
+    range that passes through 0 gives 0.0, not the 4e-16 that adding a decimal step leaves there."""
+    decimals = EXACT_DIGITS - 1 - math.floor(math.log10(magnitude))
+    return round(value, decimals) + 0.0
+
+
 def _round_half_up(value: float) -> int:
     return math.floor(value + 0.5)
 
@@ -158,7 +165,8 @@ def range_values(spec: NumberRange, integer: bool) -> list[int] | list[float]:
                       f"{'+' if amount > 0 else ''}{_show(amount)}")
     if integer:
         return [int(start) + int(amount) * k for k in range(count)] + [int(end)]
-    return [_clean(start + amount * k, EXACT_DIGITS) for k in range(count)] + [end]
+    magnitude = max(abs(start), abs(end), abs(amount))
+    return [_clean_at(start + amount * k, magnitude) for k in range(count)] + [end]
 
 
 def _is_range_attempt(raw: Any, param: Param) -> bool:

@@ -60,6 +60,8 @@ PHASE_WHERE: dict[str, tuple[str, tuple[str, ...]]] = {
     "roundtrip": ("in the round-trip check (the cell's solver, data to base and back)",
                   ("solver", "field", "eval_trace")),
     "entropy": ("while computing the data's true log-density on the test split", ("dataset",)),
+    "paths": ("while solving the sample paths' kinetic energy (the cell's solver)", ("solver", "field")),
+    "metric": ("while computing a metric from its inputs", ()),
     "metrics": ("in the plugin metrics (cnfbench_cell_metrics)", ("metrics",)),
     "keep_model": ("while serializing the trained field for the run folder", ("field",)),
     "result": ("while returning the result", ()),

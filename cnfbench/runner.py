@@ -39,6 +39,7 @@ from cnfbench.execute import model_key_of
 from cnfbench.executor import job_for
 from cnfbench.folder_lock import run_folder_lock
 from cnfbench.messages import plural
+from cnfbench.metric_plan import merged_row
 from cnfbench.model_file import ModelFileError, check_model
 from cnfbench.progress import Progress
 from cnfbench.registry import Registry
@@ -57,6 +58,7 @@ from cnfbench.run_folder import (
     write_model,
 )
 from cnfbench.tracking import Trackers
+from cnfbench.validity import validity
 
 
 @dataclass
@@ -107,6 +109,12 @@ def _upsert(frame: pd.DataFrame, row: dict[str, Any]) -> pd.DataFrame:
         return new
     kept = frame[frame["cell_id"] != row["cell_id"]]
     return pd.concat([kept, new], ignore_index=True)
+
+
+def _plain_row(frame: pd.DataFrame, cell_id: str) -> dict[str, Any]:
+    """The row of ``cell_id`` in ``frame`` as plain Python values."""
+    record = frame[frame["cell_id"] == cell_id].iloc[0].to_dict()
+    return {key: _plain(value) for key, value in record.items()}
 
 
 def _read_existing_cells(store: RunStore, progress: Progress) -> pd.DataFrame:
@@ -334,6 +342,9 @@ def _sweep(cells: list[Cell], registry: Registry, executor: Executor, run_dir: P
             return None
         if shared is None and row.get("compiled") is False and row.get("compile_note"):
             progress.message(f"warning: cell {cell.cell_id} ({cell.describe()}): {row['compile_note']}")
+        if rerun and row["status"] == "done" and cell.cell_id in done_before:
+            row = ordered(merged_row(_plain_row(frame, cell.cell_id), row, registry))
+            row["valid"], row["validity_reason"] = validity(row)
         if row["status"] == "done" and model_file and shared is None:
             sources[key] = _ModelSource(cell.cell_id, model_file,
                                         {column: _plain(row.get(column)) for column in TRAINING_COLUMNS})

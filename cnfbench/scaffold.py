@@ -25,7 +25,7 @@ from string import Template
 
 from cnfbench.families import FAMILIES_BY_KEY
 
-FAMILY_ORDER = ("field", "solver", "trace", "dataset", "objective", "executor", "tracker")
+FAMILY_ORDER = ("field", "solver", "trace", "dataset", "objective", "executor", "tracker", "metric")
 """The families a template exists for, in the order they appear in ``plugin.py`` (every family of the families
 table needs one: a test checks it)."""
 
@@ -80,7 +80,7 @@ def component_names(name: str, families: Iterable[str]) -> dict[str, str]:
     """The registered name of the example component of each family."""
     package = package_name(name)
     suffix = {"field": "mlp", "solver": "heun", "trace": "exact", "dataset": "gaussian", "objective": "cfm",
-              "executor": "pool", "tracker": "csv"}
+              "executor": "pool", "tracker": "csv", "metric": "mean_shift"}
     return {family: f"{package}_{suffix[family]}" for family in families}
 
 
@@ -365,7 +365,40 @@ class CsvTracker(Tracker):
             csv.writer(stream).writerow([cell["cell_id"], "final", "status", row.get("status")])
 '''
 
+_METRIC = '''
+
+class MeanShift(Metric):
+    \"\"\"How far the model samples' mean is from the test data's: ``‖mean(samples) - mean(test)‖``.
+
+    cnfbench builds it once per cell as ``Metric(**params)`` and calls ``compute(inputs)`` with the inputs it
+    declares in ``needs`` (``cnfbench.contracts.METRIC_INPUTS``): the harness computes each input once per cell
+    and shares it between metrics, so a metric never solves the model itself. ``columns`` declares every column
+    it returns with its unit, meaning and goal; reports show them, and ``compare`` judges them by the goal.
+    ``cnfbench run --metrics default,${metric_name}`` adds it to a run; ``cnfbench evaluate RUN --metrics
+    ${metric_name}`` adds it to a finished one.
+    \"\"\"
+
+    name = "${metric_name}"
+    description = "distance between the model samples' mean and the test data's (example metric of ${dist})"
+    group = "samples"
+    columns = (Column("${metric_name}", "data units", "‖mean(model samples) - mean(test points)‖", goal="min",
+                      comparison="difference"),)
+    needs = ("sample", "test")
+
+    def compute(self, inputs: MetricInputs) -> dict[str, float]:
+        samples, test = inputs["sample"].x, inputs["test"]
+        shift = samples.double().mean(dim=0) - test.double().mean(dim=0)
+        return {"${metric_name}": float(shift.norm())}
+'''
+
 _HOOKS = {
+    "metric": '''
+
+@hookimpl
+def cnfbench_metrics() -> list[type[Metric]]:
+    """The metrics this plugin adds: ``cnfbench run --metrics default,${metric_name}``."""
+    return [MeanShift]
+''',
     "tracker": '''
 
 @hookimpl
@@ -418,7 +451,7 @@ def cnfbench_objectives() -> list[type[Objective]]:
 }
 
 _BODIES = {"field": _FIELD, "solver": _SOLVER, "trace": _TRACE, "dataset": _DATASET, "objective": _OBJECTIVE,
-           "executor": _EXECUTOR, "tracker": _TRACKER}
+           "executor": _EXECUTOR, "tracker": _TRACKER, "metric": _METRIC}
 
 _CONTRACT_NAMES = {
     "field": ["VectorField"],
@@ -429,6 +462,7 @@ _CONTRACT_NAMES = {
     "executor": ["INTERRUPTED", "CellInterrupted", "CellJob", "CellOutcome", "Executor", "ExecutorContext",
                  "ProgressHook"],
     "tracker": ["Tracker"],
+    "metric": ["Metric", "MetricInputs"],
 }
 
 _PLUGIN_DOC = '''"""The cnfbench plugin of ${dist}. It adds:
@@ -473,16 +507,18 @@ def _imports(families: tuple[str, ...]) -> str:
     torch_names = ["Tensor", "nn"] if "field" in families else ["Tensor"]
     third_party = [
         "import torch",
+        *(["from cnfbench.columns import Column"] if "metric" in families else []),
         _from_import("cnfbench.contracts", contracts),
         "from cnfbench.hookspecs import hookimpl",
         _from_import("cnfbench.params", params),
         _from_import("torch", torch_names),
     ]
     if "executor" in families:
-        third_party.insert(4, "from cnfbench.worker import run_cell_payload")
-    if set(families) <= {"executor", "tracker"}:
+        third_party.insert(third_party.index("from cnfbench.hookspecs import hookimpl") + 2,
+                           "from cnfbench.worker import run_cell_payload")
+    if set(families) <= {"executor", "tracker", "metric"}:
         third_party = [line for line in third_party if "torch" not in line.split(" import ")[0].split()[-1]]
-    if families == ("trace",):
+    if families == ("trace",) or families == ("metric",):
         third_party.remove("from cnfbench.params import Param")
     blocks = ["from __future__ import annotations", "\n".join(stdlib), "\n".join(third_party)]
     return "\n\n".join(block for block in blocks if block) + "\n"
@@ -608,9 +644,10 @@ plugins, and return the new classes from the matching hook.
 
 _RUN_OPTION = {family: FAMILIES_BY_KEY[family].option for family in FAMILY_ORDER}
 _FAMILY_WORD = {"field": "vector field", "solver": "ODE solver", "trace": "trace estimator", "dataset": "dataset",
-                "objective": "training objective", "executor": "executor", "tracker": "experiment tracker"}
+                "objective": "training objective", "executor": "executor", "tracker": "experiment tracker",
+                "metric": "metric"}
 _CLASS = {"field": "MLPField", "solver": "HeunSolver", "trace": "ExactTrace", "dataset": "GaussianDataset",
-          "objective": "FlowMatching", "executor": "PoolExecutor", "tracker": "CsvTracker"}
+          "objective": "FlowMatching", "executor": "PoolExecutor", "tracker": "CsvTracker", "metric": "MeanShift"}
 
 
 def render_plugin(name: str, families: Iterable[str] = DEFAULT_FAMILIES) -> dict[str, str]:
@@ -622,7 +659,8 @@ def render_plugin(name: str, families: Iterable[str] = DEFAULT_FAMILIES) -> dict
 
     requirement = "cnfbench" if "unknown" in __version__ else f"cnfbench>={__version__}"
     summary = ", ".join(f"{_FAMILY_WORD[family]} {names[family]}" for family in chosen)
-    run_command = "cnfbench run " + " ".join(f"{_RUN_OPTION[family]} {names[family]}" for family in chosen)
+    run_command = "cnfbench run " + " ".join(  # a metric comes on top of the default ones
+        f"{_RUN_OPTION[family]} {'default,' if family == 'metric' else ''}{names[family]}" for family in chosen)
     first = chosen[0]
     values = {
         "dist": name,

@@ -13,10 +13,11 @@ table below; no entry is cut inside a token (:mod:`cnfbench.text_tables`). Every
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pandas as pd
 
-from cnfbench.columns import COLUMNS_BY_NAME, SUMMARY, Column, default_metrics
+from cnfbench.columns import COLUMNS_BY_NAME, SUMMARY, Column, default_metrics, parse_notes
 from cnfbench.families import GRID_AXES, SLOTS_BY_KEY, family
 from cnfbench.labels import SEPARATOR, row_labels, short_specs
 from cnfbench.messages import one_line, plural
@@ -115,6 +116,30 @@ def _reasons(failed: pd.DataFrame) -> str:
 def validity_notes(cells: pd.DataFrame) -> list[str]:
     """One line per flagged cell (why its likelihood cannot be a normalized density), then warnings."""
     return flag_notes(cells) + grid_notes(cells) + loose_reference_notes(cells)
+
+
+def metric_notes(cells: pd.DataFrame, known: Sequence[str]) -> list[str]:
+    """What was not measured: the metrics of ``known`` no row computed (one note), then each metric that was
+    skipped or failed, with why and where (one note per metric and reason)."""
+    if cells.empty or "metrics" not in cells:
+        return []
+    computed = {name for text in cells["metrics"].dropna().astype(str) for name in text.split(",") if name}
+    notes = []
+    left_out = [name for name in known if name not in computed]
+    if computed and left_out:
+        notes.append(f"note: metrics not computed: {', '.join(left_out)} (--metrics all computes every one; "
+                     "cnfbench evaluate RUN --metrics NAME adds one to these rows)")
+    where: dict[tuple[str, str], list[str]] = {}
+    for _, row in cells.iterrows():
+        for name, note in parse_notes(row.get("metrics_note")).items():
+            where.setdefault((name, note), []).append(str(row.get("dataset", "")))
+    alike: dict[tuple[str, str], list[str]] = {}  # metrics with the same note on the same cells: one line
+    for (name, note), datasets in where.items():
+        places = f"{plural(len(datasets), 'cell')}: {', '.join(dict.fromkeys(datasets))}"
+        alike.setdefault((note, places), []).append(name)
+    for (note, places), names in alike.items():
+        notes.append(f"note: metric{'s' if len(names) > 1 else ''} {', '.join(names)} {note} ({places})")
+    return notes
 
 
 def loose_reference_notes(cells: pd.DataFrame) -> list[str]:

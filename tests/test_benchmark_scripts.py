@@ -29,7 +29,7 @@ TINY_RUNS = {
 }
 
 TABLE_HEADS = {
-    "bench_evaluation.py": "| phase | seconds [s] | × training |",
+    "bench_evaluation.py": "| phase | before [s] | × training | after [s] | × training |",
     "bench_trace_variance.py": "| t | estimator |",
     "bench_trace_cost.py": "| hutchpp[probes=6] |",
     "bench_harness_overhead.py": "| solver         | iters/block |",

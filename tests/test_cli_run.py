@@ -168,7 +168,7 @@ def test_adjoint_backward_nfe_is_counted_apart_from_forward_and_evaluation(cli, 
 
 
 def test_two_dimensional_runs_report_mass_and_validity(cli, tmp_path: Path) -> None:
-    assert cli("run", "--solver", "euler[steps=2]", "--name", "mass").exit_code == 0
+    assert cli("run", "--solver", "euler[steps=2]", "--metrics", "validity,plots", "--name", "mass").exit_code == 0
     row = read_cells(tmp_path, "mass").iloc[0]
     assert math.isfinite(row["mass"]) and math.isfinite(row["mass_ref"])
     assert 0.5 < row["mass_ref"] < 1.5  # a coarse 12x12 grid in the tiny test budget
@@ -176,6 +176,6 @@ def test_two_dimensional_runs_report_mass_and_validity(cli, tmp_path: Path) -> N
     assert row["valid"] == (row["validity_reason"] == "")
     density = read_density_artifacts(tmp_path / "results" / "mass", row["cell_id"])
     assert density is not None and density.log_prob.shape == (12, 12)
-    assert density.samples.shape == (500, 2) and density.data.shape == (96, 2)
+    assert density.samples.shape == (96, 2) and density.data.shape == (96, 2)  # min(n_test, 2000), at most 500
     area = float((density.grid_x[1] - density.grid_x[0]) * (density.grid_y[1] - density.grid_y[0]))
     assert float(np.exp(density.log_prob.astype("float64")).sum()) * area == pytest.approx(row["mass_ref"], rel=1e-5)

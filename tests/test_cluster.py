@@ -40,6 +40,7 @@ HANG_TIMEOUT = 15.0
 def _cells(registry: Registry, plugin: Path, fields: tuple[str, ...]) -> list[Cell]:
     config = RunConfig(dataset=("8gaussians[n_train=256,n_val=32,n_test=96]",), field=fields,
                        solver=("euler[steps=2]",), iterations=3, batch_size=64, mass_grid=12,
+                       metrics=("default", "plots"),
                        ref_solver="dopri5[rtol=1e-6,atol=1e-6]", device="cpu", plugin=(str(plugin),))
     return resolve_cells(config, registry)
 

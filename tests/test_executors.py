@@ -10,7 +10,7 @@ from conftest import read_cells
 from test_faults import FAULTS_PLUGIN, NO_FIELD
 
 GRID = ["--solver", "euler[steps=2],rk4[steps=2],midpoint[steps=3]"]
-NUMBERS = ["nll", "nll_ref", "mass", "mass_is", "nfe_forward_mean", "nfe_eval", "energy_distance", "final_train_loss"]
+NUMBERS = ["nll", "nll_ref", "mass", "mass_is", "nfe_forward_mean", "nfe_eval", "reverse_kl", "final_train_loss"]
 
 
 def test_parallel_workers_give_the_numbers_of_one_process(cli, tmp_path: Path) -> None:

@@ -265,11 +265,13 @@ def test_timeouts_name_the_phase_the_worker_was_in(cli, tmp_path: Path, faults_p
 
 
 def test_failures_after_training_name_the_evaluation_phase(cli, tmp_path: Path, faults_plugin: Path) -> None:
-    # 96 test rows and a 12 x 12 mass grid in one chunk each; 500 model samples; the reference solve is float64
+    # every metric: 96 test rows and a 12 x 12 mass grid in one chunk each; 1,000 reference-solved samples
+    # (float64) scored by the row's solver (float32); the reference solve is float64
     result = cli("run", *NO_FIELD, "--plugin", str(faults_plugin), "--name", "phases", "--isolation", "inline",
                  "--field", "picky[rows=96,dtype=float32],picky[rows=96,dtype=float64],picky[rows=144,dtype=float32],"
-                            "picky[rows=144,dtype=float64],picky[rows=500]",
-                 "--solver", "euler[steps=2]", tiny=False)
+                            "picky[rows=144,dtype=float64],picky[rows=1000,dtype=float64],"
+                            "picky[rows=1000,dtype=float32]",
+                 "--solver", "euler[steps=2]", "--metrics", "all", tiny=False)
     assert result.exit_code == 0, result.output
     cells = read_cells(tmp_path, "phases")
     reasons = dict(zip(cells["field_spec"], cells["reason"], strict=True))
@@ -279,12 +281,20 @@ def test_failures_after_training_name_the_evaluation_phase(cli, tmp_path: Path, 
         "picky[rows=96,dtype=float64]": ("ref", "reference solver 'dopri5'", "evaluation trace 'exact'"),
         "picky[rows=144,dtype=float32]": ("mass", "solver 'euler'", "evaluation trace 'exact'"),
         "picky[rows=144,dtype=float64]": ("mass_ref", "reference solver 'dopri5'", "evaluation trace 'exact'"),
-        "picky[rows=500,dtype=any]": ("sampling", "solver 'euler'", "evaluation trace 'exact'"),
+        "picky[rows=1000,dtype=float64]": ("model_density", "reference solver 'dopri5'", "evaluation trace 'exact'"),
+        "picky[rows=1000,dtype=float32]": ("mass_is", "solver 'euler'", "evaluation trace 'exact'"),
     }
     for spec, (phase, *components) in expected.items():
         _assert_names(reasons[spec], "error", f"{PHASE_WHERE[phase][0]}: ValueError", *components)
         assert "picky field refused" in reasons[spec] and "field 'picky' (plugin '" in reasons[spec]
     assert cells["cell_time_s"].map(math.isfinite).all()
+    # the sampling solve of the sample metrics, when they are all the cell measures
+    result = cli("run", *NO_FIELD, "--plugin", str(faults_plugin), "--name", "sampling", "--isolation", "inline",
+                 "--field", "picky[rows=96]", "--solver", "euler[steps=2]", "--metrics", "energy_distance",
+                 tiny=False)
+    assert result.exit_code == 0, result.output
+    (reason,) = read_cells(tmp_path, "sampling")["reason"]
+    _assert_names(reason, "error", f"{PHASE_WHERE['sample_quality'][0]}: ValueError", "solver 'euler'")
 
 
 def test_a_failing_backward_pass_is_named(cli, tmp_path: Path, faults_plugin: Path) -> None:

@@ -366,7 +366,7 @@ def test_the_mass_flag_uses_the_reference_mass_when_the_grid_cannot_resolve_one(
 
 def test_a_coarse_mass_grid_is_warned_about_before_and_after_the_run(cli, tmp_path: Path) -> None:
     result = cli("run", "--solver", "euler[steps=2]", "--iterations", "1", "--mass-grid", "3", "--isolation",
-                 "inline", "--name", "coarse")
+                 "inline", "--metrics", "default,mass_ref", "--name", "coarse")
     assert result.exit_code == 0, result.output
     assert "note: --mass-grid 3: a 3x3 grid is too coarse" in result.stderr
     row = read_cells(tmp_path, "coarse").iloc[0]

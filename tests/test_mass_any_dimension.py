@@ -10,12 +10,25 @@ import torch
 from conftest import read_cells
 
 from cnfbench.config import RunConfig, resolve_cells
-from cnfbench.execute import _model_density_columns
+from cnfbench.metric_plan import EvaluationSetup, measure
+from cnfbench.params import Selection
 from cnfbench.registry import load_registry
 from cnfbench.testing.reference import RK4, ExactLoopTrace, MatrixField, linear_flow_log_prob
 from cnfbench.validity import validity
 
 REGISTRY = load_registry()
+
+
+def _model_density_columns(cell, dataset, field, solver, reference, trace) -> dict:
+    """mass_is and reverse_kl of ``field`` with ``solver``, through the harness's evaluation plan."""
+    test = dataset.splits(cell.seed).test
+    setup = EvaluationSetup(field, solver, reference, trace, dataset, test, cell.seed, 4096, None, torch.float64, 0,
+                            ("field", "trace"), torch.device("cpu"))
+    metrics = [(name, REGISTRY.build("metric", REGISTRY.resolve("metric", Selection(name))))
+               for name in ("mass_is", "reverse_kl")]
+    measured = measure(setup, metrics)
+    assert not measured.notes, measured.notes
+    return measured.columns
 
 
 class WrongLogDensity(RK4):
@@ -48,12 +61,10 @@ def test_an_exact_solve_has_mass_one_and_a_wrong_log_density_is_flagged(dim: int
     dataset = REGISTRY.build("dataset", cell.dataset)
     reference = REGISTRY.build("solver", cell.evaluation.ref_solver)
     trace = ExactLoopTrace()
-    exact = _model_density_columns(cell, dataset, field, RK4(steps=40), reference, trace, 1000,
-                                   torch.device("cpu"), ("field", "trace"))
+    exact = _model_density_columns(cell, dataset, field, RK4(steps=40), reference, trace)
     assert abs(exact["mass_is"] - 1.0) < 1e-3 and exact["mass_is_ess"] > 990  # p_solver = p_ref: every weight ~1
     assert validity({**exact, "nll": 1.0})[0]
-    wrong = _model_density_columns(cell, dataset, field, WrongLogDensity(40, 1.2), reference, trace, 1000,
-                                   torch.device("cpu"), ("field", "trace"))
+    wrong = _model_density_columns(cell, dataset, field, WrongLogDensity(40, 1.2), reference, trace)
     # log p_wrong - log p = -0.2 tr(A) everywhere: the weights are constant and the mass is exp(-0.2 tr A) exactly
     expected = math.exp(-0.2 * float(torch.trace(field.matrix)))
     assert wrong["mass_is"] == pytest.approx(expected, rel=1e-3)
@@ -74,7 +85,7 @@ def test_the_reference_samples_carry_the_closed_form_log_density() -> None:
 
 def test_importance_sampling_agrees_with_the_grid_on_2d_cells(cli, tmp_path: Path) -> None:
     result = cli("run", "--solver", "euler[steps=2],euler[steps=6],rk4[steps=4]", "--mass-grid", "120",
-                 "--iterations", "20", "--lr", "0.02", "--name", "agree")
+                 "--iterations", "20", "--lr", "0.02", "--metrics", "validity", "--name", "agree")
     assert result.exit_code == 0
     cells = read_cells(tmp_path, "agree")
     for row in cells.to_dict("records"):

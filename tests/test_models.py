@@ -81,7 +81,7 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
     plugin.write_text(AFFINE_PLUGIN)
     result = _invoke("run", *NO_FIELD, "--field", f"{CONCATSQUASH},affine", "--solver", "euler[steps=2],dopri5",
                      "--max-nfe", "3", "--plugin", str(plugin), "--isolation", "inline", "--out", str(root),
-                     "--name", "grid")
+                     "--metrics", "default,plots", "--name", "grid")
     assert result.exit_code == 0, result.output
     return root / "grid"
 
@@ -246,13 +246,13 @@ def test_sample_writes_the_models_samples(grid: Path, tmp_path: Path) -> None:
     cell_id = _cell_id(grid, "concatsquash")
     model = load_trained(grid, cell_id)
     out = tmp_path / "samples.npy"
-    result = _invoke("sample", str(grid), "--cell", cell_id, "-n", "500", "--out", str(out))
+    result = _invoke("sample", str(grid), "--cell", cell_id, "-n", "96", "--out", str(out))
     assert result.exit_code == 0, result.output
     samples = np.load(out, allow_pickle=False)
-    assert samples.shape == (500, 2) and samples.dtype == np.float32
+    assert samples.shape == (96, 2) and samples.dtype == np.float32
     with np.load(grid / "density" / f"{cell_id}.npz", allow_pickle=False) as density:
         assert np.array_equal(samples, density["samples"])  # the run's own samples: same seed, solver and trace
-    assert f"wrote {out}: 500 samples x 2 dimensions (float32) from cell {cell_id}" in result.output
+    assert f"wrote {out}: 96 samples x 2 dimensions (float32) from cell {cell_id}" in result.output
     assert "sampling solve: euler[steps=2,adjoint=false] from t=0 to t=1, base seed 0; NFE 2 evaluations" in \
         result.output
 
@@ -263,7 +263,8 @@ def test_sample_writes_the_models_samples(grid: Path, tmp_path: Path) -> None:
     frame = pd.read_parquet(parquet)
     registry = model.registry
     solver = registry.build("solver", registry.resolve("solver", parse_selection("midpoint[steps=1]")))
-    expected = sample_model(model.field, solver, 64, split_generator(7, "model/samples"), torch.device("cpu")).numpy()
+    expected = sample_model(model.field, solver, 64, split_generator(7, "model/quality_samples"),
+                            torch.device("cpu")).numpy()
     assert list(frame.columns) == ["x0", "x1"] and frame.shape == (64, 2)
     written = np.ascontiguousarray(frame.to_numpy())  # parquet reads back column-major; numpy sums in memory order
     assert np.array_equal(written, expected) and np.array_equal(written.mean(axis=0), expected.mean(axis=0))

@@ -25,7 +25,7 @@ from cnfbench.cli import main
 from cnfbench.contracts import VectorField, split_generator
 from cnfbench.dynamics import ContractViolation, FieldDynamics, NFEBudgetExceeded, NFECounter
 from cnfbench.evaluation import sample_model, sample_with_log_prob
-from cnfbench.execute import QUALITY_MAX_SAMPLES
+from cnfbench.metric_plan import QUALITY_MAX_SAMPLES
 from cnfbench.models import TrainedModel, load_trained
 from cnfbench.params import parse_selection
 from cnfbench.registry import Registry, load_registry
@@ -36,7 +36,7 @@ from cnfbench.sample_quality import energy_distance
 RTOL, ATOL = 1e-3, 1e-3
 DOPRI5 = f"dopri5[rtol={RTOL},atol={ATOL}]"
 EULER = "euler[steps=4]"
-DENSITY_SAMPLES = 500  # what a 2-D cell keeps for its density plot (execute.DENSITY_SAMPLES)
+DENSITY_SAMPLES = 500  # what a 2-D cell keeps for its density plot (metric_plan.DENSITY_SAMPLES)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sampling_cost")
     result = CliRunner().invoke(main, ["run", *TINY, "--out", str(out), "--name", "cost", "--objective", "cfm",
                                        "--iterations", "150", "--lr", "0.01", "--solver", f"{DOPRI5},{EULER}",
-                                       "--isolation", "inline"], catch_exceptions=False)
+                                       "--isolation", "inline", "--metrics", "default,samples,plots"],
+                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return out / "cost"
 
@@ -97,13 +98,14 @@ def test_nfe_sample_is_odeint_on_the_field_alone(run_dir: Path) -> None:
     row = _row(run_dir, "dopri5")
     model = _model(run_dir, row)
     n = min(96, QUALITY_MAX_SAMPLES)  # TINY's n_test
-    _, calls = _odeint_on_the_field(model.field, _base(row["seed"], "model/quality_samples", n, model.dim))
+    drawn, calls = _odeint_on_the_field(model.field, _base(row["seed"], "model/quality_samples", n, model.dim))
     assert row["nfe_sample"] == calls
     assert row["sample_time_s"] > 0
 
-    # the density plot's samples are that odeint's output, bit for bit
+    # the density plot shows the first of those samples (one sampling solve serves every metric and the plot)
+    shown = _density_samples(run_dir, row)
+    assert torch.equal(shown, drawn[:DENSITY_SAMPLES])
     expected, _ = _odeint_on_the_field(model.field, _base(row["seed"], "model/samples", DENSITY_SAMPLES, model.dim))
-    assert torch.equal(_density_samples(run_dir, row), expected)
 
     # the solve that also carries the log-density is another solve: its samples are not the sampler's
     joint, _ = sample_with_log_prob(model.field, _build(model.registry, "solver", DOPRI5),
@@ -120,7 +122,7 @@ def test_cnfbench_sample_counts_the_solve_of_the_samples_alone(run_dir: Path, tm
     result = CliRunner().invoke(main, ["sample", str(run_dir), "--cell", row["cell_id"], "-n", "300", "--seed", "3",
                                        "--out", str(out)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    expected, calls = _odeint_on_the_field(model.field, _base(3, "model/samples", 300, model.dim))
+    expected, calls = _odeint_on_the_field(model.field, _base(3, "model/quality_samples", 300, model.dim))
     assert f"NFE {calls} evaluations of the field alone (counted by the harness)" in result.output
     assert torch.equal(torch.from_numpy(np.load(out, allow_pickle=False)), expected)
 
@@ -139,7 +141,8 @@ def test_a_fixed_grid_solver_draws_the_very_samples_of_the_joint_solve(run_dir: 
     alone = sample_model(model.field, euler, DENSITY_SAMPLES, split_generator(seed, "model/samples"),
                          torch.device("cpu"), counter=counter)
     assert torch.equal(alone, joint(DENSITY_SAMPLES, "model/samples")) and counter.current == 4
-    assert torch.equal(_density_samples(run_dir, row), alone)
+    drawn = sample_model(model.field, euler, 96, split_generator(seed, "model/quality_samples"), torch.device("cpu"))
+    assert torch.equal(_density_samples(run_dir, row), drawn)  # the plot shows the sampling solve's samples
 
     # the row's sample distance is the one computed from the joint solve's samples, bit for bit
     test = _build(registry, "dataset", "8gaussians[n_train=256,n_val=32,n_test=96]").splits(seed).test

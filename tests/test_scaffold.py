@@ -68,7 +68,7 @@ def test_every_family_passes_the_conformance_kit(tmp_path: Path, import_plugin) 
     assert check_plugin(plugin) == [
         "dataset 'kit_probe_all_gaussian'", "field 'kit_probe_all_mlp'", "objective 'kit_probe_all_cfm'",
         "solver 'kit_probe_all_heun'", "trace 'kit_probe_all_exact'", "executor 'kit_probe_all_pool'",
-        "tracker 'kit_probe_all_csv'",
+        "tracker 'kit_probe_all_csv'", "metric 'kit_probe_all_mean_shift'",
     ]
     for name in component_names("kit-probe-all", FAMILY_ORDER).values():
         assert name in result.output  # the next-steps hint names the components
@@ -83,7 +83,7 @@ def test_default_is_one_field(tmp_path: Path, import_plugin) -> None:
     assert "cnfbench run --field kit_probe_default_mlp" in result.output
 
 
-@pytest.mark.parametrize("families", ["solver", "trace", "dataset", "objective", "executor", "tracker",
+@pytest.mark.parametrize("families", ["solver", "trace", "dataset", "objective", "executor", "tracker", "metric",
                                       "field,trace", "field,objective", "all"])
 def test_every_family_combination_is_valid_python(families: str) -> None:
     files = render_plugin("combo", families.split(","))
@@ -95,7 +95,8 @@ def test_every_family_combination_is_valid_python(families: str) -> None:
     for family in FAMILY_ORDER:
         hook = {"field": "cnfbench_fields", "solver": "cnfbench_solvers", "trace": "cnfbench_traces",
                 "dataset": "cnfbench_datasets", "objective": "cnfbench_objectives",
-                "executor": "cnfbench_executors", "tracker": "cnfbench_trackers"}[family]
+                "executor": "cnfbench_executors", "tracker": "cnfbench_trackers",
+                "metric": "cnfbench_metrics"}[family]
         assert (f"def {hook}()" in plugin_source) == (family in wanted)
 
 
@@ -158,6 +159,32 @@ def test_the_tracker_plugin_logs_every_iteration_of_a_sweep(tmp_path: Path, impo
     lines = (tmp_path / "results" / "csv" / "kit_probe_tracker_csv.csv").read_text().splitlines()
     curves = pd.read_parquet(tmp_path / "results" / "csv" / "curves.parquet")
     assert sum(",loss_nats," in line for line in lines) == len(curves)
+
+
+def test_the_metric_plugin_adds_its_column_to_a_run_and_to_a_finished_one(tmp_path: Path, import_plugin,
+                                                                         cli) -> None:
+    from cnfbench.testing import check_metric
+
+    result = new_plugin("kit-probe-metric", "--family", "metric", "--dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    plugin = import_plugin(tmp_path / "kit-probe-metric")
+    check_metric(plugin.MeanShift)
+    source = str(tmp_path / "kit-probe-metric" / "src" / "kit_probe_metric" / "plugin.py")
+    run = cli("run", "--plugin", source, "--metrics", "default,kit_probe_metric_mean_shift", "--solver",
+              "euler[steps=2]", "--name", "shift")
+    assert run.exit_code == 0, run.output
+    cells = pd.read_parquet(tmp_path / "results" / "shift" / "cells.parquet")
+    (shift,) = cells["kit_probe_metric_mean_shift"]
+    assert 0 < shift < 10 and "kit_probe_metric_mean_shift" in cells["metrics"].iloc[0]
+    plain = cli("run", "--solver", "euler[steps=2]", "--name", "plain")
+    assert plain.exit_code == 0, plain.output
+    added = cli("evaluate", str(tmp_path / "results" / "plain"), "--plugin", source, "--metrics",
+                "kit_probe_metric_mean_shift")
+    assert added.exit_code == 0, added.output
+    before = pd.read_parquet(tmp_path / "results" / "shift" / "cells.parquet").iloc[0]
+    after = pd.read_parquet(tmp_path / "results" / "plain" / "cells.parquet").iloc[0]
+    assert after["kit_probe_metric_mean_shift"] == shift  # same model, same sampling draws
+    assert after["nll_ref"] == before["nll_ref"]  # kept from the first evaluation, not recomputed
 
 
 def test_pyproject_readme_and_tests_point_at_the_plugin(tmp_path: Path) -> None:

@@ -55,7 +55,8 @@ def tracked(tmp_path_factory: pytest.TempPathFactory) -> Tracked:
 
     out = tmp_path_factory.mktemp("tracked")
     began = time.time()
-    result = CliRunner().invoke(main, ["run", *TINY, "--out", str(out), *GRID, "--name", "trk",
+    result = CliRunner().invoke(main, ["run", *TINY, "--out", str(out), *GRID, "--name", "trk", "--metrics",
+                                       "default,mass_ref",
                                        # a loaded machine may take over the default 10 s to create the store
                                        "--tracker", "mlflow[timeout=120],tensorboard[timeout=120]"],
                                  catch_exceptions=False)

@@ -77,7 +77,8 @@ def _evaluate(cli, *args: str):
 
 
 def test_evaluate_reproduces_the_stored_nll_bit_for_bit_and_adds_other_solvers(cli, tmp_path: Path) -> None:
-    assert cli("run", "--objective", "mle,cfm", "--solver", "euler[steps=4]", "--name", "ev").exit_code == 0
+    assert cli("run", "--objective", "mle,cfm", "--solver", "euler[steps=4]", "--name", "ev", "--metrics",
+               "default,energy_distance,sliced_w2,roundtrip").exit_code == 0
     run = _run_dir(tmp_path, "ev")
     before = read_cells(tmp_path, "ev").set_index("cell_id")
     result = _evaluate(cli, str(run), "--solver", "euler[steps=4],rk4[steps=3]")
@@ -186,7 +187,8 @@ def test_sample_output_has_the_distribution_the_row_measured(cli, tmp_path: Path
     from cnfbench.registry import load_registry
     from cnfbench.sample_quality import energy_distance
 
-    assert cli("run", *FLOW, "--iterations", "30", "--name", "smp").exit_code == 0
+    assert cli("run", *FLOW, "--iterations", "30", "--name", "smp", "--metrics", "default,energy_distance"
+               ).exit_code == 0
     cells = read_cells(tmp_path, "smp")
     shared = cells[cells["trained_in"] != cells["cell_id"]].iloc[0]  # a row that only evaluates a shared model
     out = tmp_path / "samples.npy"

@@ -113,12 +113,13 @@ def _sources(run: Run, cell_ids: tuple[str, ...], registry: Registry) -> list[Ce
 
 
 def _evaluation_cells(sources: list[Cell], solvers: tuple[str, ...], eval_trace: str | None, ref_solver: str | None,
-                      allow_loose_ref: bool, registry: Registry) -> tuple[list[Cell], list[str]]:
-    """The cells to evaluate: each source with each solver and the given evaluation slots."""
+                      allow_loose_ref: bool, registry: Registry, metrics: tuple[str, ...] = ()
+                      ) -> tuple[list[Cell], list[str]]:
+    """The cells to evaluate: each source with each solver, the given evaluation slots and metrics."""
     from dataclasses import replace
 
     from cnfbench.cells import EvalProtocol
-    from cnfbench.config import check_reference, resolve_axis, resolve_one
+    from cnfbench.config import check_reference, resolve_axis, resolve_metrics, resolve_one
 
     notes: list[str] = []
     chosen = resolve_axis(registry, "solver", solvers, "--solver", notes) if solvers else []
@@ -131,11 +132,12 @@ def _evaluation_cells(sources: list[Cell], solvers: tuple[str, ...], eval_trace:
     if ref_solver is not None:
         slots["ref_solver"] = resolve_one(registry, "solver", ref_solver, "--ref-solver")
         check_reference(registry, slots["ref_solver"], allow_loose_ref, notes)
+    chosen_metrics = resolve_metrics(registry, metrics)
     cells: dict[str, Cell] = {}
     for source in sources:
         ignored = registry.get("objective", source.objective.name).cls.ignored_axes()
         evaluation = EvalProtocol({**source.evaluation.slots, **slots}, source.evaluation.ref_dtype,
-                                  source.evaluation.batch_size, source.evaluation.mass_grid)
+                                  source.evaluation.batch_size, source.evaluation.mass_grid, chosen_metrics)
         for solver in chosen or [source.solver]:
             trained_with = {} if "solver" in ignored else {"solver": source.solver}
             cell = replace(source, axes={**source.axes, "solver": solver}, evaluation=evaluation,
@@ -154,6 +156,11 @@ def _evaluation_cells(sources: list[Cell], solvers: tuple[str, ...], eval_trace:
               help="exact trace estimator of the reported NLLs [default: the run's]")
 @click.option("--ref-solver", help="reference solve behind nll_ref [default: the run's]")
 @click.option("--allow-loose-ref", is_flag=True, help="accept a fixed-step or loose --ref-solver [default: off]")
+@click.option("--metrics", multiple=True,
+              help="metrics to compute: comma list of metrics and groups, 'all', or 'default' plus more; an evaluated "
+                   "cell that has a row keeps the columns it does not compute again, so '--metrics w2' adds W2 to "
+                   "the rows and recomputes nothing else; `cnfbench plugins --family metric` lists them "
+                   "[default: the default metrics of cnfbench run]")
 @click.option("--cell", "cell_ids", multiple=True, help="evaluate only the model of this cell (repeatable) "
                                                         "[default: every model of the run]")
 @click.option("--plugin", "plugins", multiple=True,
@@ -176,13 +183,15 @@ def _evaluation_cells(sources: list[Cell], solvers: tuple[str, ...], eval_trace:
                                            "end instead of stopping with an error [default: off]")
 @click.option("--quiet", is_flag=True, help="no progress output [default: off]")
 def evaluate(run_dir: str, solvers: tuple[str, ...], eval_trace: str | None, ref_solver: str | None,
-             allow_loose_ref: bool, cell_ids: tuple[str, ...], plugins: tuple[str, ...], allow_changed_plugin: bool,
+             allow_loose_ref: bool, metrics: tuple[str, ...], cell_ids: tuple[str, ...], plugins: tuple[str, ...],
+             allow_changed_plugin: bool,
              timeout: float | None, executor: str, isolation: str | None, data_dir: str | None, wait: bool,
              quiet: bool) -> int:
-    """Evaluate the trained models of RUN again (test NLL, reference NLL, mass, sample quality), without training.
+    """Evaluate the trained models of RUN again (the default metrics, or --metrics), without training.
 
     \b
     cnfbench evaluate results/grid1 --solver 'euler[steps=4],euler[steps=16],dopri5'
+    cnfbench evaluate results/grid1 --metrics w2,mmd
     cnfbench evaluate results/grid1 --ref-solver 'dopri5[rtol=1e-9,atol=1e-9]' --cell 3f2a9c0d1e4b5a6f
     """
     from cnfbench.config import OPTION_SOURCE, RunConfig, merge
@@ -223,7 +232,8 @@ def evaluate(run_dir: str, solvers: tuple[str, ...], eval_trace: str | None, ref
             click.echo(line, err=True)
         try:
             sources = _sources(run, cell_ids, registry)
-            cells, notes = _evaluation_cells(sources, solvers, eval_trace, ref_solver, allow_loose_ref, registry)
+            cells, notes = _evaluation_cells(sources, solvers, eval_trace, ref_solver, allow_loose_ref, registry,
+                                             metrics)
         except (ParamError, ValueError) as exc:
             raise fail(str(exc)) from None
         unloaded = [plugin for plugin in unloaded_plugins(run, registry) if plugin.source in ("file", "module")]
@@ -234,7 +244,7 @@ def evaluate(run_dir: str, solvers: tuple[str, ...], eval_trace: str | None, ref
         for note in notes:
             click.echo(f"note: {note}", err=True)
         entry = collect(sys.argv, {"solver": list(solvers), "eval_trace": eval_trace, "ref_solver": ref_solver,
-                                   "cell": list(cell_ids), "plugin": list(plugins),
+                                   "metrics": list(metrics), "cell": list(cell_ids), "plugin": list(plugins),
                                    **({"allow_changed_plugin": True} if allow_changed_plugin else {})},
                         registry.plugins, cells[0].device,
                         sorted({library for cell in cells for family, spec in cell.components()

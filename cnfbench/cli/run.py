@@ -67,6 +67,13 @@ def _component_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+METRICS_HELP = ("what to measure on each trained cell: comma list of metrics (with parameters, e.g. "
+                "'c2st[folds=3]') and groups (likelihood, density, validity, samples, flow, inverse, plots), 'all', "
+                "or 'default' plus more, e.g. 'default,w2,mmd'; `cnfbench plugins --family metric` lists them "
+                "[default: what the summary and the validity flag read: nll, nll_ref, logp_error, entropy, "
+                "reverse_kl, mass, mass_is]")
+
+
 @main.command()
 @_component_options
 @click.option("--seeds", type=int, help=f"number of seeds per configuration [default: 1; valid: {_valid('seeds')}]")
@@ -104,6 +111,7 @@ def _component_options(command: Callable[..., Any]) -> Callable[..., Any]:
               help=f"test samples per evaluation solve [default: 4096; valid: {_valid('eval_batch_size')}]")
 @click.option("--mass-grid", type=int,
               help=f"points per axis of the 2D mass check, 0 = off [default: 80; valid: {_valid('mass_grid')}]")
+@click.option("--metrics", multiple=True, help=METRICS_HELP)
 @click.option("--device", help="auto, cpu, cuda or cuda:N [default: auto]")
 @click.option("--data-dir", help="folder that dataset files (table[path=...], the MAF archive) are read from "
                                  "[default: $CNFBENCH_DATA, else ~/.cache/cnfbench/data]")
@@ -253,7 +261,7 @@ def run_cells(cells: list[Cell], registry: Registry, executor_spec: str, plugins
     device is one ``Error:`` line (exit 2)."""
     from cnfbench.executor import make_executor
     from cnfbench.run_folder import DiskFull
-    from cnfbench.summary import render, summary_table, validity_notes
+    from cnfbench.summary import metric_notes, render, summary_table, validity_notes
     from cnfbench.text_tables import terminal_width
 
     try:
@@ -269,19 +277,21 @@ def run_cells(cells: list[Cell], registry: Registry, executor_spec: str, plugins
         progress.close()
         executor.close()
     rows = planned_rows(cells, result.cells)
+    known = registry.names("metric")
     interrupted = f"Interrupted: {progress.counts()}. The table shows every planned configuration " \
                   f"(n = seeds done/planned); {resume_hint}." if result.interrupted else ""
     caller = FROM_PYTHON.get()
     if caller is not None:
-        caller.rows, caller.notes, caller.interrupted = rows, validity_notes(rows), interrupted
+        caller.rows, caller.notes, caller.interrupted = rows, [*validity_notes(rows), *metric_notes(rows, known)], \
+            interrupted
         return result
     click.echo("")
     if interrupted:
         click.echo(interrupted)
     click.echo(f"{heading} (test NLL in nats per sample; NFE = dynamics evaluations per solve, counted by the "
                "harness):")
-    click.echo(render(summary_table(rows), validity_notes(rows), width=terminal_width(),
-                      color=sys.stdout.isatty()))
+    notes = [*validity_notes(rows), *metric_notes(rows, known)]
+    click.echo(render(summary_table(rows), notes, width=terminal_width(), color=sys.stdout.isatty()))
     return result
 
 

@@ -1,7 +1,8 @@
 """``cnfbench sample``: draw samples from a finished cell's trained field and write them to ``.npy`` or parquet.
 
-The base draws ``z0 ~ N(0, I)`` come from the seeded stream the run's own
-density samples use (``model/samples`` of the seed), and are pushed from t=0
+The base draws ``z0 ~ N(0, I)`` come from the seeded stream of the run's own
+model samples (``model/quality_samples`` of the seed: the ``sample`` input every sample metric and the
+density plots read; with the row's solver and as many samples, the very samples they measured), pushed from t=0
 to t=1 by the cell's solver or ``--solver``, the samples alone (no
 log-density rides along), exactly as :func:`cnfbench.evaluation.sample_model`
 does in a run; the harness counts the solve's dynamics evaluations (NFE),
@@ -120,7 +121,7 @@ def _draw_and_write(model: TrainedModel, solver: Solver, solver_label: str, n: i
     dtype = next((p.dtype for p in field.parameters()), torch.float32)
     started = now(torch.device(device))
     try:
-        samples = sample_model(field, solver, n, split_generator(seed, "model/samples"), torch.device(device),
+        samples = sample_model(field, solver, n, split_generator(seed, "model/quality_samples"), torch.device(device),
                                dtype, counter, model.registry.describe("field", cell.field.name))
     except Exception as exc:  # noqa: BLE001 - a failing solve (NFE budget, step-size underflow, a plugin's bug)
         raise fail(f"sampling cell {cell.cell_id} with {solver_label} failed after {counter.current} evaluations: "

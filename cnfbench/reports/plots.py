@@ -503,8 +503,8 @@ def _density_panels(cells: pd.DataFrame, run_dirs: Mapping[str, Path], title: st
         panels.append((str(labels.loc[index]), artifacts))
     if missing:
         notes.append(f"{title or 'density'}: {plural(missing, '2D cell')} have no "
-                     f"{DENSITY_DIR}/<cell_id>{DENSITY_SUFFIX} (made before the runner saved density artifacts): "
-                     "no density panel for them")
+                     f"{DENSITY_DIR}/<cell_id>{DENSITY_SUFFIX} (the run did not compute the density_plot metric): "
+                     "no density panel for them; `cnfbench evaluate RUN --metrics density_plot` adds the panels")
     if len(panels) > MAX_DENSITY_PANELS:
         notes.append(f"{title}: density panels for the first {MAX_DENSITY_PANELS} of {len(panels)} cells only")
         panels = panels[:MAX_DENSITY_PANELS]

@@ -37,6 +37,11 @@ Plain functions, usable from any test runner or script::
   another's model instead of training, and ``cancel()``/``close()`` behave.
 * :func:`check_tracker` — writes nothing until started, then takes a cell's
   curve iteration by iteration, its row, a failed cell and ``close``.
+* :func:`check_metric` — declarations (a group, valid :class:`~cnfbench.columns.Column` columns, inputs from
+  the vocabulary), run through the harness's evaluation plan on a 2-D Gaussian scenario: a value for every
+  column, no input computed by the metric itself (no solve of its own, points pushed forward only from a
+  declared input), deterministic, and units that scale with the data as they say (``data units`` as ``s``,
+  ``data units²`` as ``s²``, ``1`` not at all).
 * :func:`check_dataset` — seeded splits (same seed same, other seed
   different), disjoint splits, float32 ``[N, dim]``, no global RNG use, and a
   finite ``[N]`` ``log_prob`` on samples when ``has_density``.
@@ -60,8 +65,8 @@ loop and by the full Jacobian, RK4, linear and time-dependent ODEs with their
 closed forms), public for tests to reuse.
 
 The kit is one module per family (``field``, ``objective``, ``solver``,
-``trace``, ``dataset``, ``executor``, ``tracker``) plus ``plugin`` (dispatch and whole plugins). Importing it is
-cheap: torch is imported only when a check runs (or ``reference`` is
+``trace``, ``dataset``, ``executor``, ``tracker``, ``metric``) plus ``plugin`` (dispatch and whole
+plugins). Importing it is cheap: torch is imported only when a check runs (or ``reference`` is
 imported). The checks run torch single-threaded (restoring the thread
 count), since their tensors are tiny.
 """
@@ -74,6 +79,7 @@ from cnfbench.testing._checker import ConformanceError
 from cnfbench.testing.dataset import DATASET_CHECK_SIZES, check_dataset
 from cnfbench.testing.executor import check_executor
 from cnfbench.testing.field import FUSED_DIV_TOLERANCE, FUSED_DZ_TOLERANCE, FUSED_GRADIENT_TOLERANCE, check_field
+from cnfbench.testing.metric import check_metric
 from cnfbench.testing.objective import OBJECTIVE_SOLVER_STEPS, check_objective
 from cnfbench.testing.plugin import CHECKS, check_component, check_plugin, conformance_tests, plugin_components
 from cnfbench.testing.solver import (
@@ -119,6 +125,7 @@ __all__ = [
     "check_component",
     "check_dataset",
     "check_field",
+    "check_metric",
     "check_executor",
     "check_objective",
     "check_plugin",

@@ -10,6 +10,7 @@ from cnfbench.testing._checker import ConformanceError, one_line
 from cnfbench.testing.dataset import check_dataset
 from cnfbench.testing.executor import check_executor
 from cnfbench.testing.field import check_field
+from cnfbench.testing.metric import check_metric
 from cnfbench.testing.objective import check_objective
 from cnfbench.testing.solver import check_solver
 from cnfbench.testing.trace import check_trace
@@ -23,13 +24,14 @@ CHECKS: dict[str, Callable[..., None]] = {
     "trace": check_trace,
     "executor": check_executor,
     "tracker": check_tracker,
+    "metric": check_metric,
 }
 """The check of each component family, by family key."""
 
 
 def check_component(family: str, cls: type, params: Mapping[str, Any] | None = None, **options: Any) -> None:
-    """Run the check of ``family`` (``dataset``, ``field``, ``objective``, ``solver``, ``trace``, ``executor`` or
-    ``tracker``) on ``cls``."""
+    """Run the check of ``family`` (``dataset``, ``field``, ``objective``, ``solver``, ``trace``, ``executor``,
+    ``tracker`` or ``metric``) on ``cls``."""
     if family not in CHECKS:
         raise ValueError(f"unknown component family {family!r}; known: {', '.join(sorted(CHECKS))}")
     CHECKS[family](cls, params, **options)
