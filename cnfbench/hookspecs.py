@@ -97,7 +97,9 @@ def cnfbench_metrics() -> Sequence[type[Metric]]:
 def cnfbench_cell_metrics(
     cell: Mapping[str, Any], field: VectorField, dataset: Dataset, test: Tensor
 ) -> Mapping[str, float] | None:
-    """Return extra columns for the row of a cell that trained and evaluated successfully.
+    """Return extra columns for the row of a cell that trained and evaluated successfully (the earlier, blunter
+    way to add a number: it runs on every cell and a failure fails the cell; a :class:`~cnfbench.contracts.Metric`
+    from ``cnfbench_metrics`` is chosen with ``--metrics``, shares the harness's inputs and fails alone).
 
     Called in the process that ran the cell, with the cell's spec as plain
     JSON, the trained ``field`` (in eval mode), the ``dataset`` and its test

@@ -204,7 +204,8 @@ def check_metric(cells: pd.DataFrame, metric: str) -> str:
                           f"{', '.join(WP_METRICS)}{did_you_mean(metric, list(WP_METRICS))}")
     if metric not in cells or not pd.to_numeric(cells[metric], errors="coerce").notna().any():
         why = (" (rows written before cnfbench recorded it: evaluate the models again, e.g. cnfbench evaluate RUN "
-               "--solver 'euler[steps=2..64:x2]')" if metric.startswith("logp_error") else "")
+               "--solver 'euler[steps=2..64:x2]')" if metric.startswith("logp_error") else
+               f" (a metric the default set leaves out: cnfbench evaluate RUN --metrics {metric} adds it)")
         raise ReportError(f"--wp-metric {metric}: these runs hold no value of it{why}")
     return metric
 
