@@ -312,6 +312,9 @@ COLUMNS: tuple[Column, ...] = (
     _seconds("mass_is_time_s", "wall-clock of scoring the model samples with the row's solver for mass_is"),
     _seconds("sample_time_s", "wall-clock of drawing the model samples of the sample distances (the solve of "
              "the samples alone that nfe_sample counts)"),
+    _evaluations("nfe_mass", "dynamics evaluations of the mass grid pass with the row's solver (all chunks)"),
+    _evaluations("nfe_mass_ref", "dynamics evaluations of the mass grid pass with the reference solve (all chunks)"),
+    _evaluations("nfe_mass_is", "dynamics evaluations of scoring mass_is's reference samples with the row's solver"),
     _evaluations("nfe_ref_sample", "dynamics evaluations of the joint reference solve that draws mass_is's and "
                  "reverse_kl's model samples with their log-density"),
     _seconds("ref_sample_time_s", "wall-clock of that joint reference solve"),

@@ -73,6 +73,7 @@ class GridPass:
     resolution: int
     log_prob: Tensor  # float64 on CPU, nats
     seconds: float
+    nfe: int = 0  # dynamics evaluations over all chunks
 
     def mass(self) -> float:
         """The midpoint-rule integral of ``exp(log_prob)`` over the grid: 1 for a normalized density it resolves."""
@@ -199,7 +200,7 @@ def _log_density(setup: EvaluationSetup, data: Tensor, reference: bool, keep_bas
 def _grid(setup: EvaluationSetup, reference: bool) -> GridPass:
     points, cell_area = mass_grid(setup.test, setup.mass_grid)
     passed = _log_density(setup, points, reference)
-    return GridPass(points, cell_area, setup.mass_grid, passed.log_prob, passed.seconds)
+    return GridPass(points, cell_area, setup.mass_grid, passed.log_prob, passed.seconds, passed.nfe)
 
 
 def _sample(setup: EvaluationSetup, _: Mapping[str, Any]) -> SamplePass:
@@ -269,15 +270,15 @@ INPUTS: tuple[InputSpec, ...] = (
               columns=lambda s: {"nfe_sample": float(s.nfe), "sample_time_s": s.seconds}),
     InputSpec("paths", "paths", _paths, columns=lambda p: {"nfe_paths": float(p.nfe), "paths_time_s": p.seconds}),
     InputSpec("grid", "mass", lambda setup, _: _grid(setup, reference=False),
-              columns=lambda g: {"mass_time_s": g.seconds}, requires=(NEEDS_2D,)),
+              columns=lambda g: {"nfe_mass": g.nfe, "mass_time_s": g.seconds}, requires=(NEEDS_2D,)),
     InputSpec("ref_sample", "model_density", _reference_samples,
               columns=lambda r: {"nfe_ref_sample": float(r.nfe), "ref_sample_time_s": r.seconds}),
     InputSpec("ref_sample_eval", "mass_is", _reference_samples_scored, needs=("ref_sample",),
-              columns=lambda p: {"mass_is_time_s": p.seconds}),
+              columns=lambda p: {"nfe_mass_is": p.nfe, "mass_is_time_s": p.seconds}),
     InputSpec("ref", "ref", lambda setup, _: _log_density(setup, setup.test, reference=True),
               columns=lambda p: {"nfe_ref": p.nfe, "ref_time_s": p.seconds}),
     InputSpec("grid_ref", "mass_ref", lambda setup, _: _grid(setup, reference=True),
-              columns=lambda g: {"mass_ref_time_s": g.seconds}, requires=(NEEDS_2D,)),
+              columns=lambda g: {"nfe_mass_ref": g.nfe, "mass_ref_time_s": g.seconds}, requires=(NEEDS_2D,)),
 )
 """Every input of :data:`~cnfbench.contracts.METRIC_INPUTS`, in the order a plan computes them (cheapest
 first: the reference solves last)."""
@@ -288,8 +289,8 @@ assert set(INPUT_ORDER) == set(METRIC_INPUTS), "every input of the vocabulary ha
 
 INPUT_COLUMNS: tuple[str, ...] = (
     "nfe_eval", "nfe_eval_max_chunk", "eval_time_s", *step_columns(None), "nfe_sample", "sample_time_s",
-    "nfe_paths", "paths_time_s", "mass_time_s", "nfe_ref_sample", "ref_sample_time_s", "mass_is_time_s",
-    "nfe_ref", "ref_time_s", "mass_ref_time_s",
+    "nfe_paths", "paths_time_s", "nfe_mass", "mass_time_s", "nfe_ref_sample", "ref_sample_time_s", "nfe_mass_is",
+    "mass_is_time_s", "nfe_ref", "ref_time_s", "nfe_mass_ref", "mass_ref_time_s",
 )
 """The columns the inputs write (their NFE and seconds): empty in a row whose metrics did not need them."""
 

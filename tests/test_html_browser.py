@@ -203,3 +203,17 @@ def test_the_page_fits_a_narrow_screen(tmp_path: Path) -> None:
         assert page.evaluate("document.getElementById('explorer-plot').layout.legend.orientation") == "h"
         page.screenshot(path=str(tmp_path / "narrow.png"), full_page=True)
     assert errors == []
+
+
+def test_the_work_precision_page_reads_in_chromium_at_any_width(tmp_path: Path) -> None:
+    from test_work_precision import sweep
+
+    run_dir = write_run(tmp_path / "wp", sweep())
+    result = CliRunner().invoke(main, ["report", str(run_dir), "--work-precision", "--html"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    for width in (1280, 390):
+        with browsed(run_dir / "report.html", width) as (page, errors):
+            assert page.evaluate("document.querySelector('pre').textContent").count("Work-precision on") == 1
+            assert page.evaluate("[...document.images].every((image) => image.complete && image.naturalWidth > 0)")
+            assert page.evaluate("document.documentElement.scrollWidth") <= width  # the text scrolls in its box
+        assert errors == []

@@ -260,3 +260,15 @@ def test_ranking_a_timing_notes_cells_run_with_different_threads():
     cells["torch_threads"] = [1, 2] * 3
     assert any("different torch thread counts" in note for note in rank(cells, "train_time_s").notes)
     assert not any("thread" in note for note in rank(cells.assign(nll_ref=3.0), "nll_ref").notes)
+
+
+def test_report_rank_html_is_a_page_of_the_ranking_and_its_figures(tmp_path):
+    times = {d: {2: 1.0 + i, 4: 2.0, 8: 4.0 * (i + 1)} for i, d in enumerate(DATASETS[:4])}
+    run = write_run(tmp_path / "suite", suite(times, metric="train_time_s", nll_ref=3.0))
+    out = tmp_path / "page"
+    result = CliRunner().invoke(main, ["report", str(run), "--rank", "train_time_s", "--html", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    page = (out / "report.html").read_text()
+    assert "<h2>Rankings across datasets</h2>" in page and "Friedman&#x27;s test over 4 datasets" in page
+    assert page.count('src="data:image/png;base64,') == 2  # the critical-difference diagram and the profile
+    assert (out / "rank_cd_train_time_s.png").is_file()

@@ -224,3 +224,14 @@ def test_a_real_evaluate_sweep_falls_with_nfe_and_groups_by_family(cli, tmp_path
     assert euler.slope("nfe") < 0
     report = CliRunner().invoke(main, ["report", str(run), "--work-precision"])
     assert report.exit_code == 0 and "steps=16" in report.output and "Log-log slopes" in report.output
+
+
+def test_report_work_precision_html_is_a_page_of_the_table_and_the_figure(tmp_path):
+    run = write_run(tmp_path / "wp", sweep())
+    result = CliRunner().invoke(main, ["report", str(run), "--work-precision", "--html"])
+    assert result.exit_code == 0, result.output
+    page = (run / "report.html").read_text()
+    assert "<h2>Work-precision: logp_error_mean</h2>" in page and "Work-precision on 8gaussians" in page
+    assert "-4.00" in page and page.count('src="data:image/png;base64,') == 1  # the figure, embedded
+    assert (run / "plots" / "work_precision_logp_error_mean_8gaussians.png").is_file()
+    assert "<h2>Provenance</h2>" in page and '<div class="table-box"><pre>' in page

@@ -60,6 +60,23 @@ def _emit(path: str | None, render: Callable[[], str], what: str) -> bool:
     return False
 
 
+PAGE_TEXT_WIDTH = 120
+"""Columns a view's text takes on the HTML page (it scrolls sideways in its box where the screen is narrower)."""
+
+
+def _view_page(loaded: Any, cells: Any, out_dir: Path | None, heading: str, text: str, figures: Any) -> None:
+    """``report.html`` of a view (``--rank``, ``--work-precision``): its text, its figures, the interactive chart
+    of the cells, provenance and notes, beside the figures in ``--out`` or in the run folder."""
+    from cnfbench.reports.html import REPORT_HTML, write_html_report
+
+    target = out_dir or loaded[0].path
+    title = f"cnfbench report: {heading.lower()} — " + ", ".join(run.name for run in loaded)
+    notes = [*(w for run in loaded for w in run.warnings), *figures.notes]
+    page = write_html_report(target / REPORT_HTML, title, loaded, [], figures.files, notes, cells,
+                             sections=[(heading, text)])
+    click.echo(f"wrote {page}", err=True)
+
+
 @main.command()
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--metric", "metrics", multiple=True,
@@ -126,9 +143,10 @@ def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...
         given = [name for name, value in (("--metric", metrics), ("--rows", rows), ("--cols", cols),
                                           ("--stat", stat != "mean"), ("--markdown", markdown_path),
                                           ("--csv", csv_path), ("--latex", latex_path), ("--json", json_path),
-                                          ("--caption", caption), ("--label", label), ("--html", html)) if value]
+                                          ("--caption", caption), ("--label", label)) if value]
         if given:
-            raise fail(f"{view} prints its own tables (and with --plots its figures); drop {', '.join(given)}")
+            raise fail(f"{view} prints its own tables (with --plots its figures, with --html a page of both); drop "
+                       f"{', '.join(given)}")
     files = {"Markdown": markdown_path, "CSV": csv_path, "LaTeX": latex_path, "JSON": json_path}
     _check_outputs(files, {"plots and HTML": out_dir} if plots or html else None)
     loaded = load_runs_or_fail(runs)
@@ -147,13 +165,16 @@ def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...
         except rep.ReportError as exc:
             raise fail(str(exc)) from None
         click.echo("\n\n".join(ranking.to_text(result, terminal_width()) for result in rankings))
-        if plots:
+        if plots or html:
             from cnfbench.reports.plots import PLOTS_DIR
             from cnfbench.reports.rank_plots import write_rank_plots
 
             plot_dir = out_dir or loaded[0].path / PLOTS_DIR
             written = write_rank_plots(rankings, plot_dir)
             click.echo(f"wrote {plural(len(written.files), 'plot')} into {plot_dir}", err=True)
+            if html:
+                _view_page(loaded, cells, out_dir, "Rankings across datasets",
+                           "\n\n".join(ranking.to_text(result, PAGE_TEXT_WIDTH) for result in rankings), written)
         return
     if work_precision:
         from cnfbench.reports import work_precision as wp
@@ -163,7 +184,7 @@ def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...
         except rep.ReportError as exc:
             raise fail(str(exc)) from None
         click.echo(wp.to_text(view_data, terminal_width()))
-        if plots:
+        if plots or html:
             from cnfbench.reports.plots import PLOTS_DIR
 
             plot_dir = out_dir or loaded[0].path / PLOTS_DIR
@@ -171,6 +192,9 @@ def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...
             for note in written.notes:
                 click.echo(f"note: {note}", err=True)
             click.echo(f"wrote {plural(len(written.files), 'plot')} into {plot_dir}", err=True)
+            if html:
+                _view_page(loaded, cells, out_dir, f"Work-precision: {view_data.metric.name}",
+                           wp.to_text(view_data, PAGE_TEXT_WIDTH), written)
         return
     metric_list = rep.split_list(metrics)
     col_list = rep.split_list(cols)

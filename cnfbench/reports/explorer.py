@@ -44,7 +44,8 @@ PLOTLY_JS = "assets/plotly-basic.min.js"
 ``assets/plotly-basic.LICENSE``."""
 
 Y_METRICS = ("nll_ref", "nll", "excess_nll", "bits_per_dim", "nll_ref_per_dim", "mass", "mass_is",
-             "energy_distance", "sliced_w2", "reverse_kl", "final_train_loss")
+             "logp_error_mean", "logp_error_max", "energy_distance", "sliced_w2", "w2", "mmd2", "c2st_accuracy",
+             "ks_mean", "path_energy_normalized", "roundtrip_error", "reverse_kl", "final_train_loss")
 """Metrics the chart offers on its y axis (those present in the cells), in this order; the first present is
 shown first (the test NLL of the reference solve, as in the tables and the static plots)."""
 
@@ -206,6 +207,9 @@ def explorer(cells: pd.DataFrame) -> Explorer:
     data = explorer_data(cells)
     if not data["points"]:
         return Explorer("<p>No finished cell to plot.</p>")
+    if not (data["defaults"]["x"] and data["defaults"]["y"]):
+        return Explorer("<p>Nothing to plot: the chart needs a cost (NFE or seconds) and a figure of merit (a test "
+                        "NLL, a mass, a solver error or a sample distance) with values.</p>")
     costs = [name for name in data["metrics"] if metric_info(name).machine]
     notes = [note for note in [sharing_note(cells, costs)] if note]
     if any(point["flagged"] for point in data["points"]):

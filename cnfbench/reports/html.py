@@ -187,8 +187,9 @@ def _provenance(run: Run) -> str:
 
 def render_html(title: str, runs: Sequence[Run], tables: Sequence[tuple[str, PivotTable]],
                 images: Sequence[tuple[str, Path | bytes]], notes: Sequence[str] = (),
-                cells: pd.DataFrame | None = None) -> str:
-    """The whole page: tables, the interactive chart of ``cells`` (when given), then plots (files or PNG bytes,
+                cells: pd.DataFrame | None = None, sections: Sequence[tuple[str, str]] = ()) -> str:
+    """The whole page: tables, ``sections`` (a heading and preformatted text each: the rankings, the
+    work-precision view), the interactive chart of ``cells`` (when given), then plots (files or PNG bytes,
     embedded), then provenance and notes; its Content-Security-Policy allows exactly the scripts it inlines."""
     chart = explorer(cells) if cells is not None else None
     scripts = [source.replace("\r\n", "\n").replace("\r", "\n") for source in (chart.scripts if chart else ())]
@@ -203,6 +204,8 @@ def render_html(title: str, runs: Sequence[Run], tables: Sequence[tuple[str, Piv
              "enter the numbers; an entry of a configuration with a flagged cell (!) is never marked best.</p>"]
     for heading, table in tables:
         parts += [f"<h2>{_e(heading)}</h2>", table_html(table)]
+    for heading, text in sections:
+        parts += [f"<h2>{_e(heading)}</h2>", f'<div class="table-box"><pre>{_e(text)}</pre></div>']
     if chart is not None:
         parts += ["<h2>Explore</h2>", "<p>Choose the dataset and the metric on each axis; hover over a point for its "
                   "configuration's full spec; click a legend entry to hide or show it.</p>", chart.markup,
@@ -222,9 +225,9 @@ def render_html(title: str, runs: Sequence[Run], tables: Sequence[tuple[str, Piv
 
 def write_html_report(path: str | Path, title: str, runs: Sequence[Run], tables: Sequence[tuple[str, PivotTable]],
                       images: Sequence[tuple[str, Path | bytes]], notes: Sequence[str] = (),
-                      cells: pd.DataFrame | None = None) -> Path:
+                      cells: pd.DataFrame | None = None, sections: Sequence[tuple[str, str]] = ()) -> Path:
     """Write :func:`render_html`'s page to ``path`` atomically and return the path."""
     target = Path(path)
-    page = render_html(title, runs, tables, images, notes, cells)
+    page = render_html(title, runs, tables, images, notes, cells, sections)
     atomic_write(target, lambda tmp: tmp.write_text(page, encoding="utf-8", newline="\n"))  # as hashed
     return target
