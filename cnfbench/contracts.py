@@ -66,6 +66,12 @@ class Component:
     params: ClassVar[tuple[Param, ...]] = ()
     libraries: ClassVar[tuple[str, ...]] = ()
 
+    @classmethod
+    def facts(cls) -> dict[str, str]:
+        """What ``cnfbench plugins`` shows of the class beyond its description and parameters: its family's own
+        declarations (a metric's group, inputs and columns), by name; none by default."""
+        return {}
+
 
 class StepSizeUnderflow(RuntimeError):
     """An adaptive solver's step size shrank below what it can take: the solve is diverging (status ``diverged``)."""
@@ -691,6 +697,14 @@ class Metric(Component, ABC):
     def column_names(cls) -> tuple[str, ...]:
         """The names of the metric's columns, in order."""
         return tuple(column.name for column in cls.columns)
+
+    @classmethod
+    def facts(cls) -> dict[str, str]:
+        facts = {"group": cls.group, "default": "yes" if cls.default else "no", "needs": ", ".join(cls.needs)}
+        if cls.requires:
+            facts["requires"] = ", ".join(METRIC_REQUIREMENTS.get(need, need) for need in cls.requires)
+        facts["columns"] = ", ".join(cls.column_names()) or "none"
+        return facts
 
     @abstractmethod
     def compute(self, inputs: MetricInputs) -> dict[str, Any]:

@@ -247,3 +247,16 @@ def test_a_metric_the_dataset_cannot_serve_is_skipped_with_a_note(cli, tmp_path:
     assert row["metrics_note"] == "mass: skipped: needs a 2-D dataset"
     assert "note: metric mass skipped: needs a 2-D dataset (1 cell: gaussian_mixture)" in " ".join(
         result.output.split())
+
+
+def test_the_plugin_listing_shows_each_metrics_group_inputs_and_columns(cli) -> None:
+    import json
+
+    listing = cli("plugins", "--family", "metric")
+    assert listing.exit_code == 0
+    assert "group samples · default no · needs sample, test · columns w2" in " ".join(listing.output.split())
+    assert "group validity · default yes · needs grid · requires a 2-D dataset · columns mass" in \
+        " ".join(listing.output.split())
+    (w2,) = [item for item in json.loads(cli("plugins", "--family", "metric", "--json").output)["components"]
+             ["metrics"] if item["name"] == "w2"]
+    assert w2["facts"] == {"group": "samples", "default": "no", "needs": "sample, test", "columns": "w2"}

@@ -67,7 +67,8 @@ def param_json(param: Param) -> dict[str, Any]:
 def component_json(entry: ComponentEntry) -> dict[str, Any]:
     """One component as JSON: its family, name, plugin, description and parameters."""
     return {"family": entry.family, "name": entry.name, "plugin": entry.plugin,
-            "description": entry.cls.description, "params": [param_json(p) for p in entry.cls.params]}
+            "description": entry.cls.description, "params": [param_json(p) for p in entry.cls.params],
+            **({"facts": entry.cls.facts()} if entry.cls.facts() else {})}
 
 
 def listing_json(registry: Registry, families: list[FamilyRow]) -> dict[str, Any]:
@@ -95,6 +96,10 @@ def component_lines(entry: ComponentEntry, width: int) -> list[str]:
     text = f"{entry.cls.description} [plugin {entry.plugin}]"
     folded = fold_words(text, max(width - len(head), 20))
     lines = [head + folded[0], *(" " * len(head) + line for line in folded[1:])]
+    facts = entry.cls.facts()
+    if facts:
+        folded = fold_words(" · ".join(f"{name} {value}" for name, value in facts.items()), width - PARAM_INDENT)
+        lines.extend(" " * PARAM_INDENT + line for line in folded)
     for param in entry.cls.params:
         help_text = f" — {param.help}" if param.help else ""
         folded = fold_words(f"{param.describe()}{_bounds(param)}{help_text}", width - PARAM_INDENT - 2)
