@@ -172,31 +172,3 @@ def sample_with_log_prob(
         samples, change = solver.integrate(dynamics, (base, torch.zeros(n, dtype=dtype, device=device)), 0.0, 1.0)
     log_q = standard_normal_log_prob(base) + change
     return samples.detach(), log_q.detach().to("cpu", torch.float64)
-
-
-def roundtrip_error(
-    field_module: VectorField, solver: Solver, trace: TraceEstimator, data: Tensor, batch_size: int,
-    max_nfe: int | None = None, labels: tuple[str, str] = ("field", "trace"),
-) -> Tensor:
-    """``‖x − F(F⁻¹(x))‖`` per row of ``data`` (float64 on CPU): OT-Flow's inverse-consistency check.
-
-    ``F⁻¹`` solves the full CNF dynamics (the state and, with ``trace``, its divergence integral, as
-    :func:`log_likelihood` does) from t=1 back to t=0 and ``F`` from t=0 to t=1 again, both with ``solver``
-    and in memory-bounded chunks. A private counter (``eval`` for the inverse, ``sample`` for the forward
-    solve) enforces ``max_nfe`` per solve and counts into no reported column.
-    """
-    model = field_module.eval()
-    counter = NFECounter(max_per_solve=max_nfe)
-    dynamics = CNFDynamics(model, trace, counter, differentiable=False, field_label=labels[0], trace_label=labels[1])
-    errors: list[Tensor] = []
-    with torch.no_grad():
-        for chunk in torch.split(data, batch_size):
-            zeros = torch.zeros(chunk.shape[0], dtype=chunk.dtype, device=chunk.device)
-            counter.start("eval")
-            trace.begin_solve(chunk, None)
-            z0, _ = solver.integrate(dynamics, (chunk, zeros), 1.0, 0.0)
-            counter.start("sample")
-            trace.begin_solve(z0, None)
-            x1, _ = solver.integrate(dynamics, (z0.detach(), zeros), 0.0, 1.0)
-            errors.append((chunk - x1).detach().to("cpu", torch.float64).norm(dim=1))
-    return torch.cat(errors)
