@@ -105,7 +105,8 @@ def train_once(registry: Registry, config: RunConfig, device: torch.device) -> T
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CompileFallbackWarning)  # the table says it
         train(cell, field, registry.build("objective", cell.objective), registry.build("solver", cell.solver),
-              registry.build("trace", cell.trace), train_data, record, labels=labels)
+              registry.build("trace", cell.trace), registry.build("optimizer", cell.optimizer), train_data, record,
+              labels=labels)
     return record
 
 

@@ -261,7 +261,8 @@ def train_field(args: argparse.Namespace, registry: Registry) -> tuple[VectorFie
 
     print(f"training {cell.describe()}", flush=True)
     train(cell, field_module, registry.build("objective", cell.objective), registry.build("solver", cell.solver),
-          registry.build("trace", cell.trace), splits.train, record, progress)
+          registry.build("trace", cell.trace), registry.build("optimizer", cell.optimizer), splits.train, record,
+          progress)
     field64 = copy.deepcopy(field_module).to(torch.float64).eval()
     return field64, splits.test[: args.points].to(torch.float64), cell.describe(), record
 

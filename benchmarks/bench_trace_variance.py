@@ -113,8 +113,8 @@ def train_field(args: argparse.Namespace, registry: Registry) -> Trained:
 
     print(f"training {cell.describe()}", flush=True)
     began = time.perf_counter()
-    train(cell, field_module, registry.build("objective", cell.objective), solver, trace, train_data, record,
-          progress)
+    train(cell, field_module, registry.build("objective", cell.objective), solver, trace,
+          registry.build("optimizer", cell.optimizer), train_data, record, progress)
     points = test[: args.points]
     true_log_prob = dataset.log_prob(points.to("cpu")).to(torch.float64) if dataset.has_density else None
     field64 = copy.deepcopy(field_module).to(torch.float64).eval()

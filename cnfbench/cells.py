@@ -37,12 +37,16 @@ METRICS_KEY = "metrics"
 """The key of the chosen metrics in a cell's ``evaluation`` JSON: present only when chosen, and no part of the id."""
 
 
-SELECT_LAST, SELECT_BEST = "last", "best"
+SELECT_LAST, SELECT_BEST, SELECT_BEST_LOSS = "last", "best", "best_loss"
+SELECTS_BEST = (SELECT_BEST, SELECT_BEST_LOSS)
+"""The selections that keep the parameters of the best validation pass: by NLL, or by the objective's loss."""
 
 
 @dataclass(frozen=True)
 class Budget:
-    """How a cell is trained: Adam for ``iterations`` steps of ``batch_size`` at learning rate ``lr``.
+    """How a cell is trained: ``iterations`` steps of its optimizer on minibatches of ``batch_size`` at learning
+    rate ``lr``. ``epochs`` (when the budget was given in epochs) says how many passes over the training split
+    ``iterations`` makes (each pass ``n_train // batch_size`` minibatches, the short rest dropped).
 
     ``seconds`` (when set) trains for that much wall-clock of training iterations instead, with
     ``iterations`` as a cap. ``val_every`` > 0 records the validation NLL every that many iterations
@@ -61,6 +65,7 @@ class Budget:
     select: str = SELECT_LAST
     val_solver: ResolvedComponent | None = None
     compile: bool = False
+    epochs: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"iterations": self.iterations, "batch_size": self.batch_size, "lr": self.lr,
@@ -72,6 +77,8 @@ class Budget:
                                   "solver": self.val_solver.to_json() if self.val_solver else None}
         if self.compile:
             data["compile"] = True
+        if self.epochs is not None:
+            data["epochs"] = self.epochs
         return data
 
     @classmethod
@@ -80,7 +87,8 @@ class Budget:
         solver = validation.get("solver")
         return cls(data["iterations"], data["batch_size"], data["lr"], data.get("max_nfe"), data.get("seconds"),
                    int(validation.get("every", 0)), str(validation.get("select", SELECT_LAST)),
-                   ResolvedComponent.from_json(solver) if solver else None, bool(data.get("compile", False)))
+                   ResolvedComponent.from_json(solver) if solver else None, bool(data.get("compile", False)),
+                   data.get("epochs"))
 
 
 @dataclass(frozen=True)
@@ -147,6 +155,10 @@ class Cell:
     trained_with: Mapping[str, ResolvedComponent] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        implicit = {row.key: ResolvedComponent(row.implicit, ()) for row in GRID_AXES
+                    if row.implicit and row.key not in self.axes}
+        if implicit:  # an axis added later reads as the component cells used before it existed
+            object.__setattr__(self, "axes", {**self.axes, **implicit})
         if set(self.axes) != set(AXIS_KEYS):
             raise ValueError(f"a cell needs one component per grid axis ({', '.join(AXIS_KEYS)}), "
                              f"got {', '.join(self.axes)}")
@@ -231,6 +243,7 @@ def _hash(data: Mapping[str, Any]) -> str:
 EARLIER_MEANING: dict[str, Any] = {
     **{column: row.implicit for row in GRID_AXES if row.implicit for column in (row.column, row.spec_column)},
     "val_every": 0, "select": SELECT_LAST, "val_solver_spec": "", "trained_with": "", "compile": False,
+    "epochs": 0,
 }
 """Identity columns of a row added after cnfbench 0.1.0, with what a row written before them means."""
 

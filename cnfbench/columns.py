@@ -132,13 +132,16 @@ def _identity_columns() -> tuple[Column, ...]:
               IDENTITY),
         *(plain(row.spec_column, NO_UNIT, f"{row.meaning} with every parameter", IDENTITY) for row in GRID_AXES),
         plain("iterations", NO_UNIT, "training iterations requested", BUDGET),
+        plain("epochs", NO_UNIT, "passes over the training split the iterations make, when the budget was given in "
+              "epochs (--epochs; 0: given in iterations)", BUDGET),
         plain("batch_size", "samples", "training batch size", BUDGET),
-        plain("lr", NO_UNIT, "Adam learning rate", BUDGET),
+        plain("lr", NO_UNIT, "the optimizer's base learning rate", BUDGET),
         plain("max_nfe", "evaluations", "dynamics evaluations allowed per solve (empty: unlimited)", BUDGET),
         plain("time_budget_s", "s", "wall-clock of training iterations allowed (--time-budget; empty: iterations)",
               BUDGET),
         plain("val_every", "iterations", "validation NLL recorded every this many iterations (0: never)", BUDGET),
-        plain("select", NO_UNIT, "which parameters are kept: last, or best (lowest validation NLL)", BUDGET),
+        plain("select", NO_UNIT, "which parameters are kept: last, best (lowest validation NLL) or best_loss (lowest "
+              "validation loss of the objective)", BUDGET),
         plain("val_solver_spec", NO_UNIT, "solver of the validation NLL of an objective that trains without "
               "solving (the training solver otherwise)", BUDGET),
         plain("trained_with", NO_UNIT, "components the model was trained with where they differ from the "
@@ -185,11 +188,18 @@ COLUMNS: tuple[Column, ...] = (
     _outcome("train_loss_unit", "unit of final_train_loss and of the loss curve: the objective's loss_unit"),
     _outcome("model_key", "16-hex-digit hash of what training depends on: rows with one model_key share one "
                           "trained model"),
+    _outcome("protocol", "published protocol whose run wrote the row (cnfbench run --protocol; empty otherwise)"),
+    _outcome("protocol_scale", "the protocol's scale: full (the paper's budgets) or quick"),
+    _outcome("protocol_group", "the part of the protocol's grid the row belongs to (a dataset with its settings)"),
+    _outcome("protocol_deviation", "the options that overrode the protocol, as key=value (protocol: its value); "
+                                   "empty when the row follows it"),
     _outcome("trained_in", "cell_id of the cell that trained this row's model (its own id when trained here); "
                            "training time counts once per model"),
     Column("selected_iteration", NO_UNIT, "iteration whose parameters were kept (--select best: the best "
            "validation NLL)", decimals=0),
     _nats("best_val_nll", "lowest validation NLL recorded in training (--val-every)", goal=LOWEST),
+    Column("best_val_loss", "train_loss_unit", "lowest loss of the objective on the validation split recorded in "
+           "training (--select best_loss)", goal=LOWEST, comparison=DIFFERENCE),
     _nats("nll", "test NLL with the row's solver and the exact trace: what this pipeline reports", goal=LOWEST,
           label="test NLL, solver", display_unit="nats", flag_sensitive=True,
           defaults=(REPORT, COMPARE, SUMMARY), short="NLL solver"),

@@ -20,7 +20,16 @@ from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnfbench.cells import SELECT_BEST, SELECT_LAST, Budget, Cell, EvalProtocol, expand_grid
+from cnfbench.cells import (
+    SELECT_BEST,
+    SELECT_BEST_LOSS,
+    SELECT_LAST,
+    SELECTS_BEST,
+    Budget,
+    Cell,
+    EvalProtocol,
+    expand_grid,
+)
 from cnfbench.families import EVAL_SLOTS, GRID_AXES
 from cnfbench.messages import did_you_mean
 from cnfbench.params import ParamError, Selection, parse_selector_list
@@ -43,6 +52,7 @@ class RunSettings:
     seeds: int = 1
     first_seed: int = 0
     iterations: int = 400
+    epochs: int | None = None
     batch_size: int = 512
     lr: float = 3e-3
     max_nfe: int | None = None
@@ -61,6 +71,8 @@ class RunSettings:
     executor: str = "process"
     tracker: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()
+    protocol: str | None = None
+    scale: str = "full"
     retry_failed: bool = True
     allow_loose_ref: bool = False
     out: str = "results"
@@ -115,6 +127,7 @@ RANGES: dict[str, Range] = {
     "seeds": Range(1, 10_000, True, "seeds per configuration"),
     "first_seed": Range(0, 2**31 - 1, True, "seeds are 32-bit"),
     "iterations": Range(1, 10**8, True, "a hundred million iterations"),
+    "epochs": Range(1, 10**6, True, "a million passes over the training split"),
     "batch_size": Range(1, 2**24, True, "16.7 million samples per batch"),
     "eval_batch_size": Range(1, 2**24, True, "16.7 million samples per evaluation solve"),
     "max_nfe": Range(1, 10**9, True, "evaluations per solve"),
@@ -171,8 +184,9 @@ def _check_value(key: str, value: Any, source: str) -> Any:
             raise ParamError(f"{_named(key, source)} must be true or false")
         return value
     if key == "select":
-        if value not in (SELECT_LAST, SELECT_BEST):
-            raise ParamError(f"{_named(key, source)} must be {SELECT_LAST} or {SELECT_BEST}, got {value!r}")
+        if value not in (SELECT_LAST, SELECT_BEST, SELECT_BEST_LOSS):
+            raise ParamError(f"{_named(key, source)} must be {SELECT_LAST}, {SELECT_BEST} or {SELECT_BEST_LOSS}, "
+                             f"got {value!r}{did_you_mean(str(value), (SELECT_LAST, SELECT_BEST, SELECT_BEST_LOSS))}")
         return value
     if key == "ref_dtype":
         if value not in ("float32", "float64"):
@@ -337,12 +351,14 @@ def pin_dataset(registry: Registry, spec: ResolvedComponent) -> ResolvedComponen
     return ResolvedComponent(spec.name, tuple((key, pinned[key]) for key, _ in spec.params))
 
 
-def resolve_grid(config: RunConfig, registry: Registry) -> Grid:
-    """Validate the whole configuration and expand it into cells; raise :class:`ParamError`."""
+def resolve_grid(config: RunConfig, registry: Registry, pin: bool = True) -> Grid:
+    """Validate the whole configuration and expand it into cells; raise :class:`ParamError`. Without ``pin`` the
+    datasets' files are not read (a count of the cells, not cells to run)."""
     notes: list[str] = []
     axes = {row.key: resolve_axis(registry, row.key, getattr(config, row.config_key), row.option, notes)
             for row in GRID_AXES}
-    axes["dataset"] = [pin_dataset(registry, spec) for spec in axes["dataset"]]
+    if pin:
+        axes["dataset"] = [pin_dataset(registry, spec) for spec in axes["dataset"]]
     evaluation = EvalProtocol(
         slots={slot.key: resolve_one(registry, slot.family, getattr(config, slot.config_key), slot.option)
                for slot in EVAL_SLOTS},
@@ -361,8 +377,9 @@ def resolve_grid(config: RunConfig, registry: Registry) -> Grid:
     count = math.prod(len(items) for items in axes.values()) * config.seeds
     if count > MAX_CELLS:
         raise ParamError(f"the grid has {count} cells; at most {MAX_CELLS} fit in one run (fewer seeds or items)")
-    if config.select == SELECT_BEST and not config.val_every:
-        raise ParamError("--select best needs --val-every K (K > 0): without validation passes there is no best")
+    if config.select in SELECTS_BEST and not config.val_every:
+        raise ParamError(f"--select {config.select} needs --val-every K (K > 0): without validation passes there is "
+                         "no best")
     val_solver = None
     if config.val_every:
         val_solver = resolve_one(registry, "solver", config.val_solver, "--val-solver")
@@ -372,7 +389,25 @@ def resolve_grid(config: RunConfig, registry: Registry) -> Grid:
                     config.val_every, config.select, val_solver, compile=config.compile)
     seeds = list(range(config.first_seed, config.first_seed + config.seeds))
     device = resolve_device(config.device)
-    return Grid(expand_grid(axes, seeds, budget, evaluation, device), notes)
+    cells = expand_grid(axes, seeds, budget, evaluation, device)
+    if config.epochs is not None:
+        cells = [replace(cell, budget=epoch_budget(cell.budget, cell.dataset, config.epochs)) for cell in cells]
+    return Grid(cells, notes)
+
+
+def epoch_budget(budget: Budget, dataset: ResolvedComponent, epochs: int) -> Budget:
+    """``budget`` with ``epochs`` passes over ``dataset``'s training split as its iterations (``n_train //
+    batch_size`` minibatches a pass, the short rest dropped, as training draws them)."""
+    n_train = dict(dataset.params).get("n_train")
+    if not isinstance(n_train, int) or n_train <= 0:
+        raise ParamError(f"--epochs needs the training split's size, and dataset {dataset.label()} does not declare "
+                         "it (an n_train parameter): give its budget in --iterations")
+    per_epoch = max(n_train // min(budget.batch_size, n_train), 1)
+    iterations = epochs * per_epoch
+    if iterations > RANGES["iterations"].high:
+        raise ParamError(f"--epochs {epochs} of {dataset.label()} makes {iterations} iterations; at most "
+                         f"{int(RANGES['iterations'].high)}")
+    return replace(budget, iterations=iterations, epochs=epochs)
 
 
 def resolve_cells(config: RunConfig, registry: Registry) -> list[Cell]:

@@ -310,6 +310,37 @@ class Objective(Component, ABC):
         """The loss of minibatch ``x`` ``[B, D]`` (data at t=1) to minimise."""
 
 
+
+class TrainingOptimizer(Protocol):
+    """The parameter update of one training run, as an :class:`Optimizer` builds it."""
+
+    def zero_grad(self) -> None:
+        """Clear the gradients before an iteration's backward pass."""
+
+    def step(self) -> None:
+        """Update the parameters from their gradients (and advance any schedule or weight average)."""
+
+    def averaged(self) -> dict[str, Tensor] | None:
+        """The weights to validate, evaluate and keep, by ``state_dict`` name, when they are not the trained
+        parameters themselves (an exponential moving average); ``None`` otherwise."""
+
+
+class Optimizer(Component, ABC):
+    """How training updates the field's parameters: the optimizer, its learning-rate schedule, gradient clipping
+    and a weight average, as the component's parameters.
+
+    :meth:`build` is called once per training run with the field, the budget's learning rate and the number of
+    iterations planned (for a schedule); it must draw no random numbers (a seeded run repeats exactly).
+    """
+
+    def __init__(self, **params: Any) -> None:
+        self.config = dict(params)
+
+    @abstractmethod
+    def build(self, module: nn.Module, lr: float, iterations: int) -> TrainingOptimizer:
+        """The update of ``module``'s trainable parameters at base learning rate ``lr`` over ``iterations``."""
+
+
 @dataclass(frozen=True)
 class Splits:
     """Train, validation and test samples, each ``[N, D]`` float32."""
@@ -667,6 +698,21 @@ class MetricInputs(Protocol):
         """A generator seeded by the cell's seed and ``stream``: a metric's own randomness, reproducible."""
 
 
+class Protocol(Component, ABC):
+    """Run-level family: a published paper's protocol as data — its grid, budgets, evaluation and the numbers it
+    reproduces — in a TOML document (see :mod:`cnfbench.protocols` for the keys). ``cnfbench run --protocol NAME``
+    runs it; ``cnfbench report RUN --published`` puts the paper's numbers beside the run's.
+
+    The document's ``name`` must be the class's ``name``; a protocol has no parameters (its scales are chosen
+    with ``--scale``).
+    """
+
+    @classmethod
+    @abstractmethod
+    def document(cls) -> str:
+        """The protocol's TOML text."""
+
+
 class Metric(Component, ABC):
     """Evaluation family: one measurement of a trained cell, built as ``Metric(**params)``.
 
@@ -705,6 +751,11 @@ class Metric(Component, ABC):
             facts["requires"] = ", ".join(METRIC_REQUIREMENTS.get(need, need) for need in cls.requires)
         facts["columns"] = ", ".join(cls.column_names()) or "none"
         return facts
+
+    def samples_wanted(self) -> int:
+        """Model samples (and test points) this metric asks the ``sample`` and ``paths`` inputs for, beyond the
+        harness's default (0: the default, ``QUALITY_MAX_SAMPLES`` or the test split if smaller)."""
+        return int(self.config.get("samples", 0)) if hasattr(self, "config") else 0
 
     @abstractmethod
     def compute(self, inputs: MetricInputs) -> dict[str, Any]:

@@ -93,9 +93,9 @@ class NFECounter:
 
 
 CELL_PHASES = (
-    "start", "data", "build_field", "build_objective", "build_solver", "build_trace", "build_eval", "load_model",
-    "compile", "train_forward", "train_backward", "validate", "eval", "ref", "mass", "mass_ref", "sampling",
-    "sample_quality", "model_density", "mass_is", "roundtrip", "entropy", "paths", "metric", "metrics",
+    "start", "data", "build_field", "build_objective", "build_solver", "build_trace", "build_eval", "build_optimizer",
+    "load_model", "compile", "train_forward", "train_backward", "validate", "eval", "ref", "mass", "mass_ref",
+    "sampling", "sample_quality", "model_density", "mass_is", "roundtrip", "entropy", "paths", "metric", "metrics",
     "keep_model", "result",
 )
 """The phases of a cell, in the order they run; ``start`` is a cell sent to a worker that has not begun it."""

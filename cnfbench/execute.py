@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from cnfbench.cells import Cell
+from cnfbench.cells import SELECT_BEST_LOSS, Cell
 from cnfbench.columns import COLUMN_NAMES, notes_text, ordered
 from cnfbench.contracts import (
     INTERRUPTED,
@@ -45,7 +45,7 @@ from cnfbench.metric_plan import (
 from cnfbench.model_file import decode_model, encode_model
 from cnfbench.registry import ComponentBuildError, Registry
 from cnfbench.rows import REASON_LIMIT, failure_reason, identity_columns
-from cnfbench.training import Diverged, IterationCallback, TrainingRecord, seeded_field, train
+from cnfbench.training import Diverged, IterationCallback, TrainingRecord, seeded_field, train, validation_loss
 from cnfbench.validity import loose_reference, validity
 
 
@@ -235,6 +235,9 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
             training = cell.training_axes
             train_solver = solver if training["solver"] == cell.solver else registry.build("solver", training["solver"])
             train_trace = trace if training["trace"] == cell.trace else registry.build("trace", training["trace"])
+            training_labels = (registry.describe("field", cell.field.name),
+                               registry.describe("trace", training["trace"].name),
+                               registry.describe("objective", cell.objective.name))
             validate = None
             if cell.budget.val_every:
                 val_solver = train_solver if objective.uses_solver or cell.budget.val_solver is None \
@@ -242,18 +245,22 @@ def train_and_evaluate(cell: Cell, registry: Registry, on_iteration: IterationCa
                 val_data = splits.val.to(device)
 
                 def validate(field: Any) -> float:
+                    if cell.budget.select == SELECT_BEST_LOSS:
+                        return validation_loss(cell, field, objective, train_solver, train_trace, val_data,
+                                               training_labels)
                     return evaluate_log_prob(field, val_solver, eval_trace, val_data, cell.evaluation.batch_size,
                                              "eval", max_nfe=cell.budget.max_nfe, labels=labels).nll
 
+            enter("build_optimizer")
+            optimizer = registry.build("optimizer", training["optimizer"])
             if on_phase:
                 on_phase("train")
-            train(cell, field_module, objective, train_solver, train_trace, train_data, record, on_iteration,
-                  (registry.describe("field", cell.field.name), registry.describe("trace", training["trace"].name),
-                   registry.describe("objective", cell.objective.name)), tracker, validate)
+            train(cell, field_module, objective, train_solver, train_trace, optimizer, train_data, record,
+                  on_iteration, training_labels, tracker, validate)
         the_plan = plan(chosen_metrics(registry, cell), dataset.dim, dataset.has_density, cell.evaluation.mass_grid)
         setup = EvaluationSetup(field_module, solver, ref_solver, eval_trace, dataset, test, cell.seed,
                                 cell.evaluation.batch_size, cell.budget.max_nfe, ref_dtype, cell.evaluation.mass_grid,
-                                labels, device)
+                                labels, device, the_plan.samples)
         evaluate(setup, the_plan, tracker, measured, on_phase)
         density = density_artifact(measured.values)
         enter("metrics")
@@ -290,12 +297,14 @@ def _training_columns(record: TrainingRecord, solves: bool) -> dict[str, Any]:
     backward_mean, backward_max = _nfe_stats(record.nfe_backward) if solves else (math.nan, math.nan)
     evaluations = _nfe_stats(record.field_evaluations)[0] if not solves else math.nan
     selected, best = record.best_validation() if record.validation else (0, math.nan)
+    by_loss = record.validation_kind == "loss"
     return {
         "iterations_done": record.iterations,
         "final_train_loss": record.losses[-1] if record.losses else math.nan,
         "train_loss_unit": record.loss_unit,
         "selected_iteration": record.selected_iteration if record.validation else record.iterations,
-        "best_val_nll": best,
+        "best_val_nll": math.nan if by_loss else best,
+        "best_val_loss": best if by_loss else math.nan,
         "nfe_forward_mean": forward_mean,
         "nfe_forward_max": forward_max,
         "nfe_backward_mean": backward_mean,

@@ -10,14 +10,14 @@ nothing heavy and commands start fast.
 
 A family has one of three roles:
 
-* a **grid axis** (dataset, field, objective, solver, trace): each cell picks one of
+* a **grid axis** (dataset, field, objective, solver, trace, optimizer): each cell picks one of
   its components, with every parameter, and the grid is their product;
 * an **evaluation slot** is not a family but a component of an existing
   family in another role (the eval trace is a trace, the reference solver a
   solver), listed in :data:`EVAL_SLOTS`;
-* **run-level** (executors, trackers): chosen once per run (one executor, ``--executor process[workers=2]``;
-  any number of trackers, ``--tracker mlflow,tensorboard``), never part of a cell, its id or its identity
-  columns;
+* **run-level** (executors, trackers, protocols): chosen once per run (one executor, ``--executor
+  process[workers=2]``; any number of trackers, ``--tracker mlflow,tensorboard``; at most one published protocol,
+  ``--protocol cfm-2d``, which sets the grid), never part of a cell, its id or its identity columns;
 * **evaluation** (metrics): chosen once per run as a list (``--metrics likelihood,samples``), carried by each
   cell to its worker but never part of its id, so that ``cnfbench evaluate --metrics`` adds a metric to the
   rows a run already has.
@@ -119,11 +119,16 @@ FAMILY_TABLE: tuple[FamilyRow, ...] = (
     FamilyRow("trace", "traces", "TraceEstimator", "cnfbench_traces", GRID_AXIS, "--trace", ("exact",),
               "training trace estimator", "exact,hutchinson[noise=rademacher]",
               plural_meaning="training trace estimators"),
+    FamilyRow("optimizer", "optimizers", "Optimizer", "cnfbench_optimizers", GRID_AXIS, "--optimizer", ("adam",),
+              "optimizer (parameter update of training)", "adam,adamw[weight_decay=1e-5,ema=0.999]", implicit="adam",
+              plural_meaning="optimizers (parameter update of training)"),
     FamilyRow("executor", "executors", "Executor", "cnfbench_executors", RUN_LEVEL, "--executor", ("process",),
               "where the cells run", "process[workers=2]", plural_meaning="where the cells run"),
     FamilyRow("tracker", "trackers", "Tracker", "cnfbench_trackers", RUN_LEVEL, "--tracker", (),
               "experiment tracker the run logs every cell to", "mlflow,tensorboard",
               plural_meaning="experiment trackers the run logs every cell to"),
+    FamilyRow("protocol", "protocols", "Protocol", "cnfbench_protocols", RUN_LEVEL, "--protocol", (),
+              "published protocol the run reproduces", "cfm-2d", plural_meaning="published protocols"),
     FamilyRow("metric", "metrics", "Metric", "cnfbench_metrics", EVALUATION, "--metrics", ("default",),
               "evaluation metric", "likelihood,validity,w2", plural_meaning="evaluation metrics"),
 )

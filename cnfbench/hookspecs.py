@@ -14,7 +14,18 @@ import pluggy
 from torch import Tensor
 
 from cnfbench.columns import Column
-from cnfbench.contracts import Dataset, Executor, Metric, Objective, Solver, TraceEstimator, Tracker, VectorField
+from cnfbench.contracts import (
+    Dataset,
+    Executor,
+    Metric,
+    Objective,
+    Optimizer,
+    Protocol,
+    Solver,
+    TraceEstimator,
+    Tracker,
+    VectorField,
+)
 
 PROJECT_NAME = "cnfbench"
 
@@ -65,6 +76,14 @@ def cnfbench_traces() -> Sequence[type[TraceEstimator]]:
 
 
 @hookspec
+def cnfbench_optimizers() -> Sequence[type[Optimizer]]:
+    """Return optimizer classes (subclasses of :class:`cnfbench.contracts.Optimizer`).
+
+    Each class is built as ``Optimizer(**params)`` and builds each training run's parameter update.
+    """
+
+
+@hookspec
 def cnfbench_executors() -> Sequence[type[Executor]]:
     """Return executor classes (subclasses of :class:`cnfbench.contracts.Executor`).
 
@@ -91,6 +110,12 @@ def cnfbench_metrics() -> Sequence[type[Metric]]:
     from those inputs, which the harness computes once per cell and shares between metrics. ``--metrics``
     chooses them by name or by group.
     """
+
+
+@hookspec
+def cnfbench_protocols() -> Sequence[type[Protocol]]:
+    """Return protocol classes (subclasses of :class:`cnfbench.contracts.Protocol`): published protocols as TOML
+    documents, run with ``cnfbench run --protocol NAME``."""
 
 
 @hookspec

@@ -175,6 +175,7 @@ class EvaluationSetup:
     mass_grid: int
     labels: tuple[str, str]
     device: torch.device
+    samples: int = QUALITY_MAX_SAMPLES  # model samples of the `sample` and `paths` inputs (test split if smaller)
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,7 @@ def _grid(setup: EvaluationSetup, reference: bool) -> GridPass:
 
 
 def _sample(setup: EvaluationSetup, _: Mapping[str, Any]) -> SamplePass:
-    n = min(setup.test.shape[0], QUALITY_MAX_SAMPLES)
+    n = min(setup.test.shape[0], setup.samples)
     counter = NFECounter(max_per_solve=setup.max_nfe)
     started = now(setup.device)
     x = sample_model(setup.field, setup.solver, n, split_generator(setup.seed, "model/quality_samples"),
@@ -239,7 +240,7 @@ class _KineticDynamics(torch.nn.Module):
 
 
 def _paths(setup: EvaluationSetup, _: Mapping[str, Any]) -> PathPass:
-    n = min(setup.test.shape[0], QUALITY_MAX_SAMPLES)
+    n = min(setup.test.shape[0], setup.samples)
     dtype = setup.test.dtype
     base = torch.randn(n, setup.field.dim, generator=split_generator(setup.seed, "model/quality_samples"),
                        dtype=dtype).to(setup.device)  # the base draws of the `sample` input
@@ -312,6 +313,12 @@ class Plan:
     metrics: list[tuple[str, Metric]]
     skipped: dict[str, str] = field(default_factory=dict)
     inputs: list[str] = field(default_factory=list)
+
+    @property
+    def samples(self) -> int:
+        """Model samples the `sample` and `paths` inputs draw: the most any chosen metric asks for, at least
+        ``QUALITY_MAX_SAMPLES`` (each input then takes the test split's size if that is smaller)."""
+        return max([QUALITY_MAX_SAMPLES, *(metric.samples_wanted() for _, metric in self.metrics)])
 
 
 def plan(metrics: Sequence[tuple[str, Metric]], dim: int, has_density: bool, mass_grid_points: int) -> Plan:

@@ -127,6 +127,10 @@ class Param:
     ``kind`` is one of ``bool``, ``int``, ``float``, ``str`` or ``ints`` (a
     tuple of integers written ``64-64-64``). ``minimum``/``maximum`` bound
     numbers (inclusive) and ``choices`` restricts strings.
+
+    ``added`` marks a parameter a component gained after cells were made with it: at its default it is left out
+    of the resolved spec (so those cells keep their ids, labels and model files, and the component's constructor
+    gets its default), and it enters the spec only when a value other than the default is chosen.
     """
 
     name: str
@@ -136,6 +140,7 @@ class Param:
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
     maximum: float | None = None
+    added: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in _COERCERS:
@@ -298,6 +303,13 @@ def resolve_params(
     for key, (source, factor) in links.items():
         resolved[key] = _follow(owner, declared_by_name[key], dict(given_items)[key], source, factor, resolved, links)
     return resolved
+
+
+def spec_params(declared: Iterable[Param], resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters a resolved spec records: ``resolved`` without the ``added`` ones at their default."""
+    added_defaults = {param.name: param.default for param in declared if param.added}
+    return {name: value for name, value in resolved.items()
+            if not (name in added_defaults and value == added_defaults[name])}
 
 
 LINK_DIGITS = 12

@@ -15,7 +15,7 @@ import pluggy
 
 from cnfbench.contracts import FAMILIES, Component
 from cnfbench.messages import describe_exception, did_you_mean
-from cnfbench.params import ParamError, Selection, resolve_params
+from cnfbench.params import ParamError, Selection, resolve_params, spec_params
 from cnfbench.plugin_manager import PluginInfo, create_plugin_manager
 from cnfbench.specs import ResolvedComponent
 
@@ -104,7 +104,7 @@ class Registry:
         """Validate ``selection`` against the declared parameters; raise :class:`ParamError`."""
         entry = self.get(family, selection.name)
         values = resolve_params(f"{family} {selection.name!r}", entry.cls.params, selection.raw_params)
-        return ResolvedComponent(selection.name, tuple(values.items()))
+        return ResolvedComponent(selection.name, tuple(spec_params(entry.cls.params, values).items()))
 
     def describe(self, family: str, name: str) -> str:
         """``'name' (plugin 'x')``: how messages name a component."""

@@ -40,6 +40,7 @@ PHASE_WHERE: dict[str, tuple[str, tuple[str, ...]]] = {
     "build_solver": ("while building the solver", ("solver",)),
     "build_trace": ("while building the trace estimator", ("trace",)),
     "build_eval": ("while building the evaluation trace and the reference solver", ("eval_trace", "ref_solver")),
+    "build_optimizer": ("while building the optimizer", ("optimizer",)),
     "load_model": ("while loading the shared trained model", ("field",)),
     "compile": ("while compiling the field for training (--compile, its probe iteration)",
                 ("objective", "solver", "field", "trace")),
@@ -70,7 +71,7 @@ PHASE_WHERE: dict[str, tuple[str, tuple[str, ...]]] = {
 
 
 TRAINING_COLUMNS = (
-    "iterations_done", "final_train_loss", "train_loss_unit", "selected_iteration", "best_val_nll",
+    "iterations_done", "final_train_loss", "train_loss_unit", "selected_iteration", "best_val_nll", "best_val_loss",
     "nfe_forward_mean", "nfe_forward_max", "nfe_backward_mean", "nfe_backward_max", "field_evals_per_iter",
     "train_time_s", "iter_time_median_s", "compiled", "compile_note", "compile_time_s",
 )
@@ -163,6 +164,7 @@ def identity_columns(cell: Cell) -> dict[str, Any]:
         "seed": cell.seed,
         **{row.spec_column: cell.axes[row.key].label() for row in GRID_AXES},
         "iterations": cell.budget.iterations,
+        "epochs": cell.budget.epochs or 0,
         "batch_size": cell.budget.batch_size,
         "lr": cell.budget.lr,
         "max_nfe": cell.budget.max_nfe,

@@ -25,7 +25,7 @@ import datetime as dt
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -253,6 +253,7 @@ def sweep(
     executor_name: str = "",
     may_train: bool = True,
     trackers: Trackers | None = None,
+    stamps: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> RunResult:
     """Run every cell not already done in ``run_dir`` and return all rows of the folder.
 
@@ -260,13 +261,15 @@ def sweep(
     row that was done. ``record`` builds ``run.json`` from the one in the folder (default: this run's
     ``provenance`` and cells, with the earlier commands in ``history``). With ``may_train`` off
     (``cnfbench evaluate``) a cell whose model the folder does not offer ends ``error`` instead of training.
-    ``trackers`` hear each finished cell's curve and row (and are closed at the end).
+    ``trackers`` hear each finished cell's curve and row (and are closed at the end). ``stamps`` adds
+    run-level columns to a cell's row, by cell id (a protocol run's ``protocol``, ``protocol_group``, ...).
     """
     try:
         with run_folder_lock(run_dir):
             return _sweep(cells, registry, executor, run_dir, provenance, progress, retry_failed, rerun, record,
                           executor_name, may_train,
-                          trackers if trackers is not None else Trackers([], str(run_dir), progress.message))
+                          trackers if trackers is not None else Trackers([], str(run_dir), progress.message),
+                          stamps or {})
     finally:
         if trackers is not None:
             trackers.close()
@@ -275,7 +278,7 @@ def sweep(
 def _sweep(cells: list[Cell], registry: Registry, executor: Executor, run_dir: Path, provenance: dict[str, Any],
            progress: Progress, retry_failed: bool, rerun: bool,
            record: Callable[[dict[str, Any]], dict[str, Any]] | None, executor_name: str, may_train: bool,
-           trackers: Trackers) -> RunResult:
+           trackers: Trackers, stamps: Mapping[str, Mapping[str, Any]]) -> RunResult:
     store = RunStore(run_dir)
     remove_stale_temporaries(run_dir)  # left by a writer killed mid-write: this run is now the folder's one writer
     existing = _read_existing_cells(store, progress)
@@ -335,7 +338,8 @@ def _sweep(cells: list[Cell], registry: Registry, executor: Executor, run_dir: P
         except (ResultsError, OSError) as exc:
             why = f"{exc.strerror} ({exc.filename})" if isinstance(exc, OSError) and exc.strerror else str(exc)
             outcome, model_file = _not_kept(outcome, why), ""
-        row = ordered({"host": "", **outcome.row, "model_file": model_file, **placement})
+        row = ordered({"host": "", **outcome.row, "model_file": model_file, **placement,
+                       **stamps.get(cell.cell_id, {})})
         if rerun and row["status"] != "done" and cell.cell_id in done_before:
             progress.message(f"warning: cell {cell.cell_id} ended {row['status']} ({row.get('reason', '')}); "
                              "its earlier row is kept")

@@ -25,7 +25,8 @@ from string import Template
 
 from cnfbench.families import FAMILIES_BY_KEY
 
-FAMILY_ORDER = ("field", "solver", "trace", "dataset", "objective", "executor", "tracker", "metric")
+FAMILY_ORDER = ("field", "solver", "trace", "dataset", "objective", "optimizer", "executor", "tracker", "metric",
+                "protocol")
 """The families a template exists for, in the order they appear in ``plugin.py`` (every family of the families
 table needs one: a test checks it)."""
 
@@ -80,7 +81,7 @@ def component_names(name: str, families: Iterable[str]) -> dict[str, str]:
     """The registered name of the example component of each family."""
     package = package_name(name)
     suffix = {"field": "mlp", "solver": "heun", "trace": "exact", "dataset": "gaussian", "objective": "cfm",
-              "executor": "pool", "tracker": "csv", "metric": "mean_shift"}
+              "optimizer": "sgd", "executor": "pool", "tracker": "csv", "metric": "mean_shift", "protocol": "toy"}
     return {family: f"{package}_{suffix[family]}" for family in families}
 
 
@@ -391,7 +392,101 @@ class MeanShift(Metric):
         return {"${metric_name}": float(shift.norm())}
 '''
 
+_OPTIMIZER = '''
+
+class _SgdUpdate:
+    """The update of one training run: SGD with momentum, and no averaged weights."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+    def averaged(self) -> dict[str, Tensor] | None:
+        return None  # an EMA would return its weights by state_dict name: those are validated and kept
+
+
+class MomentumSGD(Optimizer):
+    """Stochastic gradient descent with momentum at the budget's learning rate (``--lr``).
+
+    cnfbench builds it as ``Optimizer(**params)`` and calls ``build(module, lr, iterations)`` once per training
+    run; the object it returns updates the field after each backward pass. It must draw no random numbers, so
+    that a seeded run repeats exactly.
+    """
+
+    name = "${optimizer_name}"
+    description = "SGD with momentum (example optimizer of ${dist})"
+    params = (Param("momentum", "float", 0.9, "momentum factor", minimum=0, maximum=0.999),)
+
+    def build(self, module: torch.nn.Module, lr: float, iterations: int) -> TrainingOptimizer:
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        return _SgdUpdate(torch.optim.SGD(trainable, lr=lr, momentum=float(self.config["momentum"])))
+'''
+
+_PROTOCOL = '''
+
+_TOY_PROTOCOL = """
+name = "${protocol_name}"
+title = "Flow matching on two 2-D toys, density panels beside the data (example protocol of ${dist})"
+kind = "visual"
+sources = ["Write the paper, table or figure and the code this protocol follows here."]
+notes = ["Compare `cnfbench report RUN --plots` with the figure the sources name."]
+
+[settings]
+dataset = ["8gaussians", "moons"]
+objective = ["cfm[sigma=0.1]"]
+solver = ["euler[steps=50]"]
+lr = 1e-3
+seeds = 2
+metrics = ["default", "density_plot"]
+
+[scales.full]
+iterations = 2000
+
+[scales.quick]
+iterations = 20
+seeds = 1
+comparable = false
+why = "20 iterations: the panels show the pipeline only"
+"""
+
+
+class ToyProtocol(Protocol):
+    """A published protocol as data: its grid, budgets and evaluation, and the numbers it reproduces.
+
+    ``document()`` returns TOML with the keys of ``cnfbench.protocols`` (``[settings]``, ``[scales.full]``,
+    ``[scales.quick]``, ``[[groups]]``, ``[[published]]`` with the paper's value, its ± and unit).
+    ``cnfbench run --protocol ${protocol_name} --scale quick`` runs it; ``cnfbench report RUN --published`` puts a
+    ``numbers`` protocol's published values beside the run's.
+    """
+
+    name = "${protocol_name}"
+    description = "flow matching on two 2-D toys (example protocol of ${dist})"
+
+    @classmethod
+    def document(cls) -> str:
+        return _TOY_PROTOCOL
+'''
+
 _HOOKS = {
+    "optimizer": '''
+
+@hookimpl
+def cnfbench_optimizers() -> list[type[Optimizer]]:
+    """The optimizers this plugin adds: ``cnfbench run --optimizer "${optimizer_name}[momentum=0.9]"``."""
+    return [MomentumSGD]
+''',
+    "protocol": '''
+
+@hookimpl
+def cnfbench_protocols() -> list[type[Protocol]]:
+    """The protocols this plugin adds: ``cnfbench run --protocol ${protocol_name} --scale quick``."""
+    return [ToyProtocol]
+''',
     "metric": '''
 
 @hookimpl
@@ -451,7 +546,8 @@ def cnfbench_objectives() -> list[type[Objective]]:
 }
 
 _BODIES = {"field": _FIELD, "solver": _SOLVER, "trace": _TRACE, "dataset": _DATASET, "objective": _OBJECTIVE,
-           "executor": _EXECUTOR, "tracker": _TRACKER, "metric": _METRIC}
+           "executor": _EXECUTOR, "tracker": _TRACKER, "metric": _METRIC, "optimizer": _OPTIMIZER,
+           "protocol": _PROTOCOL}
 
 _CONTRACT_NAMES = {
     "field": ["VectorField"],
@@ -463,6 +559,8 @@ _CONTRACT_NAMES = {
                  "ProgressHook"],
     "tracker": ["Tracker"],
     "metric": ["Metric", "MetricInputs"],
+    "optimizer": ["Optimizer", "TrainingOptimizer"],
+    "protocol": ["Protocol"],
 }
 
 _PLUGIN_DOC = '''"""The cnfbench plugin of ${dist}. It adds:
@@ -516,9 +614,9 @@ def _imports(families: tuple[str, ...]) -> str:
     if "executor" in families:
         third_party.insert(third_party.index("from cnfbench.hookspecs import hookimpl") + 2,
                            "from cnfbench.worker import run_cell_payload")
-    if set(families) <= {"executor", "tracker", "metric"}:
+    if set(families) <= {"executor", "tracker", "metric", "protocol"}:
         third_party = [line for line in third_party if "torch" not in line.split(" import ")[0].split()[-1]]
-    if families == ("trace",) or families == ("metric",):
+    if families in (("trace",), ("metric",), ("protocol",)) or set(families) <= {"metric", "protocol"}:
         third_party.remove("from cnfbench.params import Param")
     blocks = ["from __future__ import annotations", "\n".join(stdlib), "\n".join(third_party)]
     return "\n\n".join(block for block in blocks if block) + "\n"
@@ -645,9 +743,10 @@ plugins, and return the new classes from the matching hook.
 _RUN_OPTION = {family: FAMILIES_BY_KEY[family].option for family in FAMILY_ORDER}
 _FAMILY_WORD = {"field": "vector field", "solver": "ODE solver", "trace": "trace estimator", "dataset": "dataset",
                 "objective": "training objective", "executor": "executor", "tracker": "experiment tracker",
-                "metric": "metric"}
+                "metric": "metric", "optimizer": "optimizer", "protocol": "published protocol"}
 _CLASS = {"field": "MLPField", "solver": "HeunSolver", "trace": "ExactTrace", "dataset": "GaussianDataset",
-          "objective": "FlowMatching", "executor": "PoolExecutor", "tracker": "CsvTracker", "metric": "MeanShift"}
+          "objective": "FlowMatching", "executor": "PoolExecutor", "tracker": "CsvTracker", "metric": "MeanShift",
+          "optimizer": "MomentumSGD", "protocol": "ToyProtocol"}
 
 
 def render_plugin(name: str, families: Iterable[str] = DEFAULT_FAMILIES) -> dict[str, str]:
@@ -660,7 +759,8 @@ def render_plugin(name: str, families: Iterable[str] = DEFAULT_FAMILIES) -> dict
     requirement = "cnfbench" if "unknown" in __version__ else f"cnfbench>={__version__}"
     summary = ", ".join(f"{_FAMILY_WORD[family]} {names[family]}" for family in chosen)
     run_command = "cnfbench run " + " ".join(  # a metric comes on top of the default ones
-        f"{_RUN_OPTION[family]} {'default,' if family == 'metric' else ''}{names[family]}" for family in chosen)
+        f"{_RUN_OPTION[family]} {'default,' if family == 'metric' else ''}{names[family]}"
+        + (" --scale quick" if family == "protocol" else "") for family in chosen)
     first = chosen[0]
     values = {
         "dist": name,

@@ -1,4 +1,4 @@
-"""Training of one cell's CNF with Adam on its objective's loss, measured per iteration.
+"""Training of one cell's CNF on its objective's loss with its optimizer, measured per iteration.
 
 Randomness comes only from generators derived from the cell's seed: the
 field's initialisation, the minibatch order, the trace estimator's noise and
@@ -7,8 +7,10 @@ objective's unit) and named loss terms, forward and backward NFE of the
 training solve (for an objective that solves), field evaluations (for one
 that does not) and wall-clock. The budget is a number of iterations or a
 wall-clock of training iterations; every ``val_every`` iterations the
-validation NLL is recorded, and ``select="best"`` keeps the parameters of
-the best one. With ``--compile`` the iterations call the field compiled by
+validation NLL (or, with ``select="best_loss"``, the objective's loss on the validation split) is recorded,
+and ``select="best"``/``"best_loss"`` keeps the parameters of the best one. An optimizer that averages the
+weights (an EMA) has its averaged weights validated and kept. With ``--compile`` the iterations call the
+field compiled by
 ``torch.compile`` (:mod:`cnfbench.compiling`: probed first; a failure there or
 in a later iteration trains the eager field instead, with a warning).
 """
@@ -25,12 +27,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from cnfbench.cells import SELECT_BEST, Cell
+from cnfbench.cells import SELECTS_BEST, Cell
 from cnfbench.compiling import CompileFallbackWarning, compile_for_training, fallback_note, raised_by_compiler
 from cnfbench.contracts import (
     Integrand,
     Objective,
     ObjectiveLoss,
+    Optimizer,
     Solver,
     TraceEstimator,
     VectorField,
@@ -51,7 +54,8 @@ IterationCallback = Callable[[int, float, int], None]
 the iteration: forward and backward)``."""
 
 Validator = Callable[[VectorField], float]
-"""Returns the validation NLL (nats/sample) of the field as it is now."""
+"""Returns the validation score of the field as it is now: its NLL (nats/sample), or with ``select="best_loss"``
+the objective's loss on the validation split (in the objective's unit)."""
 
 
 class Diverged(RuntimeError):
@@ -92,7 +96,8 @@ class TrainingRecord:
     nfe_backward: list[int] = field(default_factory=list)
     field_evaluations: list[int] = field(default_factory=list)
     iteration_seconds: list[float] = field(default_factory=list)
-    validation: dict[int, tuple[float, float]] = field(default_factory=dict)  # iteration -> (val NLL, seconds)
+    validation: dict[int, tuple[float, float]] = field(default_factory=dict)  # iteration -> (score, seconds)
+    validation_kind: str = "nll"  # what validation scores: "nll" (nats/sample) or "loss" (the objective's unit)
     selected_iteration: int = 0
     total_seconds: float = 0.0
     loss_unit: str = "nats/sample"
@@ -115,7 +120,7 @@ class TrainingRecord:
         return statistics.median(times) if times else math.nan
 
     def best_validation(self) -> tuple[int, float]:
-        """``(iteration, validation NLL)`` of the best validation pass; ``(0, nan)`` without one."""
+        """``(iteration, validation score)`` of the best validation pass; ``(0, nan)`` without one."""
         finite = [(nll, it) for it, (nll, _) in self.validation.items() if math.isfinite(nll)]
         if not finite:
             return 0, math.nan
@@ -129,7 +134,7 @@ class TrainingRecord:
         for index, loss in enumerate(self.losses):
             elapsed += self.iteration_seconds[index]
             iteration = index + 1
-            val_nll, val_seconds = self.validation.get(iteration, (math.nan, math.nan))
+            score, val_seconds = self.validation.get(iteration, (math.nan, math.nan))
             rows.append({
                 "iteration": iteration,
                 "loss": loss,
@@ -140,7 +145,8 @@ class TrainingRecord:
                 "field_evaluations": self.field_evaluations[index],
                 "iteration_s": self.iteration_seconds[index],
                 "elapsed_s": elapsed,
-                "val_nll": val_nll,
+                "val_nll": score if self.validation_kind == "nll" else math.nan,
+                "val_loss": score if self.validation_kind == "loss" else math.nan,
                 "val_time_s": val_seconds,
             })
         return rows
@@ -221,12 +227,31 @@ def probe_loss(cell: Cell, training_field: VectorField, objective: Objective, so
     return _checked_loss(objective.loss(context, x), labels[2]).loss
 
 
+def validation_loss(cell: Cell, field_module: VectorField, objective: Objective, solver: Solver,
+                    trace: TraceEstimator, val_data: Tensor, labels: tuple[str, str, str]) -> float:
+    """The objective's loss on the validation split (``select="best_loss"``), in its unit: the mean over
+    minibatches of the training batch size (the last may be shorter), weighted by their sizes, as a loss
+    defined on minibatches (an optimal-transport pairing) is defined.
+
+    Every pass draws its noise (flow matching's times and source points, a trace's probes) from the same
+    streams of its own, so passes differ only by the field: the comparison between them is not noise.
+    """
+    context, _ = training_context(cell, field_module, objective, solver, trace, val_data.shape[1],
+                                  NFECounter(max_per_solve=cell.budget.max_nfe), labels, streams="validation/")
+    total, size = 0.0, cell.budget.batch_size
+    for start in range(0, val_data.shape[0], size):
+        batch = val_data[start : start + size]
+        total += float(_checked_loss(objective.loss(context, batch), labels[2]).loss.detach()) * batch.shape[0]
+    return total / max(val_data.shape[0], 1)
+
+
 def train(
     cell: Cell,
     field_module: VectorField,
     objective: Objective,
     solver: Solver,
     trace: TraceEstimator,
+    optimizer: Optimizer,
     train_data: Tensor,
     record: TrainingRecord,
     on_iteration: IterationCallback | None = None,
@@ -249,9 +274,10 @@ def train(
     field_label, trace_label, objective_label = labels
     context, solve = training_context(cell, field_module, objective, solver, trace, train_data.shape[1], counter,
                                       labels)
-    optimizer = torch.optim.Adam(field_module.parameters(), lr=budget.lr)
+    update = optimizer.build(field_module, budget.lr, budget.iterations)
     batches = minibatches(train_data, budget.batch_size, split_generator(cell.seed, "train/batches"))
     record.loss_unit = objective.loss_unit
+    record.validation_kind = "loss" if budget.select == "best_loss" else "nll"
     best: tuple[float, dict[str, Tensor]] | None = None
 
     def validation_pass(iteration: int) -> None:
@@ -259,11 +285,17 @@ def train(
         assert validate is not None
         tracker.enter("validate", iteration)
         began = now(device)
-        nll = validate(field_module)
-        record.validation[iteration] = (nll, now(device) - began)
+        averaged = update.averaged()
+        trained = copy.deepcopy(field_module.state_dict()) if averaged is not None else None
+        if averaged is not None:
+            field_module.load_state_dict(averaged)
+        score = validate(field_module)
+        record.validation[iteration] = (score, now(device) - began)
+        if budget.select in SELECTS_BEST and math.isfinite(score) and (best is None or score < best[0]):
+            best = (score, copy.deepcopy(field_module.state_dict()))
+        if trained is not None:
+            field_module.load_state_dict(trained)
         field_module.train()
-        if budget.select == SELECT_BEST and math.isfinite(nll) and (best is None or nll < best[0]):
-            best = (nll, copy.deepcopy(field_module.state_dict()))
 
     field_module.train()
     generators = [context.generator, *([solve[2]] if solve else [])]
@@ -275,7 +307,7 @@ def train(
 
     def step(x: Tensor, iteration: int) -> tuple[ObjectiveLoss, float, int, int, int]:
         """One loss and backward pass: ``(loss, its value, forward NFE, backward NFE, field evaluations)``."""
-        optimizer.zero_grad(set_to_none=True)
+        update.zero_grad()
         counter.start("forward")
         evaluations_before = context.evaluations
         result = _checked_loss(objective.loss(context, x), objective_label)
@@ -323,7 +355,7 @@ def train(
                 tracker.enter("train_forward", iteration)
                 outcome = step(x, iteration)
             result, loss_value, forward_nfe, backward_nfe, evaluations = outcome
-            optimizer.step()
+            update.step()
             ended = now(device)
             record.losses.append(loss_value)
             record.terms.append({name: float(value) for name, value in result.terms.items()})
@@ -342,6 +374,9 @@ def train(
     finally:
         record.total_seconds = now(device) - start
     record.selected_iteration = record.iterations
+    averaged = update.averaged()
+    if averaged is not None:
+        field_module.load_state_dict(averaged)
     if best is not None:
         field_module.load_state_dict(best[1])
         record.selected_iteration = record.best_validation()[0]

@@ -1,7 +1,10 @@
 """Built-in vector fields: FFJORD's concat-squash MLP and a time-concatenated MLP.
 
 ``concatsquash`` follows FFJORD's ConcatSquashLinear: every layer computes
-``(W x + b) * sigmoid(a t + c) + d t``. ``mlp`` feeds ``[z, t]`` to every layer.
+``(W x + b) * sigmoid(a t + c) + d t``. ``mlp`` feeds ``[h, t]`` to every layer
+(``time=every_layer``), or ``[z, t]`` to the first layer only (``time=input``:
+with ``hidden=3x64,activation=selu`` that is the ``VelocityNet`` of Tong et al.'s
+conditional flow matching code, ``runner/src/models/components/simple_mlp.py``).
 Both take one time per row (``per_row_time``), as flow-matching objectives use.
 
 Both also implement the optional ``forward_with_divergence(t, z)`` protocol of
@@ -31,7 +34,12 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "softplus": nn.Softplus,
     "elu": nn.ELU,
     "swish": nn.SiLU,
+    "selu": nn.SELU,
 }
+
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+"""The constants of :class:`torch.nn.SELU` (``selu(x) = scale * (max(0, x) + min(0, alpha * (exp(x) - 1)))``)."""
 
 
 def activation_derivative(activation: nn.Module, pre: Tensor, out: Tensor) -> Tensor | None:
@@ -50,6 +58,8 @@ def activation_derivative(activation: nn.Module, pre: Tensor, out: Tensor) -> Te
     if kind is nn.SiLU:
         gate = torch.sigmoid(pre)
         return gate * (1 + pre * (1 - gate))
+    if kind is nn.SELU:  # autograd's elu_backward: scale for x > 0, scale * alpha * exp(x) for x <= 0
+        return torch.where(pre > 0, torch.full_like(pre, SELU_SCALE), (SELU_SCALE * SELU_ALPHA) * pre.exp())
     return None
 
 
@@ -136,13 +146,21 @@ class LayeredMLP(VectorField):
     per_row_time = True
     layers: nn.ModuleList
 
-    def __init__(self, dim: int, hidden: tuple[int, ...] = (64, 64, 64), activation: str = "tanh") -> None:
-        super().__init__(dim, hidden=hidden, activation=activation)
+    def __init__(self, dim: int, hidden: tuple[int, ...] = (64, 64, 64), activation: str = "tanh",
+                 **params: object) -> None:
+        """``params``: a subclass's own declared parameters, in ``self.config`` before the layers are made."""
+        unknown = sorted(set(params) - {param.name for param in self.params})
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected parameters {', '.join(unknown)}")
+        super().__init__(dim, hidden=hidden, activation=activation, **params)
         widths = [dim, *hidden, dim]
-        self.layers = nn.ModuleList(self.make_layer(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        self.layers = nn.ModuleList(
+            self.make_layer(index, a, b) for index, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True))
+        )
         self.activation = ACTIVATIONS[activation]()
 
-    def make_layer(self, dim_in: int, dim_out: int) -> nn.Module:
+    def make_layer(self, index: int, dim_in: int, dim_out: int) -> nn.Module:
+        """Layer ``index`` (0 first), mapping width ``dim_in`` to ``dim_out``."""
         raise NotImplementedError
 
     def layer_pre(self, layer: nn.Module, t: Tensor, h: Tensor) -> Tensor:
@@ -185,7 +203,7 @@ class ConcatSquashMLP(LayeredMLP):
     name = "concatsquash"
     description = "FFJORD's concat-squash MLP (time gates and shifts every layer)"
 
-    def make_layer(self, dim_in: int, dim_out: int) -> nn.Module:
+    def make_layer(self, index: int, dim_in: int, dim_out: int) -> nn.Module:
         return ConcatSquashLinear(dim_in, dim_out)
 
     def layer_pre(self, layer: nn.Module, t: Tensor, h: Tensor) -> Tensor:
@@ -199,17 +217,47 @@ class ConcatSquashMLP(LayeredMLP):
         return pre, layer.linear.weight, gate  # one gate per row
 
 
-class TimeConcatMLP(LayeredMLP):
-    name = "mlp"
-    description = "MLP whose every layer sees [h, t] (time concatenated)"
+TIME_PLACES = ("every_layer", "input")
 
-    def make_layer(self, dim_in: int, dim_out: int) -> nn.Module:
-        return nn.Linear(dim_in + 1, dim_out)
+
+class TimeConcatMLP(LayeredMLP):
+    """Linear layers on ``[h, t]`` (every layer, ``time=every_layer``) or on ``[z, t]`` then ``h`` (``time=input``).
+
+    ``time=input`` is ``VelocityNet`` of Tong et al.'s conditional flow matching code (``simple_mlp.py``; it
+    concatenates ``[t, x]``, time first, which only permutes the first layer's input columns).
+    """
+
+    name = "mlp"
+    description = "MLP on [h, t] at every layer (time=every_layer) or [z, t] at the first only (time=input)"
+    params = (
+        *FIELD_PARAMS,
+        Param("time", "str", "every_layer", "where t is concatenated: every_layer, or input (the first layer "
+              "only, as Tong et al.'s VelocityNet)", choices=TIME_PLACES, added=True),
+    )
+
+    def __init__(self, dim: int, hidden: tuple[int, ...] = (64, 64, 64), activation: str = "tanh",
+                 time: str = "every_layer") -> None:
+        if time not in TIME_PLACES:
+            raise ValueError(f"time must be one of {', '.join(TIME_PLACES)}, not {time!r}")
+        super().__init__(dim, hidden, activation, time=time)
+
+    def make_layer(self, index: int, dim_in: int, dim_out: int) -> nn.Module:
+        timed = index == 0 or self.config["time"] == "every_layer"
+        return nn.Linear(dim_in + 1 if timed else dim_in, dim_out)
+
+    @staticmethod
+    def takes_time(layer: nn.Module, h: Tensor) -> bool:
+        """Whether ``layer`` reads ``[h, t]`` (one input more than ``h`` has) rather than ``h``."""
+        return layer.in_features == h.shape[-1] + 1
 
     def layer_pre(self, layer: nn.Module, t: Tensor, h: Tensor) -> Tensor:
+        if not self.takes_time(layer, h):
+            return layer(h)
         return layer(torch.cat([h, t.reshape(-1, 1).to(h.dtype).expand(h.shape[0], 1)], dim=1))
 
     def layer_pre_and_weight(self, layer: nn.Module, t: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        if not self.takes_time(layer, h):
+            return layer(h), layer.weight, None
         return self.layer_pre(layer, t, h), layer.weight[:, :-1], None  # the time column does not depend on z
 
 

@@ -14,12 +14,17 @@
   summed over dimensions, averaged over the minibatch. It never solves the
   ODE, so it ignores the solver and trace axes in training.
 * ``otcfm[sigma=σ]`` — the same after pairing each base draw with a data point
-  by an exact minibatch optimal-transport coupling (squared Euclidean cost,
-  solved with ``scipy.optimize.linear_sum_assignment``; for uniform weights
-  and equal batch sizes the optimal plan is a permutation).
+  by an exact minibatch optimal-transport coupling (squared Euclidean cost;
+  for uniform weights and equal batch sizes the optimal plan is a permutation),
+  solved by POT's network simplex (``ot.emd``, the solver of the authors' code,
+  2-3× faster than the alternative at 512 points) where POT is installed
+  (``cnfbench[metrics]``) and by ``scipy.optimize.linear_sum_assignment``
+  otherwise: both are exact, so the pairing is the same but for exact ties.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -110,14 +115,35 @@ class ConditionalFlowMatching(Objective):
 
 
 def optimal_transport_pairs(x0: Tensor, x1: Tensor) -> Tensor:
-    """The permutation ``p`` minimising ``Σ_i ‖x0[i] − x1[p[i]]‖²`` (exact, by linear assignment)."""
-    from scipy.optimize import linear_sum_assignment  # imported when first needed: it is slow to import
-
+    """The permutation ``p`` minimising ``Σ_i ‖x0[i] − x1[p[i]]‖²`` (exact: POT's network simplex where POT is
+    installed, else linear assignment)."""
     cost = torch.cdist(x0.detach().double(), x1.detach().double()).pow(2).cpu().numpy()
-    rows, columns = linear_sum_assignment(cost)
-    permutation = torch.empty(len(rows), dtype=torch.long)
-    permutation[torch.as_tensor(rows)] = torch.as_tensor(columns)
+    permutation = _network_simplex_permutation(cost)
+    if permutation is None:
+        from scipy.optimize import linear_sum_assignment  # imported when first needed: it is slow to import
+
+        rows, columns = linear_sum_assignment(cost)
+        permutation = torch.empty(len(rows), dtype=torch.long)
+        permutation[torch.as_tensor(rows)] = torch.as_tensor(columns)
     return permutation.to(x1.device)
+
+
+def _network_simplex_permutation(cost: Any) -> Tensor | None:
+    """The optimal permutation by POT's exact solver; ``None`` without POT, or when it stopped before optimality
+    (its iteration cap) or its plan is no permutation, so that the caller solves the assignment instead."""
+    try:
+        import ot
+    except ImportError:
+        return None
+    import numpy as np
+
+    n = cost.shape[0]
+    plan, log = ot.emd(np.full(n, 1.0 / n), np.full(n, 1.0 / n), cost, numItermax=100 * n * n, log=True)
+    columns = plan.argmax(axis=1)
+    if log.get("warning") or not (np.allclose(plan[np.arange(n), columns], 1.0 / n)
+                                  and len(set(columns.tolist())) == n):
+        return None
+    return torch.as_tensor(columns, dtype=torch.long)
 
 
 class OptimalTransportFlowMatching(ConditionalFlowMatching):

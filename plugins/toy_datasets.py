@@ -1,10 +1,19 @@
-"""Built-in datasets: FFJORD's eight 2D toy distributions and a Gaussian mixture family.
+"""Built-in datasets: FFJORD's eight 2D toy distributions, the S curve, and a Gaussian mixture family.
 
 The 2D toys reproduce the shapes and scales of ``lib/toy_data.py`` in FFJORD
 (Grathwohl, Chen et al., 2019) with torch ops, so every draw is seeded by the
 ``torch.Generator`` passed to :meth:`sample` and always returns exactly ``n``
 rows. ``8gaussians``, ``checkerboard`` and ``gaussian_mixture`` also know their
 exact log-density and offer a Monte-Carlo entropy estimate.
+
+The 2D data of Tong et al.'s conditional flow matching papers (TMLR 2024,
+"Improving and generalizing flow-based generative models with minibatch optimal
+transport"; SF2M, AISTATS 2024), made in their code
+(``runner/src/datamodules/distribution_datamodule.py``) by scikit-learn and
+torchdyn, are drawn in distribution by ``moons[noise=0.05,layout=tong]``,
+``scurve`` (at its defaults) and ``8gaussians[radius=5,std=1,counts=balanced]``.
+Parameters added to ``moons`` and ``8gaussians`` default to the FFJORD draws,
+bit for bit.
 """
 
 from __future__ import annotations
@@ -75,6 +84,10 @@ def _shuffle(x: Tensor, generator: torch.Generator) -> Tensor:
     return x[torch.randperm(x.shape[0], generator=generator)]
 
 
+def _param_default(component: ToyDataset, name: str) -> Any:
+    return next(param.default for param in component.params if param.name == name)
+
+
 def _isotropic_mixture_log_prob(x: Tensor, means: Tensor, std: float) -> Tensor:
     """Log-density of an equal-weight mixture of ``N(mean_k, std^2 I)``, computed in float64, in ``x``'s dtype."""
     points = x.to(torch.float64)
@@ -131,28 +144,71 @@ class Rings(ToyDataset):
 
 
 class Moons(ToyDataset):
-    """FFJORD's moons: ``make_moons(noise=0.1) * 2 + [-1, -0.2]``."""
+    """sklearn's ``make_moons(noise=noise) * 2`` plus ``[-1, -0.2]`` (``layout=ffjord``) or ``[-1, 0]`` (``tong``).
+
+    scikit-learn's generator: ``n // 2`` upper points ``(cos a, sin a)`` and ``n - n // 2`` lower points
+    ``(1 - cos a, 1 - sin a - 0.5)``, each half at ``linspace(0, pi)`` angles, shuffled, plus
+    ``N(0, noise^2 I)``; then doubled and shifted. The defaults (``noise=0.1``, ``layout=ffjord``) are FFJORD's
+    moons (``lib/toy_data.py``: ``make_moons(noise=0.1) * 2 + [-1, -0.2]``); ``noise=0.05`` with
+    ``layout=tong`` is the moons of Tong et al.'s conditional flow matching code (``SKLearnDataModule``:
+    ``make_moons(noise=0.05) * 2``, then ``x[:, 0] -= 1``).
+    """
 
     name = "moons"
-    description = "2D two interleaved half circles of radius 2, x in [-3, 3], y in [-1.2, 1.8], noise std 0.2"
-    params = (*SPLIT_PARAMS,)
+    description = ("2D two interleaved half circles of radius 2 (sklearn make_moons x2) plus [-1, -0.2] "
+                   "(layout=ffjord, FFJORD: x in [-3, 3], y in [-1.2, 1.8]) or [-1, 0] (layout=tong, Tong et al.'s "
+                   "CFM code), noise std 2*noise (0.2)")
+    params = (
+        *SPLIT_PARAMS,
+        Param("noise", "float", 0.1, "std of sklearn's noise, added before the x2 scaling (FFJORD 0.1, "
+              "Tong et al. 0.05)", minimum=0.0, added=True),
+        Param("layout", "str", "ffjord", "shift after the x2 scaling: ffjord [-1, -0.2], tong [-1, 0]",
+              choices=("ffjord", "tong"), added=True),
+    )
+
+    _SHIFTS = {"ffjord": (-1.0, -0.2), "tong": (-1.0, 0.0)}
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         outer = n // 2
         upper = _circle(outer, 1.0, endpoint=True, stop=math.pi)
         lower = torch.tensor([1.0, 0.5], dtype=torch.float64) - _circle(n - outer, 1.0, endpoint=True, stop=math.pi)
-        points = _shuffle(torch.cat([upper, lower]), generator) + 0.1 * _normal((n, 2), generator)
-        shift = torch.tensor([-1.0, -0.2], dtype=torch.float64)
+        points = _shuffle(torch.cat([upper, lower]), generator)  # shuffled, then noised, as sklearn does
+        points = points + float(self.config["noise"]) * _normal((n, 2), generator)
+        shift = torch.tensor(self._SHIFTS[self.config["layout"]], dtype=torch.float64)
         return (2.0 * points + shift).to(torch.float32)
 
 
 class EightGaussians(KnownDensity):
-    """FFJORD's 8gaussians: ``(N(0, 0.5^2 I) + 4 c_k) / 1.414`` for the 8 unit compass directions ``c_k``."""
+    """Eight equal isotropic Gaussians ``N(radius c_k, std^2 I)``, ``c_k`` the 8 unit compass directions.
+
+    At the defaults this is FFJORD's 8gaussians, drawn with its arithmetic ``(N(0, 0.5^2 I) + 4 c_k) / 1.414``
+    (so ``radius`` = 4/1.414 and ``std`` = 0.5/1.414), each row's component chosen uniformly at random
+    (``counts=multinomial``). ``counts=balanced`` gives every component ``n // 8`` rows and ``n % 8`` distinct
+    components, chosen at random, one row more, in random row order. ``radius=5,std=1,counts=balanced`` is
+    torchdyn's ``generate_gaussians(n_gaussians=8, radius=5, std_gaussians=1)`` as Tong et al.'s conditional
+    flow matching code draws it (``TorchDynDataModule`` "gaussians"): means at angles ``k pi / 4``, exactly
+    ``N // 8`` points each. Differences: torchdyn returns its rows component by component and drops ``N % 8``,
+    the CFM code balances the pooled ``N`` and then splits it at random, while here every split is balanced and
+    shuffled on its own; torchdyn's ``noise=1e-4`` is one ``N(0, 1e-8 I)`` offset per component (a shift of the
+    whole component, shared by its points), which this leaves out. Each row's density is the equal mixture
+    whatever ``counts`` says, so :meth:`log_prob` is exact for every setting.
+    """
 
     name = "8gaussians"
-    description = "2D mixture of 8 equal Gaussians, means on a circle of radius 4/1.414 (2.83), std 0.5/1.414 (0.354)"
-    params = (*SPLIT_PARAMS,)
+    description = ("2D mixture of 8 equal Gaussians, means on a circle of radius `radius` (4/1.414 = 2.83) in the "
+                   "8 compass directions, std `std` (0.5/1.414 = 0.354); counts=balanced gives each n//8 rows")
+    params = (
+        *SPLIT_PARAMS,
+        Param("radius", "float", 4.0 / 1.414, "distance of each component mean from the origin (FFJORD 4/1.414, "
+              "Tong et al. 5)", minimum=0.0, added=True),
+        Param("std", "float", 0.5 / 1.414, "isotropic standard deviation of each component (FFJORD 0.5/1.414, "
+              "Tong et al. 1)", minimum=1e-6, added=True),
+        Param("counts", "str", "multinomial", "rows per component: multinomial (each row picks one at random, "
+              "FFJORD) or balanced (n // 8 each, the n % 8 left over to distinct random ones, torchdyn)",
+              choices=("multinomial", "balanced"), added=True),
+    )
 
+    _COUNT = 8
     _SCALE = 4.0
     _STD = 0.5
     _DIVISOR = 1.414
@@ -160,22 +216,38 @@ class EightGaussians(KnownDensity):
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         h = 1.0 / math.sqrt(2.0)
-        directions = [(1, 0), (-1, 0), (0, 1), (0, -1), (h, h), (h, -h), (-h, h), (-h, -h)]
-        self.centers = self._SCALE * torch.tensor(directions, dtype=torch.float64)
+        self.directions = torch.tensor(
+            [(1, 0), (-1, 0), (0, 1), (0, -1), (h, h), (h, -h), (-h, h), (-h, -h)], dtype=torch.float64
+        )
+        self.centers = self._SCALE * self.directions
+        # FFJORD's own arithmetic at the default radius and std, so that the default draws never change.
+        self._ffjord = self.config["radius"] == _param_default(self, "radius") and (
+            self.config["std"] == _param_default(self, "std"))
 
     @property
     def means(self) -> Tensor:
-        """Component means ``[8, 2]`` float64 (centers / 1.414)."""
-        return self.centers / self._DIVISOR
+        """Component means ``[8, 2]`` float64 (FFJORD's centers / 1.414 at the default radius)."""
+        if self.config["radius"] == _param_default(self, "radius"):
+            return self.centers / self._DIVISOR
+        return float(self.config["radius"]) * self.directions
 
     @property
     def component_std(self) -> float:
-        return self._STD / self._DIVISOR
+        return float(self.config["std"])
+
+    def _components(self, n: int, generator: torch.Generator) -> Tensor:
+        if self.config["counts"] == "multinomial":
+            return torch.randint(0, self._COUNT, (n,), generator=generator)
+        balanced = torch.arange(self._COUNT).repeat(n // self._COUNT)
+        extra = torch.randperm(self._COUNT, generator=generator)[: n % self._COUNT]
+        return _shuffle(torch.cat([balanced, extra]), generator)
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
-        noise = self._STD * _normal((n, 2), generator)
-        index = torch.randint(0, 8, (n,), generator=generator)
-        return ((noise + self.centers[index]) / self._DIVISOR).to(torch.float32)
+        noise = _normal((n, 2), generator)
+        index = self._components(n, generator)
+        if self._ffjord:
+            return ((self._STD * noise + self.centers[index]) / self._DIVISOR).to(torch.float32)
+        return (self.means[index] + self.component_std * noise).to(torch.float32)
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Exact mixture log-density in nats ``[N]``, computed in float64 and returned in ``x``'s dtype."""
@@ -265,6 +337,32 @@ class Checkerboard(KnownDensity):
         return inside.masked_fill(~(in_box & in_square), -math.inf)
 
 
+class SCurve(ToyDataset):
+    """sklearn's ``make_s_curve(noise=noise)``, columns x and z, times ``scale``: Tong et al.'s "scurve".
+
+    scikit-learn draws ``t = 3 pi (U - 0.5)``, the point ``(sin t, 2 U', sign(t) (cos t - 1))`` and adds
+    ``N(0, noise^2)`` to all three coordinates; the conditional flow matching code (``SKLearnDataModule``) keeps
+    the first and last column and multiplies by 1.5. The same order here: noise on the curve, then the scale
+    (noise std ``noise * scale``). The dropped coordinate ``2 U'`` and its noise are not drawn (they do not
+    change the distribution of the two kept ones).
+    """
+
+    name = "scurve"
+    description = ("2D S curve (sklearn make_s_curve, columns x and z, Tong et al.'s CFM code): "
+                   "scale*(sin t, sign(t)(cos t - 1)), t uniform in [-1.5pi, 1.5pi], noise std noise*scale (0.075)")
+    params = (
+        *SPLIT_PARAMS,
+        Param("noise", "float", 0.05, "std of sklearn's noise, added before the scaling", minimum=0.0),
+        Param("scale", "float", 1.5, "factor applied after the noise", minimum=1e-6),
+    )
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        t = 3.0 * math.pi * (_uniform(n, generator) - 0.5)
+        curve = torch.stack([t.sin(), t.sign() * (t.cos() - 1.0)], dim=1)
+        points = curve + float(self.config["noise"]) * _normal((n, 2), generator)
+        return (float(self.config["scale"]) * points).to(torch.float32)
+
+
 class GaussianMixture(KnownDensity):
     """Equal-weight mixture of ``components`` isotropic Gaussians ``N(mu_k, scale^2 I)`` in ``dim`` dimensions.
 
@@ -318,4 +416,5 @@ class GaussianMixture(KnownDensity):
 @hookimpl
 def cnfbench_datasets() -> list[type[SampledDataset]]:
     """The built-in datasets."""
-    return [Swissroll, Circles, Rings, Moons, EightGaussians, Pinwheel, TwoSpirals, Checkerboard, GaussianMixture]
+    return [Swissroll, Circles, Rings, Moons, EightGaussians, Pinwheel, TwoSpirals, Checkerboard, SCurve,
+            GaussianMixture]

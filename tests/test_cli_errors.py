@@ -74,7 +74,7 @@ def test_plugins_unknown_family_is_one_line_naming_the_valid_ones(cli, args: lis
     (line,) = result.stderr.strip().splitlines()
     bad, close = ("solvr", "solver") if "solvr" in args else ("trcae", "trace")
     assert line == (f"Error: unknown family {bad!r} for --family; families: dataset, field, objective, solver, "
-                    f"trace, executor, tracker, metric; did you mean {close!r}?")
+                    f"trace, optimizer, executor, tracker, protocol, metric; did you mean {close!r}?")
 
 
 def test_console_script_exit_code_and_single_line() -> None:

@@ -127,7 +127,7 @@ def test_a_failure_of_compiled_code_mid_training_continues_eager_from_the_same_r
         field = training.seeded_field(lambda: registry.build("field", cell.field, 2), cell.seed, torch.device("cpu"))
         record = training.TrainingRecord()
         training.train(cell, field, registry.build("objective", cell.objective), registry.build("solver", cell.solver),
-                       registry.build("trace", cell.trace), data, record)
+                       registry.build("trace", cell.trace), registry.build("optimizer", cell.optimizer), data, record)
         return record
 
     # stands in for compiled code that fails at its second call (iteration 2): raised from a dynamo frame

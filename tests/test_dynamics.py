@@ -294,5 +294,6 @@ def test_training_tells_the_tracker_each_forward_solve_and_backward_pass() -> No
     field = seeded_field(lambda: REGISTRY.build("field", cell.field, 2), 0, torch.device("cpu"))
     tracker = _RecordingTracker()
     train(cell, field, REGISTRY.build("objective", cell.objective), REGISTRY.build("solver", cell.solver),
-          REGISTRY.build("trace", cell.trace), data, TrainingRecord(), tracker=tracker)
+          REGISTRY.build("trace", cell.trace), REGISTRY.build("optimizer", cell.optimizer), data, TrainingRecord(),
+          tracker=tracker)
     assert tracker.seen == [("train_forward", 1), ("train_backward", 1), ("train_forward", 2), ("train_backward", 2)]

@@ -40,9 +40,9 @@ def test_cells_rows_and_config_follow_the_table() -> None:
     (cell,) = resolve_cells(RunConfig(iterations=1), registry)
     data = cell.to_json()
     implicit = [row.key for row in GRID_AXES if row.implicit and cell.axes[row.key].label() == row.implicit]
-    assert implicit == ["objective"]  # the default mle is left out, so ids of 0.1.0 cells stay the same
+    assert implicit == ["objective", "optimizer"]  # the default mle and adam are left out: 0.1.0 ids stay the same
     assert [key for key in data if key in AXIS_KEYS] == [key for key in AXIS_KEYS if key not in implicit]
-    (flow,) = resolve_cells(RunConfig(iterations=1, objective=("cfm",)), registry)
+    (flow,) = resolve_cells(RunConfig(iterations=1, objective=("cfm",), optimizer=("adamw",)), registry)
     assert [key for key in flow.to_json() if key in AXIS_KEYS] == list(AXIS_KEYS)
     assert Cell.from_json(json.loads(json.dumps(flow.to_json()))) == flow and flow.cell_id != cell.cell_id
     assert set(data["evaluation"]) >= {slot.json_key for slot in EVAL_SLOTS}

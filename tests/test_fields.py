@@ -15,7 +15,7 @@ from cnfbench.registry import load_registry
 F64 = torch.float64
 REGISTRY = load_registry()
 FIELDS = ["concatsquash", "mlp"]
-ACTIVATIONS = {"tanh": torch.tanh, "softplus": F.softplus, "elu": F.elu, "swish": F.silu}
+ACTIVATIONS = {"tanh": torch.tanh, "softplus": F.softplus, "elu": F.elu, "swish": F.silu, "selu": F.selu}
 HIDDEN = {"64-64": (64, 64), "3x16": (16, 16, 16)}
 
 
@@ -163,3 +163,132 @@ def test_a_hollow_cell_trains_and_evaluates(cli, tmp_path):
     rows = read_cells(tmp_path, "hollow")
     hollow = rows[rows["field"] == "hollow"].iloc[0]
     assert hollow["status"] == "done" and hollow["nll"] == hollow["nll"]
+
+
+# --- selu and mlp's time=input: the VelocityNet of Tong et al.'s conditional flow matching code --------------
+# Reference: atong01/conditional-flow-matching @cacd4dc, runner/src/models/components/simple_mlp.py (VelocityNet,
+# SimpleDenseNet) with runner/configs/model/cfm.yaml (hidden_dims [64, 64, 64], batch_norm False, selu).
+
+FROZEN_MLP_HEAD = [[-0.057069867849349976, -0.13213178515434265], [-0.005408197641372681, -0.1478552520275116]]
+"""``mlp`` at dim 2 built under ``torch.manual_seed(0)``, at t=0.3 on ``linspace(-1, 1, 10).reshape(5, 2)``: its first
+two rows, computed before the ``time`` parameter existed."""
+
+
+def test_mlp_time_stays_out_of_the_spec_and_the_default_field_is_unchanged() -> None:
+    assert REGISTRY.resolve("field", parse_selection("mlp[time=every_layer]")).kwargs == {
+        "hidden": (64, 64, 64), "activation": "tanh"}
+    assert REGISTRY.resolve("field", parse_selection("mlp[time=input]")).kwargs == {
+        "hidden": (64, 64, 64), "activation": "tanh", "time": "input"}
+    torch.manual_seed(0)
+    field = build_field("mlp", 2)
+    assert field.config == {"hidden": (64, 64, 64), "activation": "tanh", "time": "every_layer"}
+    shapes = {name: tuple(p.shape) for name, p in field.state_dict().items()}
+    assert shapes == {"layers.0.weight": (64, 3), "layers.0.bias": (64,), "layers.1.weight": (64, 65),
+                      "layers.1.bias": (64,), "layers.2.weight": (64, 65), "layers.2.bias": (64,),
+                      "layers.3.weight": (2, 65), "layers.3.bias": (2,)}
+    z, t = torch.linspace(-1, 1, 10).reshape(5, 2), torch.tensor(0.3)
+    with torch.no_grad():
+        out = field(t, z)
+    torch.testing.assert_close(out[:2], torch.tensor(FROZEN_MLP_HEAD), rtol=0, atol=1e-6)
+    torch.manual_seed(0)
+    explicit = build_field("mlp[time=every_layer]", 2)
+    with torch.no_grad():
+        assert torch.equal(explicit(t, z), out)
+
+
+def velocity_net(dim: int, hidden: tuple[int, ...]) -> torch.nn.Sequential:
+    """simple_mlp.py's ``VelocityNet(dim, hidden_dims=hidden, activation="selu", batch_norm=False).model``: it maps
+    ``[t, x]`` (time first)."""
+    dims = [dim + 1, *hidden, dim]
+    layers: list[torch.nn.Module] = []
+    for i in range(len(dims) - 2):
+        layers += [torch.nn.Linear(dims[i], dims[i + 1]), torch.nn.SELU()]
+    layers.append(torch.nn.Linear(dims[-2], dims[-1]))
+    return torch.nn.Sequential(*layers)
+
+
+def test_mlp_time_input_is_velocitynet() -> None:
+    field = build_field("mlp[hidden=3x64,activation=selu,time=input]", 2).to(F64)
+    reference = velocity_net(2, (64, 64, 64)).to(F64)
+    assert sum(p.numel() for p in field.parameters()) == sum(p.numel() for p in reference.parameters()) == 8706
+    linears = [module for module in reference if isinstance(module, torch.nn.Linear)]
+    with torch.no_grad():
+        for index, (ours, theirs) in enumerate(zip(field.layers, linears, strict=True)):
+            weight = ours.weight if index else torch.cat([ours.weight[:, -1:], ours.weight[:, :-1]], dim=1)
+            theirs.weight.copy_(weight)
+            theirs.bias.copy_(ours.bias)
+        z, times = torch.randn(6, 2, dtype=F64), torch.rand(6, dtype=F64)
+        torch.testing.assert_close(field(times, z), reference(torch.cat([times[:, None], z], dim=1)),
+                                   rtol=1e-12, atol=1e-12)
+        t = torch.tensor(0.4, dtype=F64)
+        torch.testing.assert_close(field(t, z), reference(torch.cat([t.expand(6, 1), z], dim=1)),
+                                   rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("hidden", [(8,), (6, 5), (16, 16, 16)])
+def test_mlp_time_input_parameter_count(hidden: tuple[int, ...]) -> None:
+    for dim in (1, 3):
+        widths = [dim, *hidden, dim]
+        expected = (dim + 1) * hidden[0] + hidden[0] + sum(a * b + b for a, b in zip(widths[1:-1], widths[2:],
+                                                                                      strict=True))
+        selector = f"mlp[hidden={'-'.join(map(str, hidden))},time=input]"
+        assert sum(p.numel() for p in build_field(selector, dim).parameters()) == expected
+
+
+def test_selu_derivative_is_autograds() -> None:
+    from cnfbench_plugins.fields import activation_derivative
+
+    selu = torch.nn.SELU()
+    for dtype, tolerance in ((torch.float32, 1e-6), (F64, 1e-15)):
+        pre = torch.cat([torch.linspace(-6, 6, 101, dtype=dtype), torch.zeros(1, dtype=dtype)]).requires_grad_()
+        out = selu(pre)
+        (grad,) = torch.autograd.grad(out.sum(), pre)
+        slope = activation_derivative(selu, pre.detach(), out.detach())
+        assert slope is not None
+        torch.testing.assert_close(slope, grad, rtol=tolerance, atol=0)
+
+
+def jacobian_trace(field: VectorField, t: Tensor, z: Tensor) -> Tensor:
+    """Each row's exact divergence by autograd (rows are independent, so the batch Jacobian is block diagonal)."""
+    jacobian = torch.autograd.functional.jacobian(lambda x: field(t, x).sum(0), z)  # [D, B, D]
+    return torch.stack([jacobian[:, row, :].diagonal().sum() for row in range(z.shape[0])])
+
+
+@pytest.mark.parametrize("selector", ["mlp[hidden=3x16,activation=selu,time=input]", "mlp[hidden=8,time=input]",
+                                      "mlp[hidden=6-5,activation=softplus,time=input]",
+                                      "concatsquash[hidden=3x16,activation=selu]", "mlp[hidden=3x16,activation=selu]"])
+@pytest.mark.parametrize("dim", [1, 2, 5])
+def test_fused_divergence_is_the_jacobians_trace(selector: str, dim: int) -> None:
+    torch.manual_seed(dim)
+    field = build_field(selector, dim).to(F64)
+    z = 2.0 * torch.randn(9, dim, dtype=F64)  # both branches of selu
+    for t in (torch.tensor(0.35, dtype=F64), torch.rand(9, dtype=F64)):  # one time, and one time per row
+        fused = field.forward_with_divergence(t, z)
+        assert fused is not None
+        dz, div = fused
+        assert torch.equal(dz, field(t, z)) and div.shape == (9,)
+        torch.testing.assert_close(div, jacobian_trace(field, t, z), rtol=0, atol=1e-6)
+
+
+def test_mlp_time_input_and_selu_pass_the_conformance_kit() -> None:
+    from cnfbench_plugins.fields import ConcatSquashMLP, TimeConcatMLP
+
+    from cnfbench.testing import check_field
+
+    check_field(TimeConcatMLP, {"hidden": (16, 16), "activation": "selu", "time": "input"})
+    check_field(ConcatSquashMLP, {"hidden": (16, 16), "activation": "selu"})
+
+
+def test_bad_time_values_are_rejected() -> None:
+    from cnfbench_plugins.fields import ConcatSquashMLP, TimeConcatMLP
+
+    with pytest.raises(ParamError) as info:
+        REGISTRY.resolve("field", parse_selection("mlp[time=output]"))
+    message = str(info.value)
+    assert "\n" not in message and "'time'" in message and "every_layer, input" in message
+    with pytest.raises(ParamError, match="unknown parameter 'time'"):
+        REGISTRY.resolve("field", parse_selection("concatsquash[time=input]"))
+    with pytest.raises(ValueError, match="time must be one of"):
+        TimeConcatMLP(2, time="output")
+    with pytest.raises(TypeError, match="unexpected parameters time"):
+        ConcatSquashMLP(2, time="input")

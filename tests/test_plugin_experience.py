@@ -288,8 +288,9 @@ def test_every_hook_is_documented_and_exercised_by_a_test() -> None:
         assert (getattr(hookspecs, name).__doc__ or "").strip(), f"hook {name} has no docstring"
         assert f"def {name}(" in tests, f"no test implements hook {name}"
     assert set(HOOK_NAMES) == {"cnfbench_datasets", "cnfbench_fields", "cnfbench_objectives", "cnfbench_solvers",
-                               "cnfbench_traces", "cnfbench_executors", "cnfbench_trackers", "cnfbench_metrics",
-                               "cnfbench_cell_metrics", "cnfbench_cell_finished", "cnfbench_columns"}
+                               "cnfbench_traces", "cnfbench_optimizers", "cnfbench_executors", "cnfbench_trackers",
+                               "cnfbench_metrics", "cnfbench_protocols", "cnfbench_cell_metrics",
+                               "cnfbench_cell_finished", "cnfbench_columns"}
 
 
 def test_results_frame_keeps_plugin_columns_after_documented_ones(cli, tmp_path: Path) -> None:

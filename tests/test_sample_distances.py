@@ -77,10 +77,10 @@ def test_w2_of_two_gaussians_is_near_the_closed_form() -> None:
 
 
 def test_w2_refuses_samples_over_the_size_limit() -> None:
-    assert W2_MAX_SAMPLES == 5000
+    assert W2_MAX_SAMPLES == 20_000
     with pytest.raises(ValueError, match="capped at 10 points"):
         wasserstein2_exact(normal(11, 2, 1), normal(5, 2, 2), max_samples=10)
-    with pytest.raises(ValueError, match="capped at 5000 points"):
+    with pytest.raises(ValueError, match="capped at 20000 points"):
         wasserstein2_exact(normal(5, 2, 1), normal(W2_MAX_SAMPLES + 1, 2, 2))
     with pytest.raises(ValueError, match=r"\[n, d\]"):
         wasserstein2_exact(normal(5, 2, 1), normal(5, 3, 2))

@@ -67,8 +67,9 @@ def test_every_family_passes_the_conformance_kit(tmp_path: Path, import_plugin) 
     plugin = import_plugin(folder)
     assert check_plugin(plugin) == [
         "dataset 'kit_probe_all_gaussian'", "field 'kit_probe_all_mlp'", "objective 'kit_probe_all_cfm'",
-        "solver 'kit_probe_all_heun'", "trace 'kit_probe_all_exact'", "executor 'kit_probe_all_pool'",
-        "tracker 'kit_probe_all_csv'", "metric 'kit_probe_all_mean_shift'",
+        "solver 'kit_probe_all_heun'", "trace 'kit_probe_all_exact'", "optimizer 'kit_probe_all_sgd'",
+        "executor 'kit_probe_all_pool'", "tracker 'kit_probe_all_csv'", "protocol 'kit_probe_all_toy'",
+        "metric 'kit_probe_all_mean_shift'",
     ]
     for name in component_names("kit-probe-all", FAMILY_ORDER).values():
         assert name in result.output  # the next-steps hint names the components
@@ -95,8 +96,9 @@ def test_every_family_combination_is_valid_python(families: str) -> None:
     for family in FAMILY_ORDER:
         hook = {"field": "cnfbench_fields", "solver": "cnfbench_solvers", "trace": "cnfbench_traces",
                 "dataset": "cnfbench_datasets", "objective": "cnfbench_objectives",
-                "executor": "cnfbench_executors", "tracker": "cnfbench_trackers",
-                "metric": "cnfbench_metrics"}[family]
+                "optimizer": "cnfbench_optimizers", "executor": "cnfbench_executors",
+                "tracker": "cnfbench_trackers", "metric": "cnfbench_metrics",
+                "protocol": "cnfbench_protocols"}[family]
         assert (f"def {hook}()" in plugin_source) == (family in wanted)
 
 

@@ -253,7 +253,7 @@ def main() -> None:
 
 
 COMMAND_MODULES = ("cnfbench.cli.run", "cnfbench.cli.evaluate", "cnfbench.cli.plugins", "cnfbench.cli.reports",
-                   "cnfbench.cli.sample", "cnfbench.cli.scaffold", "cnfbench.cli.data")
+                   "cnfbench.cli.sample", "cnfbench.cli.scaffold", "cnfbench.cli.data", "cnfbench.cli.protocols")
 """Each registers its commands on :data:`main` when imported."""
 
 for _module in COMMAND_MODULES:

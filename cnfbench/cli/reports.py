@@ -18,10 +18,11 @@ from typing import Any
 
 import click
 
-from cnfbench.cli import fail, load_runs_or_fail, main
+from cnfbench.cli import fail, load_registry_or_fail, load_runs_or_fail, main
 from cnfbench.columns import COMPARE, REPORT, default_metrics
 from cnfbench.messages import plural
 from cnfbench.output_paths import OutputPathError, check_output_dir, check_output_file
+from cnfbench.params import ParamError
 from cnfbench.text_tables import terminal_width
 
 FORMAT_HELP = "write the table as {what} to this file ('-' = standard output) [default: not written]"
@@ -112,6 +113,9 @@ def _view_page(loaded: Any, cells: Any, out_dir: Path | None, heading: str, text
                    "solver spec of a sweep against its NFE and seconds, points by cost, seeds aggregated, log-log "
                    "slopes; needs a family with 2+ specs, e.g. from cnfbench evaluate RUN --solver "
                    "'euler[steps=2..64:x2]'; with --plots the figure [default: off]")
+@click.option("--published", is_flag=True,
+              help="instead of the table: a protocol run's numbers beside the paper's (mean ± std over seeds, the "
+                   "difference, a verdict), with the protocol's sources and deviations; --latex FILE and --html too")
 @click.option("--wp-metric", "wp_metric", metavar="METRIC",
               help="the error of --work-precision: logp_error_mean or logp_error_max (test log-density against the "
                    "reference solve, by the test pass's cost), energy_distance or sliced_w2 (samples against the "
@@ -119,7 +123,8 @@ def _view_page(loaded: Any, cells: Any, out_dir: Path | None, heading: str, text
 def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...], cols: tuple[str, ...],
            stat: str, markdown_path: str | None, csv_path: str | None, latex_path: str | None,
            caption: str | None, label: str | None, json_path: str | None, plots: bool, html: bool,
-           out_dir: Path | None, rank_metrics: tuple[str, ...], work_precision: bool, wp_metric: str | None) -> None:
+           out_dir: Path | None, rank_metrics: tuple[str, ...], work_precision: bool, wp_metric: str | None,
+           published: bool) -> None:
     """Aggregate the seeds of one or more run folders and print a table (units in every header).
 
     \b
@@ -136,14 +141,17 @@ def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...
         raise fail(f"--label {label!r} may hold only {LATEX_LABEL_TEXT}, e.g. tab:solvers")
     if wp_metric is not None and not work_precision:
         raise fail("--wp-metric chooses the error of --work-precision; add --work-precision or drop --wp-metric")
-    if rank_metrics and work_precision:
-        raise fail("--rank and --work-precision are two views; ask for one at a time")
-    if rank_metrics or work_precision:
-        view = "--rank" if rank_metrics else "--work-precision"
+    views = [name for name, asked in (("--rank", rank_metrics), ("--work-precision", work_precision),
+                                      ("--published", published)) if asked]
+    if len(views) > 1:
+        raise fail(f"{' and '.join(views)} are separate views; ask for one at a time")
+    if views:
+        view = views[0]
+        allowed = {"--latex", "--label"} if published else set()
         given = [name for name, value in (("--metric", metrics), ("--rows", rows), ("--cols", cols),
                                           ("--stat", stat != "mean"), ("--markdown", markdown_path),
                                           ("--csv", csv_path), ("--latex", latex_path), ("--json", json_path),
-                                          ("--caption", caption), ("--label", label)) if value]
+                                          ("--caption", caption), ("--label", label)) if value and name not in allowed]
         if given:
             raise fail(f"{view} prints its own tables (with --plots its figures, with --html a page of both); drop "
                        f"{', '.join(given)}")
@@ -157,6 +165,9 @@ def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...
     cells = rep.combine(loaded)
     if cells.empty:
         raise fail(f"no cells in {', '.join(str(run.path) for run in loaded)}")
+    if published:
+        _published_view(loaded, cells, latex_path, label, html, out_dir)
+        return
     if rank_metrics:
         from cnfbench.reports import ranking
 
@@ -240,6 +251,39 @@ def report(runs: tuple[str, ...], metrics: tuple[str, ...], rows: tuple[str, ...
         notes = [*(w for run in loaded for w in run.warnings), *result.notes]
         page = write_html_report(target / REPORT_HTML, title, loaded, tables, result.files, notes, cells)
         click.echo(f"wrote {page}", err=True)
+
+
+def _published_view(loaded: Any, cells: Any, latex_path: str | None, label: str | None, html: bool,
+                    out_dir: Path | None) -> None:
+    """``--published``: the run's protocol (named in its rows) against the paper's numbers."""
+    from cnfbench.protocols import protocol_spec, published_table
+    from cnfbench.reports import published as pub
+    from cnfbench.reports.escape import latex_label
+    from cnfbench.reports.plots import PlotResult
+
+    names = sorted({str(name) for name in cells.get("protocol", []) if isinstance(name, str) and name})
+    if not names:
+        raise fail("--published compares a protocol run with its paper, and these rows come from no protocol; run "
+                   "one with `cnfbench run --protocol NAME` (`cnfbench protocols` lists them)")
+    registry = load_registry_or_fail(())  # a run folder is data: only installed plugins are loaded
+    texts = []
+    for name in names:
+        if name not in registry.names("protocol"):
+            raise fail(f"the rows come from protocol {name!r}, which no installed plugin offers (protocols: "
+                       f"{', '.join(registry.names('protocol'))}): install its plugin or name it in CNFBENCH_PLUGINS")
+        try:
+            spec = protocol_spec(registry, name)
+        except ParamError as exc:
+            raise fail(str(exc)) from None
+        table = published_table(spec, cells)
+        texts.append((spec, table))
+        click.echo(pub.to_text(spec, table, terminal_width()))
+        if latex_path:
+            latex = pub.to_latex(spec, table, label or latex_label(f"tab:{name}"))
+            _emit(latex_path, lambda text=latex: text, "LaTeX")
+    if html:
+        _view_page(loaded, cells, out_dir, "Published numbers beside this run's",
+                   "\n\n".join(pub.to_text(spec, table, PAGE_TEXT_WIDTH) for spec, table in texts), PlotResult())
 
 
 @main.command()

@@ -11,7 +11,7 @@ import contextlib
 import contextvars
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,7 +83,11 @@ METRICS_HELP = ("what to measure on each trained cell: comma list of metrics (wi
 @click.option("--iterations", type=int,
               help=f"training iterations per cell [default: 400; valid: {_valid('iterations')}]")
 @click.option("--batch-size", type=int, help=f"training batch size [default: 512; valid: {_valid('batch_size')}]")
-@click.option("--lr", type=float, help=f"Adam learning rate [default: 3e-3; valid: {_valid('lr')}]")
+@click.option("--epochs", type=int,
+              help=f"train each cell for this many passes over its training split instead of --iterations "
+                   f"(n_train // batch-size minibatches a pass) [default: none; valid: {_valid('epochs')}]")
+@click.option("--lr", type=float,
+              help=f"the optimizer's base learning rate [default: 3e-3; valid: {_valid('lr')}]")
 @click.option("--max-nfe", type=int,
               help=f"dynamics evaluations allowed per solve before a cell fails "
                    f"[default: none; valid: {_valid('max_nfe')}]")
@@ -94,8 +98,9 @@ METRICS_HELP = ("what to measure on each trained cell: comma list of metrics (wi
 @click.option("--val-every", type=int,
               help=f"record the validation NLL every K iterations in curves.parquet [default: 0 = never; "
                    f"valid: {_valid('val_every')}]")
-@click.option("--select", type=click.Choice(["last", "best"]),
-              help="keep the last parameters or those of the best validation NLL (needs --val-every) "
+@click.option("--select", type=click.Choice(["last", "best", "best_loss"]),
+              help="keep the last parameters, those of the best validation NLL (best) or of the best validation "
+                   "loss of the objective (best_loss, as flow-matching papers select; needs --val-every) "
                    "[default: last]")
 @click.option("--val-solver",
               help="solver of the validation NLL of an objective that trains without solving (flow matching); "
@@ -112,6 +117,12 @@ METRICS_HELP = ("what to measure on each trained cell: comma list of metrics (wi
 @click.option("--mass-grid", type=int,
               help=f"points per axis of the 2D mass check, 0 = off [default: 80; valid: {_valid('mass_grid')}]")
 @click.option("--metrics", multiple=True, help=METRICS_HELP)
+@click.option("--protocol", help="run a published protocol: its grid, budgets and evaluation (`cnfbench protocols` "
+                                 "lists them); a grid option naming components the protocol has narrows it, any other "
+                                 "option overrides it and each row records that [default: none]")
+@click.option("--scale", type=click.Choice(["full", "quick"]),
+              help="with --protocol: full (the paper's budgets) or quick (the same grid in CPU minutes) "
+                   "[default: full]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N [default: auto]")
 @click.option("--data-dir", help="folder that dataset files (table[path=...], the MAF archive) are read from "
                                  "[default: $CNFBENCH_DATA, else ~/.cache/cnfbench/data]")
@@ -181,8 +192,14 @@ def run(config_file: Path | None, dry_run: bool, wait: bool, quiet: bool, plugin
         if info.error:
             click.echo(f"warning: plugin {info.name} ({info.source}: {info.origin}) is broken and was skipped: "
                        f"{info.error}", err=True)
+    stamps: dict[str, dict[str, str]] = {}
     try:
-        grid = resolve_grid(config, registry)
+        if config.protocol is None and "scale" in given:
+            raise ParamError("--scale chooses a protocol's budget; add --protocol NAME (cnfbench protocols lists them)")
+        if config.protocol is not None:
+            grid, stamps = _protocol_grid(config, given, registry, config_file)
+        else:
+            grid = resolve_grid(config, registry)
         name = config.name or default_run_name()
         run_dir = run_directory(config.out, name)
         if not dry_run:
@@ -211,7 +228,7 @@ def run(config_file: Path | None, dry_run: bool, wait: bool, quiet: bool, plugin
         result = run_cells(cells, registry, config.executor, config.plugin, config.timeout, progress,
                            lambda executor, label: sweep(cells, registry, executor, run_dir, provenance, progress,
                                                          config.retry_failed, executor_name=label,
-                                                         trackers=trackers),
+                                                         trackers=trackers, stamps=stamps),
                            "Summary", "rerun the same command to resume")
     caller = FROM_PYTHON.get()
     if caller is not None:
@@ -219,6 +236,33 @@ def run(config_file: Path | None, dry_run: bool, wait: bool, quiet: bool, plugin
     else:
         click.echo(f"\nresults: {run_dir} ({result.counts()})")
     return INTERRUPTED if result.interrupted else 0
+
+
+def _protocol_grid(config: RunConfig, given: dict[str, Any], registry: Registry, config_file: Path | None
+                   ) -> tuple[Any, dict[str, dict[str, str]]]:
+    """The cells of ``--protocol`` (every group's grid, each cell once) and each cell's protocol columns."""
+    from cnfbench.config import Grid, resolve_grid
+    from cnfbench.protocols import protocol_configs, protocol_spec
+
+    spec = protocol_spec(registry, config.protocol)
+    base = replace(config, protocol=None)
+    protocol_run = protocol_configs(spec, config.scale, base, given, str(config_file or "options"))
+    cells: dict[str, Cell] = {}
+    stamps: dict[str, dict[str, str]] = {}
+    notes: list[str] = [f"protocol {spec.name} at scale {config.scale}: {spec.title}"]
+    if not spec.scales[config.scale].comparable:
+        notes.append(f"scale {config.scale} is not comparable with the paper: {spec.scales[config.scale].why}")
+    notes.extend(f"protocol {spec.name}: {text}" for text in protocol_run.narrowed)
+    notes.extend(f"deviates from protocol {spec.name}: {text} (recorded in protocol_deviation)"
+                 for text in protocol_run.deviations)
+    for group, group_config in protocol_run.configs:
+        grid = resolve_grid(group_config, registry)
+        notes.extend(note for note in grid.notes if note not in notes)
+        for cell in grid.cells:
+            if cell.cell_id not in cells:
+                cells[cell.cell_id] = cell
+                stamps[cell.cell_id] = protocol_run.stamp(group)
+    return Grid(list(cells.values()), notes), stamps
 
 
 @contextlib.contextmanager

@@ -64,8 +64,8 @@ components against (a seeded MLP field, a linear field, the exact trace by a
 loop and by the full Jacobian, RK4, linear and time-dependent ODEs with their
 closed forms), public for tests to reuse.
 
-The kit is one module per family (``field``, ``objective``, ``solver``,
-``trace``, ``dataset``, ``executor``, ``tracker``, ``metric``) plus ``plugin`` (dispatch and whole
+The kit is one module per family (``field``, ``objective``, ``solver``, ``trace``, ``dataset``,
+``optimizer``, ``executor``, ``tracker``, ``metric``, ``protocol``) plus ``plugin`` (dispatch and whole
 plugins). Importing it is cheap: torch is imported only when a check runs (or ``reference`` is
 imported). The checks run torch single-threaded (restoring the thread
 count), since their tensors are tiny.
@@ -81,7 +81,9 @@ from cnfbench.testing.executor import check_executor
 from cnfbench.testing.field import FUSED_DIV_TOLERANCE, FUSED_DZ_TOLERANCE, FUSED_GRADIENT_TOLERANCE, check_field
 from cnfbench.testing.metric import check_metric
 from cnfbench.testing.objective import OBJECTIVE_SOLVER_STEPS, check_objective
+from cnfbench.testing.optimizer import OPTIMIZER_CHECK_STEPS, check_optimizer
 from cnfbench.testing.plugin import CHECKS, check_component, check_plugin, conformance_tests, plugin_components
+from cnfbench.testing.protocol import check_protocol
 from cnfbench.testing.solver import (
     ADAPTIVE_MAX_ERROR,
     ADAPTIVE_TOLERANCES,
@@ -112,6 +114,7 @@ __all__ = [
     "FUSED_GRADIENT_TOLERANCE",
     "LINEAR_ODE_MATRIX",
     "OBJECTIVE_SOLVER_STEPS",
+    "OPTIMIZER_CHECK_STEPS",
     "ORDER_EXCESS",
     "ORDER_NOISE_FLOOR",
     "ORDER_SLACK",
@@ -128,7 +131,9 @@ __all__ = [
     "check_metric",
     "check_executor",
     "check_objective",
+    "check_optimizer",
     "check_plugin",
+    "check_protocol",
     "check_solver",
     "check_trace",
     "check_tracker",

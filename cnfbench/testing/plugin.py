@@ -12,6 +12,8 @@ from cnfbench.testing.executor import check_executor
 from cnfbench.testing.field import check_field
 from cnfbench.testing.metric import check_metric
 from cnfbench.testing.objective import check_objective
+from cnfbench.testing.optimizer import check_optimizer
+from cnfbench.testing.protocol import check_protocol
 from cnfbench.testing.solver import check_solver
 from cnfbench.testing.trace import check_trace
 from cnfbench.testing.tracker import check_tracker
@@ -25,13 +27,15 @@ CHECKS: dict[str, Callable[..., None]] = {
     "executor": check_executor,
     "tracker": check_tracker,
     "metric": check_metric,
+    "optimizer": check_optimizer,
+    "protocol": check_protocol,
 }
 """The check of each component family, by family key."""
 
 
 def check_component(family: str, cls: type, params: Mapping[str, Any] | None = None, **options: Any) -> None:
-    """Run the check of ``family`` (``dataset``, ``field``, ``objective``, ``solver``, ``trace``, ``executor``,
-    ``tracker`` or ``metric``) on ``cls``."""
+    """Run the check of ``family`` (``dataset``, ``field``, ``objective``, ``solver``, ``trace``, ``optimizer``,
+    ``executor``, ``tracker``, ``metric`` or ``protocol``) on ``cls``."""
     if family not in CHECKS:
         raise ValueError(f"unknown component family {family!r}; known: {', '.join(sorted(CHECKS))}")
     CHECKS[family](cls, params, **options)
