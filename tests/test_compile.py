@@ -216,7 +216,7 @@ def test_without_compile_cell_ids_are_unchanged_and_with_it_the_cell_and_its_mod
             "trace": spec("exact", ())}
     evaluation = EvalProtocol({"eval_trace": spec("exact", ()),
                                "ref_solver": spec("dopri5", (("rtol", 1e-7), ("atol", 1e-7)))}, "float64", 4096, 80)
-    cell = Cell({key: axes[key] for key in AXIS_KEYS}, 0, Budget(3, 64, 3e-3), evaluation, "cpu")
+    cell = Cell(axes, 0, Budget(3, 64, 3e-3), evaluation, "cpu")  # the optimizer axis reads as its implicit adam
     assert "compile" not in cell.to_json()["budget"]
     assert (cell.cell_id, cell.model_key()) == ("8c582682c835c74b", "42b0e7046ddbd77b")  # as before --compile
     compiled = replace(cell, budget=replace(cell.budget, compile=True))

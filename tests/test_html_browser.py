@@ -64,7 +64,10 @@ def test_the_report_page_works_offline_in_chromium(tmp_path: Path) -> None:
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.on("request", lambda request: requests.append(request.url))
             page.goto(page_path.as_uri())
-            page.wait_for_function("() => document.getElementById('explorer-plot').data !== undefined")
+            if chart:
+                page.wait_for_function("() => document.getElementById('explorer-plot').data !== undefined")
+            else:
+                page.wait_for_load_state("load")
 
             def plotted(expression: str):
                 return page.evaluate(f"document.getElementById('explorer-plot').{expression}")
@@ -105,8 +108,9 @@ def test_the_report_page_works_offline_in_chromium(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------------- reading right
 
 @contextmanager
-def browsed(page_path: Path, width: int) -> Iterator[tuple[Any, list[str]]]:
-    """The page in Chromium at ``width`` CSS pixels once its chart is drawn, with the console errors it gives."""
+def browsed(page_path: Path, width: int, chart: bool = True) -> Iterator[tuple[Any, list[str]]]:
+    """The page in Chromium at ``width`` CSS pixels once its chart is drawn (``chart``; else once it loaded), with
+    the console errors it gives."""
     playwright = pytest.importorskip("playwright.sync_api")
     executable = chromium()
     with playwright.sync_playwright() as driver:
@@ -117,7 +121,10 @@ def browsed(page_path: Path, width: int) -> Iterator[tuple[Any, list[str]]]:
             page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto(page_path.as_uri())
-            page.wait_for_function("() => document.getElementById('explorer-plot').data !== undefined")
+            if chart:
+                page.wait_for_function("() => document.getElementById('explorer-plot').data !== undefined")
+            else:
+                page.wait_for_load_state("load")
             yield page, errors
         finally:
             browser.close()
@@ -216,4 +223,20 @@ def test_the_work_precision_page_reads_in_chromium_at_any_width(tmp_path: Path) 
             assert page.evaluate("document.querySelector('pre').textContent").count("Work-precision on") == 1
             assert page.evaluate("[...document.images].every((image) => image.complete && image.naturalWidth > 0)")
             assert page.evaluate("document.documentElement.scrollWidth") <= width  # the text scrolls in its box
+        assert errors == []
+
+
+def test_the_published_page_reads_in_chromium_at_any_width(tmp_path: Path) -> None:
+    rows = [cell("euler4", seed, dataset="8gaussians", objective="cfm", w2=0.30 + 0.01 * seed,
+                 path_energy_normalized=0.2, protocol="cfm-2d", protocol_scale="full", protocol_group="8gaussians",
+                 protocol_deviation="") for seed in range(5)]
+    run_dir = write_run(tmp_path / "published", frame(*rows))
+    result = CliRunner().invoke(main, ["report", str(run_dir), "--published", "--html"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    for width in (1280, 390):
+        with browsed(run_dir / "report.html", width, chart=False) as (page, errors):
+            text = page.evaluate("document.querySelector('pre').textContent")
+            assert "Protocol cfm-2d" in text and "within ±" in text and "not run" in text
+            assert "0.320" in text  # the mean over the five seeds of the 8gaussians W2, beside the paper's 0.373
+            assert page.evaluate("document.documentElement.scrollWidth") <= width
         assert errors == []

@@ -12,8 +12,9 @@ from cnfbench.text_tables import terminal_width, wrap_text
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="print the listing as JSON")
-@click.option("--plugin", "plugins", multiple=True, help="also load this plugin (module or .py file)")
+@click.option("--json", "as_json", is_flag=True, help="print the listing as JSON [default: off]")
+@click.option("--plugin", "plugins", multiple=True,
+              help="also load this plugin (module or .py file; repeatable) [default: the installed ones]")
 def protocols(as_json: bool, plugins: tuple[str, ...]) -> None:
     """List the published protocols: what each reproduces (paper, table, numbers), and at each scale its cells,
     training iterations and measured wall-clock.

@@ -115,7 +115,8 @@ def _view_page(loaded: Any, cells: Any, out_dir: Path | None, heading: str, text
                    "'euler[steps=2..64:x2]'; with --plots the figure [default: off]")
 @click.option("--published", is_flag=True,
               help="instead of the table: a protocol run's numbers beside the paper's (mean ± std over seeds, the "
-                   "difference, a verdict), with the protocol's sources and deviations; --latex FILE and --html too")
+                   "difference, a verdict), with the protocol's sources and deviations; --latex FILE and --html too "
+                   "[default: off]")
 @click.option("--wp-metric", "wp_metric", metavar="METRIC",
               help="the error of --work-precision: logp_error_mean or logp_error_max (test log-density against the "
                    "reference solve, by the test pass's cost), energy_distance or sliced_w2 (samples against the "

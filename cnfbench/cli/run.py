@@ -159,7 +159,8 @@ METRICS_HELP = ("what to measure on each trained cell: comma list of metrics (wi
 @click.option("--quiet", is_flag=True, help="no progress output [default: off]")
 def run(config_file: Path | None, dry_run: bool, wait: bool, quiet: bool, plugins: tuple[str, ...],
         **options: Any) -> int:
-    """Train and evaluate every cell of the grid datasets x fields x objectives x solvers x traces x seeds.
+    """Train and evaluate every cell of the grid datasets x fields x objectives x solvers x traces x optimizers x
+    seeds, or of a published protocol (--protocol NAME; `cnfbench protocols` lists them).
 
     An objective that trains without solving (cfm, otcfm) trains one model per seed, shared by the cells
     that differ only in solver and trace: those then say how the model is evaluated and sampled.

@@ -33,9 +33,15 @@ def body(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
                "verdict"]
     rows = [[str(r.group), str(r.configuration), str(r.column), str(r.unit), _fixed(r.paper), _fixed(r.paper_pm),
              _fixed(r.ours_mean), _fixed(r.ours_std), str(int(r.seeds)), _fixed(r.difference, sign=True),
-             str(r.verdict)]
+             short_verdict(str(r.verdict))]
             for r in table.itertuples()]
     return headers, rows
+
+
+def short_verdict(verdict: str) -> str:
+    """The verdict as the table shows it: ``n/c`` for not comparable, ``*`` after one of a deviated run."""
+    text = "n/c" if verdict.startswith("not comparable") else verdict
+    return text.replace(" (deviated)", " *")
 
 
 def reasons(table: pd.DataFrame) -> list[str]:
@@ -47,7 +53,8 @@ def caption(spec: ProtocolSpec) -> str:
     return (f"Protocol {spec.name}: {spec.title}. Paper: the published value and its ± as the paper gives it; "
             "ours: the mean and sample std over this run's finished seeds; ours - paper in the number's unit; "
             "verdict: within ± (|ours - paper| <= the paper's ±), within tolerance (<= the protocol's stated "
-            "tolerance), off, or not comparable / not run, with why below the table.")
+            "tolerance), off, n/c (not comparable) or not run, with why below the table; * marks a run that "
+            "deviated from the protocol.")
 
 
 def context(spec: ProtocolSpec) -> list[str]:
@@ -58,14 +65,17 @@ def context(spec: ProtocolSpec) -> list[str]:
 
 
 def to_text(spec: ProtocolSpec, table: pd.DataFrame, width: int | None = None) -> str:
-    parts = [wrap_text(terminal_escape(caption(spec)), width)]
     if spec.kind == "visual" or table.empty:
-        parts.append(wrap_text("This protocol publishes figures, not numbers: compare `cnfbench report RUN --plots` "
-                               "with the figure its sources name.", width))
+        parts = [wrap_text(terminal_escape(f"Protocol {spec.name}: {spec.title}. It publishes figures, not "
+                                           "numbers: compare `cnfbench report RUN --plots` with the figure its "
+                                           "sources name."), width)]
     else:
+        parts = [wrap_text(terminal_escape(caption(spec)), width)]
         headers, rows = body(table)
         parts.append(fold_table(headers, [[terminal_escape(v) for v in row] for row in rows], 2, width))
         parts.extend(wrap_text(terminal_escape(f"why: {line}"), width) for line in reasons(table))
+        parts.extend(wrap_text(terminal_escape(f"{r.group} {r.configuration} {r.column}: {r.notes} ({r.source})"),
+                               width) for r in table.itertuples() if r.notes)
     parts.extend(wrap_text(terminal_escape(line), width) for line in context(spec))
     return "\n".join(parts)
 
