@@ -28,7 +28,6 @@ from cnfbench.compiling import (
 )
 from cnfbench.config import RunConfig, resolve_grid
 from cnfbench.contracts import VectorField
-from cnfbench.families import AXIS_KEYS
 from cnfbench.registry import load_registry
 from cnfbench.specs import ResolvedComponent
 
