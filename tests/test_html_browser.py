@@ -64,10 +64,7 @@ def test_the_report_page_works_offline_in_chromium(tmp_path: Path) -> None:
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.on("request", lambda request: requests.append(request.url))
             page.goto(page_path.as_uri())
-            if chart:
-                page.wait_for_function("() => document.getElementById('explorer-plot').data !== undefined")
-            else:
-                page.wait_for_load_state("load")
+            page.wait_for_function("() => document.getElementById('explorer-plot').data !== undefined")
 
             def plotted(expression: str):
                 return page.evaluate(f"document.getElementById('explorer-plot').{expression}")
