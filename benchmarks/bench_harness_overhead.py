@@ -231,6 +231,7 @@ class Setup:
     objective: object
     solver: object
     trace: object
+    optimizer: object
     train_data: Tensor
     initial_state: dict[str, Tensor]
     baseline_field: nn.Module
@@ -277,7 +278,8 @@ def build(spec: str, registry, trace: str, batch_size: int, lr: float, device: s
     return Setup(
         spec=spec, cell=cell, field_module=field_module, objective=registry.build("objective", cell.objective),
         solver=registry.build("solver", cell.solver), trace=registry.build("trace", cell.trace),
-        train_data=train_data, initial_state=initial_state, baseline_field=baseline_field,
+        optimizer=registry.build("optimizer", cell.optimizer), train_data=train_data, initial_state=initial_state,
+        baseline_field=baseline_field,
         batch_seed=split_generator(cell.seed, "train/batches").initial_seed(), ode=ode,
     )
 
@@ -318,7 +320,7 @@ def run_harness(setup: Setup, iterations: int, on_iteration: Callable[[int, floa
     gc.collect()
     cpu, began = time.process_time(), time.perf_counter()
     train(harness_cell(setup, iterations), setup.field_module, setup.objective, setup.solver, setup.trace,
-          setup.train_data, record, on_iteration)
+          setup.optimizer, setup.train_data, record, on_iteration)
     wall, cpu = time.perf_counter() - began, time.process_time() - cpu
     return Block(list(record.iteration_seconds), list(record.losses), list(record.nfe_forward), wall, cpu)
 

@@ -175,6 +175,10 @@ def _seconds(name: str, meaning: str, **display: Any) -> Column:
     return Column(name, "s", meaning, goal=LOWEST, machine=True, **display)
 
 
+PROTOCOL_COLUMNS = ("protocol", "protocol_scale", "protocol_group", "protocol_deviation")
+"""The columns that say which published protocol wrote a row (empty strings outside a protocol run)."""
+
+
 COLUMNS: tuple[Column, ...] = (
     *_identity_columns(),
     # outcome

@@ -14,7 +14,7 @@ A protocol is a :class:`~cnfbench.contracts.Protocol` (the built-ins ship as TOM
 * ``[[groups]]``: ``name`` and the keys of one part of the grid (a dataset with its own architecture and budget);
 * ``[[published]]``: one published number each: ``group``, ``objective`` (a component name; optional), ``column``
   (the row column it compares with), ``value``, ``pm`` (its ± where given) and ``pm_meaning``, ``unit``, ``paper``,
-  ``table``, ``row``, ``notes``, an optional ``tolerance`` (in ``unit``), and ``comparable = false`` with
+  ``year``, ``table``, ``row``, ``notes``, an optional ``tolerance`` (in ``unit``), and ``comparable = false`` with
   ``why`` where the run cannot be compared with it.
 
 :func:`protocol_configs` turns a protocol, a scale and the options a user gave into one run configuration per
@@ -56,8 +56,6 @@ NOT_DEVIATING = frozenset({"executor", "tracker", "out", "name", "plugin", "time
 """Run settings a user may change without deviating from a protocol: where and how the cells run, not what they
 compute (``metrics`` adds to the protocol's own)."""
 
-PROTOCOL_COLUMNS = ("protocol", "protocol_scale", "protocol_group", "protocol_deviation")
-"""The columns every row of a protocol run carries (empty strings outside one)."""
 
 WITHIN_PM, WITHIN_TOLERANCE, OFF = "within ±", "within tolerance", "off"
 """The verdicts: within the paper's ± (|ours − paper| <= the paper's ±), within the protocol's stated tolerance,
@@ -76,6 +74,7 @@ class Published:
     table: str
     row: str
     objective: str = ""
+    year: int = 0
     pm: float | None = None
     pm_meaning: str = ""
     notes: str = ""
@@ -205,6 +204,8 @@ def _published(where: str, index: int, raw: Any, groups: list[str]) -> Published
     for key in ("value", "pm", "tolerance"):
         if key in entry and (isinstance(entry[key], bool) or not isinstance(entry[key], (int, float))):
             raise ProtocolError(f"{where}: published[{index}].{key} must be a number")
+    if "year" in entry and (isinstance(entry["year"], bool) or not isinstance(entry["year"], int)):
+        raise ProtocolError(f"{where}: published[{index}].year must be an integer")
     if entry.get("comparable", True) is False and not entry.get("why"):
         raise ProtocolError(f"{where}: published[{index}] is not comparable: say why")
     return Published(**{key: float(value) if key in ("value", "pm", "tolerance") else value
@@ -383,7 +384,7 @@ def published_table(spec: ProtocolSpec, rows: pd.DataFrame) -> pd.DataFrame:
             "tolerance": math.nan if entry.tolerance is None else entry.tolerance,
             "verdict": verdict + (" (deviated)" if deviated and n else ""),
             "why": "; ".join([*([why] if why else []), *(f"deviated: {text}" for text in deviated if n)]),
-            "source": f"{entry.paper}, {entry.table}, {entry.row}", "notes": entry.notes,
+            "source": f"{entry.paper}, {entry.table}, {entry.row}", "year": entry.year, "notes": entry.notes,
         })
     return pd.DataFrame(records)
 

@@ -33,7 +33,7 @@ from typing import Any
 import pandas as pd
 
 from cnfbench.cells import Cell
-from cnfbench.columns import ordered
+from cnfbench.columns import PROTOCOL_COLUMNS, ordered
 from cnfbench.contracts import CellOutcome, Executor, SharedModel
 from cnfbench.execute import model_key_of
 from cnfbench.executor import job_for
@@ -314,7 +314,7 @@ def _sweep(cells: list[Cell], registry: Registry, executor: Executor, run_dir: P
     progress.begin(len(todo), executor_name, executor.slots)
     frame = existing
     ran = 0
-    placement = {"executor": executor_name, "concurrency": executor.slots}
+    placement = {"executor": executor_name, "concurrency": executor.slots, **dict.fromkeys(PROTOCOL_COLUMNS, "")}
 
     def prepare(cell: Cell) -> tuple[str, _ModelSource | None, SharedModel | None]:
         key = model_key_of(cell, registry)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from cnfbench.cells import SELECTS_BEST, Cell
+from cnfbench.cells import SELECT_BEST_LOSS, SELECTS_BEST, Cell
 from cnfbench.compiling import CompileFallbackWarning, compile_for_training, fallback_note, raised_by_compiler
 from cnfbench.contracts import (
     Integrand,
@@ -277,7 +277,7 @@ def train(
     update = optimizer.build(field_module, budget.lr, budget.iterations)
     batches = minibatches(train_data, budget.batch_size, split_generator(cell.seed, "train/batches"))
     record.loss_unit = objective.loss_unit
-    record.validation_kind = "loss" if budget.select == "best_loss" else "nll"
+    record.validation_kind = "loss" if budget.select == SELECT_BEST_LOSS else "nll"
     best: tuple[float, dict[str, Tensor]] | None = None
 
     def validation_pass(iteration: int) -> None:

@@ -36,7 +36,7 @@ def test_builtins_are_entry_point_plugins_like_any_other() -> None:
     assert set(builtins) == {"cnfbench:datasets", "cnfbench:fields", "cnfbench:objectives", "cnfbench:solvers",
                              "cnfbench:traces", "cnfbench:bundled", "cnfbench:tabular", "cnfbench:executors",
                              "cnfbench:cluster_executors", "cnfbench:trackers", "cnfbench:torchode_solvers",
-                             "cnfbench:metrics"}
+                             "cnfbench:metrics", "cnfbench:optimizers", "cnfbench:protocols"}
     assert all(info.origin.startswith("cnfbench_plugins.") for info in builtins.values())
     assert registry.get("solver", "dopri5").plugin == "cnfbench:solvers"
     assert registry.get("solver", "torchode_dopri5").plugin == "cnfbench:torchode_solvers"

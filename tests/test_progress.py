@@ -33,7 +33,7 @@ def test_labels_name_only_what_varies(cells: list[Cell]) -> None:
     assert sorted(labels.values()) == sorted(f"{solver} · seed {seed}" for seed in (0, 1)
                                              for solver in ("euler", "dopri5"))
     (one,) = short_labels(cells[:1]).values()
-    assert one == "8gaussians · concatsquash · mle · euler · exact · seed 0"
+    assert one == "8gaussians · concatsquash · mle · euler · exact · adam · seed 0"
 
 
 def test_lines_off_a_terminal_say_which_cell_they_are_about(cells: list[Cell]) -> None:

@@ -324,3 +324,13 @@ def test_the_kit_rejects_a_protocol_whose_numbers_name_no_column(tiny_plugin: Pa
 
     with pytest.raises(ConformanceError, match="unknown solver 'eulr'"):
         check_protocol(Unrunnable, registry=REGISTRY)
+
+
+def test_a_config_file_names_the_protocol_and_its_keys_override_it_as_options_do(
+        cli: Callable[..., Result], tiny_plugin: Path, tmp_path: Path) -> None:
+    config = tmp_path / "mine.toml"
+    config.write_text('protocol = "tiny-fm"\nscale = "quick"\nseeds = 1\n', encoding="utf-8")
+    result = cli("run", "--config", str(config), "--plugin", str(tiny_plugin), "--dry-run", tiny=False)
+    assert result.exit_code == 0, result.output
+    assert "deviates from protocol tiny-fm: seeds=1 (protocol: 2)" in result.output
+    assert "2 cells would run" in result.output  # two groups, one seed

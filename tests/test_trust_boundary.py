@@ -300,8 +300,9 @@ def test_evaluate_names_each_model_it_skips_and_why(builtin_run: Path, tmp_path:
     result = _evaluate(str(run))
     assert result.exit_code == 0, result.output
     warned = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
-    assert warned == [f"warning: skipping cell {gone} (8gaussians | concatsquash | mle | euler | exact | seed 0): "
-                      f"its model file models/{gone}.safetensors is missing"]
+    described = "8gaussians | concatsquash | mle | euler | exact | adam | seed 0"
+    assert warned == [f"warning: skipping cell {gone} ({described}): its model file models/{gone}.safetensors is "
+                      "missing"]
     assert "note: 1 cell did not finish (1 'budget') and has no model to evaluate" in result.stderr
     assert "1 cell evaluated from 1 model" in result.output
 
@@ -309,8 +310,7 @@ def test_evaluate_names_each_model_it_skips_and_why(builtin_run: Path, tmp_path:
     path.write_bytes(path.read_bytes()[:200])
     result = _evaluate(str(run))
     assert _one_error(result) == f"Error: no model file of {run} is readable; nothing to evaluate"
-    assert f"warning: skipping cell {damaged} (8gaussians | concatsquash | mle | euler | exact | seed 0): {path} " \
-           "is damaged" in result.stderr
+    assert f"warning: skipping cell {damaged} ({described}): {path} is damaged" in result.stderr
 
 
 def test_evaluate_warns_once_for_a_shared_model_that_is_gone(tmp_path: Path) -> None:

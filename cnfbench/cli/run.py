@@ -174,8 +174,10 @@ def run(config_file: Path | None, dry_run: bool, wait: bool, quiet: bool, plugin
 
     try:
         config = RunConfig()
+        from_file: dict[str, Any] = {}
         if config_file is not None:
-            config = merge(config, load_toml(config_file), f"config file {str(config_file)!r}")
+            from_file = load_toml(config_file)
+            config = merge(config, from_file, f"config file {str(config_file)!r}")
         given = {key: value for key, value in options.items() if value not in (None, ())}
         if plugins:
             given["plugin"] = (*config.plugin, *plugins)
@@ -198,7 +200,7 @@ def run(config_file: Path | None, dry_run: bool, wait: bool, quiet: bool, plugin
         if config.protocol is None and "scale" in given:
             raise ParamError("--scale chooses a protocol's budget; add --protocol NAME (cnfbench protocols lists them)")
         if config.protocol is not None:
-            grid, stamps = _protocol_grid(config, given, registry, config_file)
+            grid, stamps = _protocol_grid(config, {**from_file, **given}, registry, config_file)
         else:
             grid = resolve_grid(config, registry)
         name = config.name or default_run_name()
@@ -241,7 +243,9 @@ def run(config_file: Path | None, dry_run: bool, wait: bool, quiet: bool, plugin
 
 def _protocol_grid(config: RunConfig, given: dict[str, Any], registry: Registry, config_file: Path | None
                    ) -> tuple[Any, dict[str, dict[str, str]]]:
-    """The cells of ``--protocol`` (every group's grid, each cell once) and each cell's protocol columns."""
+    """The cells of ``--protocol`` (every group's grid, each cell once) and each cell's protocol columns; ``given``
+    holds what the user chose (a ``--config`` file's keys, then the options), which narrows or overrides the
+    protocol."""
     from cnfbench.config import Grid, resolve_grid
     from cnfbench.protocols import protocol_configs, protocol_spec
 
