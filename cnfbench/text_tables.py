@@ -157,10 +157,10 @@ def _render(headers: Sequence[str], body: Sequence[Sequence[str]], left: int, wi
     return "\n".join(line.rstrip() for line in buffer.getvalue().rstrip("\n").splitlines())
 
 
-def wrap_text(line: str, width: int | None = None) -> str:
-    """A prose ``line`` (a caption, a note) broken at spaces to fit ``width`` columns (default :data:`TEXT_WIDTH`);
-    a word longer than the width keeps a line of its own, whole."""
+def wrap_text(line: str, width: int | None = None, indent: str = "") -> str:
+    """A prose ``line`` (a caption, a note) broken at spaces to fit ``width`` columns (default :data:`TEXT_WIDTH`),
+    its continuation lines after ``indent``; a word longer than the width keeps a line of its own, whole."""
     import textwrap
 
-    return "\n".join(textwrap.wrap(line, width or TEXT_WIDTH, break_long_words=False,
-                                   break_on_hyphens=False)) or line
+    return "\n".join(textwrap.wrap(line, width or TEXT_WIDTH, break_long_words=False, break_on_hyphens=False,
+                                   subsequent_indent=indent)) or line

@@ -48,18 +48,18 @@ def protocols(as_json: bool, plugins: tuple[str, ...]) -> None:
         return
     width = terminal_width()
     for item in listing:
-        click.echo(wrap_text(f"{item['name']} — {item['title']} [plugin {item['plugin']}]", width))
+        click.echo(wrap_text(f"{item['name']} — {item['title']} [plugin {item['plugin']}]", width, "    "))
         what = (f"reproduces {plural(item['published_numbers'], 'published number')}: "
                 f"{'; '.join(item['reproduces'])}" if item["reproduces"] else
                 "reproduces figures (a visual protocol: density panels, no numbers)")
-        click.echo(wrap_text(f"  {what}", width))
+        click.echo(wrap_text(f"  {what}", width, "    "))
         for text in item["not_expressible"]:
-            click.echo(wrap_text(f"  not expressible: {text}", width))
+            click.echo(wrap_text(f"  not expressible: {text}", width, "    "))
         for scale, info in item["scales"].items():
             cost = (f"{plural(info['cells'], 'cell')}, {info['training_iterations']:,} training iterations"
                     if not info["note"] else f"cost unknown ({info['note']})")
             extra = "" if info["comparable"] else f"; not comparable: {info['why']}"
             measured = f"; measured: {info['measured']}" if info["measured"] else ""
-            click.echo(wrap_text(f"  --scale {scale}: {cost}{extra}{measured}", width))
+            click.echo(wrap_text(f"  --scale {scale}: {cost}{extra}{measured}", width, "    "))
         click.echo("")
     click.echo("run one: cnfbench run --protocol NAME [--scale quick|full]; then cnfbench report RUN --published")
