@@ -755,7 +755,7 @@ class Metric(Component, ABC):
     def samples_wanted(self) -> int:
         """Model samples (and test points) this metric asks the ``sample`` and ``paths`` inputs for, beyond the
         harness's default (0: the default, ``QUALITY_MAX_SAMPLES`` or the test split if smaller)."""
-        return int(self.config.get("samples", 0)) if hasattr(self, "config") else 0
+        return int(self.config.get("samples", 0))
 
     @abstractmethod
     def compute(self, inputs: MetricInputs) -> dict[str, Any]:

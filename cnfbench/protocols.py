@@ -297,7 +297,7 @@ def protocol_configs(spec: ProtocolSpec, scale: str, base: RunConfig, given: dic
             settings[key] = [str(item) for item in kept]
         else:
             config = merge(base, _as_config(settings), f"protocol {spec.name!r} ({source}), group {group_name!r}")
-            config = merge(config, {key: _as_config_value(value) for key, value in overrides.items()}, "option")
+            config = merge(config, _as_config(overrides), "option")
             extra_metrics = tuple(given.get("metrics", ()))
             if extra_metrics:
                 config = replace(config, metrics=tuple(dict.fromkeys((*config.metrics, *extra_metrics))))
@@ -317,12 +317,9 @@ def _as_list(value: Any) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def _as_config_value(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
-
-
 def _as_config(settings: dict[str, Any]) -> dict[str, Any]:
-    return {key: _as_config_value(value) for key, value in settings.items()}
+    """``settings`` as configuration values (tuples, as options give them, become lists)."""
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in settings.items()}
 
 
 def estimate(spec: ProtocolSpec, scale: str, registry: Registry) -> tuple[int, int, str]:
@@ -364,11 +361,8 @@ def published_table(spec: ProtocolSpec, rows: pd.DataFrame) -> pd.DataFrame:
 
     records = []
     for entry in spec.published:
-        mine = rows
-        if "protocol_group" in rows:
-            mine = rows[(rows["protocol"] == spec.name) & (rows["protocol_group"] == entry.group)]
-        else:
-            mine = rows.iloc[0:0]
+        mine = rows[(rows["protocol"] == spec.name) & (rows["protocol_group"] == entry.group)] \
+            if "protocol_group" in rows else rows.iloc[0:0]
         if entry.objective:
             mine = mine[mine["objective"] == entry.objective]
         done = mine[mine["status"] == "done"] if "status" in mine else mine

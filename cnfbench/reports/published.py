@@ -17,12 +17,6 @@ from cnfbench.reports.escape import latex_escape, terminal_escape
 from cnfbench.text_tables import fold_table, wrap_text
 
 
-def _number(value: float, spread: float = math.nan) -> str:
-    if not math.isfinite(value):
-        return "—"
-    return f"{value:.3f}" + (f" ± {spread:.3f}" if math.isfinite(spread) else "")
-
-
 def _fixed(value: float, sign: bool = False) -> str:
     return (f"{value:+.3f}" if sign else f"{value:.3f}") if math.isfinite(value) else "—"
 
